@@ -1,0 +1,419 @@
+//! The consumer loop: bounded concurrency, ack only after the handler returned (and so
+//! committed), delayed retry, dead-lettering, re-subscription after reconnects and a
+//! graceful stop that finishes in-flight work.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use amqprs::channel::{
+    BasicAckArguments, BasicCancelArguments, BasicConsumeArguments, BasicNackArguments,
+    BasicQosArguments, BasicRejectArguments, Channel, ConsumerMessage,
+};
+use amqprs::{FieldTable, FieldValue};
+use tokio::sync::mpsc::UnboundedReceiver;
+use tokio::task::{JoinHandle, JoinSet};
+
+use crate::broker::{RETRY_COUNT_HEADER, Session};
+use crate::confirms::ConsumerCallback;
+use crate::topology::{QueueSet, declare_topology};
+use crate::{Broker, MessagingError};
+
+/// Pause before re-subscribing after the subscription was lost, growing up to the max.
+const RESUBSCRIBE_BACKOFF_START: Duration = Duration::from_millis(200);
+const RESUBSCRIBE_BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+/// What the consumer loop does with a message once its handler returned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Done (or nothing to do): remove it from the queue.
+    Ack,
+    /// Try again later: re-published to the retry queue with this delay, then acked.
+    Retry(Duration),
+    /// Never going to work: rejected without requeue, so the DLX moves it to `<queue>.dlq`.
+    DeadLetter(String),
+}
+
+/// One message as the handler sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delivery {
+    pub body: Vec<u8>,
+    pub message_id: Option<String>,
+    /// The broker delivered it before (to us or another consumer) without an ack.
+    pub redelivered: bool,
+    /// `x-delivery-count` of quorum queues: earlier failed deliveries of this copy.
+    pub delivery_count: Option<i64>,
+    /// Times this message already went through the retry queue (`Outcome::Retry`).
+    pub retry_count: u32,
+}
+
+/// Business logic of a queue. It must commit its effects before returning: the message is
+/// acked right after, and a crash before the ack redelivers it (so it must be idempotent).
+pub trait Handler: Send + Sync + 'static {
+    fn handle(&self, delivery: Delivery) -> Pin<Box<dyn Future<Output = Outcome> + Send + '_>>;
+}
+
+/// Whether a consumer is currently subscribed (for readiness).
+#[derive(Debug, Clone, Default)]
+pub struct ConsumerStatus(Arc<AtomicBool>);
+
+impl ConsumerStatus {
+    pub fn is_running(&self) -> bool {
+        self.0.load(Ordering::SeqCst)
+    }
+
+    fn set(&self, running: bool, queue: &str) {
+        self.0.store(running, Ordering::SeqCst);
+        metrics::gauge!("messaging_consumer_running", "queue" => queue.to_owned())
+            .set(if running { 1.0 } else { 0.0 });
+    }
+}
+
+/// A consumer of one work queue; [`Consumer::run`] drives it until shutdown.
+pub struct Consumer {
+    broker: Broker,
+    queues: QueueSet,
+    prefetch: u16,
+    handler: Arc<dyn Handler>,
+    status: ConsumerStatus,
+    drain_timeout: Option<Duration>,
+}
+
+/// Consumes `queue` with up to `prefetch` concurrent handlers until `shutdown` resolves,
+/// then stops consuming, lets in-flight handlers finish, acks them and returns.
+pub async fn consume(
+    broker: &Broker,
+    queue: &str,
+    prefetch: u16,
+    handler: Arc<dyn Handler>,
+    shutdown: impl Future,
+) -> Result<(), MessagingError> {
+    Consumer::new(broker, queue, prefetch, handler)?
+        .run(shutdown)
+        .await
+}
+
+enum Served {
+    Shutdown,
+    Lost,
+}
+
+impl Consumer {
+    /// `queue` is a work queue, by logical or prefixed name. `prefetch` 0 is taken as 1.
+    pub fn new(
+        broker: &Broker,
+        queue: &str,
+        prefetch: u16,
+        handler: Arc<dyn Handler>,
+    ) -> Result<Self, MessagingError> {
+        Ok(Self {
+            broker: broker.clone(),
+            queues: broker.resolve(queue)?.clone(),
+            prefetch: prefetch.max(1),
+            handler,
+            status: ConsumerStatus::default(),
+            drain_timeout: None,
+        })
+    }
+
+    /// At shutdown, abandon handlers still running after `timeout` (their messages stay
+    /// unacked and are redelivered). Without it, shutdown waits for every handler.
+    pub fn with_drain_timeout(mut self, timeout: Duration) -> Self {
+        self.drain_timeout = Some(timeout);
+        self
+    }
+
+    pub fn status(&self) -> ConsumerStatus {
+        self.status.clone()
+    }
+
+    pub async fn run(self, shutdown: impl Future) -> Result<(), MessagingError> {
+        let shutdown = async {
+            shutdown.await;
+        };
+        tokio::pin!(shutdown);
+        let queue = self.queues.work.clone();
+        let mut backoff = RESUBSCRIBE_BACKOFF_START;
+        loop {
+            let session = tokio::select! {
+                biased;
+                () = &mut shutdown => return Ok(()),
+                session = self.broker.next_session() => session,
+            };
+            match self.serve(&session, &mut shutdown).await {
+                Ok(Served::Shutdown) => return Ok(()),
+                Ok(Served::Lost) => {
+                    tracing::warn!(%queue, "subscription lost; re-subscribing");
+                    backoff = RESUBSCRIBE_BACKOFF_START;
+                }
+                Err(error) => {
+                    tracing::warn!(%queue, %error, retry_in = ?backoff, "cannot subscribe");
+                }
+            }
+            self.status.set(false, &queue);
+            tokio::select! {
+                biased;
+                () = &mut shutdown => return Ok(()),
+                () = tokio::time::sleep(backoff) => {}
+            }
+            backoff = (backoff * 2).min(RESUBSCRIBE_BACKOFF_MAX);
+        }
+    }
+
+    /// One subscription on one channel, until shutdown or until the subscription ends.
+    async fn serve(
+        &self,
+        session: &Session,
+        shutdown: &mut Pin<&mut impl Future<Output = ()>>,
+    ) -> Result<Served, MessagingError> {
+        let queue = self.queues.work.as_str();
+        let channel = session.connection.open_channel(None).await?;
+        channel
+            .register_callback(ConsumerCallback {
+                queue: queue.to_owned(),
+            })
+            .await?;
+        // Idempotent; brings back a queue an operator deleted while we were connected.
+        declare_topology(&channel, self.broker.queue_names()).await?;
+        channel
+            .basic_qos(BasicQosArguments::new(0, self.prefetch, false))
+            .await?;
+        let (consumer_tag, mut deliveries) = channel
+            .basic_consume_rx(BasicConsumeArguments::new(queue, "").manual_ack(true).finish())
+            .await?;
+        self.status.set(true, queue);
+        tracing::info!(queue, %consumer_tag, prefetch = self.prefetch, "consuming");
+
+        let mut in_flight = JoinSet::new();
+        loop {
+            tokio::select! {
+                biased;
+                () = shutdown.as_mut() => {
+                    self.status.set(false, queue);
+                    self.stop(&channel, &consumer_tag, &mut deliveries, &mut in_flight).await;
+                    return Ok(Served::Shutdown);
+                }
+                Some(joined) = in_flight.join_next(), if !in_flight.is_empty() => {
+                    if let Err(error) = joined {
+                        tracing::error!(queue, %error, "message task failed");
+                    }
+                }
+                message = deliveries.recv() => match message {
+                    Some(message) => {
+                        in_flight.spawn(process(
+                            message,
+                            channel.clone(),
+                            self.broker.clone(),
+                            self.queues.clone(),
+                            Arc::clone(&self.handler),
+                        ));
+                    }
+                    None => {
+                        // Channel or connection closed, or the broker cancelled us.
+                        self.status.set(false, queue);
+                        drain(&mut in_flight, self.drain_timeout, queue).await;
+                        return Ok(Served::Lost);
+                    }
+                },
+            }
+        }
+    }
+
+    async fn stop(
+        &self,
+        channel: &Channel,
+        consumer_tag: &str,
+        deliveries: &mut UnboundedReceiver<ConsumerMessage>,
+        in_flight: &mut JoinSet<()>,
+    ) {
+        let queue = self.queues.work.as_str();
+        tracing::info!(queue, in_flight = in_flight.len(), "stopping consumer");
+        if let Err(error) = channel
+            .basic_cancel(BasicCancelArguments::new(consumer_tag))
+            .await
+        {
+            tracing::warn!(queue, %error, "basic.cancel failed");
+        }
+        // Deliveries that arrived but never started go back to the queue for another worker.
+        deliveries.close();
+        while let Ok(message) = deliveries.try_recv() {
+            if let Some(deliver) = message.deliver {
+                let requeue = BasicNackArguments::new(deliver.delivery_tag(), false, true);
+                if let Err(error) = channel.basic_nack(requeue).await {
+                    tracing::warn!(queue, %error, "returning an unstarted delivery failed");
+                }
+            }
+        }
+        drain(in_flight, self.drain_timeout, queue).await;
+        if let Err(error) = channel.clone().close().await {
+            tracing::debug!(queue, %error, "closing the consumer channel");
+        }
+        tracing::info!(queue, "consumer stopped");
+    }
+}
+
+/// Waits for in-flight handlers, abandoning them after `timeout` if given.
+async fn drain(in_flight: &mut JoinSet<()>, timeout: Option<Duration>, queue: &str) {
+    let all = async {
+        while let Some(joined) = in_flight.join_next().await {
+            if let Err(error) = joined {
+                tracing::error!(queue, %error, "message task failed");
+            }
+        }
+    };
+    match timeout {
+        None => all.await,
+        Some(timeout) => {
+            if tokio::time::timeout(timeout, all).await.is_err() {
+                tracing::warn!(
+                    queue,
+                    abandoned = in_flight.len(),
+                    "handlers still running after the drain timeout; their messages will be redelivered"
+                );
+                in_flight.abort_all();
+                while in_flight.join_next().await.is_some() {}
+            }
+        }
+    }
+}
+
+/// Aborts the inner handler task if the message task is abandoned.
+struct AbortOnDrop<T>(JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Runs the handler for one delivery and settles it on the channel it came from.
+async fn process(
+    message: ConsumerMessage,
+    channel: Channel,
+    broker: Broker,
+    queues: QueueSet,
+    handler: Arc<dyn Handler>,
+) {
+    let queue = queues.work.as_str();
+    let (Some(deliver), Some(properties), Some(body)) =
+        (message.deliver, message.basic_properties, message.content)
+    else {
+        tracing::error!(queue, "incomplete delivery from amqprs");
+        return;
+    };
+    let tag = deliver.delivery_tag();
+    let headers = properties.headers();
+    let delivery = Delivery {
+        body,
+        message_id: properties.message_id().cloned(),
+        redelivered: deliver.redelivered(),
+        delivery_count: headers.and_then(|h| header_i64(h, "x-delivery-count")),
+        retry_count: headers
+            .and_then(|h| header_i64(h, RETRY_COUNT_HEADER))
+            .and_then(|count| u32::try_from(count).ok())
+            .unwrap_or(0),
+    };
+    let message_id = delivery.message_id.clone().unwrap_or_default();
+    let retry_body = delivery.body.clone();
+    let retry_count = delivery.retry_count;
+
+    metrics::counter!("messaging_consumed_total", "queue" => queue.to_owned()).increment(1);
+    let in_flight = metrics::gauge!("messaging_in_flight", "queue" => queue.to_owned());
+    in_flight.increment(1.0);
+    let started = Instant::now();
+    // Its own task, so a panicking handler is contained and its message returned.
+    let mut task = AbortOnDrop(tokio::spawn(async move { handler.handle(delivery).await }));
+    let outcome = (&mut task.0).await;
+    in_flight.decrement(1.0);
+
+    let label = match &outcome {
+        Ok(Outcome::Ack) => "ack",
+        Ok(Outcome::Retry(_)) => "retry",
+        Ok(Outcome::DeadLetter(_)) => "dead_letter",
+        Err(_) => "panic",
+    };
+    metrics::histogram!("messaging_handler_duration_seconds", "queue" => queue.to_owned(), "outcome" => label)
+        .record(started.elapsed().as_secs_f64());
+
+    let settled = match outcome {
+        Ok(Outcome::Ack) => {
+            metrics::counter!("messaging_acked_total", "queue" => queue.to_owned()).increment(1);
+            channel.basic_ack(BasicAckArguments::new(tag, false)).await
+        }
+        Ok(Outcome::Retry(delay)) => {
+            match broker
+                .publish_retry_counted(&queues, &retry_body, &message_id, delay, retry_count + 1)
+                .await
+            {
+                Ok(()) => {
+                    tracing::info!(queue, %message_id, ?delay, retry = retry_count + 1, "retry scheduled");
+                    metrics::counter!("messaging_retried_total", "queue" => queue.to_owned())
+                        .increment(1);
+                    channel.basic_ack(BasicAckArguments::new(tag, false)).await
+                }
+                Err(error) => {
+                    // Back at once instead; x-delivery-limit bounds this path.
+                    tracing::warn!(queue, %message_id, %error, "cannot schedule retry; requeueing");
+                    metrics::counter!("messaging_requeued_total", "queue" => queue.to_owned())
+                        .increment(1);
+                    channel
+                        .basic_nack(BasicNackArguments::new(tag, false, true))
+                        .await
+                }
+            }
+        }
+        Ok(Outcome::DeadLetter(reason)) => {
+            tracing::warn!(queue, %message_id, %reason, "dead-lettering message");
+            metrics::counter!("messaging_dead_lettered_total", "queue" => queue.to_owned())
+                .increment(1);
+            channel
+                .basic_reject(BasicRejectArguments::new(tag, false))
+                .await
+        }
+        Err(error) => {
+            tracing::error!(queue, %message_id, %error, "handler panicked; requeueing");
+            metrics::counter!("messaging_requeued_total", "queue" => queue.to_owned()).increment(1);
+            channel
+                .basic_nack(BasicNackArguments::new(tag, false, true))
+                .await
+        }
+    };
+    if let Err(error) = settled {
+        // The channel is gone; the broker redelivers the message to the next consumer.
+        tracing::warn!(queue, %message_id, %error, "settling the delivery failed");
+    }
+}
+
+fn header_i64(headers: &FieldTable, name: &str) -> Option<i64> {
+    let key = name.try_into().ok()?;
+    match headers.get(&key)? {
+        FieldValue::b(v) => Some(i64::from(*v)),
+        FieldValue::B(v) => Some(i64::from(*v)),
+        FieldValue::s(v) => Some(i64::from(*v)),
+        FieldValue::u(v) => Some(i64::from(*v)),
+        FieldValue::I(v) => Some(i64::from(*v)),
+        FieldValue::i(v) => Some(i64::from(*v)),
+        FieldValue::l(v) => Some(*v),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn integer_headers_of_any_width_are_read() {
+        let mut headers = FieldTable::new();
+        let key = |k: &str| k.try_into().expect("short key");
+        headers.insert(key("x-delivery-count"), FieldValue::l(3));
+        headers.insert(key("x-retry-count"), FieldValue::I(2));
+        headers.insert(key("x-text"), FieldValue::from("7"));
+        assert_eq!(header_i64(&headers, "x-delivery-count"), Some(3));
+        assert_eq!(header_i64(&headers, "x-retry-count"), Some(2));
+        assert_eq!(header_i64(&headers, "x-text"), None);
+        assert_eq!(header_i64(&headers, "missing"), None);
+    }
+}

@@ -1,0 +1,54 @@
+//! The persistence error, with database errors classified once (unique, foreign key, check).
+
+use diesel::result::{DatabaseErrorKind, Error as DieselError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("not found")]
+    NotFound,
+    /// A unique constraint refused the write; carries the constraint name.
+    #[error("unique constraint {0} violated")]
+    Unique(String),
+    /// A referenced row does not exist, or a row is still referenced.
+    #[error("foreign key constraint {0} violated")]
+    ForeignKey(String),
+    /// A CHECK constraint refused the write (the schema's last line of defence for money).
+    #[error("check constraint {0} violated")]
+    Check(String),
+    /// The balance would go below zero.
+    #[error("insufficient balance")]
+    InsufficientBalance,
+    /// A conditional update found the row in another state.
+    #[error("conflict: {0}")]
+    StateConflict(String),
+    #[error("database error: {0}")]
+    Database(#[source] DieselError),
+    #[error("connection pool: {0}")]
+    Pool(String),
+    #[error("migration failed: {0}")]
+    Migration(String),
+}
+
+impl From<DieselError> for StoreError {
+    fn from(error: DieselError) -> Self {
+        match error {
+            DieselError::NotFound => StoreError::NotFound,
+            DieselError::DatabaseError(kind, ref info) => {
+                let constraint = info.constraint_name().unwrap_or("unknown").to_owned();
+                match kind {
+                    DatabaseErrorKind::UniqueViolation => StoreError::Unique(constraint),
+                    DatabaseErrorKind::ForeignKeyViolation => StoreError::ForeignKey(constraint),
+                    DatabaseErrorKind::CheckViolation => StoreError::Check(constraint),
+                    _ => StoreError::Database(error),
+                }
+            }
+            other => StoreError::Database(other),
+        }
+    }
+}
+
+impl<E: std::fmt::Display> From<deadpool::managed::PoolError<E>> for StoreError {
+    fn from(error: deadpool::managed::PoolError<E>) -> Self {
+        StoreError::Pool(error.to_string())
+    }
+}

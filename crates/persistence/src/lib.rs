@@ -1,0 +1,20 @@
+//! The only crate that talks SQL: the schema, the connection pool, migrations and every query.
+//!
+//! Query functions take `&mut AsyncPgConnection` so callers can compose them inside one
+//! transaction; money-moving functions write their ledger row themselves.
+
+pub mod access_keys;
+pub mod catalog;
+mod error;
+pub mod ledger;
+pub mod orders;
+mod page;
+mod pool;
+pub mod schema;
+pub mod usage;
+pub mod users;
+
+pub use diesel_async::AsyncPgConnection;
+pub use error::StoreError;
+pub use page::{Page, Paged};
+pub use pool::{DatabaseSettings, Pool, PooledConnection, build_pool, ping, run_migrations};

@@ -1,0 +1,56 @@
+//! The deadpool of async Postgres connections and the embedded migrations.
+
+use std::time::Duration;
+
+use diesel::sql_query;
+use diesel_async::pooled_connection::AsyncDieselConnectionManager;
+use diesel_async::{AsyncMigrationHarness, AsyncPgConnection, RunQueryDsl};
+use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
+use serde::Deserialize;
+
+use crate::StoreError;
+
+pub type Pool = diesel_async::pooled_connection::deadpool::Pool<AsyncPgConnection>;
+pub type PooledConnection = deadpool::managed::Object<AsyncDieselConnectionManager<AsyncPgConnection>>;
+
+const MIGRATIONS: EmbeddedMigrations = embed_migrations!("../../migrations");
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct DatabaseSettings {
+    /// e.g. postgres://postgres@127.0.0.1:5432/ai_gateway
+    pub url: String,
+    pub pool_max_size: usize,
+    /// How long a request waits for a free connection before failing with 503.
+    pub pool_wait_timeout_ms: u64,
+    pub connect_timeout_ms: u64,
+}
+
+/// Builds the pool; connections are opened lazily, so this succeeds while Postgres is down.
+pub fn build_pool(settings: &DatabaseSettings) -> Result<Pool, StoreError> {
+    let manager = AsyncDieselConnectionManager::<AsyncPgConnection>::new(settings.url.clone());
+    Pool::builder(manager)
+        .max_size(settings.pool_max_size)
+        .wait_timeout(Some(Duration::from_millis(settings.pool_wait_timeout_ms)))
+        .create_timeout(Some(Duration::from_millis(settings.connect_timeout_ms)))
+        .recycle_timeout(Some(Duration::from_millis(settings.connect_timeout_ms)))
+        .runtime(deadpool::Runtime::Tokio1)
+        .build()
+        .map_err(|e| StoreError::Pool(e.to_string()))
+}
+
+/// Readiness probe: one round trip through the pool.
+pub async fn ping(pool: &Pool) -> Result<(), StoreError> {
+    let mut conn = pool.get().await?;
+    sql_query("SELECT 1").execute(&mut conn).await?;
+    Ok(())
+}
+
+/// Applies every pending embedded migration (needs the multi-thread tokio runtime).
+pub async fn run_migrations(pool: &Pool) -> Result<(), StoreError> {
+    let conn = pool.get().await?;
+    let mut harness = AsyncMigrationHarness::new(conn);
+    harness
+        .run_pending_migrations(MIGRATIONS)
+        .map_err(|e| StoreError::Migration(e.to_string()))?;
+    Ok(())
+}

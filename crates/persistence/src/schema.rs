@@ -1,0 +1,164 @@
+//! Diesel's view of the shared schema in `migrations/` (kept in step by hand; checked by the schema test).
+
+diesel::table! {
+    users (id) {
+        id -> Int8,
+        email -> Text,
+        password_hash -> Text,
+        role -> Text,
+        status -> Text,
+        balance -> Numeric,
+        created_at -> Timestamptz,
+        updated_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    providers (id) {
+        id -> Int8,
+        name -> Text,
+        kind -> Text,
+        base_url -> Text,
+        enabled -> Bool,
+        created_at -> Timestamptz,
+        updated_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    provider_keys (id) {
+        id -> Int8,
+        provider_id -> Int8,
+        name -> Text,
+        secret_ciphertext -> Bytea,
+        key_hint -> Text,
+        weight -> Int4,
+        enabled -> Bool,
+        created_at -> Timestamptz,
+        updated_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    llm_models (id) {
+        id -> Int8,
+        name -> Text,
+        provider_id -> Int8,
+        upstream_model -> Text,
+        kind -> Text,
+        pricing -> Jsonb,
+        max_output_tokens -> Int4,
+        enabled -> Bool,
+        created_at -> Timestamptz,
+        updated_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    access_keys (id) {
+        id -> Int8,
+        user_id -> Int8,
+        name -> Text,
+        prefix -> Text,
+        key_hash -> Bytea,
+        created_at -> Timestamptz,
+        expires_at -> Nullable<Timestamptz>,
+        last_used_at -> Nullable<Timestamptz>,
+        revoked_at -> Nullable<Timestamptz>,
+    }
+}
+
+diesel::table! {
+    orders (id) {
+        id -> Int8,
+        order_no -> Text,
+        user_id -> Int8,
+        amount -> Numeric,
+        status -> Text,
+        created_at -> Timestamptz,
+        updated_at -> Timestamptz,
+        completed_at -> Nullable<Timestamptz>,
+    }
+}
+
+diesel::table! {
+    balance_ledger (id) {
+        id -> Int8,
+        user_id -> Int8,
+        delta -> Numeric,
+        balance_after -> Numeric,
+        kind -> Text,
+        reference -> Text,
+        note -> Nullable<Text>,
+        actor_user_id -> Nullable<Int8>,
+        created_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    payment_events (id) {
+        id -> Int8,
+        event_id -> Text,
+        order_no -> Text,
+        received_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    usage_logs (id) {
+        id -> Int8,
+        request_id -> Uuid,
+        user_id -> Int8,
+        access_key_id -> Nullable<Int8>,
+        model_id -> Nullable<Int8>,
+        model_name -> Text,
+        prompt_tokens -> Int8,
+        completion_tokens -> Int8,
+        cached_prompt_tokens -> Int8,
+        images -> Int4,
+        cost -> Numeric,
+        created_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    async_jobs (id) {
+        id -> Int8,
+        job_id -> Uuid,
+        job_type -> Text,
+        user_id -> Int8,
+        access_key_id -> Nullable<Int8>,
+        model_id -> Int8,
+        status -> Text,
+        request_payload -> Jsonb,
+        result_payload -> Nullable<Jsonb>,
+        error_message -> Nullable<Text>,
+        attempts -> Int4,
+        lease_expires_at -> Nullable<Timestamptz>,
+        cost -> Nullable<Numeric>,
+        created_at -> Timestamptz,
+        updated_at -> Timestamptz,
+    }
+}
+
+diesel::joinable!(provider_keys -> providers (provider_id));
+diesel::joinable!(llm_models -> providers (provider_id));
+diesel::joinable!(access_keys -> users (user_id));
+diesel::joinable!(orders -> users (user_id));
+diesel::joinable!(balance_ledger -> users (user_id));
+diesel::joinable!(usage_logs -> users (user_id));
+diesel::joinable!(async_jobs -> users (user_id));
+diesel::joinable!(async_jobs -> llm_models (model_id));
+
+diesel::allow_tables_to_appear_in_same_query!(
+    users,
+    providers,
+    provider_keys,
+    llm_models,
+    access_keys,
+    orders,
+    balance_ledger,
+    payment_events,
+    usage_logs,
+    async_jobs,
+);

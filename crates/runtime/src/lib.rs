@@ -1,0 +1,8 @@
+//! What every binary needs around its business logic: layered config, logging, metrics,
+//! the ops HTTP endpoints (/healthz, /readyz, /metrics) and the shutdown signal.
+
+pub mod config;
+pub mod metrics;
+pub mod ops;
+pub mod shutdown;
+pub mod telemetry;

@@ -1,0 +1,10 @@
+DROP TABLE async_jobs;
+DROP TABLE usage_logs;
+DROP TABLE payment_events;
+DROP TABLE balance_ledger;
+DROP TABLE orders;
+DROP TABLE access_keys;
+DROP TABLE llm_models;
+DROP TABLE provider_keys;
+DROP TABLE providers;
+DROP TABLE users;

@@ -1,0 +1,322 @@
+//! The admin catalog: providers, provider keys (encrypted at rest) and priced models.
+
+use domain::{ModelKind, Pricing};
+use persistence::catalog::{
+    self, Model, ModelChanges, NewModel, NewProvider, NewProviderKey, Provider, ProviderChanges,
+    ProviderKey, ProviderKeyChanges,
+};
+use persistence::{Page, Paged, StoreError};
+
+use crate::error::ApiError;
+use crate::secrets::key_hint;
+use crate::state::AppState;
+
+const PROVIDER_KINDS: &[&str] = &["openai"];
+
+fn not_found(what: &'static str) -> impl Fn(StoreError) -> ApiError {
+    move |e| match e {
+        StoreError::NotFound => ApiError::NotFound(format!("{what} not found")),
+        other => other.into(),
+    }
+}
+
+fn check_text(field: &str, value: &str, max: usize) -> Result<(), ApiError> {
+    let length = value.trim().chars().count();
+    if length == 0 || length > max || value.trim() != value {
+        return Err(ApiError::InvalidRequest(format!(
+            "{field} must be 1 to {max} characters without surrounding spaces"
+        )));
+    }
+    Ok(())
+}
+
+fn check_base_url(base_url: &str) -> Result<(), ApiError> {
+    let parsed = url::Url::parse(base_url)
+        .map_err(|_| ApiError::InvalidRequest("base_url must be an absolute http(s) URL".to_owned()))?;
+    if !matches!(parsed.scheme(), "http" | "https") || parsed.host().is_none() || base_url.len() > 2048 {
+        return Err(ApiError::InvalidRequest("base_url must be an absolute http(s) URL".to_owned()));
+    }
+    Ok(())
+}
+
+fn check_weight(weight: i32) -> Result<(), ApiError> {
+    if !(0..=1000).contains(&weight) {
+        return Err(ApiError::InvalidRequest("weight must be between 0 and 1000".to_owned()));
+    }
+    Ok(())
+}
+
+fn check_model_name(name: &str) -> Result<(), ApiError> {
+    let valid = !name.is_empty()
+        && name.len() <= 128
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || "._:/-@".contains(c));
+    if !valid {
+        return Err(ApiError::InvalidRequest(
+            "name must be 1 to 128 characters of letters, digits and . _ : / - @".to_owned(),
+        ));
+    }
+    Ok(())
+}
+
+fn check_max_output_tokens(tokens: i32) -> Result<(), ApiError> {
+    if !(1..=10_000_000).contains(&tokens) {
+        return Err(ApiError::InvalidRequest(
+            "max_output_tokens must be between 1 and 10000000".to_owned(),
+        ));
+    }
+    Ok(())
+}
+
+fn pricing_json(pricing: &Pricing, kind: ModelKind) -> Result<serde_json::Value, ApiError> {
+    pricing
+        .validate(kind)
+        .map_err(|e| ApiError::InvalidRequest(format!("pricing: {e}")))?;
+    serde_json::to_value(pricing).map_err(|e| ApiError::Internal(format!("pricing json: {e}")))
+}
+
+// ---- providers
+
+pub struct ProviderInput {
+    pub name: String,
+    pub kind: String,
+    pub base_url: String,
+    pub enabled: bool,
+}
+
+pub async fn create_provider(state: &AppState, input: ProviderInput) -> Result<Provider, ApiError> {
+    check_text("name", &input.name, 100)?;
+    if !PROVIDER_KINDS.contains(&input.kind.as_str()) {
+        return Err(ApiError::InvalidRequest(format!(
+            "kind must be one of: {}",
+            PROVIDER_KINDS.join(", ")
+        )));
+    }
+    check_base_url(&input.base_url)?;
+    let mut conn = state.conn().await?;
+    Ok(catalog::insert_provider(
+        &mut conn,
+        NewProvider {
+            name: &input.name,
+            kind: &input.kind,
+            base_url: &input.base_url,
+            enabled: input.enabled,
+        },
+    )
+    .await?)
+}
+
+pub async fn list_providers(state: &AppState, page: Page) -> Result<Paged<Provider>, ApiError> {
+    let mut conn = state.conn().await?;
+    Ok(catalog::list_providers(&mut conn, page).await?)
+}
+
+pub async fn get_provider(state: &AppState, id: i64) -> Result<Provider, ApiError> {
+    let mut conn = state.conn().await?;
+    catalog::find_provider(&mut conn, id).await.map_err(not_found("provider"))
+}
+
+pub async fn update_provider(
+    state: &AppState,
+    id: i64,
+    changes: ProviderChanges,
+) -> Result<Provider, ApiError> {
+    if let Some(name) = &changes.name {
+        check_text("name", name, 100)?;
+    }
+    if let Some(base_url) = &changes.base_url {
+        check_base_url(base_url)?;
+    }
+    let mut conn = state.conn().await?;
+    catalog::update_provider(&mut conn, id, changes).await.map_err(not_found("provider"))
+}
+
+pub async fn delete_provider(state: &AppState, id: i64) -> Result<(), ApiError> {
+    let mut conn = state.conn().await?;
+    catalog::delete_provider(&mut conn, id).await.map_err(|e| match e {
+        StoreError::ForeignKey(_) => ApiError::Conflict(
+            "models still use this provider; delete or move them first, or disable it".to_owned(),
+        ),
+        other => not_found("provider")(other),
+    })
+}
+
+// ---- provider keys
+
+pub struct ProviderKeyInput {
+    pub api_key: String,
+    pub name: String,
+    pub weight: i32,
+    pub enabled: bool,
+}
+
+pub async fn create_provider_key(
+    state: &AppState,
+    provider_id: i64,
+    input: ProviderKeyInput,
+) -> Result<ProviderKey, ApiError> {
+    if input.api_key.is_empty()
+        || input.api_key.len() > 4096
+        || input.api_key.chars().any(|c| c.is_whitespace() || c.is_control())
+    {
+        return Err(ApiError::InvalidRequest(
+            "api_key must be 1 to 4096 characters without spaces".to_owned(),
+        ));
+    }
+    if input.name.chars().count() > 100 {
+        return Err(ApiError::InvalidRequest("name must be at most 100 characters".to_owned()));
+    }
+    check_weight(input.weight)?;
+    let sealed = state
+        .secret_box
+        .seal(&input.api_key)
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    let mut conn = state.conn().await?;
+    catalog::find_provider(&mut conn, provider_id).await.map_err(not_found("provider"))?;
+    Ok(catalog::insert_provider_key(
+        &mut conn,
+        NewProviderKey {
+            provider_id,
+            name: &input.name,
+            secret_ciphertext: &sealed,
+            key_hint: &key_hint(&input.api_key),
+            weight: input.weight,
+            enabled: input.enabled,
+        },
+    )
+    .await?)
+}
+
+pub async fn list_provider_keys(
+    state: &AppState,
+    provider_id: i64,
+    page: Page,
+) -> Result<Paged<ProviderKey>, ApiError> {
+    let mut conn = state.conn().await?;
+    catalog::find_provider(&mut conn, provider_id).await.map_err(not_found("provider"))?;
+    Ok(catalog::list_provider_keys(&mut conn, provider_id, page).await?)
+}
+
+pub async fn update_provider_key(
+    state: &AppState,
+    id: i64,
+    changes: ProviderKeyChanges,
+) -> Result<ProviderKey, ApiError> {
+    if let Some(weight) = changes.weight {
+        check_weight(weight)?;
+    }
+    if changes.name.as_ref().is_some_and(|n| n.chars().count() > 100) {
+        return Err(ApiError::InvalidRequest("name must be at most 100 characters".to_owned()));
+    }
+    let mut conn = state.conn().await?;
+    catalog::update_provider_key(&mut conn, id, changes).await.map_err(not_found("provider key"))
+}
+
+pub async fn delete_provider_key(state: &AppState, id: i64) -> Result<(), ApiError> {
+    let mut conn = state.conn().await?;
+    catalog::delete_provider_key(&mut conn, id).await.map_err(not_found("provider key"))
+}
+
+// ---- models
+
+pub struct ModelInput {
+    pub name: String,
+    pub provider_id: i64,
+    pub upstream_model: String,
+    pub kind: ModelKind,
+    pub pricing: Pricing,
+    pub max_output_tokens: i32,
+    pub enabled: bool,
+}
+
+pub async fn create_model(state: &AppState, input: ModelInput) -> Result<Model, ApiError> {
+    check_model_name(&input.name)?;
+    check_text("upstream_model", &input.upstream_model, 256)?;
+    check_max_output_tokens(input.max_output_tokens)?;
+    let pricing = pricing_json(&input.pricing, input.kind)?;
+    let mut conn = state.conn().await?;
+    catalog::find_provider(&mut conn, input.provider_id).await.map_err(not_found("provider"))?;
+    Ok(catalog::insert_model(
+        &mut conn,
+        NewModel {
+            name: &input.name,
+            provider_id: input.provider_id,
+            upstream_model: &input.upstream_model,
+            kind: input.kind.as_str(),
+            pricing,
+            max_output_tokens: input.max_output_tokens,
+            enabled: input.enabled,
+        },
+    )
+    .await?)
+}
+
+pub async fn list_models(state: &AppState, page: Page) -> Result<Paged<Model>, ApiError> {
+    let mut conn = state.conn().await?;
+    Ok(catalog::list_models(&mut conn, page).await?)
+}
+
+pub async fn get_model(state: &AppState, id: i64) -> Result<Model, ApiError> {
+    let mut conn = state.conn().await?;
+    catalog::find_model(&mut conn, id).await.map_err(not_found("model"))
+}
+
+pub struct ModelUpdate {
+    pub name: Option<String>,
+    pub provider_id: Option<i64>,
+    pub upstream_model: Option<String>,
+    pub pricing: Option<Pricing>,
+    pub max_output_tokens: Option<i32>,
+    pub enabled: Option<bool>,
+}
+
+pub async fn update_model(state: &AppState, id: i64, update: ModelUpdate) -> Result<Model, ApiError> {
+    if let Some(name) = &update.name {
+        check_model_name(name)?;
+    }
+    if let Some(upstream) = &update.upstream_model {
+        check_text("upstream_model", upstream, 256)?;
+    }
+    if let Some(tokens) = update.max_output_tokens {
+        check_max_output_tokens(tokens)?;
+    }
+    let mut conn = state.conn().await?;
+    let current = catalog::find_model(&mut conn, id).await.map_err(not_found("model"))?;
+    let pricing = match &update.pricing {
+        Some(pricing) => {
+            let kind: ModelKind = current
+                .kind
+                .parse()
+                .map_err(|_| ApiError::Internal(format!("model {id} has kind {}", current.kind)))?;
+            Some(pricing_json(pricing, kind)?)
+        }
+        None => None,
+    };
+    if let Some(provider_id) = update.provider_id {
+        catalog::find_provider(&mut conn, provider_id).await.map_err(not_found("provider"))?;
+    }
+    let changes = ModelChanges {
+        name: update.name,
+        provider_id: update.provider_id,
+        upstream_model: update.upstream_model,
+        pricing,
+        max_output_tokens: update.max_output_tokens,
+        enabled: update.enabled,
+        updated_at: None,
+    };
+    catalog::update_model(&mut conn, id, changes).await.map_err(not_found("model"))
+}
+
+pub async fn delete_model(state: &AppState, id: i64) -> Result<(), ApiError> {
+    let mut conn = state.conn().await?;
+    catalog::delete_model(&mut conn, id).await.map_err(|e| match e {
+        StoreError::ForeignKey(_) => ApiError::Conflict(
+            "jobs reference this model; disable it instead of deleting it".to_owned(),
+        ),
+        other => not_found("model")(other),
+    })
+}
+
+pub async fn list_enabled_models(state: &AppState) -> Result<Vec<Model>, ApiError> {
+    let mut conn = state.conn().await?;
+    Ok(catalog::list_enabled_models(&mut conn).await?)
+}

@@ -1,0 +1,111 @@
+//! Registration, login, password hashing and the bootstrap admin.
+
+use domain::{Email, Password, Role};
+use persistence::users::{self, NewUser, User};
+use persistence::{AsyncPgConnection, Pool};
+use secrecy::ExposeSecret;
+
+use crate::auth::issue_token;
+use crate::error::ApiError;
+use crate::settings::BootstrapSettings;
+use crate::state::AppState;
+
+/// bcrypt is slow on purpose: it runs off the async workers.
+pub async fn hash_password(password: &str, cost: u32) -> Result<String, ApiError> {
+    let password = password.to_owned();
+    tokio::task::spawn_blocking(move || bcrypt::hash(password, cost))
+        .await
+        .map_err(|e| ApiError::Internal(format!("hashing task: {e}")))?
+        .map_err(|e| ApiError::Internal(format!("bcrypt: {e}")))
+}
+
+async fn verify_password(password: &str, hash: &str) -> Result<bool, ApiError> {
+    let (password, hash) = (password.to_owned(), hash.to_owned());
+    tokio::task::spawn_blocking(move || bcrypt::verify(password, &hash).unwrap_or(false))
+        .await
+        .map_err(|e| ApiError::Internal(format!("hashing task: {e}")))
+}
+
+pub fn parse_credentials(email: &str, password: &str) -> Result<Email, ApiError> {
+    let email = Email::parse(email).map_err(|e| ApiError::InvalidRequest(e.to_string()))?;
+    Password::validate(password).map_err(|e| ApiError::InvalidRequest(e.to_string()))?;
+    Ok(email)
+}
+
+/// Creates an account; `role` is chosen by the caller (self-registration is always `user`).
+pub async fn create_user(
+    state: &AppState,
+    conn: &mut AsyncPgConnection,
+    email: &str,
+    password: &str,
+    role: Role,
+) -> Result<User, ApiError> {
+    let email = parse_credentials(email, password)?;
+    let password_hash = hash_password(password, state.bcrypt_cost).await?;
+    Ok(users::insert(
+        conn,
+        NewUser { email: email.as_str(), password_hash: &password_hash, role: role.as_str() },
+    )
+    .await?)
+}
+
+pub struct Session {
+    pub token: String,
+    pub user: User,
+}
+
+/// Wrong email, wrong password and a disabled account all answer the same 401.
+pub async fn login(state: &AppState, email: &str, password: &str) -> Result<Session, ApiError> {
+    let refused = || ApiError::Unauthorized("invalid email or password".to_owned());
+    let user = match Email::parse(email) {
+        Ok(email) => {
+            let mut conn = state.conn().await?;
+            users::find_by_email(&mut conn, email.as_str()).await?
+        }
+        Err(_) => None,
+    };
+    // An unknown email is checked against a dummy hash, so timing does not reveal accounts.
+    let hash = user.as_ref().map_or(state.dummy_password_hash.as_str(), |u| u.password_hash.as_str());
+    let password_ok = verify_password(password, hash).await?;
+    match user {
+        Some(user) if password_ok && user.status == "active" => {
+            let token = issue_token(state, &user)?;
+            Ok(Session { token, user })
+        }
+        _ => Err(refused()),
+    }
+}
+
+/// Creates the configured admin when no admin exists yet; an email already taken by a normal
+/// account is never promoted (whoever registered it would become admin).
+pub async fn bootstrap_admin(
+    pool: &Pool,
+    bootstrap: &BootstrapSettings,
+    bcrypt_cost: u32,
+) -> Result<(), ApiError> {
+    let (Some(email), Some(password)) = (&bootstrap.admin_email, &bootstrap.admin_password) else {
+        return Ok(());
+    };
+    let mut conn = pool.get().await.map_err(persistence::StoreError::from)?;
+    if users::admin_exists(&mut conn).await? {
+        return Ok(());
+    }
+    let parsed = parse_credentials(email, password.expose_secret())?;
+    if users::find_by_email(&mut conn, parsed.as_str()).await?.is_some() {
+        tracing::error!(email = parsed.as_str(), "ADMIN_EMAIL belongs to a normal account; no admin bootstrapped");
+        return Ok(());
+    }
+    let password_hash = hash_password(password.expose_secret(), bcrypt_cost).await?;
+    match users::insert(
+        &mut conn,
+        NewUser { email: parsed.as_str(), password_hash: &password_hash, role: Role::Admin.as_str() },
+    )
+    .await
+    {
+        Ok(_) => tracing::info!(email = parsed.as_str(), "bootstrap admin created"),
+        // Another replica bootstrapped it at the same moment.
+        Err(persistence::StoreError::Unique(_)) => {}
+        Err(other) => return Err(other.into()),
+    }
+    Ok(())
+}

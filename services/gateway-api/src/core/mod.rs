@@ -1,0 +1,7 @@
+//! The gateway's use cases; route handlers only extract input and call these.
+
+pub mod access_keys;
+pub mod catalog;
+pub mod identity;
+pub mod orders;
+pub mod users;

@@ -1,0 +1,181 @@
+//! The one API error: every failure on every route renders API.md's error body and status.
+
+use actix_web::http::StatusCode;
+use actix_web::{HttpResponse, ResponseError};
+use persistence::StoreError;
+use serde::Serialize;
+use utoipa::ToSchema;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    InvalidRequest(String),
+    #[error("{0}")]
+    Unauthorized(String),
+    #[error("{0}")]
+    InsufficientBalance(String),
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    ModelNotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    PayloadTooLarge(String),
+    #[error("{0}")]
+    RateLimited(String),
+    #[error("{0}")]
+    Unavailable(String),
+    /// The cause is logged, never shown.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+/// `{"error": {"message", "type", "code"}}`
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorDetail {
+    pub message: String,
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub code: &'static str,
+}
+
+impl ApiError {
+    pub fn code(&self) -> &'static str {
+        match self {
+            ApiError::InvalidRequest(_) => "invalid_request",
+            ApiError::Unauthorized(_) => "unauthorized",
+            ApiError::InsufficientBalance(_) => "insufficient_balance",
+            ApiError::Forbidden(_) => "forbidden",
+            ApiError::NotFound(_) => "not_found",
+            ApiError::ModelNotFound(_) => "model_not_found",
+            ApiError::Conflict(_) => "conflict",
+            ApiError::PayloadTooLarge(_) => "payload_too_large",
+            ApiError::RateLimited(_) => "rate_limited",
+            ApiError::Unavailable(_) => "unavailable",
+            ApiError::Internal(_) => "internal",
+        }
+    }
+
+    /// The OpenAI-style error family, so OpenAI clients classify our errors as they expect.
+    fn kind(&self) -> &'static str {
+        match self {
+            ApiError::InvalidRequest(_)
+            | ApiError::NotFound(_)
+            | ApiError::ModelNotFound(_)
+            | ApiError::Conflict(_)
+            | ApiError::PayloadTooLarge(_) => "invalid_request_error",
+            ApiError::Unauthorized(_) => "authentication_error",
+            ApiError::Forbidden(_) => "permission_error",
+            ApiError::InsufficientBalance(_) => "insufficient_quota",
+            ApiError::RateLimited(_) => "rate_limit_error",
+            ApiError::Unavailable(_) | ApiError::Internal(_) => "api_error",
+        }
+    }
+
+    fn public_message(&self) -> String {
+        match self {
+            ApiError::Internal(_) => "internal server error".to_owned(),
+            other => other.to_string(),
+        }
+    }
+
+    pub fn body(&self) -> ErrorBody {
+        ErrorBody {
+            error: ErrorDetail {
+                message: self.public_message(),
+                kind: self.kind(),
+                code: self.code(),
+            },
+        }
+    }
+
+    /// The error a bare status stands for, used to give non-JSON error responses our body.
+    pub fn from_status(status: StatusCode) -> ApiError {
+        let reason = status.canonical_reason().unwrap_or("error").to_lowercase();
+        match status.as_u16() {
+            401 => ApiError::Unauthorized(reason),
+            402 => ApiError::InsufficientBalance(reason),
+            403 => ApiError::Forbidden(reason),
+            404 | 405 => ApiError::NotFound("no such route".to_owned()),
+            409 => ApiError::Conflict(reason),
+            413 => ApiError::PayloadTooLarge("request body is too large".to_owned()),
+            429 => ApiError::RateLimited(reason),
+            503 => ApiError::Unavailable(reason),
+            400..=499 => ApiError::InvalidRequest(reason),
+            _ => ApiError::Internal(reason),
+        }
+    }
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        match self {
+            ApiError::InvalidRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::InsufficientBalance(_) => StatusCode::PAYMENT_REQUIRED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::NotFound(_) | ApiError::ModelNotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        if let ApiError::Internal(cause) = self {
+            tracing::error!(%cause, "internal error");
+        }
+        HttpResponse::build(self.status_code()).json(self.body())
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(error: StoreError) -> Self {
+        match error {
+            StoreError::NotFound => ApiError::NotFound("not found".to_owned()),
+            StoreError::Unique(constraint) => ApiError::Conflict(unique_message(&constraint)),
+            StoreError::ForeignKey(_) => ApiError::Conflict(
+                "the record is still referenced by other records; disable it instead".to_owned(),
+            ),
+            StoreError::Check(constraint) => {
+                ApiError::InvalidRequest(format!("value refused by rule {constraint}"))
+            }
+            StoreError::InsufficientBalance => {
+                ApiError::Conflict("the balance cannot go below zero".to_owned())
+            }
+            StoreError::StateConflict(message) => ApiError::Conflict(message),
+            StoreError::Pool(cause) => {
+                tracing::error!(%cause, "database pool");
+                ApiError::Unavailable("the database is unavailable, retry later".to_owned())
+            }
+            other => ApiError::Internal(other.to_string()),
+        }
+    }
+}
+
+fn unique_message(constraint: &str) -> String {
+    match constraint {
+        "users_email_key" => "this email is already registered".to_owned(),
+        "providers_name_key" => "a provider with this name already exists".to_owned(),
+        "llm_models_name_key" => "a model with this name already exists".to_owned(),
+        "payment_events_event_id_key" => "this payment event was already processed".to_owned(),
+        "balance_ledger_kind_reference_key" => "this balance change was already applied".to_owned(),
+        other => format!("duplicate value ({other})"),
+    }
+}
+
+impl From<domain::MoneyError> for ApiError {
+    fn from(error: domain::MoneyError) -> Self {
+        ApiError::InvalidRequest(error.to_string())
+    }
+}

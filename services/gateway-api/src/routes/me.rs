@@ -1,0 +1,145 @@
+//! `/v1/me`: the signed-in user's profile, access keys, orders, ledger and usage.
+
+use actix_web::{HttpResponse, web};
+use chrono::{DateTime, Utc};
+use domain::Money;
+use serde::Deserialize;
+use utoipa::ToSchema;
+
+use crate::auth::SessionUser;
+use crate::core::{access_keys, orders};
+use crate::error::{ApiError, ErrorBody};
+use crate::state::AppState;
+use crate::views::{
+    AccessKeyView, CreatedAccessKeyView, LedgerEntryView, ListQuery, ListResponse, OrderView,
+    UsageLogView, UserView,
+};
+
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.route("/v1/me", web::get().to(me))
+        .route("/v1/me/access-keys", web::post().to(create_access_key))
+        .route("/v1/me/access-keys", web::get().to(list_access_keys))
+        .route("/v1/me/access-keys/{id}", web::delete().to(revoke_access_key))
+        .route("/v1/me/orders", web::post().to(create_order))
+        .route("/v1/me/orders", web::get().to(list_orders))
+        .route("/v1/me/ledger", web::get().to(ledger))
+        .route("/v1/me/usage", web::get().to(usage));
+}
+
+/// The signed-in user, with the current balance.
+#[utoipa::path(get, path = "/v1/me", tag = "me", security(("token" = [])),
+    responses((status = 200, body = UserView), (status = 401, body = ErrorBody)))]
+pub async fn me(session: SessionUser) -> HttpResponse {
+    HttpResponse::Ok().json(UserView::from(session.0))
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateAccessKey {
+    #[schema(example = "laptop")]
+    pub name: String,
+    pub expires_at: Option<DateTime<Utc>>,
+}
+
+/// Mint an access key for model calls; the secret is in this response only.
+#[utoipa::path(post, path = "/v1/me/access-keys", tag = "me", security(("token" = [])),
+    request_body = CreateAccessKey,
+    responses((status = 201, body = CreatedAccessKeyView), (status = 400, body = ErrorBody)))]
+pub async fn create_access_key(
+    state: web::Data<AppState>,
+    session: SessionUser,
+    body: web::Json<CreateAccessKey>,
+) -> Result<HttpResponse, ApiError> {
+    let created = access_keys::create(&state, session.0.id, &body.name, body.expires_at).await?;
+    Ok(HttpResponse::Created().json(created))
+}
+
+/// The user's access keys, never their secrets.
+#[utoipa::path(get, path = "/v1/me/access-keys", tag = "me", security(("token" = [])),
+    params(ListQuery), responses((status = 200, body = ListResponse<AccessKeyView>)))]
+pub async fn list_access_keys(
+    state: web::Data<AppState>,
+    session: SessionUser,
+    query: web::Query<ListQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let page = query.page()?;
+    let keys = access_keys::list(&state, session.0.id, page).await?;
+    Ok(HttpResponse::Ok().json(ListResponse::from_page(keys, page, access_keys::view)?))
+}
+
+/// Revoke a key at once; another user's key answers 404.
+#[utoipa::path(delete, path = "/v1/me/access-keys/{id}", tag = "me", security(("token" = [])),
+    params(("id" = i64, Path)),
+    responses((status = 204), (status = 404, body = ErrorBody)))]
+pub async fn revoke_access_key(
+    state: web::Data<AppState>,
+    session: SessionUser,
+    id: web::Path<i64>,
+) -> Result<HttpResponse, ApiError> {
+    access_keys::revoke(&state, session.0.id, id.into_inner()).await?;
+    Ok(HttpResponse::NoContent().finish())
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateOrder {
+    /// More than 0, at most the configured maximum, at most 2 decimals.
+    #[schema(value_type = String, example = "100.00")]
+    pub amount: Money,
+}
+
+/// Open a top-up order (PENDING until paid).
+#[utoipa::path(post, path = "/v1/me/orders", tag = "orders", security(("token" = [])),
+    request_body = CreateOrder,
+    responses((status = 201, body = OrderView), (status = 400, body = ErrorBody)))]
+pub async fn create_order(
+    state: web::Data<AppState>,
+    session: SessionUser,
+    body: web::Json<CreateOrder>,
+) -> Result<HttpResponse, ApiError> {
+    let order = orders::create(&state, session.0.id, &body.amount).await?;
+    Ok(HttpResponse::Created().json(OrderView::from(order)))
+}
+
+/// The user's own orders, newest first.
+#[utoipa::path(get, path = "/v1/me/orders", tag = "orders", security(("token" = [])),
+    params(ListQuery), responses((status = 200, body = ListResponse<OrderView>)))]
+pub async fn list_orders(
+    state: web::Data<AppState>,
+    session: SessionUser,
+    query: web::Query<ListQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let page = query.page()?;
+    let list = orders::list(&state, Some(session.0.id), page).await?;
+    Ok(HttpResponse::Ok().json(ListResponse::from_page(list, page, |o| Ok(OrderView::from(o)))?))
+}
+
+/// Every change of the user's balance, newest first.
+#[utoipa::path(get, path = "/v1/me/ledger", tag = "me", security(("token" = [])),
+    params(ListQuery), responses((status = 200, body = ListResponse<LedgerEntryView>)))]
+pub async fn ledger(
+    state: web::Data<AppState>,
+    session: SessionUser,
+    query: web::Query<ListQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let page = query.page()?;
+    let mut conn = state.conn().await?;
+    let list = persistence::ledger::list_for_user(&mut conn, session.0.id, page).await?;
+    Ok(HttpResponse::Ok().json(ListResponse::from_page(list, page, |e| {
+        Ok(LedgerEntryView::from(e))
+    })?))
+}
+
+/// The user's billed calls, newest first.
+#[utoipa::path(get, path = "/v1/me/usage", tag = "me", security(("token" = [])),
+    params(ListQuery), responses((status = 200, body = ListResponse<UsageLogView>)))]
+pub async fn usage(
+    state: web::Data<AppState>,
+    session: SessionUser,
+    query: web::Query<ListQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let page = query.page()?;
+    let mut conn = state.conn().await?;
+    let list = persistence::usage::list(&mut conn, Some(session.0.id), page).await?;
+    Ok(HttpResponse::Ok().json(ListResponse::from_page(list, page, |u| Ok(UsageLogView::from(u)))?))
+}

@@ -1,0 +1,20 @@
+//! HTTP handlers: each extracts input, calls a `core` function, and shapes the response.
+
+pub mod admin;
+pub mod auth;
+pub mod health;
+pub mod me;
+pub mod models;
+pub mod orders;
+
+use actix_web::web;
+
+/// Every API route, mounted at the root.
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    health::configure(cfg);
+    auth::configure(cfg);
+    me::configure(cfg);
+    orders::configure(cfg);
+    admin::configure(cfg);
+    models::configure(cfg);
+}

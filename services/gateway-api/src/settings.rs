@@ -1,0 +1,148 @@
+//! gateway-api configuration: built-in defaults, then `APP_CONFIG_FILE`, then `APP__*` variables.
+
+use base64::Engine;
+use domain::Money;
+use persistence::DatabaseSettings;
+use runtime::telemetry::LogFormat;
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+
+const DEFAULTS: &str = r#"
+log_format = "pretty"
+run_migrations = true
+
+[server]
+host = "127.0.0.1"
+port = 8080
+body_limit_bytes = 1048576
+
+[database]
+url = "postgres://postgres@127.0.0.1:5432/ai_gateway"
+pool_max_size = 16
+pool_wait_timeout_ms = 5000
+connect_timeout_ms = 5000
+
+[auth]
+jwt_ttl_seconds = 86400
+bcrypt_cost = 12
+
+[orders]
+max_amount = "100000"
+payment_tolerance_seconds = 300
+"#;
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Settings {
+    pub log_format: LogFormat,
+    /// gateway-api applies pending migrations on start (workers never do).
+    pub run_migrations: bool,
+    pub server: ServerSettings,
+    pub database: DatabaseSettings,
+    pub auth: AuthSettings,
+    pub security: SecuritySettings,
+    pub orders: OrderSettings,
+    #[serde(default)]
+    pub bootstrap: BootstrapSettings,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct ServerSettings {
+    pub host: String,
+    pub port: u16,
+    /// Larger request bodies answer 413.
+    pub body_limit_bytes: usize,
+    #[serde(default)]
+    pub workers: Option<usize>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct AuthSettings {
+    /// HS256 secret for session tokens; at least 32 bytes.
+    pub jwt_secret: SecretString,
+    pub jwt_ttl_seconds: i64,
+    pub bcrypt_cost: u32,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct SecuritySettings {
+    /// Base64 of 32 random bytes: the AES-256-GCM key for provider secrets at rest.
+    pub master_key: SecretString,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct OrderSettings {
+    pub max_amount: Money,
+    /// HMAC-SHA256 secret shared with the payment provider; callbacks are refused without it.
+    #[serde(default)]
+    pub payment_webhook_secret: Option<SecretString>,
+    pub payment_tolerance_seconds: i64,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct BootstrapSettings {
+    pub admin_email: Option<String>,
+    pub admin_password: Option<SecretString>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SettingsError {
+    #[error("configuration: {0}")]
+    Load(String),
+    #[error("configuration: {0}")]
+    Invalid(String),
+}
+
+impl Settings {
+    /// Loads the layers, then the bootstrap admin from `ADMIN_EMAIL` / `ADMIN_PASSWORD`.
+    pub fn load() -> Result<Settings, SettingsError> {
+        let mut settings: Settings =
+            runtime::config::load(DEFAULTS).map_err(|e| SettingsError::Load(e.to_string()))?;
+        if let Ok(email) = std::env::var("ADMIN_EMAIL") {
+            settings.bootstrap.admin_email = Some(email);
+        }
+        if let Ok(password) = std::env::var("ADMIN_PASSWORD") {
+            settings.bootstrap.admin_password = Some(password.into());
+        }
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    /// Refuses to start with settings that would make the service unsafe or broken.
+    pub fn validate(&self) -> Result<(), SettingsError> {
+        let invalid = |m: &str| Err(SettingsError::Invalid(m.to_owned()));
+        if self.auth.jwt_secret.expose_secret().len() < 32 {
+            return invalid("auth.jwt_secret must be at least 32 bytes (APP__AUTH__JWT_SECRET)");
+        }
+        if !(4..=31).contains(&self.auth.bcrypt_cost) {
+            return invalid("auth.bcrypt_cost must be between 4 and 31");
+        }
+        if self.auth.jwt_ttl_seconds <= 0 {
+            return invalid("auth.jwt_ttl_seconds must be positive");
+        }
+        if self.master_key().is_none() {
+            return invalid(
+                "security.master_key must be base64 of 32 bytes (APP__SECURITY__MASTER_KEY)",
+            );
+        }
+        if !self.orders.max_amount.is_positive() {
+            return invalid("orders.max_amount must be positive");
+        }
+        if self.server.body_limit_bytes < 1024 {
+            return invalid("server.body_limit_bytes must be at least 1024");
+        }
+        if let Some(secret) = &self.orders.payment_webhook_secret {
+            if secret.expose_secret().len() < 16 {
+                return invalid("orders.payment_webhook_secret must be at least 16 bytes");
+            }
+        }
+        Ok(())
+    }
+
+    pub fn master_key(&self) -> Option<[u8; 32]> {
+        base64::engine::general_purpose::STANDARD
+            .decode(self.security.master_key.expose_secret().trim())
+            .ok()?
+            .try_into()
+            .ok()
+    }
+}

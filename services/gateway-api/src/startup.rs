@@ -1,0 +1,143 @@
+//! Building and running the HTTP application (used by `main` and by the tests).
+
+use std::net::TcpListener;
+
+use actix_web::dev::Server;
+use actix_web::middleware::{from_fn, Compress};
+use actix_web::{web, App, HttpServer};
+use metrics_exporter_prometheus::PrometheusHandle;
+use utoipa::OpenApi;
+use utoipa_swagger_ui::SwaggerUi;
+
+use crate::core::identity;
+use crate::error::ApiError;
+use crate::middleware::{json_errors, record_metrics, request_id};
+use crate::openapi::ApiDoc;
+use crate::routes;
+use crate::settings::Settings;
+use crate::state::AppState;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    #[error("database: {0}")]
+    Database(#[from] persistence::StoreError),
+    #[error("bootstrap: {0}")]
+    Bootstrap(#[from] ApiError),
+    #[error("metrics: {0}")]
+    Metrics(String),
+    #[error("listening: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("configuration: {0}")]
+    Config(String),
+}
+
+pub struct Application {
+    port: u16,
+    server: Server,
+    state: web::Data<AppState>,
+}
+
+impl Application {
+    /// Connects, migrates (when configured), bootstraps the admin and binds (port 0 = any).
+    pub async fn build(settings: Settings) -> Result<Application, StartupError> {
+        settings.validate().map_err(|e| StartupError::Config(e.to_string()))?;
+        let master_key = settings
+            .master_key()
+            .ok_or_else(|| StartupError::Config("security.master_key".to_owned()))?;
+        let pool = persistence::build_pool(&settings.database)?;
+        if settings.run_migrations {
+            persistence::run_migrations(&pool).await?;
+        }
+        identity::bootstrap_admin(&pool, &settings.bootstrap, settings.auth.bcrypt_cost).await?;
+        let dummy = random_dummy_hash(settings.auth.bcrypt_cost).await?;
+        let metrics = runtime::metrics::install().map_err(|e| StartupError::Metrics(e.to_string()))?;
+        let state = web::Data::new(AppState::new(&settings, pool, &master_key, dummy));
+        let listener = TcpListener::bind((settings.server.host.as_str(), settings.server.port))?;
+        let port = listener.local_addr()?.port();
+        let server = serve(listener, state.clone(), metrics, &settings)?;
+        Ok(Application { port, server, state })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn pool(&self) -> persistence::Pool {
+        self.state.pool.clone()
+    }
+
+    /// Runs until the server stops; actix stops gracefully on SIGINT/SIGTERM by itself.
+    pub async fn run_until_stopped(self) -> std::io::Result<()> {
+        self.server.await
+    }
+
+    /// A handle to stop the server from elsewhere (tests).
+    pub fn handle(&self) -> actix_web::dev::ServerHandle {
+        self.server.handle()
+    }
+}
+
+async fn random_dummy_hash(cost: u32) -> Result<String, StartupError> {
+    let seed = uuid::Uuid::new_v4().to_string();
+    identity::hash_password(&seed, cost).await.map_err(StartupError::Bootstrap)
+}
+
+fn serve(
+    listener: TcpListener,
+    state: web::Data<AppState>,
+    metrics: PrometheusHandle,
+    settings: &Settings,
+) -> Result<Server, StartupError> {
+    let body_limit = settings.server.body_limit_bytes;
+    let metrics = web::Data::new(metrics);
+    let openapi = ApiDoc::openapi();
+    let mut server = HttpServer::new(move || {
+        App::new()
+            .app_data(state.clone())
+            .app_data(metrics.clone())
+            .app_data(json_config(body_limit))
+            .app_data(web::PathConfig::default().error_handler(|err, _| {
+                ApiError::InvalidRequest(format!("invalid path parameter: {err}")).into()
+            }))
+            .app_data(web::QueryConfig::default().error_handler(|err, _| {
+                ApiError::InvalidRequest(format!("invalid query string: {err}")).into()
+            }))
+            .app_data(web::PayloadConfig::new(body_limit))
+            .configure(routes::configure)
+            .service(web::redirect("/docs", "/docs/"))
+            .service(SwaggerUi::new("/docs/{_:.*}").url("/openapi.json", openapi.clone()))
+            .default_service(web::to(|| async {
+                Err::<actix_web::HttpResponse, _>(ApiError::NotFound("no such route".to_owned()))
+            }))
+            .wrap(from_fn(json_errors))
+            .wrap(Compress::default())
+            .wrap(from_fn(record_metrics))
+            .wrap(from_fn(request_id))
+    })
+    .listen(listener)?;
+    if let Some(workers) = settings.server.workers {
+        server = server.workers(workers);
+    }
+    Ok(server.run())
+}
+
+fn json_config(limit: usize) -> web::JsonConfig {
+    web::JsonConfig::default()
+        .limit(limit)
+        .error_handler(move |err, _| {
+            use actix_web::error::JsonPayloadError;
+            let error = match &err {
+                JsonPayloadError::Overflow { .. } | JsonPayloadError::OverflowKnownLength { .. } => {
+                    ApiError::PayloadTooLarge(format!("request body is larger than {limit} bytes"))
+                }
+                JsonPayloadError::ContentType => ApiError::InvalidRequest(
+                    "Content-Type must be application/json".to_owned(),
+                ),
+                JsonPayloadError::Deserialize(e) => {
+                    ApiError::InvalidRequest(format!("invalid JSON body: {e}"))
+                }
+                other => ApiError::InvalidRequest(format!("invalid request body: {other}")),
+            };
+            error.into()
+        })
+}

@@ -1,0 +1,51 @@
+//! What every request handler shares: the pool and the keys derived from settings at start.
+
+use domain::Money;
+use jsonwebtoken::{DecodingKey, EncodingKey};
+use persistence::{Pool, PooledConnection};
+use secrecy::{ExposeSecret, SecretString};
+
+use crate::error::ApiError;
+use crate::secrets::SecretBox;
+use crate::settings::Settings;
+
+pub struct AppState {
+    pub pool: Pool,
+    pub jwt_encoding: EncodingKey,
+    pub jwt_decoding: DecodingKey,
+    pub jwt_ttl_seconds: i64,
+    pub bcrypt_cost: u32,
+    /// A bcrypt hash of random bytes at the configured cost (see `core::identity::login`).
+    pub dummy_password_hash: String,
+    pub secret_box: SecretBox,
+    pub max_order_amount: Money,
+    pub payment_webhook_secret: Option<SecretString>,
+    pub payment_tolerance_seconds: i64,
+}
+
+impl AppState {
+    pub fn new(
+        settings: &Settings,
+        pool: Pool,
+        master_key: &[u8; 32],
+        dummy_password_hash: String,
+    ) -> AppState {
+        let jwt_secret = settings.auth.jwt_secret.expose_secret().as_bytes();
+        AppState {
+            pool,
+            jwt_encoding: EncodingKey::from_secret(jwt_secret),
+            jwt_decoding: DecodingKey::from_secret(jwt_secret),
+            jwt_ttl_seconds: settings.auth.jwt_ttl_seconds,
+            bcrypt_cost: settings.auth.bcrypt_cost,
+            dummy_password_hash,
+            secret_box: SecretBox::new(master_key),
+            max_order_amount: settings.orders.max_amount.clone(),
+            payment_webhook_secret: settings.orders.payment_webhook_secret.clone(),
+            payment_tolerance_seconds: settings.orders.payment_tolerance_seconds,
+        }
+    }
+
+    pub async fn conn(&self) -> Result<PooledConnection, ApiError> {
+        self.pool.get().await.map_err(|e| persistence::StoreError::from(e).into())
+    }
+}

@@ -1,0 +1,323 @@
+//! The API objects of API.md, built from persistence rows; what clients see and nothing more.
+
+use chrono::{DateTime, Utc};
+use domain::{Money, Pricing};
+use persistence::Paged;
+use persistence::access_keys::AccessKey;
+use persistence::catalog::{Model, Provider, ProviderKey};
+use persistence::ledger::LedgerEntry;
+use persistence::orders::Order;
+use persistence::usage::UsageLog;
+use persistence::users::User;
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+
+use crate::error::ApiError;
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct UserView {
+    pub id: i64,
+    pub email: String,
+    #[schema(example = "user")]
+    pub role: String,
+    #[schema(example = "active")]
+    pub status: String,
+    #[schema(value_type = String, example = "10.5")]
+    pub balance: Money,
+    pub created_at: DateTime<Utc>,
+}
+
+impl From<User> for UserView {
+    fn from(user: User) -> Self {
+        UserView {
+            id: user.id,
+            email: user.email,
+            role: user.role,
+            status: user.status,
+            balance: Money::from_db(user.balance),
+            created_at: user.created_at,
+        }
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AccessKeyView {
+    pub id: i64,
+    pub name: String,
+    #[schema(example = "sk-AbCdEfGh")]
+    pub prefix: String,
+    pub created_at: DateTime<Utc>,
+    pub expires_at: Option<DateTime<Utc>>,
+    pub last_used_at: Option<DateTime<Utc>>,
+    pub revoked: bool,
+}
+
+impl From<AccessKey> for AccessKeyView {
+    fn from(key: AccessKey) -> Self {
+        AccessKeyView {
+            id: key.id,
+            name: key.name,
+            prefix: key.prefix,
+            created_at: key.created_at,
+            expires_at: key.expires_at,
+            last_used_at: key.last_used_at,
+            revoked: key.revoked_at.is_some(),
+        }
+    }
+}
+
+/// Only the creation response carries the secret, once.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CreatedAccessKeyView {
+    #[serde(flatten)]
+    pub access_key: AccessKeyView,
+    /// The full secret; it cannot be shown again.
+    pub key: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ProviderView {
+    pub id: i64,
+    pub name: String,
+    #[schema(example = "openai")]
+    pub kind: String,
+    pub base_url: String,
+    pub enabled: bool,
+    pub created_at: DateTime<Utc>,
+}
+
+impl From<Provider> for ProviderView {
+    fn from(p: Provider) -> Self {
+        ProviderView {
+            id: p.id,
+            name: p.name,
+            kind: p.kind,
+            base_url: p.base_url,
+            enabled: p.enabled,
+            created_at: p.created_at,
+        }
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ProviderKeyView {
+    pub id: i64,
+    pub provider_id: i64,
+    pub name: String,
+    /// The last four characters of the secret; the secret itself is write-only.
+    pub key_hint: String,
+    pub weight: i32,
+    pub enabled: bool,
+    pub created_at: DateTime<Utc>,
+}
+
+impl From<ProviderKey> for ProviderKeyView {
+    fn from(k: ProviderKey) -> Self {
+        ProviderKeyView {
+            id: k.id,
+            provider_id: k.provider_id,
+            name: k.name,
+            key_hint: k.key_hint,
+            weight: k.weight,
+            enabled: k.enabled,
+            created_at: k.created_at,
+        }
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ModelView {
+    pub id: i64,
+    pub name: String,
+    pub provider_id: i64,
+    pub upstream_model: String,
+    #[schema(example = "chat")]
+    pub kind: String,
+    #[schema(value_type = PricingSchema)]
+    pub pricing: Pricing,
+    pub max_output_tokens: i32,
+    pub enabled: bool,
+    pub created_at: DateTime<Utc>,
+}
+
+/// Pricing as documented: each field an optional non-negative decimal string.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct PricingSchema {
+    #[schema(example = "0.15")]
+    pub input_per_million: Option<String>,
+    #[schema(example = "0.60")]
+    pub output_per_million: Option<String>,
+    pub cached_input_per_million: Option<String>,
+    pub per_image: Option<String>,
+    pub per_request: Option<String>,
+}
+
+impl TryFrom<Model> for ModelView {
+    type Error = ApiError;
+
+    fn try_from(m: Model) -> Result<Self, ApiError> {
+        let pricing = serde_json::from_value(m.pricing)
+            .map_err(|e| ApiError::Internal(format!("stored pricing of model {}: {e}", m.id)))?;
+        Ok(ModelView {
+            id: m.id,
+            name: m.name,
+            provider_id: m.provider_id,
+            upstream_model: m.upstream_model,
+            kind: m.kind,
+            pricing,
+            max_output_tokens: m.max_output_tokens,
+            enabled: m.enabled,
+            created_at: m.created_at,
+        })
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct OrderView {
+    pub order_no: String,
+    pub user_id: i64,
+    #[schema(value_type = String, example = "100")]
+    pub amount: Money,
+    #[schema(example = "PENDING")]
+    pub status: String,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl From<Order> for OrderView {
+    fn from(o: Order) -> Self {
+        OrderView {
+            order_no: o.order_no,
+            user_id: o.user_id,
+            amount: Money::from_db(o.amount),
+            status: o.status,
+            created_at: o.created_at,
+            updated_at: o.updated_at,
+        }
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct LedgerEntryView {
+    pub id: i64,
+    pub user_id: i64,
+    #[schema(value_type = String, example = "-0.0005253")]
+    pub delta: Money,
+    #[schema(value_type = String)]
+    pub balance_after: Money,
+    #[schema(example = "topup")]
+    pub kind: String,
+    pub reference: String,
+    pub note: Option<String>,
+    pub created_at: DateTime<Utc>,
+}
+
+impl From<LedgerEntry> for LedgerEntryView {
+    fn from(e: LedgerEntry) -> Self {
+        LedgerEntryView {
+            id: e.id,
+            user_id: e.user_id,
+            delta: Money::from_db(e.delta),
+            balance_after: Money::from_db(e.balance_after),
+            kind: e.kind,
+            reference: e.reference,
+            note: e.note,
+            created_at: e.created_at,
+        }
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct UsageLogView {
+    pub id: i64,
+    pub request_id: uuid::Uuid,
+    pub user_id: i64,
+    pub model: String,
+    pub prompt_tokens: i64,
+    pub completion_tokens: i64,
+    pub images: i32,
+    #[schema(value_type = String)]
+    pub cost: Money,
+    pub created_at: DateTime<Utc>,
+}
+
+impl From<UsageLog> for UsageLogView {
+    fn from(u: UsageLog) -> Self {
+        UsageLogView {
+            id: u.id,
+            request_id: u.request_id,
+            user_id: u.user_id,
+            model: u.model_name,
+            prompt_tokens: u.prompt_tokens,
+            completion_tokens: u.completion_tokens,
+            images: u.images,
+            cost: Money::from_db(u.cost),
+            created_at: u.created_at,
+        }
+    }
+}
+
+/// `{"data": [...], "total", "limit", "offset"}`, newest first.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ListResponse<T: ToSchema> {
+    pub data: Vec<T>,
+    pub total: i64,
+    pub limit: i64,
+    pub offset: i64,
+}
+
+impl<T: ToSchema> ListResponse<T> {
+    pub fn from_page<R>(
+        paged: Paged<R>,
+        page: persistence::Page,
+        view: impl FnMut(R) -> Result<T, ApiError>,
+    ) -> Result<Self, ApiError> {
+        Ok(ListResponse {
+            data: paged.rows.into_iter().map(view).collect::<Result<_, _>>()?,
+            total: paged.total,
+            limit: page.limit,
+            offset: page.offset,
+        })
+    }
+}
+
+/// `?limit=` (1..=200, default 50) and `?offset=` (>= 0).
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    pub limit: Option<i64>,
+    pub offset: Option<i64>,
+}
+
+impl ListQuery {
+    pub fn page(&self) -> Result<persistence::Page, ApiError> {
+        page(self.limit, self.offset)
+    }
+}
+
+/// The admin lists' query: the page and an optional `?user_id=` filter.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct AdminListQuery {
+    pub limit: Option<i64>,
+    pub offset: Option<i64>,
+    pub user_id: Option<i64>,
+}
+
+impl AdminListQuery {
+    pub fn page(&self) -> Result<persistence::Page, ApiError> {
+        page(self.limit, self.offset)
+    }
+}
+
+fn page(limit: Option<i64>, offset: Option<i64>) -> Result<persistence::Page, ApiError> {
+    let limit = limit.unwrap_or(50);
+    if !(1..=200).contains(&limit) {
+        return Err(ApiError::InvalidRequest("limit must be between 1 and 200".to_owned()));
+    }
+    let offset = offset.unwrap_or(0);
+    if !(0..=10_000_000).contains(&offset) {
+        return Err(ApiError::InvalidRequest("offset must be between 0 and 10000000".to_owned()));
+    }
+    Ok(persistence::Page { limit, offset })
+}

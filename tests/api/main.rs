@@ -1,0 +1,6 @@
+//! End-to-end HTTP tests of gateway-api: the real app on port 0, a fresh Postgres database each.
+
+#![allow(clippy::unwrap_used)]
+
+mod health;
+mod identity;

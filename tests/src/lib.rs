@@ -1,0 +1,246 @@
+//! Test harness: boots the real gateway-api on port 0 against its own fresh Postgres database.
+
+#![allow(clippy::unwrap_used)]
+
+use std::sync::Once;
+
+use base64::Engine;
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use gateway_api::Settings;
+use gateway_api::settings::{
+    AuthSettings, BootstrapSettings, OrderSettings, SecuritySettings, ServerSettings,
+};
+use persistence::DatabaseSettings;
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+
+pub const ADMIN_EMAIL: &str = "admin@test.local";
+pub const ADMIN_PASSWORD: &str = "admin-password-1";
+pub const PAYMENT_SECRET: &str = "whsec_test_0123456789abcdef";
+pub const BODY_LIMIT: usize = 64 * 1024;
+/// Every test database starts with this, so `make test` can drop leftovers.
+pub const TEST_DB_PREFIX: &str = "gwtest_";
+
+static TRACING: Once = Once::new();
+
+pub fn postgres_base_url() -> String {
+    std::env::var("TEST_POSTGRES_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into())
+}
+
+/// Creates an empty database with a unique name and returns its URL.
+pub async fn create_database() -> String {
+    let name = format!("{TEST_DB_PREFIX}{}", uuid::Uuid::new_v4().simple());
+    let base = postgres_base_url();
+    let mut conn = AsyncPgConnection::establish(&format!("{base}/postgres"))
+        .await
+        .expect("Postgres must be running on 127.0.0.1:5432 (make test starts it)");
+    diesel::sql_query(format!("CREATE DATABASE {name}")).execute(&mut conn).await.unwrap();
+    format!("{base}/{name}")
+}
+
+pub fn test_settings(database_url: String) -> Settings {
+    let master_key = base64::engine::general_purpose::STANDARD.encode([42u8; 32]);
+    Settings {
+        log_format: runtime::telemetry::LogFormat::Pretty,
+        run_migrations: true,
+        server: ServerSettings {
+            host: "127.0.0.1".into(),
+            port: 0,
+            body_limit_bytes: BODY_LIMIT,
+            workers: Some(2),
+        },
+        database: DatabaseSettings {
+            url: database_url,
+            pool_max_size: 30,
+            pool_wait_timeout_ms: 10_000,
+            connect_timeout_ms: 5_000,
+        },
+        auth: AuthSettings {
+            jwt_secret: "test-jwt-secret-that-is-long-enough-0123456789".to_owned().into(),
+            jwt_ttl_seconds: 3600,
+            bcrypt_cost: 4,
+        },
+        security: SecuritySettings { master_key: master_key.into() },
+        orders: OrderSettings {
+            max_amount: domain::Money::parse("10000").unwrap(),
+            payment_webhook_secret: Some(PAYMENT_SECRET.to_owned().into()),
+            payment_tolerance_seconds: 300,
+        },
+        bootstrap: BootstrapSettings {
+            admin_email: Some(ADMIN_EMAIL.into()),
+            admin_password: Some(ADMIN_PASSWORD.to_owned().into()),
+        },
+    }
+}
+
+pub struct TestApp {
+    pub address: String,
+    pub client: reqwest::Client,
+    pub pool: persistence::Pool,
+    pub settings: Settings,
+    admin_token: String,
+}
+
+/// A running gateway-api with its own database, the bootstrap admin signed in.
+pub async fn spawn_app() -> TestApp {
+    TRACING.call_once(|| {
+        if std::env::var("TEST_LOG").is_ok() {
+            runtime::telemetry::init("tests", runtime::telemetry::LogFormat::Pretty);
+        }
+    });
+    let settings = test_settings(create_database().await);
+    let app = gateway_api::Application::build(settings.clone()).await.unwrap();
+    let address = format!("http://127.0.0.1:{}", app.port());
+    let pool = app.pool();
+    tokio::spawn(app.run_until_stopped());
+    let client = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    let mut test = TestApp { address, client, pool, settings, admin_token: String::new() };
+    test.admin_token = test.login(ADMIN_EMAIL, ADMIN_PASSWORD).await;
+    test
+}
+
+/// A response read whole: status, headers and the JSON body (Null when empty or not JSON).
+#[derive(Debug)]
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: reqwest::header::HeaderMap,
+    pub text: String,
+    pub json: Value,
+}
+
+impl Reply {
+    /// Asserts the API.md error body with this status and code.
+    pub fn assert_error(&self, status: u16, code: &str) {
+        assert_eq!(self.status.as_u16(), status, "unexpected status; body: {}", self.text);
+        assert_eq!(self.json["error"]["code"], code, "unexpected body: {}", self.text);
+        assert!(self.json["error"]["message"].as_str().is_some_and(|m| !m.is_empty()), "{}", self.text);
+        assert!(self.json["error"]["type"].is_string(), "{}", self.text);
+    }
+
+    pub fn assert_status(&self, status: u16) -> &Value {
+        assert_eq!(self.status.as_u16(), status, "unexpected status; body: {}", self.text);
+        &self.json
+    }
+}
+
+pub enum Credential<'a> {
+    None,
+    Bearer(&'a str),
+    AccessKeyHeader(&'a str),
+}
+
+impl TestApp {
+    pub fn admin_token(&self) -> &str {
+        &self.admin_token
+    }
+
+    pub async fn send(&self, method: Method, path: &str, credential: Credential<'_>, body: Option<Value>) -> Reply {
+        let mut request = self.client.request(method, format!("{}{path}", self.address));
+        request = match credential {
+            Credential::None => request,
+            Credential::Bearer(token) => request.bearer_auth(token),
+            Credential::AccessKeyHeader(key) => request.header("ACCESS-KEY", key),
+        };
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        Self::read(request.send().await.unwrap()).await
+    }
+
+    /// Sends raw bytes with a content type, for malformed-body tests.
+    pub async fn send_raw(&self, method: Method, path: &str, token: Option<&str>, content_type: &str, body: Vec<u8>) -> Reply {
+        let mut request = self
+            .client
+            .request(method, format!("{}{path}", self.address))
+            .header("content-type", content_type)
+            .body(body);
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        Self::read(request.send().await.unwrap()).await
+    }
+
+    pub async fn read(response: reqwest::Response) -> Reply {
+        let status = response.status();
+        let headers = response.headers().clone();
+        let text = response.text().await.unwrap();
+        let json = serde_json::from_str(&text).unwrap_or(Value::Null);
+        Reply { status, headers, text, json }
+    }
+
+    pub async fn get(&self, path: &str, token: &str) -> Reply {
+        self.send(Method::GET, path, Credential::Bearer(token), None).await
+    }
+
+    pub async fn post(&self, path: &str, token: &str, body: Value) -> Reply {
+        self.send(Method::POST, path, Credential::Bearer(token), Some(body)).await
+    }
+
+    pub async fn patch(&self, path: &str, token: &str, body: Value) -> Reply {
+        self.send(Method::PATCH, path, Credential::Bearer(token), Some(body)).await
+    }
+
+    pub async fn delete(&self, path: &str, token: &str) -> Reply {
+        self.send(Method::DELETE, path, Credential::Bearer(token), None).await
+    }
+
+    pub async fn login(&self, email: &str, password: &str) -> String {
+        let reply = self
+            .send(Method::POST, "/v1/auth/login", Credential::None, Some(json!({"email": email, "password": password})))
+            .await;
+        reply.assert_status(200)["access_token"].as_str().unwrap().to_owned()
+    }
+
+    /// Registers a fresh user and returns (user id, token).
+    pub async fn new_user(&self) -> (i64, String) {
+        let email = format!("u{}@example.com", uuid::Uuid::new_v4().simple());
+        let reply = self
+            .send(Method::POST, "/v1/auth/register", Credential::None, Some(json!({"email": email, "password": "password-123"})))
+            .await;
+        let id = reply.assert_status(201)["user"]["id"].as_i64().unwrap();
+        (id, self.login(&email, "password-123").await)
+    }
+
+    /// Credits a user through an order completed by the admin.
+    pub async fn top_up(&self, token: &str, amount: &str) -> Value {
+        let order = self.post("/v1/me/orders", token, json!({"amount": amount})).await;
+        let order_no = order.assert_status(201)["order_no"].as_str().unwrap().to_owned();
+        let done = self.post(&format!("/v1/orders/{order_no}/complete"), &self.admin_token, json!({})).await;
+        done.assert_status(200).clone()
+    }
+
+    /// Row count of a table, to prove a failed request wrote nothing.
+    pub async fn count(&self, table: &str) -> i64 {
+        #[derive(diesel::QueryableByName)]
+        struct Count {
+            #[diesel(sql_type = diesel::sql_types::BigInt)]
+            n: i64,
+        }
+        let mut conn = self.pool.get().await.unwrap();
+        let row: Count = diesel::sql_query(format!("SELECT count(*) AS n FROM {table}"))
+            .get_result(&mut conn)
+            .await
+            .unwrap();
+        row.n
+    }
+
+    /// Counts of every table a request could write, to compare before and after.
+    pub async fn snapshot(&self) -> Vec<(String, i64)> {
+        let mut counts = Vec::new();
+        for table in [
+            "users", "providers", "provider_keys", "llm_models", "access_keys", "orders",
+            "balance_ledger", "payment_events", "usage_logs", "async_jobs",
+        ] {
+            counts.push((table.to_owned(), self.count(table).await));
+        }
+        counts
+    }
+
+    /// A user's stored balance and the sum of their ledger rows, as exact decimals.
+    pub async fn balance_and_ledger_sum(&self, user_id: i64) -> (bigdecimal::BigDecimal, bigdecimal::BigDecimal) {
+        let mut conn = self.pool.get().await.unwrap();
+        let user = persistence::users::find(&mut conn, user_id).await.unwrap();
+        let sum = persistence::ledger::sum_for_user(&mut conn, user_id).await.unwrap();
+        (user.balance, sum)
+    }
+}
