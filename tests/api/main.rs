@@ -4,3 +4,4 @@
 
 mod health;
 mod identity;
+mod orders;

@@ -244,3 +244,18 @@ impl TestApp {
         (user.balance, sum)
     }
 }
+
+impl TestApp {
+    /// The stored row of an access key, to check what the database keeps.
+    pub async fn access_key_row(&self, id: i64) -> persistence::access_keys::AccessKey {
+        use diesel::{QueryDsl, SelectableHelper};
+        use persistence::schema::access_keys;
+        let mut conn = self.pool.get().await.unwrap();
+        access_keys::table
+            .find(id)
+            .select(persistence::access_keys::AccessKey::as_select())
+            .first(&mut conn)
+            .await
+            .unwrap()
+    }
+}

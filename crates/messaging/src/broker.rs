@@ -17,6 +17,8 @@ use crate::{BrokerSettings, MessagingError};
 
 /// Opening a connection (TCP, AMQP handshake, topology, channels) longer than this fails.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Closing handshake with a broker that may be unreachable gives up after this.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 const RECONNECT_BACKOFF_START: Duration = Duration::from_millis(200);
 const RECONNECT_BACKOFF_MAX: Duration = Duration::from_secs(10);
 /// How often the watcher double-checks that the connection and channel are open.
@@ -163,7 +165,8 @@ impl Broker {
         let current = self.inner.session.borrow().clone();
         if let Some(session) = current {
             tracing::info!("closing the RabbitMQ connection to reconnect");
-            if let Err(error) = session.connection.clone().close().await {
+            let closing = session.connection.clone().close();
+            if let Ok(Err(error)) = tokio::time::timeout(CLOSE_TIMEOUT, closing).await {
                 tracing::debug!(%error, "closing the RabbitMQ connection");
             }
         }
@@ -177,8 +180,11 @@ impl Broker {
         metrics::gauge!("messaging_broker_connected").set(0.0);
         if let Some(session) = session {
             session.confirms.fail_all();
-            if let Err(error) = session.connection.clone().close().await {
-                tracing::debug!(%error, "closing the RabbitMQ connection");
+            let closing = session.connection.clone().close();
+            match tokio::time::timeout(CLOSE_TIMEOUT, closing).await {
+                Ok(Ok(())) => {}
+                Ok(Err(error)) => tracing::debug!(%error, "closing the RabbitMQ connection"),
+                Err(_) => tracing::warn!("closing the RabbitMQ connection timed out"),
             }
         }
     }

@@ -24,6 +24,8 @@ use crate::{Broker, MessagingError};
 /// Pause before re-subscribing after the subscription was lost, growing up to the max.
 const RESUBSCRIBE_BACKOFF_START: Duration = Duration::from_millis(200);
 const RESUBSCRIBE_BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// A shutdown step talking to a broker that may be unreachable gives up after this.
+const STOP_STEP_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// What the consumer loop does with a message once its handler returned.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -230,11 +232,15 @@ impl Consumer {
     ) {
         let queue = self.queues.work.as_str();
         tracing::info!(queue, in_flight = in_flight.len(), "stopping consumer");
-        if let Err(error) = channel
-            .basic_cancel(BasicCancelArguments::new(consumer_tag))
-            .await
+        match tokio::time::timeout(
+            STOP_STEP_TIMEOUT,
+            channel.basic_cancel(BasicCancelArguments::new(consumer_tag)),
+        )
+        .await
         {
-            tracing::warn!(queue, %error, "basic.cancel failed");
+            Ok(Ok(_)) => {}
+            Ok(Err(error)) => tracing::warn!(queue, %error, "basic.cancel failed"),
+            Err(_) => tracing::warn!(queue, "basic.cancel timed out"),
         }
         // Deliveries that arrived but never started go back to the queue for another worker.
         deliveries.close();
@@ -247,8 +253,10 @@ impl Consumer {
             }
         }
         drain(in_flight, self.drain_timeout, queue).await;
-        if let Err(error) = channel.clone().close().await {
-            tracing::debug!(queue, %error, "closing the consumer channel");
+        match tokio::time::timeout(STOP_STEP_TIMEOUT, channel.clone().close()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => tracing::debug!(queue, %error, "closing the consumer channel"),
+            Err(_) => tracing::warn!(queue, "closing the consumer channel timed out"),
         }
         tracing::info!(queue, "consumer stopped");
     }

@@ -1,4 +1,5 @@
-//! gateway-api binary: settings, tracing, build, serve until SIGINT/SIGTERM.
+//! gateway-api binary: `gateway-api` serves until SIGINT/SIGTERM; `gateway-api migrate` applies
+//! the schema migrations and exits.
 
 use gateway_api::{Application, Settings};
 
@@ -6,6 +7,12 @@ use gateway_api::{Application, Settings};
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let settings = Settings::load()?;
     runtime::telemetry::init("gateway-api", settings.log_format);
+    if std::env::args().nth(1).as_deref() == Some("migrate") {
+        let pool = persistence::build_pool(&settings.database)?;
+        persistence::run_migrations(&pool).await?;
+        tracing::info!("migrations applied");
+        return Ok(());
+    }
     let app = Application::build(settings).await?;
     tracing::info!(port = app.port(), "gateway-api listening");
     app.run_until_stopped().await?;

@@ -1,0 +1,43 @@
+# The two commands: `make run` (a working local stack) and `make test` (every test).
+SHELL := /bin/bash
+CARGO ?= cargo
+DB_NAME ?= ai_gateway
+
+.PHONY: run test services lint fmt migrate build clean-test-dbs
+
+run:
+	deploy/local/run.sh
+
+test: services clean-test-dbs
+	@if $(CARGO) nextest --version >/dev/null 2>&1; then \
+		$(CARGO) nextest run --workspace --no-fail-fast; \
+	else \
+		$(CARGO) test --workspace --no-fail-fast; \
+	fi
+	$(CARGO) test --workspace --doc
+
+services:
+	deploy/local/ensure-services.sh
+
+# Test databases are named gwtest_<uuid>; drop what earlier runs left behind.
+clean-test-dbs:
+	@psql -h 127.0.0.1 -U postgres -tAc "SELECT datname FROM pg_database WHERE datname LIKE 'gwtest\_%'" \
+		| while read -r db; do [ -n "$$db" ] && dropdb -h 127.0.0.1 -U postgres --if-exists "$$db"; done; true
+
+lint:
+	$(CARGO) fmt --all --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+fmt:
+	$(CARGO) fmt --all
+
+build:
+	$(CARGO) build --workspace --bins
+
+migrate: services
+	deploy/local/dev-env.sh
+	@psql -h 127.0.0.1 -U postgres -tAc "SELECT 1 FROM pg_database WHERE datname = '$(DB_NAME)'" | grep -q 1 \
+		|| createdb -h 127.0.0.1 -U postgres $(DB_NAME)
+	set -a; . .run/dev.env; set +a; \
+		APP__DATABASE__URL=$${APP__DATABASE__URL:-postgres://postgres@127.0.0.1:5432/$(DB_NAME)} \
+		$(CARGO) run -q --bin gateway-api -- migrate

@@ -1,0 +1,91 @@
+//! The migrations against a real Postgres: diesel's schema.rs matches them, and the CHECK and
+//! UNIQUE constraints refuse what must never be stored.
+
+#![allow(clippy::unwrap_used)]
+
+use diesel::prelude::*;
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use persistence::schema::*;
+use persistence::{DatabaseSettings, StoreError};
+
+async fn migrated_pool() -> persistence::Pool {
+    let base = std::env::var("TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into());
+    let name = format!("gwtest_{}", uuid::Uuid::new_v4().simple());
+    let mut admin = AsyncPgConnection::establish(&format!("{base}/postgres")).await.unwrap();
+    diesel::sql_query(format!("CREATE DATABASE {name}")).execute(&mut admin).await.unwrap();
+    let pool = persistence::build_pool(&DatabaseSettings {
+        url: format!("{base}/{name}"),
+        pool_max_size: 4,
+        pool_wait_timeout_ms: 5000,
+        connect_timeout_ms: 5000,
+    })
+    .unwrap();
+    persistence::run_migrations(&pool).await.unwrap();
+    // Applying them again is a no-op.
+    persistence::run_migrations(&pool).await.unwrap();
+    pool
+}
+
+async fn exec(conn: &mut AsyncPgConnection, sql: &str) -> Result<usize, StoreError> {
+    Ok(diesel::sql_query(sql).execute(conn).await?)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn schema_rs_matches_the_migrations() {
+    let pool = migrated_pool().await;
+    let mut conn = pool.get().await.unwrap();
+    // Selecting every column diesel knows of fails if a column is missing or mistyped.
+    users::table.select(persistence::users::User::as_select()).load(&mut conn).await.unwrap();
+    providers::table.select(persistence::catalog::Provider::as_select()).load(&mut conn).await.unwrap();
+    provider_keys::table.select(persistence::catalog::ProviderKey::as_select()).load(&mut conn).await.unwrap();
+    llm_models::table.select(persistence::catalog::Model::as_select()).load(&mut conn).await.unwrap();
+    access_keys::table.select(persistence::access_keys::AccessKey::as_select()).load(&mut conn).await.unwrap();
+    orders::table.select(persistence::orders::Order::as_select()).load(&mut conn).await.unwrap();
+    balance_ledger::table.select(persistence::ledger::LedgerEntry::as_select()).load(&mut conn).await.unwrap();
+    usage_logs::table.select(persistence::usage::UsageLog::as_select()).load(&mut conn).await.unwrap();
+    payment_events::table.select(payment_events::all_columns).load::<(i64, String, String, chrono::DateTime<chrono::Utc>)>(&mut conn).await.unwrap();
+    async_jobs::table.select(async_jobs::id).load::<i64>(&mut conn).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn constraints_protect_money_and_uniqueness() {
+    let pool = migrated_pool().await;
+    let mut conn = pool.get().await.unwrap();
+    exec(&mut conn, "INSERT INTO users (id, email, password_hash) VALUES (1, 'a@x.io', 'h')").await.unwrap();
+
+    let refused = [
+        ("UPDATE users SET balance = -0.00000001 WHERE id = 1", "users_balance_check"),
+        ("INSERT INTO users (email, password_hash) VALUES ('A@X.io', 'h')", "users_email_lowercase"),
+        ("INSERT INTO users (email, password_hash, role) VALUES ('b@x.io', 'h', 'root')", "users_role_check"),
+        ("INSERT INTO orders (order_no, user_id, amount) VALUES ('o1', 1, 0)", "orders_amount_check"),
+        ("INSERT INTO orders (order_no, user_id, amount, status) VALUES ('o1', 1, 5, 'COMPLETED')", "orders_completed_at"),
+        ("INSERT INTO balance_ledger (user_id, delta, balance_after, kind, reference) VALUES (1, 0, 0, 'topup', 'r')", "balance_ledger_delta_check"),
+        ("INSERT INTO balance_ledger (user_id, delta, balance_after, kind, reference) VALUES (1, -1, -1, 'charge', 'r')", "balance_ledger_balance_after_check"),
+        ("INSERT INTO usage_logs (request_id, user_id, model_name, cost) VALUES (gen_random_uuid(), 1, 'm', -1)", "usage_logs_cost_check"),
+    ];
+    for (sql, constraint) in refused {
+        match exec(&mut conn, sql).await {
+            Err(StoreError::Check(name)) => assert_eq!(name, constraint, "{sql}"),
+            other => panic!("{sql} was not refused by {constraint}: {other:?}"),
+        }
+    }
+
+    // Money keeps 8 decimals exactly.
+    exec(&mut conn, "UPDATE users SET balance = 0.00000001 WHERE id = 1").await.unwrap();
+    let balance: bigdecimal::BigDecimal = users::table.find(1).select(users::balance).first(&mut conn).await.unwrap();
+    assert_eq!(domain::Money::from_db(balance).to_string(), "0.00000001");
+
+    // One credit per order, one charge per request, even if code tried twice.
+    exec(&mut conn, "INSERT INTO balance_ledger (user_id, delta, balance_after, kind, reference) VALUES (1, 5, 5, 'topup', 'ord_1')").await.unwrap();
+    match exec(&mut conn, "INSERT INTO balance_ledger (user_id, delta, balance_after, kind, reference) VALUES (1, 5, 10, 'topup', 'ord_1')").await {
+        Err(StoreError::Unique(name)) => assert_eq!(name, "balance_ledger_kind_reference_key"),
+        other => panic!("duplicate credit accepted: {other:?}"),
+    }
+    let request = "INSERT INTO usage_logs (request_id, user_id, model_name, cost) VALUES ('6f1c2a8e-0000-4000-8000-000000000001', 1, 'm', 1)";
+    exec(&mut conn, request).await.unwrap();
+    match exec(&mut conn, request).await {
+        Err(StoreError::Unique(name)) => assert_eq!(name, "usage_logs_request_id_key"),
+        other => panic!("duplicate usage log accepted: {other:?}"),
+    }
+}
