@@ -48,7 +48,8 @@ pub struct BalanceChange<'a> {
     pub actor_user_id: Option<i64>,
 }
 
-/// Moves a balance by `delta` in one conditional UPDATE (never below zero) and records the
+/// Moves a balance by `delta` in one conditional UPDATE (a debit never below the money held
+/// by open holds, so never below zero) and records the
 /// ledger row. Must run inside the caller's transaction so both commit or neither does.
 pub async fn apply(
     conn: &mut AsyncPgConnection,
@@ -58,11 +59,13 @@ pub async fn apply(
         return Err(StoreError::StateConflict("a balance change cannot be zero".into()));
     }
     let delta = change.delta.as_decimal();
-    let user: Option<User> = diesel::update(
-        users::table
-            .find(change.user_id)
-            .filter((users::balance + delta).ge(BigDecimal::from(0))),
-    )
+    // A debit may not reach into money reserved by open holds (floor = held); a credit only has
+    // to keep the balance non-negative (floor = 0).
+    let floor_factor = BigDecimal::from(i32::from(change.delta.is_negative()));
+    let target = users::table
+        .find(change.user_id)
+        .filter((users::balance + delta).ge(users::held * floor_factor));
+    let user: Option<User> = diesel::update(target)
     .set((
         users::balance.eq(users::balance + delta),
         users::updated_at.eq(diesel::dsl::now),

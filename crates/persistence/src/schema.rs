@@ -10,6 +10,7 @@ diesel::table! {
         balance -> Numeric,
         created_at -> Timestamptz,
         updated_at -> Timestamptz,
+        held -> Numeric,
     }
 }
 
@@ -141,6 +142,28 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    balance_holds (id) {
+        id -> Int8,
+        request_id -> Uuid,
+        user_id -> Int8,
+        amount -> Numeric,
+        status -> Text,
+        expires_at -> Timestamptz,
+        created_at -> Timestamptz,
+        closed_at -> Nullable<Timestamptz>,
+    }
+}
+
+diesel::table! {
+    billing_outbox (id) {
+        id -> Int8,
+        request_id -> Uuid,
+        payload -> Jsonb,
+        created_at -> Timestamptz,
+    }
+}
+
 diesel::joinable!(provider_keys -> providers (provider_id));
 diesel::joinable!(llm_models -> providers (provider_id));
 diesel::joinable!(access_keys -> users (user_id));
@@ -161,4 +184,6 @@ diesel::allow_tables_to_appear_in_same_query!(
     payment_events,
     usage_logs,
     async_jobs,
+    balance_holds,
+    billing_outbox,
 );

@@ -19,6 +19,8 @@ pub struct User {
     pub balance: BigDecimal,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    /// The sum of the user's open holds; `balance - held` is what a new call may reserve.
+    pub held: BigDecimal,
 }
 
 #[derive(Debug, Insertable)]

@@ -6,26 +6,10 @@
 use diesel::prelude::*;
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use persistence::schema::*;
-use persistence::{DatabaseSettings, StoreError};
+use persistence::StoreError;
 
-async fn migrated_pool() -> persistence::Pool {
-    let base = std::env::var("TEST_POSTGRES_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into());
-    let name = format!("gwtest_{}", uuid::Uuid::new_v4().simple());
-    let mut admin = AsyncPgConnection::establish(&format!("{base}/postgres")).await.unwrap();
-    diesel::sql_query(format!("CREATE DATABASE {name}")).execute(&mut admin).await.unwrap();
-    let pool = persistence::build_pool(&DatabaseSettings {
-        url: format!("{base}/{name}"),
-        pool_max_size: 4,
-        pool_wait_timeout_ms: 5000,
-        connect_timeout_ms: 5000,
-    })
-    .unwrap();
-    persistence::run_migrations(&pool).await.unwrap();
-    // Applying them again is a no-op.
-    persistence::run_migrations(&pool).await.unwrap();
-    pool
-}
+mod common;
+use common::migrated_pool;
 
 async fn exec(conn: &mut AsyncPgConnection, sql: &str) -> Result<usize, StoreError> {
     Ok(diesel::sql_query(sql).execute(conn).await?)

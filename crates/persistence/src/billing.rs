@@ -1,0 +1,265 @@
+//! The money path of model calls: holds (admission), settlement (exactly-once charging), the
+//! outbox for charges the broker could not take, the expired-hold sweeper and reconciliation.
+
+use bigdecimal::BigDecimal;
+use diesel::prelude::*;
+use diesel::sql_types::{BigInt, Int4, Nullable, Numeric, Text, Uuid as SqlUuid};
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use domain::{LedgerKind, Money, Usage};
+use uuid::Uuid;
+
+use crate::StoreError;
+use crate::schema::billing_outbox;
+
+#[derive(QueryableByName)]
+struct IdRow {
+    #[diesel(sql_type = BigInt)]
+    id: i64,
+}
+
+/// Reserves `amount` for one call in ONE conditional statement: admitted only if the user is
+/// active and `balance - held >= amount`; concurrent calls serialise on the user row, so the
+/// sum of admitted holds never exceeds the balance. `None` means "not enough balance".
+pub async fn place_hold(
+    conn: &mut AsyncPgConnection,
+    user_id: i64,
+    request_id: Uuid,
+    amount: &Money,
+    ttl_seconds: i64,
+) -> Result<Option<i64>, StoreError> {
+    let rows: Vec<IdRow> = diesel::sql_query(
+        "WITH admitted AS (
+             UPDATE users SET held = held + $3
+             WHERE id = $1 AND status = 'active' AND balance - held >= $3
+             RETURNING id)
+         INSERT INTO balance_holds (request_id, user_id, amount, expires_at)
+         SELECT $2, id, $3, now() + make_interval(secs => $4) FROM admitted
+         RETURNING id",
+    )
+    .bind::<BigInt, _>(user_id)
+    .bind::<SqlUuid, _>(request_id)
+    .bind::<Numeric, _>(amount.as_decimal())
+    .bind::<BigInt, _>(ttl_seconds)
+    .load(conn)
+    .await?;
+    Ok(rows.into_iter().next().map(|r| r.id))
+}
+
+/// Releases an open hold (the call failed, so it costs nothing). Returns whether one was open.
+pub async fn release_hold(conn: &mut AsyncPgConnection, request_id: Uuid) -> Result<bool, StoreError> {
+    let released = diesel::sql_query(
+        "WITH released AS (
+             UPDATE balance_holds SET status = 'released', closed_at = now()
+             WHERE request_id = $1 AND status = 'open'
+             RETURNING user_id, amount)
+         UPDATE users u SET held = u.held - r.amount FROM released r WHERE u.id = r.user_id",
+    )
+    .bind::<SqlUuid, _>(request_id)
+    .execute(conn)
+    .await?;
+    Ok(released > 0)
+}
+
+/// Releases up to `limit` holds whose call never finished; returns how many.
+pub async fn release_expired_holds(conn: &mut AsyncPgConnection, limit: i64) -> Result<usize, StoreError> {
+    let released: Vec<IdRow> = diesel::sql_query(
+        "WITH expired AS (
+             SELECT id FROM balance_holds
+             WHERE status = 'open' AND expires_at < now()
+             ORDER BY expires_at LIMIT $1 FOR UPDATE SKIP LOCKED),
+         released AS (
+             UPDATE balance_holds h SET status = 'released', closed_at = now()
+             FROM expired e WHERE h.id = e.id
+             RETURNING h.user_id, h.amount),
+         per_user AS (SELECT user_id, sum(amount) AS amount, count(*) AS n FROM released GROUP BY user_id)
+         UPDATE users u SET held = u.held - p.amount FROM per_user p WHERE u.id = p.user_id
+         RETURNING p.n AS id",
+    )
+    .bind::<BigInt, _>(limit)
+    .load(conn)
+    .await?;
+    Ok(released.iter().map(|r| r.id as usize).sum())
+}
+
+/// One call's charge, as the billing message carries it.
+#[derive(Debug, Clone)]
+pub struct Charge<'a> {
+    pub request_id: Uuid,
+    pub user_id: i64,
+    pub access_key_id: Option<i64>,
+    pub model_id: Option<i64>,
+    pub model_name: &'a str,
+    pub usage: Usage,
+    pub cost: &'a Money,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Settlement {
+    /// Charged now. `charged` is below `cost` only if the balance could not cover it.
+    Settled { charged: Money, balance_after: Money },
+    /// This request id was settled before: nothing changed.
+    AlreadySettled,
+}
+
+#[derive(QueryableByName)]
+struct SettledRow {
+    #[diesel(sql_type = Numeric)]
+    balance_after: BigDecimal,
+    #[diesel(sql_type = Numeric)]
+    charged: BigDecimal,
+}
+
+#[derive(QueryableByName)]
+struct AmountRow {
+    #[diesel(sql_type = Numeric)]
+    amount: BigDecimal,
+}
+
+fn tokens(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+/// Settles one charge; run it inside a transaction (see `settle`). The usage log's unique
+/// request id makes it idempotent: a redelivered charge finds its log and changes nothing.
+/// Otherwise: the hold is closed, the balance debited (never below zero), the ledger written.
+pub async fn settle_in(conn: &mut AsyncPgConnection, charge: &Charge<'_>) -> Result<Settlement, StoreError> {
+    let logged: Vec<IdRow> = diesel::sql_query(
+        "INSERT INTO usage_logs (request_id, user_id, access_key_id, model_id, model_name,
+             prompt_tokens, completion_tokens, cached_prompt_tokens, images, cost)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+         ON CONFLICT (request_id) DO NOTHING
+         RETURNING id",
+    )
+    .bind::<SqlUuid, _>(charge.request_id)
+    .bind::<BigInt, _>(charge.user_id)
+    .bind::<Nullable<BigInt>, _>(charge.access_key_id)
+    .bind::<Nullable<BigInt>, _>(charge.model_id)
+    .bind::<Text, _>(charge.model_name)
+    .bind::<BigInt, _>(tokens(charge.usage.prompt_tokens))
+    .bind::<BigInt, _>(tokens(charge.usage.completion_tokens))
+    .bind::<BigInt, _>(tokens(charge.usage.cached_prompt_tokens))
+    .bind::<Int4, _>(i32::try_from(charge.usage.images).unwrap_or(i32::MAX))
+    .bind::<Numeric, _>(charge.cost.as_decimal())
+    .load(conn)
+    .await?;
+    if logged.is_empty() {
+        return Ok(Settlement::AlreadySettled);
+    }
+    let hold: Vec<AmountRow> = diesel::sql_query(
+        "UPDATE balance_holds SET status = 'settled', closed_at = now()
+         WHERE request_id = $1 AND status = 'open' RETURNING amount",
+    )
+    .bind::<SqlUuid, _>(charge.request_id)
+    .load(conn)
+    .await?;
+    let held = hold.into_iter().next().map_or_else(|| BigDecimal::from(0), |h| h.amount);
+    let row: SettledRow = diesel::sql_query(
+        "WITH before AS (SELECT id, balance FROM users WHERE id = $1 FOR UPDATE)
+         UPDATE users u SET balance = u.balance - LEAST($2, b.balance), held = u.held - $3,
+             updated_at = now()
+         FROM before b WHERE u.id = b.id
+         RETURNING u.balance AS balance_after, LEAST($2, b.balance) AS charged",
+    )
+    .bind::<BigInt, _>(charge.user_id)
+    .bind::<Numeric, _>(charge.cost.as_decimal())
+    .bind::<Numeric, _>(&held)
+    .get_result(conn)
+    .await?;
+    let charged = Money::from_db(row.charged);
+    if charged.is_positive() {
+        diesel::sql_query(
+            "INSERT INTO balance_ledger (user_id, delta, balance_after, kind, reference)
+             VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind::<BigInt, _>(charge.user_id)
+        .bind::<Numeric, _>(charged.neg().as_decimal())
+        .bind::<Numeric, _>(&row.balance_after)
+        .bind::<Text, _>(LedgerKind::Charge.as_str())
+        .bind::<Text, _>(charge.request_id.to_string())
+        .execute(conn)
+        .await?;
+    }
+    if charged < *charge.cost {
+        tracing::warn!(request_id = %charge.request_id, cost = %charge.cost, %charged,
+            "balance could not cover the whole charge");
+    }
+    Ok(Settlement::Settled { charged, balance_after: Money::from_db(row.balance_after) })
+}
+
+/// Settles one charge in its own transaction.
+pub async fn settle(conn: &mut AsyncPgConnection, charge: &Charge<'_>) -> Result<Settlement, StoreError> {
+    conn.transaction::<_, StoreError, _>(async |conn| settle_in(conn, charge).await).await
+}
+
+/// Keeps a charge the broker could not take; settled later by billing-worker's sweeper.
+pub async fn outbox_insert(
+    conn: &mut AsyncPgConnection,
+    request_id: Uuid,
+    payload: &serde_json::Value,
+) -> Result<(), StoreError> {
+    diesel::insert_into(billing_outbox::table)
+        .values((billing_outbox::request_id.eq(request_id), billing_outbox::payload.eq(payload)))
+        .on_conflict(billing_outbox::request_id)
+        .do_nothing()
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// Up to `limit` outbox rows, locked (skipping rows another sweeper holds); call in a transaction.
+pub async fn outbox_take(
+    conn: &mut AsyncPgConnection,
+    limit: i64,
+) -> Result<Vec<(i64, serde_json::Value)>, StoreError> {
+    Ok(billing_outbox::table
+        .order(billing_outbox::id)
+        .limit(limit)
+        .for_update()
+        .skip_locked()
+        .select((billing_outbox::id, billing_outbox::payload))
+        .load(conn)
+        .await?)
+}
+
+pub async fn outbox_delete(conn: &mut AsyncPgConnection, id: i64) -> Result<(), StoreError> {
+    diesel::delete(billing_outbox::table.find(id)).execute(conn).await?;
+    Ok(())
+}
+
+pub async fn outbox_len(conn: &mut AsyncPgConnection) -> Result<i64, StoreError> {
+    Ok(billing_outbox::table.count().get_result(conn).await?)
+}
+
+/// A user whose books do not add up.
+#[derive(Debug, Clone, QueryableByName)]
+pub struct Mismatch {
+    #[diesel(sql_type = BigInt)]
+    pub user_id: i64,
+    #[diesel(sql_type = Numeric)]
+    pub balance: BigDecimal,
+    #[diesel(sql_type = Numeric)]
+    pub ledger_sum: BigDecimal,
+    #[diesel(sql_type = Numeric)]
+    pub held: BigDecimal,
+    #[diesel(sql_type = Numeric)]
+    pub open_holds: BigDecimal,
+}
+
+/// Every user whose balance differs from the sum of their ledger, or whose `held` differs from
+/// the sum of their open holds. Empty when the books are right.
+pub async fn reconcile(conn: &mut AsyncPgConnection) -> Result<Vec<Mismatch>, StoreError> {
+    Ok(diesel::sql_query(
+        "SELECT u.id AS user_id, u.balance, COALESCE(l.sum, 0) AS ledger_sum, u.held,
+                COALESCE(h.sum, 0) AS open_holds
+         FROM users u
+         LEFT JOIN (SELECT user_id, sum(delta) AS sum FROM balance_ledger GROUP BY user_id) l
+             ON l.user_id = u.id
+         LEFT JOIN (SELECT user_id, sum(amount) AS sum FROM balance_holds WHERE status = 'open'
+                    GROUP BY user_id) h ON h.user_id = u.id
+         WHERE u.balance <> COALESCE(l.sum, 0) OR u.held <> COALESCE(h.sum, 0)
+         ORDER BY u.id",
+    )
+    .load(conn)
+    .await?)
+}
+

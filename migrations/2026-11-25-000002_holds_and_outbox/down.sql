@@ -1,0 +1,3 @@
+DROP TABLE billing_outbox;
+DROP TABLE balance_holds;
+ALTER TABLE users DROP COLUMN held;
