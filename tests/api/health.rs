@@ -4,30 +4,68 @@ use reqwest::Method;
 #[tokio::test(flavor = "multi_thread")]
 async fn health_ready_metrics_and_docs_answer() {
     let app = spawn_app().await;
-    let health = app.send(Method::GET, "/healthz", Credential::None, None).await;
+    let health = app
+        .send(Method::GET, "/healthz", Credential::None, None)
+        .await;
     assert_eq!(health.assert_status(200)["status"], "ok");
-    let ready = app.send(Method::GET, "/readyz", Credential::None, None).await;
+    let ready = app
+        .send(Method::GET, "/readyz", Credential::None, None)
+        .await;
     assert_eq!(ready.assert_status(200)["status"], "ready");
-    let metrics = app.send(Method::GET, "/metrics", Credential::None, None).await;
+    let metrics = app
+        .send(Method::GET, "/metrics", Credential::None, None)
+        .await;
     assert_eq!(metrics.status, 200);
-    assert!(metrics.text.contains("http_requests_total"), "{}", metrics.text);
+    assert!(
+        metrics.text.contains("http_requests_total"),
+        "{}",
+        metrics.text
+    );
 
-    let spec = app.send(Method::GET, "/openapi.json", Credential::None, None).await;
-    let paths = spec.assert_status(200)["paths"].as_object().unwrap().clone();
+    let spec = app
+        .send(Method::GET, "/openapi.json", Credential::None, None)
+        .await;
+    let paths = spec.assert_status(200)["paths"]
+        .as_object()
+        .unwrap()
+        .clone();
     for path in [
-        "/v1/auth/register", "/v1/auth/login", "/v1/me", "/v1/me/access-keys",
-        "/v1/me/access-keys/{id}", "/v1/me/orders", "/v1/me/ledger", "/v1/me/usage",
-        "/v1/orders/{order_no}/complete", "/v1/payments/callback", "/v1/admin/users",
-        "/v1/admin/users/{id}", "/v1/admin/users/{id}/balance-adjustments", "/v1/admin/providers",
-        "/v1/admin/providers/{id}", "/v1/admin/providers/{id}/keys", "/v1/admin/provider-keys/{id}",
-        "/v1/admin/models", "/v1/admin/models/{id}", "/v1/admin/orders", "/v1/admin/usage-logs",
-        "/v1/models", "/healthz", "/readyz", "/metrics",
+        "/v1/auth/register",
+        "/v1/auth/login",
+        "/v1/me",
+        "/v1/me/access-keys",
+        "/v1/me/access-keys/{id}",
+        "/v1/me/orders",
+        "/v1/me/ledger",
+        "/v1/me/usage",
+        "/v1/orders/{order_no}/complete",
+        "/v1/payments/callback",
+        "/v1/admin/users",
+        "/v1/admin/users/{id}",
+        "/v1/admin/users/{id}/balance-adjustments",
+        "/v1/admin/providers",
+        "/v1/admin/providers/{id}",
+        "/v1/admin/providers/{id}/keys",
+        "/v1/admin/provider-keys/{id}",
+        "/v1/admin/models",
+        "/v1/admin/models/{id}",
+        "/v1/admin/orders",
+        "/v1/admin/usage-logs",
+        "/v1/models",
+        "/healthz",
+        "/readyz",
+        "/metrics",
     ] {
         assert!(paths.contains_key(path), "openapi.json lacks {path}");
     }
-    let docs = app.send(Method::GET, "/docs/", Credential::None, None).await;
+    let docs = app
+        .send(Method::GET, "/docs/", Credential::None, None)
+        .await;
     assert_eq!(docs.status, 200);
-    assert!(docs.text.contains("swagger"), "the docs page is not Swagger UI");
+    assert!(
+        docs.text.contains("swagger"),
+        "the docs page is not Swagger UI"
+    );
     // The UI's assets are served by us, not fetched from a CDN.
     assert!(!docs.text.contains("cdn."), "docs must work offline");
 }
@@ -35,9 +73,17 @@ async fn health_ready_metrics_and_docs_answer() {
 #[tokio::test(flavor = "multi_thread")]
 async fn every_response_carries_a_request_id_and_unknown_routes_are_json_404() {
     let app = spawn_app().await;
-    let reply = app.send(Method::GET, "/no/such/route", Credential::None, None).await;
+    let reply = app
+        .send(Method::GET, "/no/such/route", Credential::None, None)
+        .await;
     reply.assert_error(404, "not_found");
-    let generated = reply.headers.get("x-request-id").unwrap().to_str().unwrap().to_owned();
+    let generated = reply
+        .headers
+        .get("x-request-id")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_owned();
     assert_eq!(generated.len(), 36);
 
     let echoed = app
@@ -49,6 +95,12 @@ async fn every_response_carries_a_request_id_and_unknown_routes_are_json_404() {
         .unwrap();
     assert_eq!(echoed.headers()["x-request-id"], "trace-abc-123");
 
-    let wrong_method = app.send(Method::PUT, "/v1/me", Credential::None, None).await;
-    assert!(wrong_method.json["error"]["code"].is_string(), "{}", wrong_method.text);
+    let wrong_method = app
+        .send(Method::PUT, "/v1/me", Credential::None, None)
+        .await;
+    assert!(
+        wrong_method.json["error"]["code"].is_string(),
+        "{}",
+        wrong_method.text
+    );
 }

@@ -8,8 +8,12 @@ use serde_json::json;
 async fn register_login_me() {
     let app = spawn_app().await;
     let reply = app
-        .send(Method::POST, "/v1/auth/register", Credential::None,
-            Some(json!({"email": "  Ada@Example.COM ", "password": "password-123"})))
+        .send(
+            Method::POST,
+            "/v1/auth/register",
+            Credential::None,
+            Some(json!({"email": "  Ada@Example.COM ", "password": "password-123"})),
+        )
         .await;
     let user = &reply.assert_status(201)["user"];
     assert_eq!(user["email"], "ada@example.com");
@@ -23,8 +27,12 @@ async fn register_login_me() {
     assert_eq!(me.assert_status(200)["email"], "ada@example.com");
 
     let login = app
-        .send(Method::POST, "/v1/auth/login", Credential::None,
-            Some(json!({"email": "ada@example.com", "password": "password-123"})))
+        .send(
+            Method::POST,
+            "/v1/auth/login",
+            Credential::None,
+            Some(json!({"email": "ada@example.com", "password": "password-123"})),
+        )
         .await;
     let body = login.assert_status(200);
     assert_eq!(body["token_type"], "Bearer");
@@ -35,14 +43,33 @@ async fn register_login_me() {
 #[tokio::test(flavor = "multi_thread")]
 async fn registration_refuses_taken_emails_weak_passwords_and_role_escalation() {
     let app = spawn_app().await;
-    let register = |body| app.send(Method::POST, "/v1/auth/register", Credential::None, Some(body));
-    register(json!({"email": "bob@example.com", "password": "password-123"})).await.assert_status(201);
+    let register = |body| {
+        app.send(
+            Method::POST,
+            "/v1/auth/register",
+            Credential::None,
+            Some(body),
+        )
+    };
+    register(json!({"email": "bob@example.com", "password": "password-123"}))
+        .await
+        .assert_status(201);
     let before = app.snapshot().await;
-    register(json!({"email": "BOB@example.com", "password": "password-456"})).await.assert_error(409, "conflict");
-    register(json!({"email": "carol@example.com", "password": "short"})).await.assert_error(400, "invalid_request");
-    register(json!({"email": "carol@example.com", "password": "x".repeat(73)})).await.assert_error(400, "invalid_request");
-    register(json!({"email": "not-an-email", "password": "password-123"})).await.assert_error(400, "invalid_request");
-    register(json!({"email": "carol@example.com"})).await.assert_error(400, "invalid_request");
+    register(json!({"email": "BOB@example.com", "password": "password-456"}))
+        .await
+        .assert_error(409, "conflict");
+    register(json!({"email": "carol@example.com", "password": "short"}))
+        .await
+        .assert_error(400, "invalid_request");
+    register(json!({"email": "carol@example.com", "password": "x".repeat(73)}))
+        .await
+        .assert_error(400, "invalid_request");
+    register(json!({"email": "not-an-email", "password": "password-123"}))
+        .await
+        .assert_error(400, "invalid_request");
+    register(json!({"email": "carol@example.com"}))
+        .await
+        .assert_error(400, "invalid_request");
     register(json!({"email": "carol@example.com", "password": "password-123", "role": "admin"}))
         .await
         .assert_error(400, "invalid_request");
@@ -54,35 +81,63 @@ async fn login_failures_look_alike() {
     let app = spawn_app().await;
     let (user_id, _) = app.new_user().await;
     let wrong_password = app
-        .send(Method::POST, "/v1/auth/login", Credential::None,
-            Some(json!({"email": ADMIN_EMAIL, "password": "wrong-password"})))
+        .send(
+            Method::POST,
+            "/v1/auth/login",
+            Credential::None,
+            Some(json!({"email": ADMIN_EMAIL, "password": "wrong-password"})),
+        )
         .await;
     wrong_password.assert_error(401, "unauthorized");
     let unknown = app
-        .send(Method::POST, "/v1/auth/login", Credential::None,
-            Some(json!({"email": "nobody@example.com", "password": "wrong-password"})))
+        .send(
+            Method::POST,
+            "/v1/auth/login",
+            Credential::None,
+            Some(json!({"email": "nobody@example.com", "password": "wrong-password"})),
+        )
         .await;
     unknown.assert_error(401, "unauthorized");
-    assert_eq!(wrong_password.json["error"]["message"], unknown.json["error"]["message"]);
+    assert_eq!(
+        wrong_password.json["error"]["message"],
+        unknown.json["error"]["message"]
+    );
 
     // A disabled user cannot log in, and the same message is given.
-    let email = app.get(&format!("/v1/admin/users/{user_id}"), app.admin_token()).await.json["email"]
+    let email = app
+        .get(&format!("/v1/admin/users/{user_id}"), app.admin_token())
+        .await
+        .json["email"]
         .as_str()
         .unwrap()
         .to_owned();
-    app.delete(&format!("/v1/admin/users/{user_id}"), app.admin_token()).await.assert_status(204);
+    app.delete(&format!("/v1/admin/users/{user_id}"), app.admin_token())
+        .await
+        .assert_status(204);
     let disabled = app
-        .send(Method::POST, "/v1/auth/login", Credential::None,
-            Some(json!({"email": email, "password": "password-123"})))
+        .send(
+            Method::POST,
+            "/v1/auth/login",
+            Credential::None,
+            Some(json!({"email": email, "password": "password-123"})),
+        )
         .await;
     disabled.assert_error(401, "unauthorized");
-    assert_eq!(disabled.json["error"]["message"], unknown.json["error"]["message"]);
+    assert_eq!(
+        disabled.json["error"]["message"],
+        unknown.json["error"]["message"]
+    );
 }
 
 fn forge(secret: &str, alg: jsonwebtoken::Algorithm, sub: &str, exp_offset: i64) -> String {
     let now = Utc::now().timestamp();
     let claims = json!({"sub": sub, "role": "admin", "iat": now, "exp": now + exp_offset, "iss": "ai-gateway"});
-    jsonwebtoken::encode(&Header::new(alg), &claims, &EncodingKey::from_secret(secret.as_bytes())).unwrap()
+    jsonwebtoken::encode(
+        &Header::new(alg),
+        &claims,
+        &EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -95,13 +150,24 @@ async fn tampered_expired_foreign_and_unsigned_tokens_are_refused() {
     app.get("/v1/me", &token).await.assert_status(200);
     // A token signed with our secret but expired an hour ago.
     let expired = forge(secret, jsonwebtoken::Algorithm::HS256, &sub, -3600);
-    app.get("/v1/me", &expired).await.assert_error(401, "unauthorized");
+    app.get("/v1/me", &expired)
+        .await
+        .assert_error(401, "unauthorized");
     // Signed with another secret.
-    let foreign = forge("another-secret-another-secret-another", jsonwebtoken::Algorithm::HS256, &sub, 3600);
-    app.get("/v1/me", &foreign).await.assert_error(401, "unauthorized");
+    let foreign = forge(
+        "another-secret-another-secret-another",
+        jsonwebtoken::Algorithm::HS256,
+        &sub,
+        3600,
+    );
+    app.get("/v1/me", &foreign)
+        .await
+        .assert_error(401, "unauthorized");
     // HS512 with our secret: only HS256 is accepted.
     let other_alg = forge(secret, jsonwebtoken::Algorithm::HS512, &sub, 3600);
-    app.get("/v1/me", &other_alg).await.assert_error(401, "unauthorized");
+    app.get("/v1/me", &other_alg)
+        .await
+        .assert_error(401, "unauthorized");
     // alg: none, no signature.
     use base64::Engine;
     let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -110,34 +176,62 @@ async fn tampered_expired_foreign_and_unsigned_tokens_are_refused() {
         json!({"sub": sub, "role": "admin", "exp": Utc::now().timestamp() + 3600, "iss": "ai-gateway"})
             .to_string(),
     );
-    app.get("/v1/me", &format!("{header}.{payload}.")).await.assert_error(401, "unauthorized");
+    app.get("/v1/me", &format!("{header}.{payload}."))
+        .await
+        .assert_error(401, "unauthorized");
     // A payload edited to another user, original signature kept.
     let parts: Vec<&str> = token.split('.').collect();
-    let mut claims: serde_json::Value = serde_json::from_slice(&b64.decode(parts[1]).unwrap()).unwrap();
+    let mut claims: serde_json::Value =
+        serde_json::from_slice(&b64.decode(parts[1]).unwrap()).unwrap();
     claims["sub"] = json!("1");
-    let tampered = format!("{}.{}.{}", parts[0], b64.encode(claims.to_string()), parts[2]);
-    app.get("/v1/me", &tampered).await.assert_error(401, "unauthorized");
+    let tampered = format!(
+        "{}.{}.{}",
+        parts[0],
+        b64.encode(claims.to_string()),
+        parts[2]
+    );
+    app.get("/v1/me", &tampered)
+        .await
+        .assert_error(401, "unauthorized");
     // No token, garbage, wrong scheme.
-    app.send(Method::GET, "/v1/me", Credential::None, None).await.assert_error(401, "unauthorized");
-    app.get("/v1/me", "garbage").await.assert_error(401, "unauthorized");
+    app.send(Method::GET, "/v1/me", Credential::None, None)
+        .await
+        .assert_error(401, "unauthorized");
+    app.get("/v1/me", "garbage")
+        .await
+        .assert_error(401, "unauthorized");
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn role_guards_answer_401_and_403_and_follow_the_database() {
     let app = spawn_app().await;
     let (user_id, token) = app.new_user().await;
-    app.send(Method::GET, "/v1/admin/users", Credential::None, None).await.assert_error(401, "unauthorized");
-    app.get("/v1/admin/users", &token).await.assert_error(403, "forbidden");
-    app.post("/v1/orders/ord_x/complete", &token, json!({})).await.assert_error(403, "forbidden");
+    app.send(Method::GET, "/v1/admin/users", Credential::None, None)
+        .await
+        .assert_error(401, "unauthorized");
+    app.get("/v1/admin/users", &token)
+        .await
+        .assert_error(403, "forbidden");
+    app.post("/v1/orders/ord_x/complete", &token, json!({}))
+        .await
+        .assert_error(403, "forbidden");
 
     // Promotion takes effect on the user's existing token at once.
-    app.patch(&format!("/v1/admin/users/{user_id}"), app.admin_token(), json!({"role": "admin"}))
-        .await
-        .assert_status(200);
+    app.patch(
+        &format!("/v1/admin/users/{user_id}"),
+        app.admin_token(),
+        json!({"role": "admin"}),
+    )
+    .await
+    .assert_status(200);
     app.get("/v1/admin/users", &token).await.assert_status(200);
     // Disabling takes effect at once too.
-    app.delete(&format!("/v1/admin/users/{user_id}"), app.admin_token()).await.assert_status(204);
-    app.get("/v1/me", &token).await.assert_error(401, "unauthorized");
+    app.delete(&format!("/v1/admin/users/{user_id}"), app.admin_token())
+        .await
+        .assert_status(204);
+    app.get("/v1/me", &token)
+        .await
+        .assert_error(401, "unauthorized");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -147,7 +241,9 @@ async fn bootstrap_admin_exists_once() {
     assert_eq!(me.assert_status(200)["role"], "admin");
     assert_eq!(me.json["email"], ADMIN_EMAIL);
     // Building a second app on the same database does not create another admin.
-    let again = gateway_api::Application::build(app.settings.clone()).await.unwrap();
+    let again = gateway_api::Application::build(app.settings.clone())
+        .await
+        .unwrap();
     drop(again);
     assert_eq!(app.count("users").await, 1);
 }

@@ -2,6 +2,8 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod bad_input;
+mod catalog;
 mod health;
 mod identity;
 mod orders;

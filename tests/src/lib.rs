@@ -24,7 +24,8 @@ pub const TEST_DB_PREFIX: &str = "gwtest_";
 static TRACING: Once = Once::new();
 
 pub fn postgres_base_url() -> String {
-    std::env::var("TEST_POSTGRES_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into())
+    std::env::var("TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into())
 }
 
 /// Creates an empty database with a unique name and returns its URL.
@@ -34,7 +35,10 @@ pub async fn create_database() -> String {
     let mut conn = AsyncPgConnection::establish(&format!("{base}/postgres"))
         .await
         .expect("Postgres must be running on 127.0.0.1:5432 (make test starts it)");
-    diesel::sql_query(format!("CREATE DATABASE {name}")).execute(&mut conn).await.unwrap();
+    diesel::sql_query(format!("CREATE DATABASE {name}"))
+        .execute(&mut conn)
+        .await
+        .unwrap();
     format!("{base}/{name}")
 }
 
@@ -56,11 +60,15 @@ pub fn test_settings(database_url: String) -> Settings {
             connect_timeout_ms: 5_000,
         },
         auth: AuthSettings {
-            jwt_secret: "test-jwt-secret-that-is-long-enough-0123456789".to_owned().into(),
+            jwt_secret: "test-jwt-secret-that-is-long-enough-0123456789"
+                .to_owned()
+                .into(),
             jwt_ttl_seconds: 3600,
             bcrypt_cost: 4,
         },
-        security: SecuritySettings { master_key: master_key.into() },
+        security: SecuritySettings {
+            master_key: master_key.into(),
+        },
         orders: OrderSettings {
             max_amount: domain::Money::parse("10000").unwrap(),
             payment_webhook_secret: Some(PAYMENT_SECRET.to_owned().into()),
@@ -89,12 +97,23 @@ pub async fn spawn_app() -> TestApp {
         }
     });
     let settings = test_settings(create_database().await);
-    let app = gateway_api::Application::build(settings.clone()).await.unwrap();
+    let app = gateway_api::Application::build(settings.clone())
+        .await
+        .unwrap();
     let address = format!("http://127.0.0.1:{}", app.port());
     let pool = app.pool();
     tokio::spawn(app.run_until_stopped());
-    let client = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
-    let mut test = TestApp { address, client, pool, settings, admin_token: String::new() };
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let mut test = TestApp {
+        address,
+        client,
+        pool,
+        settings,
+        admin_token: String::new(),
+    };
     test.admin_token = test.login(ADMIN_EMAIL, ADMIN_PASSWORD).await;
     test
 }
@@ -111,14 +130,34 @@ pub struct Reply {
 impl Reply {
     /// Asserts the API.md error body with this status and code.
     pub fn assert_error(&self, status: u16, code: &str) {
-        assert_eq!(self.status.as_u16(), status, "unexpected status; body: {}", self.text);
-        assert_eq!(self.json["error"]["code"], code, "unexpected body: {}", self.text);
-        assert!(self.json["error"]["message"].as_str().is_some_and(|m| !m.is_empty()), "{}", self.text);
+        assert_eq!(
+            self.status.as_u16(),
+            status,
+            "unexpected status; body: {}",
+            self.text
+        );
+        assert_eq!(
+            self.json["error"]["code"], code,
+            "unexpected body: {}",
+            self.text
+        );
+        assert!(
+            self.json["error"]["message"]
+                .as_str()
+                .is_some_and(|m| !m.is_empty()),
+            "{}",
+            self.text
+        );
         assert!(self.json["error"]["type"].is_string(), "{}", self.text);
     }
 
     pub fn assert_status(&self, status: u16) -> &Value {
-        assert_eq!(self.status.as_u16(), status, "unexpected status; body: {}", self.text);
+        assert_eq!(
+            self.status.as_u16(),
+            status,
+            "unexpected status; body: {}",
+            self.text
+        );
         &self.json
     }
 }
@@ -134,8 +173,16 @@ impl TestApp {
         &self.admin_token
     }
 
-    pub async fn send(&self, method: Method, path: &str, credential: Credential<'_>, body: Option<Value>) -> Reply {
-        let mut request = self.client.request(method, format!("{}{path}", self.address));
+    pub async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        credential: Credential<'_>,
+        body: Option<Value>,
+    ) -> Reply {
+        let mut request = self
+            .client
+            .request(method, format!("{}{path}", self.address));
         request = match credential {
             Credential::None => request,
             Credential::Bearer(token) => request.bearer_auth(token),
@@ -148,7 +195,14 @@ impl TestApp {
     }
 
     /// Sends raw bytes with a content type, for malformed-body tests.
-    pub async fn send_raw(&self, method: Method, path: &str, token: Option<&str>, content_type: &str, body: Vec<u8>) -> Reply {
+    pub async fn send_raw(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        content_type: &str,
+        body: Vec<u8>,
+    ) -> Reply {
         let mut request = self
             .client
             .request(method, format!("{}{path}", self.address))
@@ -165,37 +219,59 @@ impl TestApp {
         let headers = response.headers().clone();
         let text = response.text().await.unwrap();
         let json = serde_json::from_str(&text).unwrap_or(Value::Null);
-        Reply { status, headers, text, json }
+        Reply {
+            status,
+            headers,
+            text,
+            json,
+        }
     }
 
     pub async fn get(&self, path: &str, token: &str) -> Reply {
-        self.send(Method::GET, path, Credential::Bearer(token), None).await
+        self.send(Method::GET, path, Credential::Bearer(token), None)
+            .await
     }
 
     pub async fn post(&self, path: &str, token: &str, body: Value) -> Reply {
-        self.send(Method::POST, path, Credential::Bearer(token), Some(body)).await
+        self.send(Method::POST, path, Credential::Bearer(token), Some(body))
+            .await
     }
 
     pub async fn patch(&self, path: &str, token: &str, body: Value) -> Reply {
-        self.send(Method::PATCH, path, Credential::Bearer(token), Some(body)).await
+        self.send(Method::PATCH, path, Credential::Bearer(token), Some(body))
+            .await
     }
 
     pub async fn delete(&self, path: &str, token: &str) -> Reply {
-        self.send(Method::DELETE, path, Credential::Bearer(token), None).await
+        self.send(Method::DELETE, path, Credential::Bearer(token), None)
+            .await
     }
 
     pub async fn login(&self, email: &str, password: &str) -> String {
         let reply = self
-            .send(Method::POST, "/v1/auth/login", Credential::None, Some(json!({"email": email, "password": password})))
+            .send(
+                Method::POST,
+                "/v1/auth/login",
+                Credential::None,
+                Some(json!({"email": email, "password": password})),
+            )
             .await;
-        reply.assert_status(200)["access_token"].as_str().unwrap().to_owned()
+        reply.assert_status(200)["access_token"]
+            .as_str()
+            .unwrap()
+            .to_owned()
     }
 
     /// Registers a fresh user and returns (user id, token).
     pub async fn new_user(&self) -> (i64, String) {
         let email = format!("u{}@example.com", uuid::Uuid::new_v4().simple());
         let reply = self
-            .send(Method::POST, "/v1/auth/register", Credential::None, Some(json!({"email": email, "password": "password-123"})))
+            .send(
+                Method::POST,
+                "/v1/auth/register",
+                Credential::None,
+                Some(json!({"email": email, "password": "password-123"})),
+            )
             .await;
         let id = reply.assert_status(201)["user"]["id"].as_i64().unwrap();
         (id, self.login(&email, "password-123").await)
@@ -203,9 +279,20 @@ impl TestApp {
 
     /// Credits a user through an order completed by the admin.
     pub async fn top_up(&self, token: &str, amount: &str) -> Value {
-        let order = self.post("/v1/me/orders", token, json!({"amount": amount})).await;
-        let order_no = order.assert_status(201)["order_no"].as_str().unwrap().to_owned();
-        let done = self.post(&format!("/v1/orders/{order_no}/complete"), &self.admin_token, json!({})).await;
+        let order = self
+            .post("/v1/me/orders", token, json!({"amount": amount}))
+            .await;
+        let order_no = order.assert_status(201)["order_no"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let done = self
+            .post(
+                &format!("/v1/orders/{order_no}/complete"),
+                &self.admin_token,
+                json!({}),
+            )
+            .await;
         done.assert_status(200).clone()
     }
 
@@ -228,8 +315,16 @@ impl TestApp {
     pub async fn snapshot(&self) -> Vec<(String, i64)> {
         let mut counts = Vec::new();
         for table in [
-            "users", "providers", "provider_keys", "llm_models", "access_keys", "orders",
-            "balance_ledger", "payment_events", "usage_logs", "async_jobs",
+            "users",
+            "providers",
+            "provider_keys",
+            "llm_models",
+            "access_keys",
+            "orders",
+            "balance_ledger",
+            "payment_events",
+            "usage_logs",
+            "async_jobs",
         ] {
             counts.push((table.to_owned(), self.count(table).await));
         }
@@ -237,10 +332,15 @@ impl TestApp {
     }
 
     /// A user's stored balance and the sum of their ledger rows, as exact decimals.
-    pub async fn balance_and_ledger_sum(&self, user_id: i64) -> (bigdecimal::BigDecimal, bigdecimal::BigDecimal) {
+    pub async fn balance_and_ledger_sum(
+        &self,
+        user_id: i64,
+    ) -> (bigdecimal::BigDecimal, bigdecimal::BigDecimal) {
         let mut conn = self.pool.get().await.unwrap();
         let user = persistence::users::find(&mut conn, user_id).await.unwrap();
-        let sum = persistence::ledger::sum_for_user(&mut conn, user_id).await.unwrap();
+        let sum = persistence::ledger::sum_for_user(&mut conn, user_id)
+            .await
+            .unwrap();
         (user.balance, sum)
     }
 }

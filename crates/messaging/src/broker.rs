@@ -280,7 +280,11 @@ impl Broker {
         let send = tokio::spawn(async move {
             let _serialised = session.publish_lock.lock().await;
             let (tag, confirm) = session.confirms.register(&owned_id);
-            match session.publisher.basic_publish(properties, content, args).await {
+            match session
+                .publisher
+                .basic_publish(properties, content, args)
+                .await
+            {
                 Ok(()) => Ok(confirm),
                 Err(error) => {
                     session.confirms.unregister(tag);
@@ -306,27 +310,31 @@ impl Broker {
             Ok(Ok(Err(_dropped))) => Err(MessagingError::ConfirmLost { queue, message_id }),
             Ok(Ok(Ok(Confirm::Ack))) => Ok(()),
             Ok(Ok(Ok(Confirm::Nack))) => Err(MessagingError::Nacked { queue, message_id }),
-            Ok(Ok(Ok(Confirm::Returned))) => {
-                Err(MessagingError::Unroutable { queue, message_id })
-            }
+            Ok(Ok(Ok(Confirm::Returned))) => Err(MessagingError::Unroutable { queue, message_id }),
         }
     }
 }
 
 /// Parses the URL; the vhost in `amqp://host/%2f` is percent-decoded (amqprs keeps it raw).
-fn connection_arguments(settings: &BrokerSettings) -> Result<OpenConnectionArguments, MessagingError> {
+fn connection_arguments(
+    settings: &BrokerSettings,
+) -> Result<OpenConnectionArguments, MessagingError> {
     let invalid = |reason: String| MessagingError::InvalidUrl {
         url: settings.redacted_url(),
         reason,
     };
     let mut args = OpenConnectionArguments::try_from(settings.url.as_str())
         .map_err(|error| invalid(error.to_string()))?;
-    let vhost = percent_decode(args.get_virtual_host()).ok_or_else(|| invalid("bad %-escape in vhost".to_owned()))?;
+    let vhost = percent_decode(args.get_virtual_host())
+        .ok_or_else(|| invalid("bad %-escape in vhost".to_owned()))?;
     args.virtual_host(&vhost);
     // Shown by `rabbitmqctl list_connections name`: which process, which test prefix.
     let program = std::env::current_exe()
         .ok()
-        .and_then(|path| path.file_name().map(|name| name.to_string_lossy().into_owned()))
+        .and_then(|path| {
+            path.file_name()
+                .map(|name| name.to_string_lossy().into_owned())
+        })
         .unwrap_or_else(|| "ai-gateway".to_owned());
     args.connection_name(&format!(
         "{program}#{}{}",
@@ -462,8 +470,10 @@ mod tests {
 
     #[test]
     fn vhost_is_percent_decoded() {
-        let args = connection_arguments(&BrokerSettings::new("amqp://guest:guest@localhost:5672/%2f"))
-            .expect("valid url");
+        let args = connection_arguments(&BrokerSettings::new(
+            "amqp://guest:guest@localhost:5672/%2f",
+        ))
+        .expect("valid url");
         assert_eq!(args.get_virtual_host(), "/");
         let args = connection_arguments(&BrokerSettings::new("amqp://localhost/tenant%2Da"))
             .expect("valid url");

@@ -48,7 +48,9 @@ impl Confirms {
 
     fn state(&self) -> MutexGuard<'_, State> {
         // Critical sections only move map entries; a poisoned lock still holds valid maps.
-        self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Registers the next publish on the channel. Call it under the publish lock, right
@@ -149,11 +151,13 @@ impl ChannelCallback for PublisherCallback {
     }
 
     async fn publish_ack(&mut self, _channel: &Channel, ack: Ack) {
-        self.confirms.settle(ack.delivery_tag(), ack.mutiple(), true);
+        self.confirms
+            .settle(ack.delivery_tag(), ack.mutiple(), true);
     }
 
     async fn publish_nack(&mut self, _channel: &Channel, nack: Nack) {
-        self.confirms.settle(nack.delivery_tag(), nack.multiple(), false);
+        self.confirms
+            .settle(nack.delivery_tag(), nack.multiple(), false);
     }
 
     async fn publish_return(

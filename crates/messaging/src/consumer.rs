@@ -183,7 +183,11 @@ impl Consumer {
             .basic_qos(BasicQosArguments::new(0, self.prefetch, false))
             .await?;
         let (consumer_tag, mut deliveries) = channel
-            .basic_consume_rx(BasicConsumeArguments::new(queue, "").manual_ack(true).finish())
+            .basic_consume_rx(
+                BasicConsumeArguments::new(queue, "")
+                    .manual_ack(true)
+                    .finish(),
+            )
             .await?;
         self.status.set(true, queue);
         tracing::info!(queue, %consumer_tag, prefetch = self.prefetch, "consuming");

@@ -51,7 +51,10 @@ impl fmt::Debug for BrokerSettings {
             .field("url", &self.redacted_url())
             .field("queue_prefix", &self.queue_prefix)
             .field("prefetch", &self.prefetch)
-            .field("publish_confirm_timeout_ms", &self.publish_confirm_timeout_ms)
+            .field(
+                "publish_confirm_timeout_ms",
+                &self.publish_confirm_timeout_ms,
+            )
             .finish()
     }
 }
@@ -81,7 +84,10 @@ mod tests {
         let settings = BrokerSettings::new("amqp://guest:s3cret@rabbit:5672/%2f");
         let shown = format!("{settings:?}");
         assert!(!shown.contains("s3cret"), "{shown}");
-        assert!(shown.contains("amqp://guest:***@rabbit:5672/%2f"), "{shown}");
+        assert!(
+            shown.contains("amqp://guest:***@rabbit:5672/%2f"),
+            "{shown}"
+        );
         assert_eq!(redact("amqp://rabbit/"), "amqp://rabbit/");
     }
 

@@ -160,10 +160,18 @@ pub async fn declare_topology(channel: &Channel, names: &QueueNames) -> Result<(
         // The work queue.
         let mut work = quorum_arguments()?;
         // Rejected (Outcome::DeadLetter) and over-delivered messages go to the DLX ...
-        put(&mut work, "x-dead-letter-exchange", text(&names.dead_letter_exchange)?)?;
+        put(
+            &mut work,
+            "x-dead-letter-exchange",
+            text(&names.dead_letter_exchange)?,
+        )?;
         // ... with a routing key naming this queue's DLQ (the published key differs for
         // messages coming back from the retry queue, so it is set explicitly).
-        put(&mut work, "x-dead-letter-routing-key", text(&set.dead_letter)?)?;
+        put(
+            &mut work,
+            "x-dead-letter-routing-key",
+            text(&set.dead_letter)?,
+        )?;
         // A message delivered this many times without an ack is dead-lettered, not looped.
         put(&mut work, "x-delivery-limit", FieldValue::I(DELIVERY_LIMIT))?;
         at_least_once_dead_lettering(&mut work)?;
@@ -198,7 +206,9 @@ pub async fn declare_topology(channel: &Channel, names: &QueueNames) -> Result<(
 pub async fn delete_topology(channel: &Channel, names: &QueueNames) -> Result<(), MessagingError> {
     for set in names.all() {
         for queue in [&set.work, &set.retry, &set.dead_letter] {
-            channel.queue_delete(QueueDeleteArguments::new(queue)).await?;
+            channel
+                .queue_delete(QueueDeleteArguments::new(queue))
+                .await?;
         }
     }
     channel
@@ -215,7 +225,10 @@ mod tests {
     fn names_carry_the_prefix() {
         let names = queue_names("t1_");
         assert_eq!(names.model_invocation.work, "t1_model_invocation_queue");
-        assert_eq!(names.model_invocation.retry, "t1_model_invocation_queue.retry");
+        assert_eq!(
+            names.model_invocation.retry,
+            "t1_model_invocation_queue.retry"
+        );
         assert_eq!(names.billing_log.dead_letter, "t1_billing_log_queue.dlq");
         assert_eq!(names.dead_letter_exchange, "t1_dead_letter");
     }
@@ -228,7 +241,9 @@ mod tests {
             Some("t1_billing_log_queue")
         );
         assert_eq!(
-            names.resolve("t1_billing_log_queue").map(|s| s.work.as_str()),
+            names
+                .resolve("t1_billing_log_queue")
+                .map(|s| s.work.as_str()),
             Some("t1_billing_log_queue")
         );
         assert!(names.resolve("other").is_none());

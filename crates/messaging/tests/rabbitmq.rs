@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 
 use amqprs::channel::{BasicGetArguments, Channel, QueueDeclareArguments, QueueDeleteArguments};
 use messaging::{
-    Broker, BrokerSettings, Consumer, Delivery, Handler, MessagingError, Outcome,
-    declare_topology, delete_topology,
+    Broker, BrokerSettings, Consumer, Delivery, Handler, MessagingError, Outcome, declare_topology,
+    delete_topology,
 };
 use tokio::sync::{mpsc, oneshot};
 
@@ -219,8 +219,15 @@ async fn a_confirmed_message_is_consumed_once_and_acked() {
     assert_eq!(handler.calls.load(Ordering::SeqCst), 1);
     let channel = broker.open_channel().await.expect("channel");
     let names = broker.queue_names();
-    assert_eq!(message_count(&channel, &names.model_invocation.work).await, 0, "acked");
-    assert_eq!(message_count(&channel, &names.model_invocation.dead_letter).await, 0);
+    assert_eq!(
+        message_count(&channel, &names.model_invocation.work).await,
+        0,
+        "acked"
+    );
+    assert_eq!(
+        message_count(&channel, &names.model_invocation.dead_letter).await,
+        0
+    );
     cleanup(&broker).await;
 }
 
@@ -254,8 +261,9 @@ async fn dead_letter_moves_the_message_to_the_dlq() {
         .publish_json("billing_log_queue", b"{\"poison\":true}", "p1")
         .await
         .expect("confirmed publish");
-    let (handler, mut seen) =
-        Scripted::new(Duration::ZERO, |_| Outcome::DeadLetter("unparseable".into()));
+    let (handler, mut seen) = Scripted::new(Duration::ZERO, |_| {
+        Outcome::DeadLetter("unparseable".into())
+    });
     let running = start(&broker, "billing_log_queue", handler.clone());
     next(&mut seen).await;
 
@@ -291,7 +299,10 @@ async fn retry_redelivers_after_the_delay_and_not_before() {
     assert_eq!(first.retry_count, 0);
     let (second_at, second) = next(&mut seen).await;
     let gap = second_at.duration_since(first_at);
-    assert!(gap >= Duration::from_millis(150), "redelivered after only {gap:?}");
+    assert!(
+        gap >= Duration::from_millis(150),
+        "redelivered after only {gap:?}"
+    );
     assert!(gap < Duration::from_secs(5), "redelivered after {gap:?}");
     assert_eq!(second.body, first.body);
     assert_eq!(second.message_id.as_deref(), Some("j2"));
@@ -322,12 +333,23 @@ async fn shutdown_waits_for_the_in_flight_handler_and_acks_it() {
     assert_eq!(finished.load(Ordering::SeqCst), 0, "handler still working");
 
     let took = running.stop().await;
-    assert_eq!(finished.load(Ordering::SeqCst), 1, "stop returned before the handler finished");
-    assert!(took >= Duration::from_millis(500), "stopped after only {took:?}");
+    assert_eq!(
+        finished.load(Ordering::SeqCst),
+        1,
+        "stop returned before the handler finished"
+    );
+    assert!(
+        took >= Duration::from_millis(500),
+        "stopped after only {took:?}"
+    );
 
     let channel = broker.open_channel().await.expect("channel");
     let set = &broker.queue_names().billing_log;
-    assert_eq!(message_count(&channel, &set.work).await, 0, "the in-flight message was acked");
+    assert_eq!(
+        message_count(&channel, &set.work).await,
+        0,
+        "the in-flight message was acked"
+    );
     cleanup(&broker).await;
 }
 
@@ -367,13 +389,18 @@ async fn publishing_to_a_missing_queue_is_an_error_not_a_silent_loss() {
         .queue_delete(QueueDeleteArguments::new(&work))
         .await
         .expect("delete work queue");
-    let result = broker.publish_json("billing_log_queue", b"{}", "orphan").await;
+    let result = broker
+        .publish_json("billing_log_queue", b"{}", "orphan")
+        .await;
     assert!(
         matches!(result, Err(MessagingError::Unroutable { .. })),
         "{result:?}"
     );
     let unknown = broker.publish_json("no_such_queue", b"{}", "x").await;
-    assert!(matches!(unknown, Err(MessagingError::UnknownQueue(_))), "{unknown:?}");
+    assert!(
+        matches!(unknown, Err(MessagingError::UnknownQueue(_))),
+        "{unknown:?}"
+    );
     // The broker connection survives both.
     assert!(broker.is_connected());
     cleanup(&broker).await;
@@ -394,9 +421,17 @@ async fn after_a_lost_connection_publishing_fails_fast_then_recovers_and_consume
 
     broker.reconnect().await;
     let started = Instant::now();
-    let during = broker.publish_json("billing_log_queue", b"{}", "during").await;
-    assert!(matches!(during, Err(MessagingError::NotConnected)), "{during:?}");
-    assert!(started.elapsed() < Duration::from_millis(100), "failed slowly");
+    let during = broker
+        .publish_json("billing_log_queue", b"{}", "during")
+        .await;
+    assert!(
+        matches!(during, Err(MessagingError::NotConnected)),
+        "{during:?}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_millis(100),
+        "failed slowly"
+    );
     assert!(!broker.is_connected());
 
     eventually(|| broker.is_connected() && status.is_running()).await;
@@ -413,7 +448,10 @@ async fn after_a_lost_connection_publishing_fails_fast_then_recovers_and_consume
 async fn eventually(condition: impl Fn() -> bool) {
     let deadline = Instant::now() + WAIT;
     while !condition() {
-        assert!(Instant::now() < deadline, "condition not reached in {WAIT:?}");
+        assert!(
+            Instant::now() < deadline,
+            "condition not reached in {WAIT:?}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }

@@ -46,7 +46,10 @@ pub async fn place_hold(
 }
 
 /// Releases an open hold (the call failed, so it costs nothing). Returns whether one was open.
-pub async fn release_hold(conn: &mut AsyncPgConnection, request_id: Uuid) -> Result<bool, StoreError> {
+pub async fn release_hold(
+    conn: &mut AsyncPgConnection,
+    request_id: Uuid,
+) -> Result<bool, StoreError> {
     let released = diesel::sql_query(
         "WITH released AS (
              UPDATE balance_holds SET status = 'released', closed_at = now()
@@ -61,7 +64,10 @@ pub async fn release_hold(conn: &mut AsyncPgConnection, request_id: Uuid) -> Res
 }
 
 /// Releases up to `limit` holds whose call never finished; returns how many.
-pub async fn release_expired_holds(conn: &mut AsyncPgConnection, limit: i64) -> Result<usize, StoreError> {
+pub async fn release_expired_holds(
+    conn: &mut AsyncPgConnection,
+    limit: i64,
+) -> Result<usize, StoreError> {
     let released: Vec<IdRow> = diesel::sql_query(
         "WITH expired AS (
              SELECT id FROM balance_holds
@@ -96,7 +102,10 @@ pub struct Charge<'a> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Settlement {
     /// Charged now. `charged` is below `cost` only if the balance could not cover it.
-    Settled { charged: Money, balance_after: Money },
+    Settled {
+        charged: Money,
+        balance_after: Money,
+    },
     /// This request id was settled before: nothing changed.
     AlreadySettled,
 }
@@ -122,7 +131,10 @@ fn tokens(value: u64) -> i64 {
 /// Settles one charge; run it inside a transaction (see `settle`). The usage log's unique
 /// request id makes it idempotent: a redelivered charge finds its log and changes nothing.
 /// Otherwise: the hold is closed, the balance debited (never below zero), the ledger written.
-pub async fn settle_in(conn: &mut AsyncPgConnection, charge: &Charge<'_>) -> Result<Settlement, StoreError> {
+pub async fn settle_in(
+    conn: &mut AsyncPgConnection,
+    charge: &Charge<'_>,
+) -> Result<Settlement, StoreError> {
     let logged: Vec<IdRow> = diesel::sql_query(
         "INSERT INTO usage_logs (request_id, user_id, access_key_id, model_id, model_name,
              prompt_tokens, completion_tokens, cached_prompt_tokens, images, cost)
@@ -152,7 +164,10 @@ pub async fn settle_in(conn: &mut AsyncPgConnection, charge: &Charge<'_>) -> Res
     .bind::<SqlUuid, _>(charge.request_id)
     .load(conn)
     .await?;
-    let held = hold.into_iter().next().map_or_else(|| BigDecimal::from(0), |h| h.amount);
+    let held = hold
+        .into_iter()
+        .next()
+        .map_or_else(|| BigDecimal::from(0), |h| h.amount);
     let row: SettledRow = diesel::sql_query(
         "WITH before AS (SELECT id, balance FROM users WHERE id = $1 FOR UPDATE)
          UPDATE users u SET balance = u.balance - LEAST($2, b.balance), held = u.held - $3,
@@ -183,12 +198,19 @@ pub async fn settle_in(conn: &mut AsyncPgConnection, charge: &Charge<'_>) -> Res
         tracing::warn!(request_id = %charge.request_id, cost = %charge.cost, %charged,
             "balance could not cover the whole charge");
     }
-    Ok(Settlement::Settled { charged, balance_after: Money::from_db(row.balance_after) })
+    Ok(Settlement::Settled {
+        charged,
+        balance_after: Money::from_db(row.balance_after),
+    })
 }
 
 /// Settles one charge in its own transaction.
-pub async fn settle(conn: &mut AsyncPgConnection, charge: &Charge<'_>) -> Result<Settlement, StoreError> {
-    conn.transaction::<_, StoreError, _>(async |conn| settle_in(conn, charge).await).await
+pub async fn settle(
+    conn: &mut AsyncPgConnection,
+    charge: &Charge<'_>,
+) -> Result<Settlement, StoreError> {
+    conn.transaction::<_, StoreError, _>(async |conn| settle_in(conn, charge).await)
+        .await
 }
 
 /// Keeps a charge the broker could not take; settled later by billing-worker's sweeper.
@@ -198,7 +220,10 @@ pub async fn outbox_insert(
     payload: &serde_json::Value,
 ) -> Result<(), StoreError> {
     diesel::insert_into(billing_outbox::table)
-        .values((billing_outbox::request_id.eq(request_id), billing_outbox::payload.eq(payload)))
+        .values((
+            billing_outbox::request_id.eq(request_id),
+            billing_outbox::payload.eq(payload),
+        ))
         .on_conflict(billing_outbox::request_id)
         .do_nothing()
         .execute(conn)
@@ -222,7 +247,9 @@ pub async fn outbox_take(
 }
 
 pub async fn outbox_delete(conn: &mut AsyncPgConnection, id: i64) -> Result<(), StoreError> {
-    diesel::delete(billing_outbox::table.find(id)).execute(conn).await?;
+    diesel::delete(billing_outbox::table.find(id))
+        .execute(conn)
+        .await?;
     Ok(())
 }
 
@@ -262,4 +289,3 @@ pub async fn reconcile(conn: &mut AsyncPgConnection) -> Result<Vec<Mismatch>, St
     .load(conn)
     .await?)
 }
-

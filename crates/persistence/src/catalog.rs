@@ -161,7 +161,9 @@ pub async fn update_provider(
 
 /// Deletes a provider and its keys; refused (foreign key) while a model still uses it.
 pub async fn delete_provider(conn: &mut AsyncPgConnection, id: i64) -> Result<(), StoreError> {
-    let deleted = diesel::delete(providers::table.find(id)).execute(conn).await?;
+    let deleted = diesel::delete(providers::table.find(id))
+        .execute(conn)
+        .await?;
     if deleted == 0 {
         return Err(StoreError::NotFound);
     }
@@ -216,7 +218,9 @@ pub async fn update_provider_key(
 }
 
 pub async fn delete_provider_key(conn: &mut AsyncPgConnection, id: i64) -> Result<(), StoreError> {
-    let deleted = diesel::delete(provider_keys::table.find(id)).execute(conn).await?;
+    let deleted = diesel::delete(provider_keys::table.find(id))
+        .execute(conn)
+        .await?;
     if deleted == 0 {
         return Err(StoreError::NotFound);
     }
@@ -274,7 +278,9 @@ pub async fn update_model(
 
 /// Deletes a model; refused (foreign key) while jobs reference it: disable it instead.
 pub async fn delete_model(conn: &mut AsyncPgConnection, id: i64) -> Result<(), StoreError> {
-    let deleted = diesel::delete(llm_models::table.find(id)).execute(conn).await?;
+    let deleted = diesel::delete(llm_models::table.find(id))
+        .execute(conn)
+        .await?;
     if deleted == 0 {
         return Err(StoreError::NotFound);
     }

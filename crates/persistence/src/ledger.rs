@@ -56,7 +56,9 @@ pub async fn apply(
     change: BalanceChange<'_>,
 ) -> Result<(User, LedgerEntry), StoreError> {
     if change.delta.is_zero() {
-        return Err(StoreError::StateConflict("a balance change cannot be zero".into()));
+        return Err(StoreError::StateConflict(
+            "a balance change cannot be zero".into(),
+        ));
     }
     let delta = change.delta.as_decimal();
     // A debit may not reach into money reserved by open holds (floor = held); a credit only has
@@ -66,14 +68,14 @@ pub async fn apply(
         .find(change.user_id)
         .filter((users::balance + delta).ge(users::held * floor_factor));
     let user: Option<User> = diesel::update(target)
-    .set((
-        users::balance.eq(users::balance + delta),
-        users::updated_at.eq(diesel::dsl::now),
-    ))
-    .returning(User::as_returning())
-    .get_result(conn)
-    .await
-    .optional()?;
+        .set((
+            users::balance.eq(users::balance + delta),
+            users::updated_at.eq(diesel::dsl::now),
+        ))
+        .returning(User::as_returning())
+        .get_result(conn)
+        .await
+        .optional()?;
     let user = match user {
         Some(user) => user,
         None => {

@@ -39,7 +39,11 @@ pub async fn create(
     amount: &Money,
 ) -> Result<Order, StoreError> {
     Ok(diesel::insert_into(orders::table)
-        .values(NewOrder { order_no, user_id, amount: amount.as_decimal() })
+        .values(NewOrder {
+            order_no,
+            user_id,
+            amount: amount.as_decimal(),
+        })
         .returning(Order::as_returning())
         .get_result(conn)
         .await?)
@@ -56,8 +60,13 @@ pub async fn find_by_no(conn: &mut AsyncPgConnection, order_no: &str) -> Result<
 /// Who completes an order: an admin by hand, or a verified payment-provider callback.
 #[derive(Debug, Clone)]
 pub enum Completion<'a> {
-    Admin { actor_user_id: i64 },
-    Payment { event_id: &'a str, amount: &'a Money },
+    Admin {
+        actor_user_id: i64,
+    },
+    Payment {
+        event_id: &'a str,
+        amount: &'a Money,
+    },
 }
 
 #[derive(Debug)]
@@ -144,7 +153,11 @@ pub async fn complete(
             },
         )
         .await?;
-        Ok(CompletedOrder { order, user, ledger_entry })
+        Ok(CompletedOrder {
+            order,
+            user,
+            ledger_entry,
+        })
     })
     .await
 }

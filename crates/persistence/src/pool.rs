@@ -11,7 +11,8 @@ use serde::Deserialize;
 use crate::StoreError;
 
 pub type Pool = diesel_async::pooled_connection::deadpool::Pool<AsyncPgConnection>;
-pub type PooledConnection = deadpool::managed::Object<AsyncDieselConnectionManager<AsyncPgConnection>>;
+pub type PooledConnection =
+    deadpool::managed::Object<AsyncDieselConnectionManager<AsyncPgConnection>>;
 
 const MIGRATIONS: EmbeddedMigrations = embed_migrations!("../../migrations");
 

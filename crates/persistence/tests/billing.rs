@@ -22,7 +22,11 @@ async fn user_with_balance(pool: &persistence::Pool, balance: &str) -> i64 {
     let email = format!("{}@x.io", Uuid::new_v4().simple());
     let user = persistence::users::insert(
         &mut conn,
-        persistence::users::NewUser { email: &email, password_hash: "h", role: "user" },
+        persistence::users::NewUser {
+            email: &email,
+            password_hash: "h",
+            role: "user",
+        },
     )
     .await
     .unwrap();
@@ -45,7 +49,10 @@ async fn user_with_balance(pool: &persistence::Pool, balance: &str) -> i64 {
 async fn books_balance(pool: &persistence::Pool) {
     let mut conn = pool.get().await.unwrap();
     let mismatches = billing::reconcile(&mut conn).await.unwrap();
-    assert!(mismatches.is_empty(), "books do not balance: {mismatches:?}");
+    assert!(
+        mismatches.is_empty(),
+        "books do not balance: {mismatches:?}"
+    );
 }
 
 fn charge(request_id: Uuid, user_id: i64, cost: &Money) -> Charge<'_> {
@@ -55,7 +62,11 @@ fn charge(request_id: Uuid, user_id: i64, cost: &Money) -> Charge<'_> {
         access_key_id: None,
         model_id: None,
         model_name: "m",
-        usage: Usage { prompt_tokens: 10, completion_tokens: 5, ..Usage::default() },
+        usage: Usage {
+            prompt_tokens: 10,
+            completion_tokens: 5,
+            ..Usage::default()
+        },
         cost,
     }
 }
@@ -68,11 +79,16 @@ async fn two_hundred_concurrent_holds_admit_exactly_what_the_balance_covers() {
         let pool = pool.clone();
         tokio::spawn(async move {
             let mut conn = pool.get().await.unwrap();
-            billing::place_hold(&mut conn, user, Uuid::new_v4(), &money("0.1"), 600).await.unwrap()
+            billing::place_hold(&mut conn, user, Uuid::new_v4(), &money("0.1"), 600)
+                .await
+                .unwrap()
         })
     });
     let results = futures_util::future::join_all(attempts).await;
-    let admitted = results.into_iter().filter(|r| r.as_ref().unwrap().is_some()).count();
+    let admitted = results
+        .into_iter()
+        .filter(|r| r.as_ref().unwrap().is_some())
+        .count();
     assert_eq!(admitted, 50);
     let mut conn = pool.get().await.unwrap();
     let u = persistence::users::find(&mut conn, user).await.unwrap();
@@ -86,12 +102,25 @@ async fn settlement_charges_once_and_replaces_the_hold() {
     let user = user_with_balance(&pool, "1").await;
     let mut conn = pool.get().await.unwrap();
     let request = Uuid::new_v4();
-    billing::place_hold(&mut conn, user, request, &money("0.5"), 600).await.unwrap().unwrap();
+    billing::place_hold(&mut conn, user, request, &money("0.5"), 600)
+        .await
+        .unwrap()
+        .unwrap();
     let cost = money("0.12345678");
-    let first = billing::settle(&mut conn, &charge(request, user, &cost)).await.unwrap();
-    assert_eq!(first, Settlement::Settled { charged: cost.clone(), balance_after: money("0.87654322") });
+    let first = billing::settle(&mut conn, &charge(request, user, &cost))
+        .await
+        .unwrap();
+    assert_eq!(
+        first,
+        Settlement::Settled {
+            charged: cost.clone(),
+            balance_after: money("0.87654322")
+        }
+    );
     // A redelivered message: nothing changes.
-    let again = billing::settle(&mut conn, &charge(request, user, &cost)).await.unwrap();
+    let again = billing::settle(&mut conn, &charge(request, user, &cost))
+        .await
+        .unwrap();
     assert_eq!(again, Settlement::AlreadySettled);
     let u = persistence::users::find(&mut conn, user).await.unwrap();
     assert_eq!(u.balance, BigDecimal::from_str("0.87654322").unwrap());
@@ -121,7 +150,13 @@ async fn concurrent_redeliveries_settle_once() {
     // Losers either see the log (AlreadySettled) or hit the unique key and will be redelivered.
     assert_eq!(settled, 1);
     let mut conn = pool.get().await.unwrap();
-    assert_eq!(persistence::users::find(&mut conn, user).await.unwrap().balance, BigDecimal::from_str("8.5").unwrap());
+    assert_eq!(
+        persistence::users::find(&mut conn, user)
+            .await
+            .unwrap()
+            .balance,
+        BigDecimal::from_str("8.5").unwrap()
+    );
     drop(conn);
     books_balance(&pool).await;
 }
@@ -132,24 +167,56 @@ async fn released_and_expired_holds_cost_nothing() {
     let user = user_with_balance(&pool, "1").await;
     let mut conn = pool.get().await.unwrap();
     let failed = Uuid::new_v4();
-    billing::place_hold(&mut conn, user, failed, &money("1"), 600).await.unwrap().unwrap();
+    billing::place_hold(&mut conn, user, failed, &money("1"), 600)
+        .await
+        .unwrap()
+        .unwrap();
     // Everything is held: another call is refused.
-    assert!(billing::place_hold(&mut conn, user, Uuid::new_v4(), &money("0.00000001"), 600).await.unwrap().is_none());
+    assert!(
+        billing::place_hold(&mut conn, user, Uuid::new_v4(), &money("0.00000001"), 600)
+            .await
+            .unwrap()
+            .is_none()
+    );
     assert!(billing::release_hold(&mut conn, failed).await.unwrap());
-    assert!(!billing::release_hold(&mut conn, failed).await.unwrap(), "a hold is released once");
+    assert!(
+        !billing::release_hold(&mut conn, failed).await.unwrap(),
+        "a hold is released once"
+    );
 
     let crashed = Uuid::new_v4();
-    billing::place_hold(&mut conn, user, crashed, &money("0.7"), 0).await.unwrap().unwrap();
+    billing::place_hold(&mut conn, user, crashed, &money("0.7"), 0)
+        .await
+        .unwrap()
+        .unwrap();
     tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    assert_eq!(billing::release_expired_holds(&mut conn, 100).await.unwrap(), 1);
-    assert_eq!(billing::release_expired_holds(&mut conn, 100).await.unwrap(), 0);
+    assert_eq!(
+        billing::release_expired_holds(&mut conn, 100)
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(
+        billing::release_expired_holds(&mut conn, 100)
+            .await
+            .unwrap(),
+        0
+    );
     let u = persistence::users::find(&mut conn, user).await.unwrap();
     assert_eq!(u.balance, BigDecimal::from(1));
     assert_eq!(u.held, BigDecimal::from(0));
     // A late charge for the expired call is still billed (nothing is lost).
     let cost = money("0.25");
-    billing::settle(&mut conn, &charge(crashed, user, &cost)).await.unwrap();
-    assert_eq!(persistence::users::find(&mut conn, user).await.unwrap().balance, BigDecimal::from_str("0.75").unwrap());
+    billing::settle(&mut conn, &charge(crashed, user, &cost))
+        .await
+        .unwrap();
+    assert_eq!(
+        persistence::users::find(&mut conn, user)
+            .await
+            .unwrap()
+            .balance,
+        BigDecimal::from_str("0.75").unwrap()
+    );
     drop(conn);
     books_balance(&pool).await;
 }
@@ -159,18 +226,36 @@ async fn a_debit_adjustment_cannot_take_held_money_and_reconcile_finds_tampering
     let pool = common::migrated_pool().await;
     let user = user_with_balance(&pool, "2").await;
     let mut conn = pool.get().await.unwrap();
-    billing::place_hold(&mut conn, user, Uuid::new_v4(), &money("1.5"), 600).await.unwrap().unwrap();
+    billing::place_hold(&mut conn, user, Uuid::new_v4(), &money("1.5"), 600)
+        .await
+        .unwrap()
+        .unwrap();
     let debit = ledger::apply(
         &mut conn,
-        BalanceChange { user_id: user, delta: &money("-1"), kind: LedgerKind::Adjustment, reference: "adj", note: None, actor_user_id: None },
+        BalanceChange {
+            user_id: user,
+            delta: &money("-1"),
+            kind: LedgerKind::Adjustment,
+            reference: "adj",
+            note: None,
+            actor_user_id: None,
+        },
     )
     .await;
-    assert!(matches!(debit, Err(persistence::StoreError::InsufficientBalance)), "{debit:?}");
+    assert!(
+        matches!(debit, Err(persistence::StoreError::InsufficientBalance)),
+        "{debit:?}"
+    );
     drop(conn);
     books_balance(&pool).await;
 
     let mut conn = pool.get().await.unwrap();
-    diesel::sql_query(format!("UPDATE users SET balance = balance + 1 WHERE id = {user}")).execute(&mut conn).await.unwrap();
+    diesel::sql_query(format!(
+        "UPDATE users SET balance = balance + 1 WHERE id = {user}"
+    ))
+    .execute(&mut conn)
+    .await
+    .unwrap();
     let mismatches = billing::reconcile(&mut conn).await.unwrap();
     assert_eq!(mismatches.len(), 1);
     assert_eq!(mismatches[0].user_id, user);

@@ -4,9 +4,9 @@
 #![allow(clippy::unwrap_used)]
 
 use diesel::prelude::*;
-use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
-use persistence::schema::*;
+use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use persistence::StoreError;
+use persistence::schema::*;
 
 mod common;
 use common::migrated_pool;
@@ -20,33 +20,102 @@ async fn schema_rs_matches_the_migrations() {
     let pool = migrated_pool().await;
     let mut conn = pool.get().await.unwrap();
     // Selecting every column diesel knows of fails if a column is missing or mistyped.
-    users::table.select(persistence::users::User::as_select()).load(&mut conn).await.unwrap();
-    providers::table.select(persistence::catalog::Provider::as_select()).load(&mut conn).await.unwrap();
-    provider_keys::table.select(persistence::catalog::ProviderKey::as_select()).load(&mut conn).await.unwrap();
-    llm_models::table.select(persistence::catalog::Model::as_select()).load(&mut conn).await.unwrap();
-    access_keys::table.select(persistence::access_keys::AccessKey::as_select()).load(&mut conn).await.unwrap();
-    orders::table.select(persistence::orders::Order::as_select()).load(&mut conn).await.unwrap();
-    balance_ledger::table.select(persistence::ledger::LedgerEntry::as_select()).load(&mut conn).await.unwrap();
-    usage_logs::table.select(persistence::usage::UsageLog::as_select()).load(&mut conn).await.unwrap();
-    payment_events::table.select(payment_events::all_columns).load::<(i64, String, String, chrono::DateTime<chrono::Utc>)>(&mut conn).await.unwrap();
-    async_jobs::table.select(async_jobs::id).load::<i64>(&mut conn).await.unwrap();
+    users::table
+        .select(persistence::users::User::as_select())
+        .load(&mut conn)
+        .await
+        .unwrap();
+    providers::table
+        .select(persistence::catalog::Provider::as_select())
+        .load(&mut conn)
+        .await
+        .unwrap();
+    provider_keys::table
+        .select(persistence::catalog::ProviderKey::as_select())
+        .load(&mut conn)
+        .await
+        .unwrap();
+    llm_models::table
+        .select(persistence::catalog::Model::as_select())
+        .load(&mut conn)
+        .await
+        .unwrap();
+    access_keys::table
+        .select(persistence::access_keys::AccessKey::as_select())
+        .load(&mut conn)
+        .await
+        .unwrap();
+    orders::table
+        .select(persistence::orders::Order::as_select())
+        .load(&mut conn)
+        .await
+        .unwrap();
+    balance_ledger::table
+        .select(persistence::ledger::LedgerEntry::as_select())
+        .load(&mut conn)
+        .await
+        .unwrap();
+    usage_logs::table
+        .select(persistence::usage::UsageLog::as_select())
+        .load(&mut conn)
+        .await
+        .unwrap();
+    payment_events::table
+        .select(payment_events::all_columns)
+        .load::<(i64, String, String, chrono::DateTime<chrono::Utc>)>(&mut conn)
+        .await
+        .unwrap();
+    async_jobs::table
+        .select(async_jobs::id)
+        .load::<i64>(&mut conn)
+        .await
+        .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn constraints_protect_money_and_uniqueness() {
     let pool = migrated_pool().await;
     let mut conn = pool.get().await.unwrap();
-    exec(&mut conn, "INSERT INTO users (id, email, password_hash) VALUES (1, 'a@x.io', 'h')").await.unwrap();
+    exec(
+        &mut conn,
+        "INSERT INTO users (id, email, password_hash) VALUES (1, 'a@x.io', 'h')",
+    )
+    .await
+    .unwrap();
 
     let refused = [
-        ("UPDATE users SET balance = -0.00000001 WHERE id = 1", "users_balance_check"),
-        ("INSERT INTO users (email, password_hash) VALUES ('A@X.io', 'h')", "users_email_lowercase"),
-        ("INSERT INTO users (email, password_hash, role) VALUES ('b@x.io', 'h', 'root')", "users_role_check"),
-        ("INSERT INTO orders (order_no, user_id, amount) VALUES ('o1', 1, 0)", "orders_amount_check"),
-        ("INSERT INTO orders (order_no, user_id, amount, status) VALUES ('o1', 1, 5, 'COMPLETED')", "orders_completed_at"),
-        ("INSERT INTO balance_ledger (user_id, delta, balance_after, kind, reference) VALUES (1, 0, 0, 'topup', 'r')", "balance_ledger_delta_check"),
-        ("INSERT INTO balance_ledger (user_id, delta, balance_after, kind, reference) VALUES (1, -1, -1, 'charge', 'r')", "balance_ledger_balance_after_check"),
-        ("INSERT INTO usage_logs (request_id, user_id, model_name, cost) VALUES (gen_random_uuid(), 1, 'm', -1)", "usage_logs_cost_check"),
+        (
+            "UPDATE users SET balance = -0.00000001 WHERE id = 1",
+            "users_balance_check",
+        ),
+        (
+            "INSERT INTO users (email, password_hash) VALUES ('A@X.io', 'h')",
+            "users_email_lowercase",
+        ),
+        (
+            "INSERT INTO users (email, password_hash, role) VALUES ('b@x.io', 'h', 'root')",
+            "users_role_check",
+        ),
+        (
+            "INSERT INTO orders (order_no, user_id, amount) VALUES ('o1', 1, 0)",
+            "orders_amount_check",
+        ),
+        (
+            "INSERT INTO orders (order_no, user_id, amount, status) VALUES ('o1', 1, 5, 'COMPLETED')",
+            "orders_completed_at",
+        ),
+        (
+            "INSERT INTO balance_ledger (user_id, delta, balance_after, kind, reference) VALUES (1, 0, 0, 'topup', 'r')",
+            "balance_ledger_delta_check",
+        ),
+        (
+            "INSERT INTO balance_ledger (user_id, delta, balance_after, kind, reference) VALUES (1, -1, -1, 'charge', 'r')",
+            "balance_ledger_balance_after_check",
+        ),
+        (
+            "INSERT INTO usage_logs (request_id, user_id, model_name, cost) VALUES (gen_random_uuid(), 1, 'm', -1)",
+            "usage_logs_cost_check",
+        ),
     ];
     for (sql, constraint) in refused {
         match exec(&mut conn, sql).await {
@@ -56,8 +125,18 @@ async fn constraints_protect_money_and_uniqueness() {
     }
 
     // Money keeps 8 decimals exactly.
-    exec(&mut conn, "UPDATE users SET balance = 0.00000001 WHERE id = 1").await.unwrap();
-    let balance: bigdecimal::BigDecimal = users::table.find(1).select(users::balance).first(&mut conn).await.unwrap();
+    exec(
+        &mut conn,
+        "UPDATE users SET balance = 0.00000001 WHERE id = 1",
+    )
+    .await
+    .unwrap();
+    let balance: bigdecimal::BigDecimal = users::table
+        .find(1)
+        .select(users::balance)
+        .first(&mut conn)
+        .await
+        .unwrap();
     assert_eq!(domain::Money::from_db(balance).to_string(), "0.00000001");
 
     // One credit per order, one charge per request, even if code tried twice.

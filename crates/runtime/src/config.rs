@@ -24,8 +24,7 @@ fn load_from<T: DeserializeOwned>(
     file: Option<&str>,
     environment: Environment,
 ) -> Result<T, ConfigError> {
-    let mut builder =
-        Config::builder().add_source(File::from_str(defaults_toml, FileFormat::Toml));
+    let mut builder = Config::builder().add_source(File::from_str(defaults_toml, FileFormat::Toml));
     if let Some(path) = file {
         // Named explicitly, so a missing file is an error rather than silently ignored.
         builder = builder.add_source(File::with_name(path).required(true));

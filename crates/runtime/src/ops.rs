@@ -162,11 +162,19 @@ mod tests {
         let base = format!("http://127.0.0.1:{}", ops.port);
         let client = reqwest::Client::new();
 
-        let health = client.get(format!("{base}/healthz")).send().await.expect("healthz");
+        let health = client
+            .get(format!("{base}/healthz"))
+            .send()
+            .await
+            .expect("healthz");
         assert_eq!(health.status(), 200);
         assert_eq!(health.text().await.expect("body"), r#"{"status":"ok"}"#);
 
-        let not_ready = client.get(format!("{base}/readyz")).send().await.expect("readyz");
+        let not_ready = client
+            .get(format!("{base}/readyz"))
+            .send()
+            .await
+            .expect("readyz");
         assert_eq!(not_ready.status(), 503);
         let body: serde_json::Value = not_ready.json().await.expect("json");
         assert_eq!(
@@ -175,11 +183,19 @@ mod tests {
         );
 
         switch.0.store(true, Ordering::SeqCst);
-        let ready = client.get(format!("{base}/readyz")).send().await.expect("readyz");
+        let ready = client
+            .get(format!("{base}/readyz"))
+            .send()
+            .await
+            .expect("readyz");
         assert_eq!(ready.status(), 200);
         assert_eq!(ready.text().await.expect("body"), r#"{"status":"ready"}"#);
 
-        let scrape = client.get(format!("{base}/metrics")).send().await.expect("metrics");
+        let scrape = client
+            .get(format!("{base}/metrics"))
+            .send()
+            .await
+            .expect("metrics");
         assert_eq!(scrape.status(), 200);
         let content_type = scrape
             .headers()
@@ -187,7 +203,10 @@ mod tests {
             .and_then(|v| v.to_str().ok())
             .unwrap_or_default()
             .to_owned();
-        assert!(content_type.starts_with("text/plain; version=0.0.4"), "{content_type}");
+        assert!(
+            content_type.starts_with("text/plain; version=0.0.4"),
+            "{content_type}"
+        );
         let text = scrape.text().await.expect("body");
         assert!(text.contains("runtime_ops_test_total"), "{text}");
 

@@ -1,1 +1,202 @@
-//! placeholder
+//! The billing worker: consumes `billing_log_queue` and settles charges.
+//! `main.rs` only wires settings, telemetry and signals around [`Application`].
+
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use messaging::{
+    BILLING_LOG_QUEUE, Broker, BrokerSettings, Consumer, ConsumerStatus, Delivery, Handler,
+    MessagingError, Outcome,
+};
+use persistence::{DatabaseSettings, Pool, StoreError};
+use runtime::ops::{Readiness, serve_ops};
+use runtime::telemetry::LogFormat;
+use serde::Deserialize;
+
+/// The built-in configuration layer (see `runtime::config::load`).
+pub const DEFAULT_CONFIG: &str = include_str!("../config/default.toml");
+
+/// Part of the grace period kept for closing the channel, the connection and the ops server.
+const SHUTDOWN_RESERVE: Duration = Duration::from_secs(2);
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Settings {
+    pub broker: BrokerSettings,
+    pub database: DatabaseSettings,
+    pub ops: OpsSettings,
+    pub log_format: LogFormat,
+    /// After SIGTERM, in-flight settlements get this long to finish before the process exits.
+    pub shutdown_grace_seconds: u64,
+}
+
+/// Where /healthz, /readyz and /metrics are served.
+#[derive(Debug, Clone, Deserialize)]
+pub struct OpsSettings {
+    pub host: IpAddr,
+    pub port: u16,
+}
+
+impl Settings {
+    pub fn load() -> Result<Self, WorkerError> {
+        let settings: Self = runtime::config::load(DEFAULT_CONFIG)?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    pub fn validate(&self) -> Result<(), WorkerError> {
+        let invalid = |reason: &str| Err(WorkerError::InvalidSettings(reason.to_owned()));
+        if self.broker.prefetch == 0 {
+            return invalid("broker.prefetch must be at least 1");
+        }
+        if self.database.pool_max_size == 0 {
+            return invalid("database.pool_max_size must be at least 1");
+        }
+        if self.shutdown_grace_seconds == 0 {
+            return invalid("shutdown_grace_seconds must be at least 1");
+        }
+        Ok(())
+    }
+
+    pub fn shutdown_grace(&self) -> Duration {
+        Duration::from_secs(self.shutdown_grace_seconds)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    #[error(transparent)]
+    Config(#[from] runtime::config::ConfigError),
+    #[error("invalid settings: {0}")]
+    InvalidSettings(String),
+    #[error(transparent)]
+    Metrics(#[from] runtime::metrics::MetricsError),
+    #[error("database: {0}")]
+    Database(#[from] StoreError),
+    #[error("broker: {0}")]
+    Broker(#[from] MessagingError),
+    #[error("ops server: {0}")]
+    Ops(#[from] std::io::Error),
+}
+
+/// A built worker: connected, topology declared, ops server bound; [`Application::run_until`]
+/// starts consuming.
+pub struct Application {
+    broker: Broker,
+    consumer: Consumer,
+    ops_server: actix_web::dev::Server,
+    ops_port: u16,
+}
+
+impl Application {
+    pub async fn build(settings: Settings) -> Result<Application, WorkerError> {
+        settings.validate()?;
+        let metrics = runtime::metrics::install()?;
+        let pool = persistence::build_pool(&settings.database)?;
+        persistence::ping(&pool).await?;
+        let broker = Broker::connect(settings.broker.clone()).await?;
+        let consumer = Consumer::new(
+            &broker,
+            BILLING_LOG_QUEUE,
+            settings.broker.prefetch,
+            Arc::new(BillingHandler),
+        )?
+        .with_drain_timeout(
+            settings
+                .shutdown_grace()
+                .saturating_sub(SHUTDOWN_RESERVE)
+                .max(Duration::from_secs(1)),
+        );
+        let readiness = Arc::new(WorkerReadiness {
+            pool,
+            broker: broker.clone(),
+            consumer: consumer.status(),
+        });
+        let listen = SocketAddr::new(settings.ops.host, settings.ops.port);
+        let (ops_server, ops_port) = serve_ops(listen, readiness, metrics)?;
+        tracing::info!(%listen, ops_port, "billing worker built");
+        Ok(Application {
+            broker,
+            consumer,
+            ops_server,
+            ops_port,
+        })
+    }
+
+    /// The bound ops port (useful with port 0).
+    pub fn ops_port(&self) -> u16 {
+        self.ops_port
+    }
+
+    /// Serves ops and consumes until `shutdown` resolves; then stops consuming, finishes
+    /// in-flight messages, acks them and closes the connection.
+    pub async fn run_until(self, shutdown: impl Future<Output = ()>) -> Result<(), WorkerError> {
+        let ops = self.ops_server.handle();
+        let ops_task = tokio::spawn(self.ops_server);
+        let consumed = self.consumer.run(shutdown).await;
+        // Probes need no goodbye: stop at once rather than wait for idle keep-alives.
+        ops.stop(false).await;
+        if let Err(error) = ops_task.await {
+            tracing::warn!(%error, "ops server task failed");
+        }
+        self.broker.close().await;
+        tracing::info!("billing worker stopped");
+        Ok(consumed?)
+    }
+}
+
+/// Placeholder: logs and acks, settles nothing; the real settlement handler arrives with issue 4.
+struct BillingHandler;
+
+impl Handler for BillingHandler {
+    fn handle(&self, delivery: Delivery) -> Pin<Box<dyn Future<Output = Outcome> + Send + '_>> {
+        Box::pin(async move {
+            tracing::info!(
+                message_id = delivery.message_id.as_deref().unwrap_or("-"),
+                bytes = delivery.body.len(),
+                redelivered = delivery.redelivered,
+                "billing message received (no handler yet, nothing settled)"
+            );
+            Outcome::Ack
+        })
+    }
+}
+
+/// Ready when Postgres answers, RabbitMQ is connected and the consumer is subscribed.
+struct WorkerReadiness {
+    pool: Pool,
+    broker: Broker,
+    consumer: ConsumerStatus,
+}
+
+impl Readiness for WorkerReadiness {
+    fn check(&self) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send + '_>> {
+        Box::pin(async move {
+            if !self.broker.is_connected() {
+                return Err("RabbitMQ is not connected".to_owned());
+            }
+            if !self.consumer.is_running() {
+                return Err("the queue consumer is not running".to_owned());
+            }
+            persistence::ping(&self.pool)
+                .await
+                .map_err(|error| format!("Postgres is not reachable: {error}"))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn built_in_defaults_are_complete_and_valid() {
+        let settings: Settings = runtime::config::load(DEFAULT_CONFIG).expect("defaults load");
+        settings.validate().expect("defaults valid");
+        assert_eq!(settings.ops.port, 9102);
+        assert_eq!(settings.ops.host.to_string(), "127.0.0.1");
+        assert_eq!(settings.broker.queue_prefix, "");
+    }
+}

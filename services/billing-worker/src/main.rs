@@ -1,1 +1,17 @@
-fn main() {}
+//! Entry point: settings, telemetry, metrics, build, run until SIGINT/SIGTERM.
+
+use billing_worker::{Application, Settings};
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let settings = Settings::load()?;
+    runtime::telemetry::init("billing-worker", settings.log_format);
+    runtime::metrics::install()?;
+    let grace = settings.shutdown_grace();
+    let app = Application::build(settings).await?;
+    runtime::shutdown::with_grace(grace, runtime::shutdown::signal(), |stop| {
+        app.run_until(stop)
+    })
+    .await??;
+    Ok(())
+}

@@ -97,7 +97,9 @@ impl FromRequest for SessionUser {
                 Err(other) => return Err(other.into()),
             };
             if user.status != "active" {
-                return Err(ApiError::Unauthorized("this account is disabled".to_owned()));
+                return Err(ApiError::Unauthorized(
+                    "this account is disabled".to_owned(),
+                ));
             }
             Ok(SessionUser(user))
         })
@@ -116,7 +118,9 @@ impl FromRequest for AdminUser {
         Box::pin(async move {
             let session = session.await?;
             if session.role() != Role::Admin {
-                return Err(ApiError::Forbidden("this route needs the admin role".to_owned()));
+                return Err(ApiError::Forbidden(
+                    "this route needs the admin role".to_owned(),
+                ));
             }
             Ok(AdminUser(session.0))
         })

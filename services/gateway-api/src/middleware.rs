@@ -4,11 +4,12 @@
 use std::time::Instant;
 
 use actix_web::body::{BoxBody, EitherBody, MessageBody};
-use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::dev::{Payload, ServiceRequest, ServiceResponse};
 use actix_web::http::header::{self, HeaderName, HeaderValue};
 use actix_web::middleware::Next;
-use actix_web::{Error, HttpMessage, HttpResponse};
+use actix_web::{Error, FromRequest, HttpMessage, HttpResponse};
 
+use crate::auth::AdminUser;
 use crate::error::ApiError;
 
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -21,7 +22,9 @@ fn accepted_request_id(value: &HeaderValue) -> Option<String> {
     let text = value.to_str().ok()?;
     let sane = !text.is_empty()
         && text.len() <= 128
-        && text.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b));
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b));
     sane.then(|| text.to_owned())
 }
 
@@ -84,4 +87,17 @@ pub async fn json_errors(
     let (req, _) = response.into_parts();
     let replaced = HttpResponse::build(status).json(error.body());
     Ok(ServiceResponse::new(req, replaced).map_into_right_body())
+}
+
+/// Refuses a request without an admin's session (401, or 403 for a user) before the route's
+/// own extractors run, so no input of a non-admin is looked at, whatever its body or path.
+/// The handlers still take `AdminUser` themselves, to know who the admin is.
+pub async fn require_admin(
+    req: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<EitherBody<impl MessageBody, BoxBody>>, Error> {
+    if let Err(error) = AdminUser::from_request(req.request(), &mut Payload::None).await {
+        return Ok(req.error_response(error).map_into_right_body());
+    }
+    Ok(next.call(req).await?.map_into_left_body())
 }

@@ -88,7 +88,8 @@ impl SecretBox {
             return Err(SecretError::Decrypt);
         }
         let (nonce_bytes, ciphertext) = sealed.split_at(NONCE_LEN);
-        let nonce_bytes: [u8; NONCE_LEN] = nonce_bytes.try_into().map_err(|_| SecretError::Decrypt)?;
+        let nonce_bytes: [u8; NONCE_LEN] =
+            nonce_bytes.try_into().map_err(|_| SecretError::Decrypt)?;
         let plaintext = self
             .cipher
             .decrypt(&Nonce::from(nonce_bytes), ciphertext)
@@ -104,7 +105,12 @@ pub fn key_hint(secret: &str) -> String {
 }
 
 /// Checks `v1` = hex(HMAC-SHA256(secret, "{timestamp}.{body}")) in constant time.
-pub fn verify_payment_signature(secret: &[u8], timestamp: &str, body: &[u8], signature_hex: &str) -> bool {
+pub fn verify_payment_signature(
+    secret: &[u8],
+    timestamp: &str,
+    body: &[u8],
+    signature_hex: &str,
+) -> bool {
     let Ok(signature) = hex::decode(signature_hex) else {
         return false;
     };
@@ -148,9 +154,14 @@ mod tests {
 
     #[test]
     fn sealed_secrets_open_only_with_the_same_key() {
-        let sealed = SecretBox::new(&[7u8; 32]).seal("sk-upstream-secret").unwrap();
+        let sealed = SecretBox::new(&[7u8; 32])
+            .seal("sk-upstream-secret")
+            .unwrap();
         assert!(!sealed.windows(6).any(|w| w == b"secret"));
-        assert_eq!(SecretBox::new(&[7u8; 32]).open(&sealed).unwrap(), "sk-upstream-secret");
+        assert_eq!(
+            SecretBox::new(&[7u8; 32]).open(&sealed).unwrap(),
+            "sk-upstream-secret"
+        );
         assert!(SecretBox::new(&[8u8; 32]).open(&sealed).is_err());
         let mut tampered = sealed.clone();
         let last = tampered.len() - 1;
@@ -161,11 +172,36 @@ mod tests {
     #[test]
     fn payment_signatures_verify_only_unchanged() {
         let sig = sign_payment(b"whsec-0123456789", "1700000000", b"{\"a\":1}");
-        assert!(verify_payment_signature(b"whsec-0123456789", "1700000000", b"{\"a\":1}", &sig));
-        assert!(!verify_payment_signature(b"whsec-0123456789", "1700000001", b"{\"a\":1}", &sig));
-        assert!(!verify_payment_signature(b"whsec-0123456789", "1700000000", b"{\"a\":2}", &sig));
-        assert!(!verify_payment_signature(b"other-secret-xxxx", "1700000000", b"{\"a\":1}", &sig));
-        assert!(!verify_payment_signature(b"whsec-0123456789", "1700000000", b"{\"a\":1}", "zz"));
+        assert!(verify_payment_signature(
+            b"whsec-0123456789",
+            "1700000000",
+            b"{\"a\":1}",
+            &sig
+        ));
+        assert!(!verify_payment_signature(
+            b"whsec-0123456789",
+            "1700000001",
+            b"{\"a\":1}",
+            &sig
+        ));
+        assert!(!verify_payment_signature(
+            b"whsec-0123456789",
+            "1700000000",
+            b"{\"a\":2}",
+            &sig
+        ));
+        assert!(!verify_payment_signature(
+            b"other-secret-xxxx",
+            "1700000000",
+            b"{\"a\":1}",
+            &sig
+        ));
+        assert!(!verify_payment_signature(
+            b"whsec-0123456789",
+            "1700000000",
+            b"{\"a\":1}",
+            "zz"
+        ));
     }
 
     #[test]

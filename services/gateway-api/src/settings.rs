@@ -130,10 +130,10 @@ impl Settings {
         if self.server.body_limit_bytes < 1024 {
             return invalid("server.body_limit_bytes must be at least 1024");
         }
-        if let Some(secret) = &self.orders.payment_webhook_secret {
-            if secret.expose_secret().len() < 16 {
-                return invalid("orders.payment_webhook_secret must be at least 16 bytes");
-            }
+        if let Some(secret) = &self.orders.payment_webhook_secret
+            && secret.expose_secret().len() < 16
+        {
+            return invalid("orders.payment_webhook_secret must be at least 16 bytes");
         }
         Ok(())
     }

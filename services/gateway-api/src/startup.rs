@@ -3,8 +3,8 @@
 use std::net::TcpListener;
 
 use actix_web::dev::Server;
-use actix_web::middleware::{from_fn, Compress};
-use actix_web::{web, App, HttpServer};
+use actix_web::middleware::{Compress, from_fn};
+use actix_web::{App, HttpServer, web};
 use metrics_exporter_prometheus::PrometheusHandle;
 use utoipa::OpenApi;
 use utoipa_swagger_ui::SwaggerUi;
@@ -40,7 +40,9 @@ pub struct Application {
 impl Application {
     /// Connects, migrates (when configured), bootstraps the admin and binds (port 0 = any).
     pub async fn build(settings: Settings) -> Result<Application, StartupError> {
-        settings.validate().map_err(|e| StartupError::Config(e.to_string()))?;
+        settings
+            .validate()
+            .map_err(|e| StartupError::Config(e.to_string()))?;
         let master_key = settings
             .master_key()
             .ok_or_else(|| StartupError::Config("security.master_key".to_owned()))?;
@@ -50,12 +52,17 @@ impl Application {
         }
         identity::bootstrap_admin(&pool, &settings.bootstrap, settings.auth.bcrypt_cost).await?;
         let dummy = random_dummy_hash(settings.auth.bcrypt_cost).await?;
-        let metrics = runtime::metrics::install().map_err(|e| StartupError::Metrics(e.to_string()))?;
+        let metrics =
+            runtime::metrics::install().map_err(|e| StartupError::Metrics(e.to_string()))?;
         let state = web::Data::new(AppState::new(&settings, pool, &master_key, dummy));
         let listener = TcpListener::bind((settings.server.host.as_str(), settings.server.port))?;
         let port = listener.local_addr()?.port();
         let server = serve(listener, state.clone(), metrics, &settings)?;
-        Ok(Application { port, server, state })
+        Ok(Application {
+            port,
+            server,
+            state,
+        })
     }
 
     pub fn port(&self) -> u16 {
@@ -79,7 +86,9 @@ impl Application {
 
 async fn random_dummy_hash(cost: u32) -> Result<String, StartupError> {
     let seed = uuid::Uuid::new_v4().to_string();
-    identity::hash_password(&seed, cost).await.map_err(StartupError::Bootstrap)
+    identity::hash_password(&seed, cost)
+        .await
+        .map_err(StartupError::Bootstrap)
 }
 
 fn serve(
@@ -127,12 +136,13 @@ fn json_config(limit: usize) -> web::JsonConfig {
         .error_handler(move |err, _| {
             use actix_web::error::JsonPayloadError;
             let error = match &err {
-                JsonPayloadError::Overflow { .. } | JsonPayloadError::OverflowKnownLength { .. } => {
+                JsonPayloadError::Overflow { .. }
+                | JsonPayloadError::OverflowKnownLength { .. } => {
                     ApiError::PayloadTooLarge(format!("request body is larger than {limit} bytes"))
                 }
-                JsonPayloadError::ContentType => ApiError::InvalidRequest(
-                    "Content-Type must be application/json".to_owned(),
-                ),
+                JsonPayloadError::ContentType => {
+                    ApiError::InvalidRequest("Content-Type must be application/json".to_owned())
+                }
                 JsonPayloadError::Deserialize(e) => {
                     ApiError::InvalidRequest(format!("invalid JSON body: {e}"))
                 }

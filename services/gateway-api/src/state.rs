@@ -46,6 +46,9 @@ impl AppState {
     }
 
     pub async fn conn(&self) -> Result<PooledConnection, ApiError> {
-        self.pool.get().await.map_err(|e| persistence::StoreError::from(e).into())
+        self.pool
+            .get()
+            .await
+            .map_err(|e| persistence::StoreError::from(e).into())
     }
 }

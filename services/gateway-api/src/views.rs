@@ -313,11 +313,15 @@ impl AdminListQuery {
 fn page(limit: Option<i64>, offset: Option<i64>) -> Result<persistence::Page, ApiError> {
     let limit = limit.unwrap_or(50);
     if !(1..=200).contains(&limit) {
-        return Err(ApiError::InvalidRequest("limit must be between 1 and 200".to_owned()));
+        return Err(ApiError::InvalidRequest(
+            "limit must be between 1 and 200".to_owned(),
+        ));
     }
     let offset = offset.unwrap_or(0);
     if !(0..=10_000_000).contains(&offset) {
-        return Err(ApiError::InvalidRequest("offset must be between 0 and 10000000".to_owned()));
+        return Err(ApiError::InvalidRequest(
+            "offset must be between 0 and 10000000".to_owned(),
+        ));
     }
     Ok(persistence::Page { limit, offset })
 }

@@ -9,7 +9,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     runtime::metrics::install()?;
     let grace = settings.shutdown_grace();
     let app = Application::build(settings).await?;
-    runtime::shutdown::with_grace(grace, runtime::shutdown::signal(), |stop| app.run_until(stop))
-        .await??;
+    runtime::shutdown::with_grace(grace, runtime::shutdown::signal(), |stop| {
+        app.run_until(stop)
+    })
+    .await??;
     Ok(())
 }

@@ -63,10 +63,15 @@ async fn serves_probes_and_metrics_consumes_and_stops_promptly() {
         "messaging_consumer_running{{queue=\"{}\"}} 1",
         names.model_invocation.work
     );
-    assert!(metrics.contains(&running_gauge), "{running_gauge} missing in:\n{metrics}");
+    assert!(
+        metrics.contains(&running_gauge),
+        "{running_gauge} missing in:\n{metrics}"
+    );
 
     // The placeholder handler acks what arrives.
-    let producer = Broker::connect(settings.broker.clone()).await.expect("producer");
+    let producer = Broker::connect(settings.broker.clone())
+        .await
+        .expect("producer");
     producer
         .publish_json("model_invocation_queue", br#"{"job_id":"x"}"#, "x")
         .await

@@ -17,10 +17,14 @@ pub async fn create(
 ) -> Result<CreatedAccessKeyView, ApiError> {
     let name = name.trim();
     if name.is_empty() || name.chars().count() > 100 {
-        return Err(ApiError::InvalidRequest("name must be 1 to 100 characters".to_owned()));
+        return Err(ApiError::InvalidRequest(
+            "name must be 1 to 100 characters".to_owned(),
+        ));
     }
     if expires_at.is_some_and(|at| at <= Utc::now()) {
-        return Err(ApiError::InvalidRequest("expires_at must be in the future".to_owned()));
+        return Err(ApiError::InvalidRequest(
+            "expires_at must be in the future".to_owned(),
+        ));
     }
     let minted = generate_access_key().map_err(|e| ApiError::Internal(e.to_string()))?;
     let mut conn = state.conn().await?;
@@ -35,7 +39,10 @@ pub async fn create(
         },
     )
     .await?;
-    Ok(CreatedAccessKeyView { access_key: key.into(), key: minted.secret })
+    Ok(CreatedAccessKeyView {
+        access_key: key.into(),
+        key: minted.secret,
+    })
 }
 
 pub async fn list(
@@ -49,10 +56,14 @@ pub async fn list(
 
 pub async fn revoke(state: &AppState, user_id: i64, id: i64) -> Result<(), ApiError> {
     let mut conn = state.conn().await?;
-    access_keys::revoke(&mut conn, user_id, id).await.map_err(|e| match e {
-        persistence::StoreError::NotFound => ApiError::NotFound("access key not found".to_owned()),
-        other => other.into(),
-    })
+    access_keys::revoke(&mut conn, user_id, id)
+        .await
+        .map_err(|e| match e {
+            persistence::StoreError::NotFound => {
+                ApiError::NotFound("access key not found".to_owned())
+            }
+            other => other.into(),
+        })
 }
 
 pub fn view(key: persistence::access_keys::AccessKey) -> Result<AccessKeyView, ApiError> {

@@ -31,17 +31,25 @@ fn check_text(field: &str, value: &str, max: usize) -> Result<(), ApiError> {
 }
 
 fn check_base_url(base_url: &str) -> Result<(), ApiError> {
-    let parsed = url::Url::parse(base_url)
-        .map_err(|_| ApiError::InvalidRequest("base_url must be an absolute http(s) URL".to_owned()))?;
-    if !matches!(parsed.scheme(), "http" | "https") || parsed.host().is_none() || base_url.len() > 2048 {
-        return Err(ApiError::InvalidRequest("base_url must be an absolute http(s) URL".to_owned()));
+    let parsed = url::Url::parse(base_url).map_err(|_| {
+        ApiError::InvalidRequest("base_url must be an absolute http(s) URL".to_owned())
+    })?;
+    if !matches!(parsed.scheme(), "http" | "https")
+        || parsed.host().is_none()
+        || base_url.len() > 2048
+    {
+        return Err(ApiError::InvalidRequest(
+            "base_url must be an absolute http(s) URL".to_owned(),
+        ));
     }
     Ok(())
 }
 
 fn check_weight(weight: i32) -> Result<(), ApiError> {
     if !(0..=1000).contains(&weight) {
-        return Err(ApiError::InvalidRequest("weight must be between 0 and 1000".to_owned()));
+        return Err(ApiError::InvalidRequest(
+            "weight must be between 0 and 1000".to_owned(),
+        ));
     }
     Ok(())
 }
@@ -49,7 +57,9 @@ fn check_weight(weight: i32) -> Result<(), ApiError> {
 fn check_model_name(name: &str) -> Result<(), ApiError> {
     let valid = !name.is_empty()
         && name.len() <= 128
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || "._:/-@".contains(c));
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "._:/-@".contains(c));
     if !valid {
         return Err(ApiError::InvalidRequest(
             "name must be 1 to 128 characters of letters, digits and . _ : / - @".to_owned(),
@@ -112,7 +122,9 @@ pub async fn list_providers(state: &AppState, page: Page) -> Result<Paged<Provid
 
 pub async fn get_provider(state: &AppState, id: i64) -> Result<Provider, ApiError> {
     let mut conn = state.conn().await?;
-    catalog::find_provider(&mut conn, id).await.map_err(not_found("provider"))
+    catalog::find_provider(&mut conn, id)
+        .await
+        .map_err(not_found("provider"))
 }
 
 pub async fn update_provider(
@@ -127,17 +139,22 @@ pub async fn update_provider(
         check_base_url(base_url)?;
     }
     let mut conn = state.conn().await?;
-    catalog::update_provider(&mut conn, id, changes).await.map_err(not_found("provider"))
+    catalog::update_provider(&mut conn, id, changes)
+        .await
+        .map_err(not_found("provider"))
 }
 
 pub async fn delete_provider(state: &AppState, id: i64) -> Result<(), ApiError> {
     let mut conn = state.conn().await?;
-    catalog::delete_provider(&mut conn, id).await.map_err(|e| match e {
-        StoreError::ForeignKey(_) => ApiError::Conflict(
-            "models still use this provider; delete or move them first, or disable it".to_owned(),
-        ),
-        other => not_found("provider")(other),
-    })
+    catalog::delete_provider(&mut conn, id)
+        .await
+        .map_err(|e| match e {
+            StoreError::ForeignKey(_) => ApiError::Conflict(
+                "models still use this provider; delete or move them first, or disable it"
+                    .to_owned(),
+            ),
+            other => not_found("provider")(other),
+        })
 }
 
 // ---- provider keys
@@ -156,14 +173,19 @@ pub async fn create_provider_key(
 ) -> Result<ProviderKey, ApiError> {
     if input.api_key.is_empty()
         || input.api_key.len() > 4096
-        || input.api_key.chars().any(|c| c.is_whitespace() || c.is_control())
+        || input
+            .api_key
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control())
     {
         return Err(ApiError::InvalidRequest(
             "api_key must be 1 to 4096 characters without spaces".to_owned(),
         ));
     }
     if input.name.chars().count() > 100 {
-        return Err(ApiError::InvalidRequest("name must be at most 100 characters".to_owned()));
+        return Err(ApiError::InvalidRequest(
+            "name must be at most 100 characters".to_owned(),
+        ));
     }
     check_weight(input.weight)?;
     let sealed = state
@@ -171,7 +193,9 @@ pub async fn create_provider_key(
         .seal(&input.api_key)
         .map_err(|e| ApiError::Internal(e.to_string()))?;
     let mut conn = state.conn().await?;
-    catalog::find_provider(&mut conn, provider_id).await.map_err(not_found("provider"))?;
+    catalog::find_provider(&mut conn, provider_id)
+        .await
+        .map_err(not_found("provider"))?;
     Ok(catalog::insert_provider_key(
         &mut conn,
         NewProviderKey {
@@ -192,7 +216,9 @@ pub async fn list_provider_keys(
     page: Page,
 ) -> Result<Paged<ProviderKey>, ApiError> {
     let mut conn = state.conn().await?;
-    catalog::find_provider(&mut conn, provider_id).await.map_err(not_found("provider"))?;
+    catalog::find_provider(&mut conn, provider_id)
+        .await
+        .map_err(not_found("provider"))?;
     Ok(catalog::list_provider_keys(&mut conn, provider_id, page).await?)
 }
 
@@ -204,16 +230,26 @@ pub async fn update_provider_key(
     if let Some(weight) = changes.weight {
         check_weight(weight)?;
     }
-    if changes.name.as_ref().is_some_and(|n| n.chars().count() > 100) {
-        return Err(ApiError::InvalidRequest("name must be at most 100 characters".to_owned()));
+    if changes
+        .name
+        .as_ref()
+        .is_some_and(|n| n.chars().count() > 100)
+    {
+        return Err(ApiError::InvalidRequest(
+            "name must be at most 100 characters".to_owned(),
+        ));
     }
     let mut conn = state.conn().await?;
-    catalog::update_provider_key(&mut conn, id, changes).await.map_err(not_found("provider key"))
+    catalog::update_provider_key(&mut conn, id, changes)
+        .await
+        .map_err(not_found("provider key"))
 }
 
 pub async fn delete_provider_key(state: &AppState, id: i64) -> Result<(), ApiError> {
     let mut conn = state.conn().await?;
-    catalog::delete_provider_key(&mut conn, id).await.map_err(not_found("provider key"))
+    catalog::delete_provider_key(&mut conn, id)
+        .await
+        .map_err(not_found("provider key"))
 }
 
 // ---- models
@@ -234,7 +270,9 @@ pub async fn create_model(state: &AppState, input: ModelInput) -> Result<Model, 
     check_max_output_tokens(input.max_output_tokens)?;
     let pricing = pricing_json(&input.pricing, input.kind)?;
     let mut conn = state.conn().await?;
-    catalog::find_provider(&mut conn, input.provider_id).await.map_err(not_found("provider"))?;
+    catalog::find_provider(&mut conn, input.provider_id)
+        .await
+        .map_err(not_found("provider"))?;
     Ok(catalog::insert_model(
         &mut conn,
         NewModel {
@@ -257,7 +295,9 @@ pub async fn list_models(state: &AppState, page: Page) -> Result<Paged<Model>, A
 
 pub async fn get_model(state: &AppState, id: i64) -> Result<Model, ApiError> {
     let mut conn = state.conn().await?;
-    catalog::find_model(&mut conn, id).await.map_err(not_found("model"))
+    catalog::find_model(&mut conn, id)
+        .await
+        .map_err(not_found("model"))
 }
 
 pub struct ModelUpdate {
@@ -269,7 +309,11 @@ pub struct ModelUpdate {
     pub enabled: Option<bool>,
 }
 
-pub async fn update_model(state: &AppState, id: i64, update: ModelUpdate) -> Result<Model, ApiError> {
+pub async fn update_model(
+    state: &AppState,
+    id: i64,
+    update: ModelUpdate,
+) -> Result<Model, ApiError> {
     if let Some(name) = &update.name {
         check_model_name(name)?;
     }
@@ -280,7 +324,9 @@ pub async fn update_model(state: &AppState, id: i64, update: ModelUpdate) -> Res
         check_max_output_tokens(tokens)?;
     }
     let mut conn = state.conn().await?;
-    let current = catalog::find_model(&mut conn, id).await.map_err(not_found("model"))?;
+    let current = catalog::find_model(&mut conn, id)
+        .await
+        .map_err(not_found("model"))?;
     let pricing = match &update.pricing {
         Some(pricing) => {
             let kind: ModelKind = current
@@ -292,7 +338,9 @@ pub async fn update_model(state: &AppState, id: i64, update: ModelUpdate) -> Res
         None => None,
     };
     if let Some(provider_id) = update.provider_id {
-        catalog::find_provider(&mut conn, provider_id).await.map_err(not_found("provider"))?;
+        catalog::find_provider(&mut conn, provider_id)
+            .await
+            .map_err(not_found("provider"))?;
     }
     let changes = ModelChanges {
         name: update.name,
@@ -303,17 +351,21 @@ pub async fn update_model(state: &AppState, id: i64, update: ModelUpdate) -> Res
         enabled: update.enabled,
         updated_at: None,
     };
-    catalog::update_model(&mut conn, id, changes).await.map_err(not_found("model"))
+    catalog::update_model(&mut conn, id, changes)
+        .await
+        .map_err(not_found("model"))
 }
 
 pub async fn delete_model(state: &AppState, id: i64) -> Result<(), ApiError> {
     let mut conn = state.conn().await?;
-    catalog::delete_model(&mut conn, id).await.map_err(|e| match e {
-        StoreError::ForeignKey(_) => ApiError::Conflict(
-            "jobs reference this model; disable it instead of deleting it".to_owned(),
-        ),
-        other => not_found("model")(other),
-    })
+    catalog::delete_model(&mut conn, id)
+        .await
+        .map_err(|e| match e {
+            StoreError::ForeignKey(_) => ApiError::Conflict(
+                "jobs reference this model; disable it instead of deleting it".to_owned(),
+            ),
+            other => not_found("model")(other),
+        })
 }
 
 pub async fn list_enabled_models(state: &AppState) -> Result<Vec<Model>, ApiError> {

@@ -44,7 +44,11 @@ pub async fn create_user(
     let password_hash = hash_password(password, state.bcrypt_cost).await?;
     Ok(users::insert(
         conn,
-        NewUser { email: email.as_str(), password_hash: &password_hash, role: role.as_str() },
+        NewUser {
+            email: email.as_str(),
+            password_hash: &password_hash,
+            role: role.as_str(),
+        },
     )
     .await?)
 }
@@ -65,7 +69,11 @@ pub async fn login(state: &AppState, email: &str, password: &str) -> Result<Sess
         Err(_) => None,
     };
     // An unknown email is checked against a dummy hash, so timing does not reveal accounts.
-    let hash = user.as_ref().map_or(state.dummy_password_hash.as_str(), |u| u.password_hash.as_str());
+    let hash = user
+        .as_ref()
+        .map_or(state.dummy_password_hash.as_str(), |u| {
+            u.password_hash.as_str()
+        });
     let password_ok = verify_password(password, hash).await?;
     match user {
         Some(user) if password_ok && user.status == "active" => {
@@ -91,14 +99,24 @@ pub async fn bootstrap_admin(
         return Ok(());
     }
     let parsed = parse_credentials(email, password.expose_secret())?;
-    if users::find_by_email(&mut conn, parsed.as_str()).await?.is_some() {
-        tracing::error!(email = parsed.as_str(), "ADMIN_EMAIL belongs to a normal account; no admin bootstrapped");
+    if users::find_by_email(&mut conn, parsed.as_str())
+        .await?
+        .is_some()
+    {
+        tracing::error!(
+            email = parsed.as_str(),
+            "ADMIN_EMAIL belongs to a normal account; no admin bootstrapped"
+        );
         return Ok(());
     }
     let password_hash = hash_password(password.expose_secret(), bcrypt_cost).await?;
     match users::insert(
         &mut conn,
-        NewUser { email: parsed.as_str(), password_hash: &password_hash, role: Role::Admin.as_str() },
+        NewUser {
+            email: parsed.as_str(),
+            password_hash: &password_hash,
+            role: Role::Admin.as_str(),
+        },
     )
     .await
     {

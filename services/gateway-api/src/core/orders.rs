@@ -17,10 +17,14 @@ const ORDER_DECIMALS: i64 = 2;
 
 pub async fn create(state: &AppState, user_id: i64, amount: &Money) -> Result<Order, ApiError> {
     if !amount.is_positive() {
-        return Err(ApiError::InvalidRequest("amount must be greater than 0".to_owned()));
+        return Err(ApiError::InvalidRequest(
+            "amount must be greater than 0".to_owned(),
+        ));
     }
     if amount.as_decimal().with_scale(ORDER_DECIMALS) != *amount.as_decimal() {
-        return Err(ApiError::InvalidRequest("amount must have at most 2 decimals".to_owned()));
+        return Err(ApiError::InvalidRequest(
+            "amount must have at most 2 decimals".to_owned(),
+        ));
     }
     if amount > &state.max_order_amount {
         return Err(ApiError::InvalidRequest(format!(
@@ -49,10 +53,12 @@ async fn complete(
     completion: Completion<'_>,
 ) -> Result<CompletedOrder, ApiError> {
     let mut conn = state.conn().await?;
-    orders::complete(&mut conn, order_no, completion).await.map_err(|e| match e {
-        StoreError::NotFound => ApiError::NotFound(format!("order {order_no} not found")),
-        other => other.into(),
-    })
+    orders::complete(&mut conn, order_no, completion)
+        .await
+        .map_err(|e| match e {
+            StoreError::NotFound => ApiError::NotFound(format!("order {order_no} not found")),
+            other => other.into(),
+        })
 }
 
 pub async fn complete_by_admin(
@@ -60,7 +66,14 @@ pub async fn complete_by_admin(
     order_no: &str,
     admin_id: i64,
 ) -> Result<CompletedOrder, ApiError> {
-    complete(state, order_no, Completion::Admin { actor_user_id: admin_id }).await
+    complete(
+        state,
+        order_no,
+        Completion::Admin {
+            actor_user_id: admin_id,
+        },
+    )
+    .await
 }
 
 /// What the payment provider posts when an order is paid.
@@ -84,9 +97,10 @@ pub async fn complete_by_payment(
     signature_header: Option<&str>,
     body: &[u8],
 ) -> Result<CompletedOrder, ApiError> {
-    let secret = state.payment_webhook_secret.as_ref().ok_or_else(|| {
-        ApiError::Unavailable("payment callbacks are not configured".to_owned())
-    })?;
+    let secret = state
+        .payment_webhook_secret
+        .as_ref()
+        .ok_or_else(|| ApiError::Unavailable("payment callbacks are not configured".to_owned()))?;
     let bad_signature = || ApiError::Unauthorized("invalid payment signature".to_owned());
     let header = signature_header.ok_or_else(bad_signature)?;
     let (mut timestamp, mut signature) = (None, None);
@@ -100,7 +114,12 @@ pub async fn complete_by_payment(
     let (Some(timestamp), Some(signature)) = (timestamp, signature) else {
         return Err(bad_signature());
     };
-    if !verify_payment_signature(secret.expose_secret().as_bytes(), timestamp, body, signature) {
+    if !verify_payment_signature(
+        secret.expose_secret().as_bytes(),
+        timestamp,
+        body,
+        signature,
+    ) {
         return Err(bad_signature());
     }
     let sent_at: i64 = timestamp.parse().map_err(|_| bad_signature())?;
@@ -118,12 +137,17 @@ pub async fn complete_by_payment(
         )));
     }
     if event.event_id.trim().is_empty() || event.event_id.len() > 200 {
-        return Err(ApiError::InvalidRequest("event_id must be 1 to 200 characters".to_owned()));
+        return Err(ApiError::InvalidRequest(
+            "event_id must be 1 to 200 characters".to_owned(),
+        ));
     }
     complete(
         state,
         &event.order_no,
-        Completion::Payment { event_id: &event.event_id, amount: &event.amount },
+        Completion::Payment {
+            event_id: &event.event_id,
+            amount: &event.amount,
+        },
     )
     .await
 }

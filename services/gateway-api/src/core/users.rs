@@ -61,7 +61,9 @@ pub async fn update(
         updated_at: None,
     };
     let mut conn = state.conn().await?;
-    users::update(&mut conn, id, changes).await.map_err(user_not_found)
+    users::update(&mut conn, id, changes)
+        .await
+        .map_err(user_not_found)
 }
 
 /// Moves a balance by a signed amount, with its ledger row, in one transaction; a result below
@@ -74,11 +76,15 @@ pub async fn adjust_balance(
     reason: &str,
 ) -> Result<(User, LedgerEntry), ApiError> {
     if amount.is_zero() {
-        return Err(ApiError::InvalidRequest("amount must not be zero".to_owned()));
+        return Err(ApiError::InvalidRequest(
+            "amount must not be zero".to_owned(),
+        ));
     }
     let reason = reason.trim();
     if reason.is_empty() || reason.chars().count() > 500 {
-        return Err(ApiError::InvalidRequest("reason must be 1 to 500 characters".to_owned()));
+        return Err(ApiError::InvalidRequest(
+            "reason must be 1 to 500 characters".to_owned(),
+        ));
     }
     let reference = format!("adj_{}", uuid::Uuid::new_v4().simple());
     let mut conn = state.conn().await?;

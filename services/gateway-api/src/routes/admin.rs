@@ -1,7 +1,8 @@
 //! `/v1/admin`: users, balances, providers, provider keys, models, and the global lists.
 
+use actix_web::middleware::from_fn;
 use actix_web::{HttpResponse, web};
-use domain::{Money, ModelKind, Pricing, Role, UserStatus};
+use domain::{ModelKind, Money, Pricing, Role, UserStatus};
 use persistence::catalog::{ProviderChanges, ProviderKeyChanges};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -10,6 +11,7 @@ use crate::auth::AdminUser;
 use crate::core::catalog::{self, ModelInput, ModelUpdate, ProviderInput, ProviderKeyInput};
 use crate::core::{identity, orders, users};
 use crate::error::{ApiError, ErrorBody};
+use crate::middleware::require_admin;
 use crate::state::AppState;
 use crate::views::{
     AdminListQuery, LedgerEntryView, ListQuery, ListResponse, ModelView, OrderView,
@@ -17,28 +19,57 @@ use crate::views::{
 };
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.route("/v1/admin/users", web::get().to(list_users))
-        .route("/v1/admin/users", web::post().to(create_user))
-        .route("/v1/admin/users/{id}", web::get().to(get_user))
-        .route("/v1/admin/users/{id}", web::patch().to(update_user))
-        .route("/v1/admin/users/{id}", web::delete().to(disable_user))
-        .route("/v1/admin/users/{id}/balance-adjustments", web::post().to(adjust_balance))
-        .route("/v1/admin/providers", web::get().to(list_providers))
-        .route("/v1/admin/providers", web::post().to(create_provider))
-        .route("/v1/admin/providers/{id}", web::get().to(get_provider))
-        .route("/v1/admin/providers/{id}", web::patch().to(update_provider))
-        .route("/v1/admin/providers/{id}", web::delete().to(delete_provider))
-        .route("/v1/admin/providers/{id}/keys", web::get().to(list_provider_keys))
-        .route("/v1/admin/providers/{id}/keys", web::post().to(create_provider_key))
-        .route("/v1/admin/provider-keys/{id}", web::patch().to(update_provider_key))
-        .route("/v1/admin/provider-keys/{id}", web::delete().to(delete_provider_key))
-        .route("/v1/admin/models", web::get().to(list_models))
-        .route("/v1/admin/models", web::post().to(create_model))
-        .route("/v1/admin/models/{id}", web::get().to(get_model))
-        .route("/v1/admin/models/{id}", web::patch().to(update_model))
-        .route("/v1/admin/models/{id}", web::delete().to(delete_model))
-        .route("/v1/admin/orders", web::get().to(list_orders))
-        .route("/v1/admin/usage-logs", web::get().to(list_usage_logs));
+    // The role is checked by a middleware, before the handlers' extractors: those run
+    // concurrently, so a bad body, path or query would otherwise answer a non-admin 400, not 403.
+    let admin = |path: &str| web::resource(path).wrap(from_fn(require_admin));
+    cfg.service(
+        admin("/v1/admin/users")
+            .route(web::get().to(list_users))
+            .route(web::post().to(create_user)),
+    )
+    .service(
+        admin("/v1/admin/users/{id}")
+            .route(web::get().to(get_user))
+            .route(web::patch().to(update_user))
+            .route(web::delete().to(disable_user)),
+    )
+    .service(
+        admin("/v1/admin/users/{id}/balance-adjustments").route(web::post().to(adjust_balance)),
+    )
+    .service(
+        admin("/v1/admin/providers")
+            .route(web::get().to(list_providers))
+            .route(web::post().to(create_provider)),
+    )
+    .service(
+        admin("/v1/admin/providers/{id}")
+            .route(web::get().to(get_provider))
+            .route(web::patch().to(update_provider))
+            .route(web::delete().to(delete_provider)),
+    )
+    .service(
+        admin("/v1/admin/providers/{id}/keys")
+            .route(web::get().to(list_provider_keys))
+            .route(web::post().to(create_provider_key)),
+    )
+    .service(
+        admin("/v1/admin/provider-keys/{id}")
+            .route(web::patch().to(update_provider_key))
+            .route(web::delete().to(delete_provider_key)),
+    )
+    .service(
+        admin("/v1/admin/models")
+            .route(web::get().to(list_models))
+            .route(web::post().to(create_model)),
+    )
+    .service(
+        admin("/v1/admin/models/{id}")
+            .route(web::get().to(get_model))
+            .route(web::patch().to(update_model))
+            .route(web::delete().to(delete_model)),
+    )
+    .service(admin("/v1/admin/orders").route(web::get().to(list_orders)))
+    .service(admin("/v1/admin/usage-logs").route(web::get().to(list_usage_logs)));
 }
 
 // ---- users
@@ -85,7 +116,11 @@ pub async fn list_users(
 ) -> Result<HttpResponse, ApiError> {
     let page = query.page()?;
     let list = users::list(&state, page).await?;
-    Ok(HttpResponse::Ok().json(ListResponse::from_page(list, page, |u| Ok(UserView::from(u)))?))
+    Ok(
+        HttpResponse::Ok().json(ListResponse::from_page(list, page, |u| {
+            Ok(UserView::from(u))
+        })?),
+    )
 }
 
 /// Create a user (or another admin).
@@ -124,7 +159,11 @@ pub async fn update_user(
     body: web::Json<UpdateUser>,
 ) -> Result<HttpResponse, ApiError> {
     let body = body.into_inner();
-    let update = users::UserUpdate { role: body.role, status: body.status, password: body.password };
+    let update = users::UserUpdate {
+        role: body.role,
+        status: body.status,
+        password: body.password,
+    };
     let user = users::update(&state, admin.0.id, *id, update).await?;
     Ok(HttpResponse::Ok().json(UserView::from(user)))
 }
@@ -137,7 +176,11 @@ pub async fn disable_user(
     admin: AdminUser,
     id: web::Path<i64>,
 ) -> Result<HttpResponse, ApiError> {
-    let update = users::UserUpdate { role: None, status: Some(UserStatus::Disabled), password: None };
+    let update = users::UserUpdate {
+        role: None,
+        status: Some(UserStatus::Disabled),
+        password: None,
+    };
     users::update(&state, admin.0.id, *id, update).await?;
     Ok(HttpResponse::NoContent().finish())
 }
@@ -192,7 +235,11 @@ pub async fn list_providers(
 ) -> Result<HttpResponse, ApiError> {
     let page = query.page()?;
     let list = catalog::list_providers(&state, page).await?;
-    Ok(HttpResponse::Ok().json(ListResponse::from_page(list, page, |p| Ok(ProviderView::from(p)))?))
+    Ok(
+        HttpResponse::Ok().json(ListResponse::from_page(list, page, |p| {
+            Ok(ProviderView::from(p))
+        })?),
+    )
 }
 
 #[utoipa::path(post, path = "/v1/admin/providers", tag = "admin", security(("token" = [])),
@@ -224,7 +271,9 @@ pub async fn get_provider(
     _admin: AdminUser,
     id: web::Path<i64>,
 ) -> Result<HttpResponse, ApiError> {
-    Ok(HttpResponse::Ok().json(ProviderView::from(catalog::get_provider(&state, *id).await?)))
+    Ok(HttpResponse::Ok().json(ProviderView::from(
+        catalog::get_provider(&state, *id).await?,
+    )))
 }
 
 #[utoipa::path(patch, path = "/v1/admin/providers/{id}", tag = "admin", security(("token" = [])),
@@ -292,9 +341,11 @@ pub async fn list_provider_keys(
 ) -> Result<HttpResponse, ApiError> {
     let page = query.page()?;
     let list = catalog::list_provider_keys(&state, *id, page).await?;
-    Ok(HttpResponse::Ok().json(ListResponse::from_page(list, page, |k| {
-        Ok(ProviderKeyView::from(k))
-    })?))
+    Ok(
+        HttpResponse::Ok().json(ListResponse::from_page(list, page, |k| {
+            Ok(ProviderKeyView::from(k))
+        })?),
+    )
 }
 
 #[utoipa::path(post, path = "/v1/admin/providers/{id}/keys", tag = "admin", security(("token" = [])),
@@ -478,7 +529,11 @@ pub async fn list_orders(
 ) -> Result<HttpResponse, ApiError> {
     let page = query.page()?;
     let list = orders::list(&state, query.user_id, page).await?;
-    Ok(HttpResponse::Ok().json(ListResponse::from_page(list, page, |o| Ok(OrderView::from(o)))?))
+    Ok(
+        HttpResponse::Ok().json(ListResponse::from_page(list, page, |o| {
+            Ok(OrderView::from(o))
+        })?),
+    )
 }
 
 /// Every billed call, optionally of one user.
@@ -492,5 +547,9 @@ pub async fn list_usage_logs(
     let page = query.page()?;
     let mut conn = state.conn().await?;
     let list = persistence::usage::list(&mut conn, query.user_id, page).await?;
-    Ok(HttpResponse::Ok().json(ListResponse::from_page(list, page, |u| Ok(UsageLogView::from(u)))?))
+    Ok(
+        HttpResponse::Ok().json(ListResponse::from_page(list, page, |u| {
+            Ok(UsageLogView::from(u))
+        })?),
+    )
 }

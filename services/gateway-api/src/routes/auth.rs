@@ -48,8 +48,8 @@ pub async fn register(
     body: web::Json<Credentials>,
 ) -> Result<HttpResponse, ApiError> {
     let mut conn = state.conn().await?;
-    let user = identity::create_user(&state, &mut conn, &body.email, &body.password, Role::User)
-        .await?;
+    let user =
+        identity::create_user(&state, &mut conn, &body.email, &body.password, Role::User).await?;
     Ok(HttpResponse::Created().json(UserEnvelope { user: user.into() }))
 }
 

@@ -19,7 +19,10 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.route("/v1/me", web::get().to(me))
         .route("/v1/me/access-keys", web::post().to(create_access_key))
         .route("/v1/me/access-keys", web::get().to(list_access_keys))
-        .route("/v1/me/access-keys/{id}", web::delete().to(revoke_access_key))
+        .route(
+            "/v1/me/access-keys/{id}",
+            web::delete().to(revoke_access_key),
+        )
         .route("/v1/me/orders", web::post().to(create_order))
         .route("/v1/me/orders", web::get().to(list_orders))
         .route("/v1/me/ledger", web::get().to(ledger))
@@ -111,7 +114,11 @@ pub async fn list_orders(
 ) -> Result<HttpResponse, ApiError> {
     let page = query.page()?;
     let list = orders::list(&state, Some(session.0.id), page).await?;
-    Ok(HttpResponse::Ok().json(ListResponse::from_page(list, page, |o| Ok(OrderView::from(o)))?))
+    Ok(
+        HttpResponse::Ok().json(ListResponse::from_page(list, page, |o| {
+            Ok(OrderView::from(o))
+        })?),
+    )
 }
 
 /// Every change of the user's balance, newest first.
@@ -125,9 +132,11 @@ pub async fn ledger(
     let page = query.page()?;
     let mut conn = state.conn().await?;
     let list = persistence::ledger::list_for_user(&mut conn, session.0.id, page).await?;
-    Ok(HttpResponse::Ok().json(ListResponse::from_page(list, page, |e| {
-        Ok(LedgerEntryView::from(e))
-    })?))
+    Ok(
+        HttpResponse::Ok().json(ListResponse::from_page(list, page, |e| {
+            Ok(LedgerEntryView::from(e))
+        })?),
+    )
 }
 
 /// The user's billed calls, newest first.
@@ -141,5 +150,9 @@ pub async fn usage(
     let page = query.page()?;
     let mut conn = state.conn().await?;
     let list = persistence::usage::list(&mut conn, Some(session.0.id), page).await?;
-    Ok(HttpResponse::Ok().json(ListResponse::from_page(list, page, |u| Ok(UsageLogView::from(u)))?))
+    Ok(
+        HttpResponse::Ok().json(ListResponse::from_page(list, page, |u| {
+            Ok(UsageLogView::from(u))
+        })?),
+    )
 }

@@ -33,7 +33,10 @@ pub struct ModelEntry {
 /// Enabled models, in OpenAI's list format.
 #[utoipa::path(get, path = "/v1/models", tag = "models", security(("access_key" = [])),
     responses((status = 200, body = ModelList), (status = 401, body = ErrorBody)))]
-pub async fn list(state: web::Data<AppState>, _caller: KeyHolder) -> Result<HttpResponse, ApiError> {
+pub async fn list(
+    state: web::Data<AppState>,
+    _caller: KeyHolder,
+) -> Result<HttpResponse, ApiError> {
     let models = catalog::list_enabled_models(&state).await?;
     Ok(HttpResponse::Ok().json(ModelList {
         object: "list",

@@ -48,11 +48,16 @@ pub async fn payment_callback(
     while let Some(chunk) = payload.next().await {
         let chunk = chunk.map_err(|e| ApiError::InvalidRequest(format!("reading body: {e}")))?;
         if body.len() + chunk.len() > MAX_CALLBACK_BYTES {
-            return Err(ApiError::PayloadTooLarge("request body is too large".to_owned()));
+            return Err(ApiError::PayloadTooLarge(
+                "request body is too large".to_owned(),
+            ));
         }
         body.extend_from_slice(&chunk);
     }
-    let signature = req.headers().get("x-signature").and_then(|v| v.to_str().ok());
+    let signature = req
+        .headers()
+        .get("x-signature")
+        .and_then(|v| v.to_str().ok());
     let completed = orders::complete_by_payment(&state, signature, &body).await?;
     Ok(HttpResponse::Ok().json(OrderView::from(completed.order)))
 }

@@ -1,0 +1,377 @@
+//! The shared HTTP client and the OpenAI-compatible adapter: chat, streaming chat and image generation.
+
+use std::fmt;
+use std::time::Duration;
+
+use bytes::Bytes;
+use domain::Usage;
+use futures_util::StreamExt;
+use reqwest::header::ACCEPT;
+use serde_json::{Map, Value};
+
+use crate::error::UpstreamError;
+use crate::settings::UpstreamSettings;
+use crate::sse::ChatStream;
+
+/// The most of an error response body kept for the caller.
+const ERROR_BODY_LIMIT: usize = 64 * 1024;
+
+/// Where one call goes: the provider's base URL and key, and the model's names on both sides.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Target {
+    /// The provider's API root, e.g. `https://api.openai.com/v1` (a trailing slash is fine).
+    pub base_url: String,
+    /// The provider key's secret, sent as `Authorization: Bearer`.
+    pub api_key: String,
+    /// The model name the provider knows.
+    pub upstream_model: String,
+    /// The model name our clients send and see.
+    pub public_model: String,
+}
+
+impl Target {
+    /// The URL of `path` (without a leading slash) under the base URL.
+    pub fn endpoint(&self, path: &str) -> String {
+        format!(
+            "{}/{}",
+            self.base_url.trim_end_matches('/'),
+            path.trim_start_matches('/')
+        )
+    }
+}
+
+impl fmt::Debug for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Target")
+            .field("base_url", &self.base_url)
+            .field("api_key", &"<redacted>")
+            .field("upstream_model", &self.upstream_model)
+            .field("public_model", &self.public_model)
+            .finish()
+    }
+}
+
+/// A non-streaming chat completion, ready for the client.
+#[derive(Debug, Clone)]
+pub struct ChatResponse {
+    /// The upstream's JSON body with `model` set to the public name.
+    pub body: Bytes,
+    /// The upstream's reported usage; `None` when it reported none.
+    pub usage: Option<Usage>,
+}
+
+/// An image generation answer.
+#[derive(Debug, Clone)]
+pub struct ImagesResponse {
+    /// The upstream's JSON body (with `model`, if present, set to the public name).
+    pub body: Value,
+    /// The number of images in `data`.
+    pub images: u32,
+}
+
+impl ImagesResponse {
+    /// The usage to bill.
+    pub fn usage(&self) -> Usage {
+        Usage {
+            images: self.images,
+            ..Usage::default()
+        }
+    }
+}
+
+/// One pooled HTTP client for every provider; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct UpstreamClient {
+    http: reqwest::Client,
+    first_byte_timeout: Duration,
+    total_timeout: Duration,
+}
+
+impl UpstreamClient {
+    pub fn new(settings: &UpstreamSettings) -> Result<Self, UpstreamError> {
+        settings.validate().map_err(UpstreamError::Config)?;
+        let http = reqwest::Client::builder()
+            .connect_timeout(settings.connect_timeout())
+            .pool_max_idle_per_host(settings.pool_idle_per_host)
+            .pool_idle_timeout(Duration::from_secs(90))
+            .tcp_keepalive(Duration::from_secs(30))
+            .tcp_nodelay(true)
+            // An API endpoint that redirects is misconfigured; following it would re-send the key elsewhere.
+            .redirect(reqwest::redirect::Policy::none())
+            .user_agent(concat!("ai-gateway-upstream/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|error| UpstreamError::Config(error.to_string()))?;
+        Ok(Self {
+            http,
+            first_byte_timeout: settings.first_byte_timeout(),
+            total_timeout: settings.total_timeout(),
+        })
+    }
+
+    /// A non-streaming chat completion. The whole exchange is bounded by the total timeout (a
+    /// non-streaming upstream sends its headers only once the answer is complete).
+    #[tracing::instrument(skip_all, fields(model = %target.public_model))]
+    pub async fn chat(&self, target: &Target, body: Value) -> Result<ChatResponse, UpstreamError> {
+        let mut request = into_object(body)?;
+        request.insert(
+            "model".to_owned(),
+            Value::String(target.upstream_model.clone()),
+        );
+        request.remove("stream");
+        request.remove("stream_options");
+        let bytes = self.post_json(target, "chat/completions", &request).await?;
+        let mut answer = parse_object(&bytes)?;
+        answer.insert(
+            "model".to_owned(),
+            Value::String(target.public_model.clone()),
+        );
+        let usage = answer.get("usage").and_then(parse_usage);
+        let body = serde_json::to_vec(&answer)
+            .map_err(|error| UpstreamError::Protocol(error.to_string()))?;
+        Ok(ChatResponse {
+            body: Bytes::from(body),
+            usage,
+        })
+    }
+
+    /// A streaming chat completion. Returns once the upstream answered 2xx (within the first-byte
+    /// timeout), before any event was read, so the caller can still fail over.
+    #[tracing::instrument(skip_all, fields(model = %target.public_model))]
+    pub async fn chat_stream(
+        &self,
+        target: &Target,
+        body: Value,
+        client_wants_usage: bool,
+    ) -> Result<ChatStream, UpstreamError> {
+        let mut request = into_object(body)?;
+        request.insert(
+            "model".to_owned(),
+            Value::String(target.upstream_model.clone()),
+        );
+        request.insert("stream".to_owned(), Value::Bool(true));
+        // We always need the usage chunk to bill; it is hidden again from clients that did not ask.
+        let options = request
+            .entry("stream_options")
+            .or_insert_with(|| Value::Object(Map::new()));
+        if !options.is_object() {
+            *options = Value::Object(Map::new());
+        }
+        if let Value::Object(options) = options {
+            options.insert("include_usage".to_owned(), Value::Bool(true));
+        }
+
+        let send = async {
+            let response = self
+                .http
+                .post(target.endpoint("chat/completions"))
+                .bearer_auth(&target.api_key)
+                .header(ACCEPT, "text/event-stream")
+                .json(&request)
+                .send()
+                .await
+                .map_err(UpstreamError::from_reqwest)?;
+            ensure_success(response).await
+        };
+        let response = tokio::time::timeout(self.first_byte_timeout, send)
+            .await
+            .map_err(|_| UpstreamError::Timeout)??;
+        let events = response
+            .bytes_stream()
+            .map(|chunk| chunk.map_err(UpstreamError::from_reqwest));
+        Ok(ChatStream::new(
+            events,
+            target.public_model.clone(),
+            client_wants_usage,
+            self.first_byte_timeout,
+        ))
+    }
+
+    /// An image generation (`POST /images/generations`), bounded by the total timeout.
+    #[tracing::instrument(skip_all, fields(model = %target.public_model))]
+    pub async fn images(
+        &self,
+        target: &Target,
+        body: Value,
+    ) -> Result<ImagesResponse, UpstreamError> {
+        let mut request = into_object(body)?;
+        request.insert(
+            "model".to_owned(),
+            Value::String(target.upstream_model.clone()),
+        );
+        let bytes = self
+            .post_json(target, "images/generations", &request)
+            .await?;
+        let mut answer = parse_object(&bytes)?;
+        let images = answer
+            .get("data")
+            .and_then(Value::as_array)
+            .map(Vec::len)
+            .ok_or_else(|| {
+                UpstreamError::Protocol("image response has no `data` array".to_owned())
+            })?;
+        if answer.contains_key("model") {
+            answer.insert(
+                "model".to_owned(),
+                Value::String(target.public_model.clone()),
+            );
+        }
+        Ok(ImagesResponse {
+            body: Value::Object(answer),
+            images: u32::try_from(images).unwrap_or(u32::MAX),
+        })
+    }
+
+    /// POSTs JSON and reads the whole 2xx body, all within the total timeout.
+    async fn post_json(
+        &self,
+        target: &Target,
+        path: &str,
+        request: &Map<String, Value>,
+    ) -> Result<Bytes, UpstreamError> {
+        let exchange = async {
+            let response = self
+                .http
+                .post(target.endpoint(path))
+                .bearer_auth(&target.api_key)
+                .json(request)
+                .send()
+                .await
+                .map_err(UpstreamError::from_reqwest)?;
+            let response = ensure_success(response).await?;
+            response.bytes().await.map_err(UpstreamError::from_reqwest)
+        };
+        tokio::time::timeout(self.total_timeout, exchange)
+            .await
+            .map_err(|_| UpstreamError::Timeout)?
+    }
+}
+
+/// Passes a 2xx response on; turns any other into its classified error, keeping the start of its body.
+async fn ensure_success(
+    mut response: reqwest::Response,
+) -> Result<reqwest::Response, UpstreamError> {
+    let status = response.status();
+    if status.is_success() {
+        return Ok(response);
+    }
+    let mut body = Vec::new();
+    while body.len() < ERROR_BODY_LIMIT {
+        match response.chunk().await {
+            Ok(Some(chunk)) => body.extend_from_slice(&chunk),
+            Ok(None) | Err(_) => break,
+        }
+    }
+    body.truncate(ERROR_BODY_LIMIT);
+    let error =
+        UpstreamError::from_status(status.as_u16(), String::from_utf8_lossy(&body).into_owned());
+    tracing::debug!(status = status.as_u16(), error = %error, "upstream answered an error");
+    Err(error)
+}
+
+fn into_object(body: Value) -> Result<Map<String, Value>, UpstreamError> {
+    match body {
+        Value::Object(map) => Ok(map),
+        _ => Err(UpstreamError::BadRequest {
+            status: 400,
+            body: "the request body must be a JSON object".to_owned(),
+        }),
+    }
+}
+
+fn parse_object(bytes: &[u8]) -> Result<Map<String, Value>, UpstreamError> {
+    match serde_json::from_slice(bytes) {
+        Ok(Value::Object(map)) => Ok(map),
+        Ok(_) => Err(UpstreamError::Protocol(
+            "response body is not a JSON object".to_owned(),
+        )),
+        Err(error) => Err(UpstreamError::Protocol(format!(
+            "response body is not JSON: {error}"
+        ))),
+    }
+}
+
+/// Reads an OpenAI `usage` object; `None` when it is null or carries no token counts.
+///
+/// Cached prompt tokens come from `prompt_tokens_details.cached_tokens` (OpenAI), else from
+/// `prompt_cache_hit_tokens` (DeepSeek), and never exceed the prompt tokens.
+pub(crate) fn parse_usage(usage: &Value) -> Option<Usage> {
+    let usage = usage.as_object()?;
+    let count = |name: &str| usage.get(name).and_then(Value::as_u64);
+    let prompt_tokens = count("prompt_tokens");
+    let completion_tokens = count("completion_tokens");
+    if prompt_tokens.is_none() && completion_tokens.is_none() {
+        return None;
+    }
+    let prompt_tokens = prompt_tokens.unwrap_or(0);
+    let cached = usage
+        .get("prompt_tokens_details")
+        .and_then(|details| details.get("cached_tokens"))
+        .and_then(Value::as_u64)
+        .or_else(|| count("prompt_cache_hit_tokens"))
+        .unwrap_or(0);
+    Some(Usage {
+        prompt_tokens,
+        completion_tokens: completion_tokens.unwrap_or(0),
+        cached_prompt_tokens: cached.min(prompt_tokens),
+        images: 0,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn target(base_url: &str) -> Target {
+        Target {
+            base_url: base_url.to_owned(),
+            api_key: "sk-secret".to_owned(),
+            upstream_model: "up".to_owned(),
+            public_model: "pub".to_owned(),
+        }
+    }
+
+    #[test]
+    fn endpoints_join_with_or_without_trailing_slash() {
+        assert_eq!(
+            target("http://h:1/v1").endpoint("chat/completions"),
+            "http://h:1/v1/chat/completions"
+        );
+        assert_eq!(
+            target("http://h:1/v1/").endpoint("/chat/completions"),
+            "http://h:1/v1/chat/completions"
+        );
+    }
+
+    #[test]
+    fn debug_hides_the_key() {
+        assert!(!format!("{:?}", target("http://h")).contains("sk-secret"));
+    }
+
+    #[test]
+    fn usage_variants() {
+        let openai = json!({"prompt_tokens": 10, "completion_tokens": 5, "prompt_tokens_details": {"cached_tokens": 4}});
+        assert_eq!(
+            parse_usage(&openai),
+            Some(Usage {
+                prompt_tokens: 10,
+                completion_tokens: 5,
+                cached_prompt_tokens: 4,
+                images: 0
+            })
+        );
+        let deepseek =
+            json!({"prompt_tokens": 10, "completion_tokens": 5, "prompt_cache_hit_tokens": 3});
+        assert_eq!(
+            parse_usage(&deepseek).map(|u| u.cached_prompt_tokens),
+            Some(3)
+        );
+        let inconsistent = json!({"prompt_tokens": 2, "completion_tokens": 5, "prompt_tokens_details": {"cached_tokens": 9}});
+        assert_eq!(
+            parse_usage(&inconsistent).map(|u| u.cached_prompt_tokens),
+            Some(2)
+        );
+        assert_eq!(parse_usage(&Value::Null), None);
+        assert_eq!(parse_usage(&json!({})), None);
+    }
+}

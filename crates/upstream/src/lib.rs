@@ -1,0 +1,25 @@
+//! Calls to model providers: one pooled HTTP client, the OpenAI-compatible adapter (chat, streaming
+//! chat over SSE, image generation), error classification, and weighted provider-key failover.
+//!
+//! A typical call:
+//! ```ignore
+//! let answer = with_failover(&pool, provider_id, settings.max_failover_attempts, |key| {
+//!     let target = Target { api_key: key.secret().to_owned(), ..base.clone() };
+//!     let client = client.clone();
+//!     let body = body.clone();
+//!     async move { client.chat(&target, body).await }
+//! })
+//! .await?;
+//! ```
+
+mod client;
+mod error;
+mod pool;
+mod settings;
+mod sse;
+
+pub use client::{ChatResponse, ImagesResponse, Target, UpstreamClient};
+pub use error::UpstreamError;
+pub use pool::{KeyPool, PickedKey, ProviderKey, with_failover};
+pub use settings::UpstreamSettings;
+pub use sse::{ChatStream, StreamUsage, StreamUsageSnapshot};

@@ -1,0 +1,217 @@
+//! Settling charges: the queue handler, the batcher that settles many charges in one
+//! transaction, and the sweeper that releases expired holds and settles the outbox.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::time::{Duration, Instant};
+
+use diesel_async::AsyncConnection;
+use domain::BillingMessage;
+use messaging::{Delivery, Handler, Outcome};
+use persistence::billing::{self, Charge, Settlement};
+use persistence::{Pool, StoreError};
+use tokio::sync::{mpsc, oneshot};
+
+/// Retry delay for a charge whose settlement hit a transient database error.
+const RETRY_AFTER: Duration = Duration::from_secs(2);
+
+type Reply = oneshot::Sender<Result<Settlement, StoreError>>;
+
+/// Settles a decoded charge, in a batch with whatever else arrived at the same time.
+#[derive(Clone)]
+pub struct Settler {
+    sender: mpsc::Sender<(BillingMessage, Reply)>,
+}
+
+impl Settler {
+    /// Starts the batching task: up to `batch_max` charges per transaction, waiting at most
+    /// `linger` for a batch to fill once the first charge arrived.
+    pub fn start(pool: Pool, batch_max: usize, linger: Duration) -> Settler {
+        let (sender, receiver) = mpsc::channel(batch_max.max(1) * 4);
+        tokio::spawn(run_batches(pool, receiver, batch_max.max(1), linger));
+        Settler { sender }
+    }
+
+    pub async fn settle(&self, message: BillingMessage) -> Result<Settlement, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        self.sender
+            .send((message, reply))
+            .await
+            .map_err(|_| StoreError::Pool("the settlement task stopped".into()))?;
+        answer
+            .await
+            .map_err(|_| StoreError::Pool("the settlement task stopped".into()))?
+    }
+}
+
+fn charge_of(message: &BillingMessage) -> Charge<'_> {
+    Charge {
+        request_id: message.request_id,
+        user_id: message.user_id,
+        access_key_id: message.access_key_id,
+        model_id: Some(message.model_id),
+        model_name: &message.model_name,
+        usage: message.usage,
+        cost: &message.cost,
+    }
+}
+
+async fn run_batches(
+    pool: Pool,
+    mut receiver: mpsc::Receiver<(BillingMessage, Reply)>,
+    batch_max: usize,
+    linger: Duration,
+) {
+    while let Some(first) = receiver.recv().await {
+        let mut batch = vec![first];
+        let deadline = tokio::time::Instant::now() + linger;
+        while batch.len() < batch_max {
+            match tokio::time::timeout_at(deadline, receiver.recv()).await {
+                Ok(Some(next)) => batch.push(next),
+                _ => break,
+            }
+        }
+        settle_batch(&pool, batch).await;
+    }
+}
+
+/// One transaction for the whole batch (sorted by user to keep lock order stable across
+/// workers); if it fails, each charge is settled alone so one bad charge cannot hold up the rest.
+async fn settle_batch(pool: &Pool, mut batch: Vec<(BillingMessage, Reply)>) {
+    batch.sort_by_key(|(m, _)| m.user_id);
+    let started = Instant::now();
+    let size = batch.len();
+    let together = match pool.get().await {
+        Ok(mut conn) => {
+            let messages: Vec<&BillingMessage> = batch.iter().map(|(m, _)| m).collect();
+            conn.transaction::<_, StoreError, _>(async |conn| {
+                let mut results = Vec::with_capacity(messages.len());
+                for message in &messages {
+                    results.push(billing::settle_in(conn, &charge_of(message)).await?);
+                }
+                Ok(results)
+            })
+            .await
+        }
+        Err(error) => Err(StoreError::from(error)),
+    };
+    match together {
+        Ok(results) => {
+            for ((message, reply), result) in batch.into_iter().zip(results) {
+                record(&message, &result);
+                let _ = reply.send(Ok(result));
+            }
+        }
+        Err(error) => {
+            if size > 1 {
+                tracing::warn!(%error, size, "batch settlement failed; settling one by one");
+            }
+            for (message, reply) in batch {
+                let result = match pool.get().await {
+                    Ok(mut conn) => billing::settle(&mut conn, &charge_of(&message)).await,
+                    Err(error) => Err(StoreError::from(error)),
+                };
+                if let Ok(settlement) = &result {
+                    record(&message, settlement);
+                }
+                let _ = reply.send(result);
+            }
+        }
+    }
+    metrics::histogram!("billing_batch_size").record(size as f64);
+    metrics::histogram!("billing_batch_seconds").record(started.elapsed().as_secs_f64());
+}
+
+fn record(message: &BillingMessage, result: &Settlement) {
+    match result {
+        Settlement::Settled { .. } => {
+            metrics::counter!("billing_settlements_total", "outcome" => "settled").increment(1);
+            let lag = chrono::Utc::now() - message.occurred_at;
+            metrics::histogram!("billing_lag_seconds")
+                .record(lag.num_milliseconds().max(0) as f64 / 1000.0);
+        }
+        Settlement::AlreadySettled => {
+            metrics::counter!("billing_settlements_total", "outcome" => "duplicate").increment(1);
+        }
+    }
+}
+
+/// Whether a failed settlement may succeed later (database or connection trouble) or never
+/// will (the charge itself is wrong, e.g. an unknown user).
+fn is_permanent(error: &StoreError) -> bool {
+    matches!(error, StoreError::ForeignKey(_) | StoreError::Check(_))
+}
+
+/// The `billing_log_queue` handler: decode, settle (batched), ack after the commit.
+pub struct BillingHandler {
+    pub settler: Settler,
+}
+
+impl Handler for BillingHandler {
+    fn handle(&self, delivery: Delivery) -> Pin<Box<dyn Future<Output = Outcome> + Send + '_>> {
+        Box::pin(async move {
+            let message = match BillingMessage::from_json_slice(&delivery.body) {
+                Ok(message) => message,
+                Err(error) => {
+                    tracing::error!(%error, "undecodable billing message");
+                    return Outcome::DeadLetter(format!("undecodable billing message: {error}"));
+                }
+            };
+            if message.cost.is_negative() {
+                return Outcome::DeadLetter("negative cost".to_owned());
+            }
+            let request_id = message.request_id;
+            match self.settler.settle(message).await {
+                Ok(_) => Outcome::Ack,
+                Err(error) if is_permanent(&error) => {
+                    tracing::error!(%error, %request_id, "charge cannot be settled");
+                    Outcome::DeadLetter(error.to_string())
+                }
+                Err(error) => {
+                    tracing::warn!(%error, %request_id, "settlement failed; retrying");
+                    Outcome::Retry(RETRY_AFTER)
+                }
+            }
+        })
+    }
+}
+
+/// One pass of the sweeper: release expired holds, settle charges parked in the outbox (each
+/// settled and deleted in one transaction, so a charge is settled once even if two sweepers run).
+/// Returns (holds released, outbox charges settled).
+pub async fn sweep(pool: &Pool) -> Result<(usize, usize), StoreError> {
+    let mut conn = pool.get().await?;
+    let released = billing::release_expired_holds(&mut conn, 1000).await?;
+    if released > 0 {
+        metrics::counter!("billing_holds_expired_total").increment(released as u64);
+        tracing::info!(released, "released expired holds");
+    }
+    let mut settled = 0;
+    loop {
+        let (taken, done) = conn
+            .transaction::<_, StoreError, _>(async |conn| {
+                let rows = billing::outbox_take(conn, 100).await?;
+                let mut done = 0;
+                for (id, payload) in &rows {
+                    let bytes = serde_json::to_vec(payload).unwrap_or_default();
+                    match BillingMessage::from_json_slice(&bytes) {
+                        Ok(message) => {
+                            billing::settle_in(conn, &charge_of(&message)).await?;
+                            billing::outbox_delete(conn, *id).await?;
+                            done += 1;
+                        }
+                        // Kept for an operator to inspect: dropping it would lose a charge.
+                        Err(error) => tracing::error!(%error, id, "undecodable outbox charge"),
+                    }
+                }
+                Ok((rows.len(), done))
+            })
+            .await?;
+        settled += done;
+        if taken < 100 || done == 0 {
+            break;
+        }
+    }
+    metrics::gauge!("billing_outbox_size").set(billing::outbox_len(&mut conn).await? as f64);
+    Ok((released, settled))
+}
