@@ -8,8 +8,9 @@ use base64::Engine;
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use gateway_api::Settings;
 use gateway_api::settings::{
-    AuthSettings, BootstrapSettings, OrderSettings, SecuritySettings, ServerSettings,
+    AuthSettings, BootstrapSettings, CallSettings, OrderSettings, SecuritySettings, ServerSettings,
 };
+use messaging::BrokerSettings;
 use persistence::DatabaseSettings;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
@@ -40,6 +41,17 @@ pub async fn create_database() -> String {
         .await
         .unwrap();
     format!("{base}/{name}")
+}
+
+pub fn broker_url() -> String {
+    std::env::var("TEST_AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
+}
+
+/// Broker settings with a queue prefix of their own, so parallel tests never share queues.
+pub fn test_broker_settings() -> BrokerSettings {
+    let mut settings = BrokerSettings::new(broker_url());
+    settings.queue_prefix = format!("gwtest_{}_", uuid::Uuid::new_v4().simple());
+    settings
 }
 
 pub fn test_settings(database_url: String) -> Settings {
@@ -78,10 +90,20 @@ pub fn test_settings(database_url: String) -> Settings {
             admin_email: Some(ADMIN_EMAIL.into()),
             admin_password: Some(ADMIN_PASSWORD.to_owned().into()),
         },
+        broker: test_broker_settings(),
+        upstream: upstream::UpstreamSettings {
+            first_byte_timeout_ms: 5_000,
+            total_timeout_ms: 10_000,
+            cooldown_base_ms: 500,
+            cooldown_max_ms: 5_000,
+            ..upstream::UpstreamSettings::default()
+        },
+        calls: CallSettings { hold_ttl_seconds: 60, catalog_refresh_ms: 1000 },
     }
 }
 
 pub struct TestApp {
+    _queues: QueueCleanup,
     pub address: String,
     pub client: reqwest::Client,
     pub pool: persistence::Pool,
@@ -108,6 +130,7 @@ pub async fn spawn_app() -> TestApp {
         .build()
         .unwrap();
     let mut test = TestApp {
+        _queues: QueueCleanup(settings.broker.clone()),
         address,
         client,
         pool,
@@ -357,5 +380,38 @@ impl TestApp {
             .first(&mut conn)
             .await
             .unwrap()
+    }
+}
+
+/// Deletes a test's queues when the test ends (quorum queues are not free to leave around).
+pub struct QueueCleanup(pub BrokerSettings);
+
+impl Drop for QueueCleanup {
+    fn drop(&mut self) {
+        let settings = self.0.clone();
+        // Drop may run inside the test's runtime: do the async cleanup on a thread of its own.
+        let cleanup = std::thread::spawn(move || {
+            let Ok(runtime) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
+                return;
+            };
+            runtime.block_on(async move {
+                let names = messaging::queue_names(&settings.queue_prefix);
+                let broker = match messaging::Broker::connect(settings).await {
+                    Ok(broker) => broker,
+                    Err(e) => return eprintln!("queue cleanup: {e}"),
+                };
+                match broker.open_channel().await {
+                    Ok(channel) => {
+                        if let Err(e) = messaging::delete_topology(&channel, &names).await {
+                            eprintln!("queue cleanup: {e}");
+                        }
+                        let _ = channel.close().await;
+                    }
+                    Err(e) => eprintln!("queue cleanup channel: {e}"),
+                }
+                broker.close().await;
+            });
+        });
+        let _ = cleanup.join();
     }
 }

@@ -28,6 +28,10 @@ pub enum ApiError {
     RateLimited(String),
     #[error("{0}")]
     Unavailable(String),
+    #[error("{0}")]
+    UpstreamError(String),
+    #[error("{0}")]
+    UpstreamTimeout(String),
     /// The cause is logged, never shown.
     #[error("internal error: {0}")]
     Internal(String),
@@ -60,6 +64,8 @@ impl ApiError {
             ApiError::PayloadTooLarge(_) => "payload_too_large",
             ApiError::RateLimited(_) => "rate_limited",
             ApiError::Unavailable(_) => "unavailable",
+            ApiError::UpstreamError(_) => "upstream_error",
+            ApiError::UpstreamTimeout(_) => "upstream_timeout",
             ApiError::Internal(_) => "internal",
         }
     }
@@ -76,7 +82,10 @@ impl ApiError {
             ApiError::Forbidden(_) => "permission_error",
             ApiError::InsufficientBalance(_) => "insufficient_quota",
             ApiError::RateLimited(_) => "rate_limit_error",
-            ApiError::Unavailable(_) | ApiError::Internal(_) => "api_error",
+            ApiError::Unavailable(_)
+            | ApiError::Internal(_)
+            | ApiError::UpstreamError(_)
+            | ApiError::UpstreamTimeout(_) => "api_error",
         }
     }
 
@@ -108,7 +117,9 @@ impl ApiError {
             409 => ApiError::Conflict(reason),
             413 => ApiError::PayloadTooLarge("request body is too large".to_owned()),
             429 => ApiError::RateLimited(reason),
+            502 => ApiError::UpstreamError(reason),
             503 => ApiError::Unavailable(reason),
+            504 => ApiError::UpstreamTimeout(reason),
             400..=499 => ApiError::InvalidRequest(reason),
             _ => ApiError::Internal(reason),
         }
@@ -127,6 +138,8 @@ impl ResponseError for ApiError {
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::UpstreamError(_) => StatusCode::BAD_GATEWAY,
+            ApiError::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }

@@ -101,3 +101,22 @@ pub async fn require_admin(
     }
     Ok(next.call(req).await?.map_into_left_body())
 }
+
+/// After a successful catalog write, reloads the call path's routes and key pools.
+pub async fn reload_routes_after_write(
+    req: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<impl MessageBody>, Error> {
+    let writes = req.method() != actix_web::http::Method::GET;
+    let state = req.app_data::<actix_web::web::Data<crate::state::AppState>>().cloned();
+    let response = next.call(req).await?;
+    if writes && response.status().is_success() {
+        if let Some(state) = state {
+            if let Err(error) = state.reload_routing().await {
+                // The periodic reload tries again.
+                tracing::warn!(%error, "reloading routes after a catalog change");
+            }
+        }
+    }
+    Ok(response)
+}

@@ -3,7 +3,7 @@
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use crate::routes::{admin, auth, health, me, models, orders};
+use crate::routes::{admin, auth, chat, health, me, models, orders};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -23,7 +23,7 @@ use crate::routes::{admin, auth, health, me, models, orders};
         admin::list_models, admin::create_model, admin::get_model, admin::update_model,
         admin::delete_model,
         admin::list_orders, admin::list_usage_logs,
-        models::list,
+        models::list, chat::completions,
     ),
     modifiers(&SecuritySchemes),
 )]

@@ -29,6 +29,16 @@ bcrypt_cost = 12
 [orders]
 max_amount = "100000"
 payment_tolerance_seconds = 300
+
+[broker]
+url = "amqp://guest:guest@127.0.0.1:5672/%2f"
+queue_prefix = ""
+prefetch = 16
+publish_confirm_timeout_ms = 5000
+
+[calls]
+hold_ttl_seconds = 900
+catalog_refresh_ms = 2000
 "#;
 
 #[derive(Debug, Clone, Deserialize)]
@@ -43,6 +53,21 @@ pub struct Settings {
     pub orders: OrderSettings,
     #[serde(default)]
     pub bootstrap: BootstrapSettings,
+    pub broker: messaging::BrokerSettings,
+    /// Timeouts, connection pooling, failover and key cooldown towards the providers.
+    #[serde(default)]
+    pub upstream: upstream::UpstreamSettings,
+    pub calls: CallSettings,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct CallSettings {
+    /// A hold whose call never finished (gateway crash) is released after this; it must be
+    /// longer than the longest call.
+    pub hold_ttl_seconds: i64,
+    /// How often the model catalog and provider keys are reloaded from Postgres (admin changes
+    /// made through another replica take effect within this).
+    pub catalog_refresh_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -126,6 +151,13 @@ impl Settings {
         }
         if !self.orders.max_amount.is_positive() {
             return invalid("orders.max_amount must be positive");
+        }
+        self.upstream.validate().map_err(|e| SettingsError::Invalid(format!("upstream: {e}")))?;
+        if self.calls.hold_ttl_seconds * 1000 <= self.upstream.total_timeout_ms as i64 {
+            return invalid("calls.hold_ttl_seconds must exceed upstream.total_timeout_ms");
+        }
+        if self.calls.catalog_refresh_ms < 100 {
+            return invalid("calls.catalog_refresh_ms must be at least 100");
         }
         if self.server.body_limit_bytes < 1024 {
             return invalid("server.body_limit_bytes must be at least 1024");

@@ -29,6 +29,10 @@ pub enum StartupError {
     Io(#[from] std::io::Error),
     #[error("configuration: {0}")]
     Config(String),
+    #[error("broker: {0}")]
+    Broker(#[from] messaging::MessagingError),
+    #[error("upstream client: {0}")]
+    Upstream(#[from] upstream::UpstreamError),
 }
 
 pub struct Application {
@@ -54,7 +58,13 @@ impl Application {
         let dummy = random_dummy_hash(settings.auth.bcrypt_cost).await?;
         let metrics =
             runtime::metrics::install().map_err(|e| StartupError::Metrics(e.to_string()))?;
-        let state = web::Data::new(AppState::new(&settings, pool, &master_key, dummy));
+        let broker = messaging::Broker::connect(settings.broker.clone()).await?;
+        let upstream = upstream::UpstreamClient::new(&settings.upstream)?;
+        let state = web::Data::new(AppState::new(
+            &settings, pool, &master_key, dummy, broker, upstream,
+        ));
+        state.reload_routing().await?;
+        spawn_routing_reloads(state.clone(), settings.calls.catalog_refresh_ms);
         let listener = TcpListener::bind((settings.server.host.as_str(), settings.server.port))?;
         let port = listener.local_addr()?.port();
         let server = serve(listener, state.clone(), metrics, &settings)?;
@@ -82,6 +92,23 @@ impl Application {
     pub fn handle(&self) -> actix_web::dev::ServerHandle {
         self.server.handle()
     }
+}
+
+/// Keeps routes and key pools in step with changes made through other replicas.
+fn spawn_routing_reloads(state: web::Data<AppState>, every_ms: u64) {
+    let state = std::sync::Arc::downgrade(&state.into_inner());
+    tokio::spawn(async move {
+        let mut ticks = tokio::time::interval(std::time::Duration::from_millis(every_ms));
+        ticks.tick().await;
+        loop {
+            ticks.tick().await;
+            // Stops when the application (and so its state) is gone.
+            let Some(state) = state.upgrade() else { break };
+            if let Err(error) = state.reload_routing().await {
+                tracing::warn!(%error, "reloading routes failed; keeping the previous ones");
+            }
+        }
+    });
 }
 
 async fn random_dummy_hash(cost: u32) -> Result<String, StartupError> {

@@ -6,6 +6,7 @@ use persistence::{Pool, PooledConnection};
 use secrecy::{ExposeSecret, SecretString};
 
 use crate::error::ApiError;
+use crate::routing::Routing;
 use crate::secrets::SecretBox;
 use crate::settings::Settings;
 
@@ -21,6 +22,11 @@ pub struct AppState {
     pub max_order_amount: Money,
     pub payment_webhook_secret: Option<SecretString>,
     pub payment_tolerance_seconds: i64,
+    pub broker: messaging::Broker,
+    pub upstream: upstream::UpstreamClient,
+    pub routing: Routing,
+    pub hold_ttl_seconds: i64,
+    pub max_failover_attempts: u32,
 }
 
 impl AppState {
@@ -29,6 +35,8 @@ impl AppState {
         pool: Pool,
         master_key: &[u8; 32],
         dummy_password_hash: String,
+        broker: messaging::Broker,
+        upstream: upstream::UpstreamClient,
     ) -> AppState {
         let jwt_secret = settings.auth.jwt_secret.expose_secret().as_bytes();
         AppState {
@@ -42,7 +50,17 @@ impl AppState {
             max_order_amount: settings.orders.max_amount.clone(),
             payment_webhook_secret: settings.orders.payment_webhook_secret.clone(),
             payment_tolerance_seconds: settings.orders.payment_tolerance_seconds,
+            broker,
+            upstream,
+            routing: Routing::new(upstream::KeyPool::new(&settings.upstream)),
+            hold_ttl_seconds: settings.calls.hold_ttl_seconds,
+            max_failover_attempts: settings.upstream.max_failover_attempts,
         }
+    }
+
+    /// Reloads the call path's routes and key pools (after an admin change, and periodically).
+    pub async fn reload_routing(&self) -> Result<(), ApiError> {
+        self.routing.reload(&self.pool, &self.secret_box).await
     }
 
     pub async fn conn(&self) -> Result<PooledConnection, ApiError> {

@@ -1,7 +1,10 @@
 //! The gateway's use cases; route handlers only extract input and call these.
 
 pub mod access_keys;
+pub mod billing;
 pub mod catalog;
+pub mod chat;
 pub mod identity;
 pub mod orders;
+pub mod tokens;
 pub mod users;

@@ -11,7 +11,7 @@ use crate::auth::AdminUser;
 use crate::core::catalog::{self, ModelInput, ModelUpdate, ProviderInput, ProviderKeyInput};
 use crate::core::{identity, orders, users};
 use crate::error::{ApiError, ErrorBody};
-use crate::middleware::require_admin;
+use crate::middleware::{reload_routes_after_write, require_admin};
 use crate::state::AppState;
 use crate::views::{
     AdminListQuery, LedgerEntryView, ListQuery, ListResponse, ModelView, OrderView,
@@ -22,6 +22,13 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     // The role is checked by a middleware, before the handlers' extractors: those run
     // concurrently, so a bad body, path or query would otherwise answer a non-admin 400, not 403.
     let admin = |path: &str| web::resource(path).wrap(from_fn(require_admin));
+    // Catalog writes also reload this replica's routes and key pools, so a model or key is
+    // callable the moment the admin call returns.
+    let catalog = |path: &str| {
+        web::resource(path)
+            .wrap(from_fn(reload_routes_after_write))
+            .wrap(from_fn(require_admin))
+    };
     cfg.service(
         admin("/v1/admin/users")
             .route(web::get().to(list_users))
@@ -37,33 +44,33 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         admin("/v1/admin/users/{id}/balance-adjustments").route(web::post().to(adjust_balance)),
     )
     .service(
-        admin("/v1/admin/providers")
+        catalog("/v1/admin/providers")
             .route(web::get().to(list_providers))
             .route(web::post().to(create_provider)),
     )
     .service(
-        admin("/v1/admin/providers/{id}")
+        catalog("/v1/admin/providers/{id}")
             .route(web::get().to(get_provider))
             .route(web::patch().to(update_provider))
             .route(web::delete().to(delete_provider)),
     )
     .service(
-        admin("/v1/admin/providers/{id}/keys")
+        catalog("/v1/admin/providers/{id}/keys")
             .route(web::get().to(list_provider_keys))
             .route(web::post().to(create_provider_key)),
     )
     .service(
-        admin("/v1/admin/provider-keys/{id}")
+        catalog("/v1/admin/provider-keys/{id}")
             .route(web::patch().to(update_provider_key))
             .route(web::delete().to(delete_provider_key)),
     )
     .service(
-        admin("/v1/admin/models")
+        catalog("/v1/admin/models")
             .route(web::get().to(list_models))
             .route(web::post().to(create_model)),
     )
     .service(
-        admin("/v1/admin/models/{id}")
+        catalog("/v1/admin/models/{id}")
             .route(web::get().to(get_model))
             .route(web::patch().to(update_model))
             .route(web::delete().to(delete_model)),

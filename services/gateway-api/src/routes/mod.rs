@@ -2,6 +2,7 @@
 
 pub mod admin;
 pub mod auth;
+pub mod chat;
 pub mod health;
 pub mod me;
 pub mod models;
@@ -17,4 +18,5 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     orders::configure(cfg);
     admin::configure(cfg);
     models::configure(cfg);
+    chat::configure(cfg);
 }

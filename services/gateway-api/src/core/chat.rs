@@ -1,0 +1,304 @@
+//! The synchronous model call: validate, hold the maximum cost, forward with key failover,
+//! price the real usage and hand the charge to billing.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use actix_web::HttpResponse;
+use actix_web::web::Bytes;
+use domain::{ModelKind, Usage};
+use futures_util::Stream;
+use serde_json::Value;
+use upstream::{ChatStream, StreamUsage, Target, UpstreamError, with_failover};
+use uuid::Uuid;
+
+use crate::auth::KeyHolder;
+use crate::core::billing::{self, Caller};
+use crate::core::tokens;
+use crate::error::ApiError;
+use crate::routing::Route;
+use crate::state::AppState;
+
+/// What the hold and the bill need to know about one admitted call.
+struct Admitted {
+    request_id: Uuid,
+    caller: Caller,
+    route: Arc<Route>,
+    prompt_text: String,
+    message_count: u64,
+}
+
+impl Admitted {
+    /// Prompt tokens counted offline, for calls whose provider reported no usage.
+    fn counted_prompt_tokens(&self) -> u64 {
+        tokens::count_prompt(&self.prompt_text, self.message_count)
+    }
+}
+
+fn invalid(message: &str) -> ApiError {
+    ApiError::InvalidRequest(message.to_owned())
+}
+
+/// `max_completion_tokens` (or the older `max_tokens`), at most the model's limit; the
+/// model's limit when absent. The upstream receives the same bound, so the hold covers it.
+fn completion_limit(body: &mut Value, route: &Route) -> Result<u32, ApiError> {
+    let requested = ["max_completion_tokens", "max_tokens"]
+        .iter()
+        .find_map(|field| body.get(*field).filter(|v| !v.is_null()).map(|v| (*field, v.clone())));
+    match requested {
+        Some((field, value)) => {
+            let limit = value
+                .as_u64()
+                .filter(|n| *n >= 1)
+                .ok_or_else(|| invalid(&format!("{field} must be a positive integer")))?;
+            if limit > u64::from(route.max_output_tokens) {
+                return Err(invalid(&format!(
+                    "{field} must be at most {} for model {}",
+                    route.max_output_tokens, route.name
+                )));
+            }
+            Ok(limit as u32)
+        }
+        None => {
+            body["max_tokens"] = Value::from(route.max_output_tokens);
+            Ok(route.max_output_tokens)
+        }
+    }
+}
+
+fn upstream_error(error: UpstreamError) -> ApiError {
+    let message = match &error {
+        UpstreamError::BadRequest { body, .. } => {
+            // The provider's own explanation of what was wrong with the request.
+            serde_json::from_str::<Value>(body)
+                .ok()
+                .and_then(|v| v["error"]["message"].as_str().map(str::to_owned))
+                .unwrap_or_else(|| "the provider refused the request".to_owned())
+        }
+        UpstreamError::NoKeyAvailable => "no provider key is available for this model".to_owned(),
+        other => format!("the provider failed: {other}"),
+    };
+    match error.http_status_for_client() {
+        504 => ApiError::UpstreamTimeout(message),
+        503 => ApiError::Unavailable(message),
+        502 => ApiError::UpstreamError(message),
+        400 | 422 => ApiError::InvalidRequest(message),
+        404 => ApiError::NotFound(message),
+        409 => ApiError::Conflict(message),
+        413 => ApiError::PayloadTooLarge(message),
+        _ => ApiError::UpstreamError(message),
+    }
+}
+
+/// `POST /v1/chat/completions`.
+pub async fn complete(state: Arc<AppState>, holder: KeyHolder, mut body: Value) -> Result<HttpResponse, ApiError> {
+    if !body.is_object() {
+        return Err(invalid("the body must be a JSON object"));
+    }
+    let model = body
+        .get("model")
+        .and_then(Value::as_str)
+        .ok_or_else(|| invalid("model is required"))?;
+    let route = state
+        .routing
+        .route(model)
+        .filter(|r| r.kind == ModelKind::Chat)
+        .ok_or_else(|| ApiError::ModelNotFound(format!("model {model:?} does not exist or is not a chat model")))?;
+    if !body.get("messages").and_then(Value::as_array).is_some_and(|m| !m.is_empty()) {
+        return Err(invalid("messages must be a non-empty array"));
+    }
+    let stream = match body.get("stream") {
+        None | Some(Value::Null) => false,
+        Some(Value::Bool(b)) => *b,
+        Some(_) => return Err(invalid("stream must be a boolean")),
+    };
+    let completion_limit = completion_limit(&mut body, &route)?;
+    let prompt_text = tokens::prompt_text(&body);
+    let worst_case = Usage {
+        prompt_tokens: tokens::prompt_upper_bound(&body, &prompt_text),
+        completion_tokens: u64::from(completion_limit),
+        ..Usage::default()
+    };
+    let max_cost = route
+        .pricing
+        .cost(&worst_case)
+        .map_err(|_| invalid("the request is too large to be priced"))?;
+
+    let request_id = Uuid::new_v4();
+    let mut conn = state.conn().await?;
+    let hold = persistence::billing::place_hold(&mut conn, holder.user.id, request_id, &max_cost, state.hold_ttl_seconds)
+        .await?;
+    drop(conn);
+    if hold.is_none() {
+        return Err(ApiError::InsufficientBalance(format!(
+            "this call may cost up to {max_cost}; top up or lower max_tokens"
+        )));
+    }
+    let admitted = Admitted {
+        request_id,
+        caller: Caller { user_id: holder.user.id, access_key_id: holder.key.id },
+        route,
+        prompt_text,
+        message_count: body["messages"].as_array().map_or(0, Vec::len) as u64,
+    };
+    let result = if stream {
+        forward_stream(&state, &admitted, body).await
+    } else {
+        forward(&state, &admitted, body).await
+    };
+    if result.is_err() {
+        billing::release(&state, request_id).await;
+    }
+    result
+}
+
+fn target(route: &Route, secret: &str) -> Target {
+    Target {
+        base_url: route.base_url.clone(),
+        api_key: secret.to_owned(),
+        upstream_model: route.upstream_model.clone(),
+        public_model: route.name.clone(),
+    }
+}
+
+async fn forward(state: &Arc<AppState>, call: &Admitted, body: Value) -> Result<HttpResponse, ApiError> {
+    let route = &call.route;
+    let answer = with_failover(&state.routing.keys, route.provider_id, state.max_failover_attempts, |key| {
+        let target = target(route, key.secret());
+        let client = state.upstream.clone();
+        let body = body.clone();
+        async move { client.chat(&target, body).await }
+    })
+    .await
+    .map_err(upstream_error)?;
+    let usage = match answer.usage {
+        Some(usage) => usage,
+        None => Usage {
+            prompt_tokens: call.counted_prompt_tokens(),
+            completion_tokens: tokens::count(&answer_text(&answer.body)),
+            ..Usage::default()
+        },
+    };
+    bill(state, call, usage);
+    Ok(HttpResponse::Ok().content_type("application/json").body(answer.body))
+}
+
+/// The generated text of a chat completion body.
+fn answer_text(answer: &Bytes) -> String {
+    let parsed: Value = serde_json::from_slice(answer).unwrap_or(Value::Null);
+    let mut text = String::new();
+    if let Some(choices) = parsed.get("choices").and_then(Value::as_array) {
+        for choice in choices {
+            if let Some(content) = choice["message"]["content"].as_str() {
+                text.push_str(content);
+            }
+        }
+    }
+    text
+}
+
+/// Prices the real usage and sends the charge; a price that cannot be computed (absurd usage)
+/// is charged at nothing rather than failing a call that already succeeded, and logged.
+fn bill(state: &Arc<AppState>, call: &Admitted, usage: Usage) {
+    let cost = match call.route.pricing.cost(&usage) {
+        Ok(cost) => cost,
+        Err(error) => {
+            tracing::error!(%error, request_id = %call.request_id, ?usage, "usage could not be priced");
+            return;
+        }
+    };
+    let message = billing::charge_message(call.request_id, &call.caller, &call.route, usage, cost);
+    billing::emit(Arc::clone(state), message);
+}
+
+async fn forward_stream(state: &Arc<AppState>, call: &Admitted, body: Value) -> Result<HttpResponse, ApiError> {
+    let route = &call.route;
+    let client_wants_usage = body
+        .pointer("/stream_options/include_usage")
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
+    let stream = with_failover(&state.routing.keys, route.provider_id, state.max_failover_attempts, |key| {
+        let target = target(route, key.secret());
+        let client = state.upstream.clone();
+        let body = body.clone();
+        async move { client.chat_stream(&target, body, client_wants_usage).await }
+    })
+    .await
+    .map_err(upstream_error)?;
+    let usage = stream.usage();
+    let billed = BilledStream {
+        inner: stream,
+        on_end: Some(StreamEnd {
+            state: Arc::clone(state),
+            usage,
+            call: Admitted {
+                request_id: call.request_id,
+                caller: call.caller.clone(),
+                route: Arc::clone(&call.route),
+                prompt_text: call.prompt_text.clone(),
+                message_count: call.message_count,
+            },
+        }),
+    };
+    Ok(HttpResponse::Ok()
+        .content_type("text/event-stream")
+        .insert_header(("cache-control", "no-cache"))
+        .streaming(billed))
+}
+
+/// Bills a stream when it ends or is dropped (the client went away): the provider's usage if
+/// it came, else what was generated so far counted offline. Nothing generated costs nothing.
+struct StreamEnd {
+    state: Arc<AppState>,
+    usage: StreamUsage,
+    call: Admitted,
+}
+
+impl StreamEnd {
+    fn finish(self) {
+        let seen = self.usage.snapshot();
+        let usage = match seen.usage {
+            Some(usage) => usage,
+            None if seen.generated_text.is_empty() => {
+                let state = self.state;
+                let request_id = self.call.request_id;
+                tokio::spawn(async move { billing::release(&state, request_id).await });
+                return;
+            }
+            None => Usage {
+                prompt_tokens: self.call.counted_prompt_tokens(),
+                completion_tokens: tokens::count(&seen.generated_text),
+                ..Usage::default()
+            },
+        };
+        bill(&self.state, &self.call, usage);
+    }
+}
+
+struct BilledStream {
+    inner: ChatStream,
+    on_end: Option<StreamEnd>,
+}
+
+impl Stream for BilledStream {
+    type Item = Result<Bytes, UpstreamError>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let polled = Pin::new(&mut self.inner).poll_next(cx);
+        if let Poll::Ready(None) = polled {
+            if let Some(end) = self.on_end.take() {
+                end.finish();
+            }
+        }
+        polled
+    }
+}
+
+impl Drop for BilledStream {
+    fn drop(&mut self) {
+        if let Some(end) = self.on_end.take() {
+            end.finish();
+        }
+    }
+}

@@ -1,0 +1,119 @@
+//! Token arithmetic of the call path: an upper bound of prompt tokens for the hold, and an
+//! offline tokenizer count when a provider reports no usage.
+
+use std::sync::OnceLock;
+
+use serde_json::Value;
+use tiktoken_rs::CoreBPE;
+
+/// Per-message and per-request framing tokens that chat formats add around the text.
+const PER_MESSAGE_OVERHEAD: u64 = 8;
+const PER_REQUEST_OVERHEAD: u64 = 16;
+
+/// The text a chat request sends: every string `content`, text part, name and tool payload.
+pub fn prompt_text(body: &Value) -> String {
+    let mut text = String::new();
+    if let Some(messages) = body.get("messages").and_then(Value::as_array) {
+        for message in messages {
+            collect_text(message.get("content"), &mut text);
+            for field in ["name", "tool_calls", "function_call"] {
+                if let Some(value) = message.get(field) {
+                    text.push_str(&value.to_string());
+                }
+            }
+        }
+    }
+    for field in ["tools", "functions", "response_format"] {
+        if let Some(value) = body.get(field) {
+            text.push_str(&value.to_string());
+        }
+    }
+    text
+}
+
+fn collect_text(content: Option<&Value>, out: &mut String) {
+    match content {
+        Some(Value::String(s)) => {
+            out.push_str(s);
+            out.push('\n');
+        }
+        Some(Value::Array(parts)) => {
+            for part in parts {
+                if let Some(s) = part.get("text").and_then(Value::as_str) {
+                    out.push_str(s);
+                    out.push('\n');
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+/// An upper bound of the prompt's tokens without tokenizing: byte-level BPE never makes more
+/// tokens than bytes, plus the framing overhead. Used only to size the hold.
+pub fn prompt_upper_bound(body: &Value, text: &str) -> u64 {
+    let messages = body.get("messages").and_then(Value::as_array).map_or(0, Vec::len) as u64;
+    text.len() as u64 + messages * PER_MESSAGE_OVERHEAD + PER_REQUEST_OVERHEAD
+}
+
+fn tokenizer() -> Option<&'static CoreBPE> {
+    static TOKENIZER: OnceLock<Option<CoreBPE>> = OnceLock::new();
+    TOKENIZER
+        .get_or_init(|| match tiktoken_rs::o200k_base() {
+            Ok(bpe) => Some(bpe),
+            Err(error) => {
+                tracing::error!(%error, "tokenizer unavailable; counting bytes / 4");
+                None
+            }
+        })
+        .as_ref()
+}
+
+/// Tokens of `text` by the o200k tokenizer (embedded, no download); bytes / 4 if unavailable.
+pub fn count(text: &str) -> u64 {
+    match tokenizer() {
+        Some(bpe) => bpe.encode_ordinary(text).len() as u64,
+        None => (text.len() as u64).div_ceil(4),
+    }
+}
+
+/// Prompt tokens as a provider would have counted them, for calls without reported usage.
+pub fn count_prompt(text: &str, messages: u64) -> u64 {
+    count(text) + messages * 3 + 3
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn the_upper_bound_is_at_least_the_tokenizer_count() {
+        for content in ["hello world", "你好，世界！这是一个测试。", "🙂🙂🙂 emoji", &"long ".repeat(500)] {
+            let body = json!({"messages": [{"role": "user", "content": content}]});
+            let text = prompt_text(&body);
+            assert!(prompt_upper_bound(&body, &text) >= count_prompt(&text, 1), "{content}");
+        }
+    }
+
+    #[test]
+    fn prompt_text_reads_strings_parts_and_tools() {
+        let body = json!({
+            "messages": [
+                {"role": "system", "content": "be brief"},
+                {"role": "user", "content": [{"type": "text", "text": "describe"}, {"type": "image_url", "image_url": {"url": "x"}}]}
+            ],
+            "tools": [{"type": "function", "function": {"name": "lookup"}}]
+        });
+        let text = prompt_text(&body);
+        assert!(text.contains("be brief") && text.contains("describe") && text.contains("lookup"));
+    }
+
+    #[test]
+    fn the_tokenizer_counts_offline() {
+        assert_eq!(count(""), 0);
+        let n = count("The quick brown fox jumps over the lazy dog.");
+        assert!((8..=12).contains(&n), "{n}");
+    }
+}

@@ -1,0 +1,32 @@
+//! `/v1/chat/completions` (and the seed's alias `/v1/chat`): the OpenAI chat endpoint.
+
+use actix_web::{HttpResponse, web};
+use serde_json::Value;
+
+use crate::auth::KeyHolder;
+use crate::core::chat;
+use crate::error::{ApiError, ErrorBody};
+use crate::state::AppState;
+
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.route("/v1/chat/completions", web::post().to(completions))
+        .route("/v1/chat", web::post().to(completions));
+}
+
+/// OpenAI's chat completion: the body is OpenAI's, `model` is the public name; with
+/// `"stream": true` the answer is OpenAI's SSE stream. The maximum cost is held before the call
+/// and the real usage billed after it.
+#[utoipa::path(post, path = "/v1/chat/completions", tag = "models", security(("access_key" = [])),
+    request_body(content = Object, description = "OpenAI chat completion request"),
+    responses((status = 200, description = "OpenAI chat completion, or its SSE stream"),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 402, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 502, body = ErrorBody), (status = 503, body = ErrorBody),
+        (status = 504, body = ErrorBody)))]
+pub async fn completions(
+    state: web::Data<AppState>,
+    holder: KeyHolder,
+    body: web::Json<Value>,
+) -> Result<HttpResponse, ApiError> {
+    chat::complete(state.into_inner(), holder, body.into_inner()).await
+}
