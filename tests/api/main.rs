@@ -4,6 +4,7 @@
 
 mod bad_input;
 mod catalog;
+mod chat;
 mod health;
 mod identity;
 mod orders;

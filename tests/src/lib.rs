@@ -44,7 +44,8 @@ pub async fn create_database() -> String {
 }
 
 pub fn broker_url() -> String {
-    std::env::var("TEST_AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
+    std::env::var("TEST_AMQP_URL")
+        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
 }
 
 /// Broker settings with a queue prefix of their own, so parallel tests never share queues.
@@ -98,7 +99,10 @@ pub fn test_settings(database_url: String) -> Settings {
             cooldown_max_ms: 5_000,
             ..upstream::UpstreamSettings::default()
         },
-        calls: CallSettings { hold_ttl_seconds: 60, catalog_refresh_ms: 1000 },
+        calls: CallSettings {
+            hold_ttl_seconds: 60,
+            catalog_refresh_ms: 1000,
+        },
     }
 }
 
@@ -391,7 +395,10 @@ impl Drop for QueueCleanup {
         let settings = self.0.clone();
         // Drop may run inside the test's runtime: do the async cleanup on a thread of its own.
         let cleanup = std::thread::spawn(move || {
-            let Ok(runtime) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
+            let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
                 return;
             };
             runtime.block_on(async move {
@@ -413,5 +420,182 @@ impl Drop for QueueCleanup {
             });
         });
         let _ = cleanup.join();
+    }
+}
+
+/// A billing-worker running in this process against the test's database and queues.
+pub struct BillingWorker {
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl BillingWorker {
+    pub async fn start(app: &TestApp) -> BillingWorker {
+        let mut settings: billing_worker::Settings =
+            runtime::config::load(billing_worker::DEFAULT_CONFIG).unwrap();
+        settings.database.url = app.settings.database.url.clone();
+        settings.broker = app.settings.broker.clone();
+        settings.ops.port = 0;
+        settings.billing.sweep_interval_ms = 200;
+        let worker = billing_worker::Application::build(settings).await.unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            worker
+                .run_until(async {
+                    let _ = stopped.await;
+                })
+                .await
+                .unwrap();
+        });
+        BillingWorker {
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+
+    /// Stops consuming, finishes in-flight settlements, and waits for it to end.
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.await.unwrap();
+        }
+    }
+}
+
+/// Polls `check` until it returns `Some`, for up to `seconds`; never a fixed sleep.
+pub async fn eventually<T, F, Fut>(seconds: u64, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(seconds);
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "condition not met within {seconds}s"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+/// The mock LLM registered as a provider with one chat model, and a user with an access key.
+pub struct ChatSetup {
+    pub mock: mock_llm::MockServer,
+    pub provider_id: i64,
+    pub model: String,
+    pub user_id: i64,
+    pub token: String,
+    pub access_key: String,
+}
+
+/// Chat pricing of the e2e tests: 0.15 per million prompt tokens, 0.60 per million completion.
+pub const INPUT_PER_MILLION: &str = "0.15";
+pub const OUTPUT_PER_MILLION: &str = "0.60";
+
+impl TestApp {
+    /// Registers a started mock LLM with the given provider keys and a priced chat model, then
+    /// a user with `balance` and an access key.
+    pub async fn chat_setup(
+        &self,
+        mock: mock_llm::MockServer,
+        keys: &[(&str, i32)],
+        balance: &str,
+    ) -> ChatSetup {
+        let admin = self.admin_token().to_owned();
+        let provider = self
+            .post(
+                "/v1/admin/providers",
+                &admin,
+                json!({"name": "mock", "kind": "openai", "base_url": mock.base_url()}),
+            )
+            .await;
+        let provider_id = provider.assert_status(201)["id"].as_i64().unwrap();
+        for (key, weight) in keys {
+            self.post(
+                &format!("/v1/admin/providers/{provider_id}/keys"),
+                &admin,
+                json!({"api_key": key, "weight": weight}),
+            )
+            .await
+            .assert_status(201);
+        }
+        let model = "demo-chat".to_owned();
+        self.post(
+            "/v1/admin/models",
+            &admin,
+            json!({
+                "name": model, "provider_id": provider_id, "upstream_model": "mock-gpt", "kind": "chat",
+                "pricing": {"input_per_million": INPUT_PER_MILLION, "output_per_million": OUTPUT_PER_MILLION},
+                "max_output_tokens": 256
+            }),
+        )
+        .await
+        .assert_status(201);
+        let (user_id, token) = self.new_user().await;
+        if balance != "0" {
+            self.post(
+                &format!("/v1/admin/users/{user_id}/balance-adjustments"),
+                &admin,
+                json!({"amount": balance, "reason": "test credit"}),
+            )
+            .await
+            .assert_status(200);
+        }
+        let key = self
+            .post("/v1/me/access-keys", &token, json!({"name": "test"}))
+            .await;
+        let access_key = key.assert_status(201)["key"].as_str().unwrap().to_owned();
+        ChatSetup {
+            mock,
+            provider_id,
+            model,
+            user_id,
+            token,
+            access_key,
+        }
+    }
+
+    /// Rows of `usage_logs` for a user: (prompt, completion, cost).
+    pub async fn usage_of(&self, user_id: i64) -> Vec<(i64, i64, bigdecimal::BigDecimal)> {
+        use diesel::{ExpressionMethods, QueryDsl};
+        use persistence::schema::usage_logs;
+        let mut conn = self.pool.get().await.unwrap();
+        usage_logs::table
+            .filter(usage_logs::user_id.eq(user_id))
+            .order(usage_logs::id)
+            .select((
+                usage_logs::prompt_tokens,
+                usage_logs::completion_tokens,
+                usage_logs::cost,
+            ))
+            .load(&mut conn)
+            .await
+            .unwrap()
+    }
+
+    /// Open holds of a user.
+    pub async fn open_holds(&self, user_id: i64) -> i64 {
+        use diesel::{ExpressionMethods, QueryDsl};
+        use persistence::schema::balance_holds;
+        let mut conn = self.pool.get().await.unwrap();
+        balance_holds::table
+            .filter(balance_holds::user_id.eq(user_id))
+            .filter(balance_holds::status.eq("open"))
+            .count()
+            .get_result(&mut conn)
+            .await
+            .unwrap()
+    }
+
+    /// Asserts every balance equals its ledger and every `held` its open holds.
+    pub async fn assert_books_balance(&self) {
+        let mut conn = self.pool.get().await.unwrap();
+        let mismatches = persistence::billing::reconcile(&mut conn).await.unwrap();
+        assert!(mismatches.is_empty(), "reconcile failed: {mismatches:?}");
     }
 }

@@ -31,7 +31,7 @@ pub(crate) const RETRY_COUNT_HEADER: &str = "x-retry-count";
 #[derive(Clone)]
 pub struct Broker {
     inner: Arc<Inner>,
-    _supervisor: Arc<AbortOnDrop>,
+    supervisor: Arc<AbortOnDrop>,
 }
 
 struct Inner {
@@ -86,7 +86,7 @@ impl Broker {
         let supervisor = tokio::spawn(supervise(Arc::clone(&inner)));
         Ok(Broker {
             inner,
-            _supervisor: Arc::new(AbortOnDrop(supervisor)),
+            supervisor: Arc::new(AbortOnDrop(supervisor)),
         })
     }
 
@@ -175,7 +175,7 @@ impl Broker {
     /// Stops reconnecting and closes the connection. Consumers should have stopped first.
     pub async fn close(&self) {
         self.inner.closing.store(true, Ordering::SeqCst);
-        self._supervisor.0.abort();
+        self.supervisor.0.abort();
         let session = self.inner.session.send_replace(None);
         metrics::gauge!("messaging_broker_connected").set(0.0);
         if let Some(session) = session {

@@ -300,7 +300,9 @@ pub async fn list_enabled_models(conn: &mut AsyncPgConnection) -> Result<Vec<Mod
 }
 
 /// Everything the call path routes by: every model with its provider.
-pub async fn load_routes(conn: &mut AsyncPgConnection) -> Result<Vec<(Model, Provider)>, StoreError> {
+pub async fn load_routes(
+    conn: &mut AsyncPgConnection,
+) -> Result<Vec<(Model, Provider)>, StoreError> {
     Ok(llm_models::table
         .inner_join(providers::table)
         .select((Model::as_select(), Provider::as_select()))
@@ -309,7 +311,9 @@ pub async fn load_routes(conn: &mut AsyncPgConnection) -> Result<Vec<(Model, Pro
 }
 
 /// Every enabled key of every provider (the key pools are built from these).
-pub async fn load_enabled_keys(conn: &mut AsyncPgConnection) -> Result<Vec<ProviderKey>, StoreError> {
+pub async fn load_enabled_keys(
+    conn: &mut AsyncPgConnection,
+) -> Result<Vec<ProviderKey>, StoreError> {
     Ok(provider_keys::table
         .filter(provider_keys::enabled.eq(true))
         .order(provider_keys::id)

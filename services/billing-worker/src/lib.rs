@@ -8,13 +8,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use messaging::{
-    BILLING_LOG_QUEUE, Broker, BrokerSettings, Consumer, ConsumerStatus, Delivery, Handler,
-    MessagingError, Outcome,
+    BILLING_LOG_QUEUE, Broker, BrokerSettings, Consumer, ConsumerStatus, MessagingError,
 };
 use persistence::{DatabaseSettings, Pool, StoreError};
 use runtime::ops::{Readiness, serve_ops};
 use runtime::telemetry::LogFormat;
 use serde::Deserialize;
+
+pub mod settle;
+
+use settle::{BillingHandler, Settler};
 
 /// The built-in configuration layer (see `runtime::config::load`).
 pub const DEFAULT_CONFIG: &str = include_str!("../config/default.toml");
@@ -30,6 +33,18 @@ pub struct Settings {
     pub log_format: LogFormat,
     /// After SIGTERM, in-flight settlements get this long to finish before the process exits.
     pub shutdown_grace_seconds: u64,
+    pub billing: BillingSettings,
+}
+
+/// How charges are settled.
+#[derive(Debug, Clone, Deserialize)]
+pub struct BillingSettings {
+    /// Charges settled in one transaction at most (1 = one transaction per charge).
+    pub batch_max: usize,
+    /// Once a charge arrived, how long to wait for more to share its transaction.
+    pub batch_linger_ms: u64,
+    /// How often expired holds are released and the outbox is settled.
+    pub sweep_interval_ms: u64,
 }
 
 /// Where /healthz, /readyz and /metrics are served.
@@ -53,6 +68,9 @@ impl Settings {
         }
         if self.database.pool_max_size == 0 {
             return invalid("database.pool_max_size must be at least 1");
+        }
+        if self.billing.batch_max == 0 || self.billing.sweep_interval_ms == 0 {
+            return invalid("billing.batch_max and billing.sweep_interval_ms must be at least 1");
         }
         if self.shutdown_grace_seconds == 0 {
             return invalid("shutdown_grace_seconds must be at least 1");
@@ -84,6 +102,8 @@ pub enum WorkerError {
 /// A built worker: connected, topology declared, ops server bound; [`Application::run_until`]
 /// starts consuming.
 pub struct Application {
+    pool: Pool,
+    sweep_every: Duration,
     broker: Broker,
     consumer: Consumer,
     ops_server: actix_web::dev::Server,
@@ -101,7 +121,13 @@ impl Application {
             &broker,
             BILLING_LOG_QUEUE,
             settings.broker.prefetch,
-            Arc::new(BillingHandler),
+            Arc::new(BillingHandler {
+                settler: Settler::start(
+                    pool.clone(),
+                    settings.billing.batch_max,
+                    Duration::from_millis(settings.billing.batch_linger_ms),
+                ),
+            }),
         )?
         .with_drain_timeout(
             settings
@@ -110,7 +136,7 @@ impl Application {
                 .max(Duration::from_secs(1)),
         );
         let readiness = Arc::new(WorkerReadiness {
-            pool,
+            pool: pool.clone(),
             broker: broker.clone(),
             consumer: consumer.status(),
         });
@@ -118,6 +144,8 @@ impl Application {
         let (ops_server, ops_port) = serve_ops(listen, readiness, metrics)?;
         tracing::info!(%listen, ops_port, "billing worker built");
         Ok(Application {
+            pool,
+            sweep_every: Duration::from_millis(settings.billing.sweep_interval_ms),
             broker,
             consumer,
             ops_server,
@@ -135,7 +163,9 @@ impl Application {
     pub async fn run_until(self, shutdown: impl Future<Output = ()>) -> Result<(), WorkerError> {
         let ops = self.ops_server.handle();
         let ops_task = tokio::spawn(self.ops_server);
+        let sweeper = tokio::spawn(sweep_forever(self.pool.clone(), self.sweep_every));
         let consumed = self.consumer.run(shutdown).await;
+        sweeper.abort();
         // Probes need no goodbye: stop at once rather than wait for idle keep-alives.
         ops.stop(false).await;
         if let Err(error) = ops_task.await {
@@ -147,21 +177,28 @@ impl Application {
     }
 }
 
-/// Placeholder: logs and acks, settles nothing; the real settlement handler arrives with issue 4.
-struct BillingHandler;
-
-impl Handler for BillingHandler {
-    fn handle(&self, delivery: Delivery) -> Pin<Box<dyn Future<Output = Outcome> + Send + '_>> {
-        Box::pin(async move {
-            tracing::info!(
-                message_id = delivery.message_id.as_deref().unwrap_or("-"),
-                bytes = delivery.body.len(),
-                redelivered = delivery.redelivered,
-                "billing message received (no handler yet, nothing settled)"
-            );
-            Outcome::Ack
-        })
+/// The sweeper: releases holds of calls that never finished and settles charges parked in the
+/// outbox while the broker was down. Safe to run in every replica (rows are locked SKIP LOCKED).
+async fn sweep_forever(pool: Pool, every: Duration) {
+    let mut ticks = tokio::time::interval(every);
+    loop {
+        ticks.tick().await;
+        match settle::sweep(&pool).await {
+            Ok((_, settled)) if settled > 0 => tracing::info!(settled, "settled outbox charges"),
+            Ok(_) => {}
+            Err(error) => tracing::warn!(%error, "sweep failed; retrying next tick"),
+        }
     }
+}
+
+/// `billing-worker reconcile`: every balance against its ledger and open holds. Returns the
+/// mismatches (empty when the books are right).
+pub async fn reconcile(
+    settings: &Settings,
+) -> Result<Vec<persistence::billing::Mismatch>, WorkerError> {
+    let pool = persistence::build_pool(&settings.database)?;
+    let mut conn = pool.get().await.map_err(StoreError::from)?;
+    Ok(persistence::billing::reconcile(&mut conn).await?)
 }
 
 /// Ready when Postgres answers, RabbitMQ is connected and the consumer is subscribed.

@@ -1,4 +1,6 @@
 //! Entry point: settings, telemetry, metrics, build, run until SIGINT/SIGTERM.
+//! `billing-worker reconcile` checks every balance against its ledger and exits non-zero on a
+//! mismatch.
 
 use billing_worker::{Application, Settings};
 
@@ -6,6 +8,20 @@ use billing_worker::{Application, Settings};
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let settings = Settings::load()?;
     runtime::telemetry::init("billing-worker", settings.log_format);
+    if std::env::args().nth(1).as_deref() == Some("reconcile") {
+        let mismatches = billing_worker::reconcile(&settings).await?;
+        for m in &mismatches {
+            eprintln!(
+                "user {}: balance {} vs ledger {}; held {} vs open holds {}",
+                m.user_id, m.balance, m.ledger_sum, m.held, m.open_holds
+            );
+        }
+        if !mismatches.is_empty() {
+            std::process::exit(1);
+        }
+        println!("reconcile: every balance equals its ledger and every hold total its open holds");
+        return Ok(());
+    }
     runtime::metrics::install()?;
     let grace = settings.shutdown_grace();
     let app = Application::build(settings).await?;

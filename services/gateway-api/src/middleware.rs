@@ -108,7 +108,9 @@ pub async fn reload_routes_after_write(
     next: Next<impl MessageBody + 'static>,
 ) -> Result<ServiceResponse<impl MessageBody>, Error> {
     let writes = req.method() != actix_web::http::Method::GET;
-    let state = req.app_data::<actix_web::web::Data<crate::state::AppState>>().cloned();
+    let state = req
+        .app_data::<actix_web::web::Data<crate::state::AppState>>()
+        .cloned();
     let response = next.call(req).await?;
     if writes && response.status().is_success() {
         if let Some(state) = state {

@@ -31,7 +31,10 @@ pub struct Routing {
 
 impl Routing {
     pub fn new(keys: KeyPool) -> Routing {
-        Routing { routes: RwLock::new(Arc::new(HashMap::new())), keys }
+        Routing {
+            routes: RwLock::new(Arc::new(HashMap::new())),
+            keys,
+        }
     }
 
     /// The enabled model of an enabled provider with this public name.
@@ -80,11 +83,14 @@ impl Routing {
         let mut by_provider: HashMap<i64, Vec<ProviderKey>> = HashMap::new();
         for key in keys {
             match secrets.open(&key.secret_ciphertext) {
-                Ok(secret) => by_provider.entry(key.provider_id).or_default().push(ProviderKey {
-                    id: key.id,
-                    secret,
-                    weight: u32::try_from(key.weight).unwrap_or(0),
-                }),
+                Ok(secret) => by_provider
+                    .entry(key.provider_id)
+                    .or_default()
+                    .push(ProviderKey {
+                        id: key.id,
+                        secret,
+                        weight: u32::try_from(key.weight).unwrap_or(0),
+                    }),
                 Err(error) => tracing::error!(key_id = key.id, %error, "provider key skipped"),
             }
         }

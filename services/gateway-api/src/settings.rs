@@ -152,7 +152,9 @@ impl Settings {
         if !self.orders.max_amount.is_positive() {
             return invalid("orders.max_amount must be positive");
         }
-        self.upstream.validate().map_err(|e| SettingsError::Invalid(format!("upstream: {e}")))?;
+        self.upstream
+            .validate()
+            .map_err(|e| SettingsError::Invalid(format!("upstream: {e}")))?;
         if self.calls.hold_ttl_seconds * 1000 <= self.upstream.total_timeout_ms as i64 {
             return invalid("calls.hold_ttl_seconds must exceed upstream.total_timeout_ms");
         }

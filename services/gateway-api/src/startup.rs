@@ -61,7 +61,12 @@ impl Application {
         let broker = messaging::Broker::connect(settings.broker.clone()).await?;
         let upstream = upstream::UpstreamClient::new(&settings.upstream)?;
         let state = web::Data::new(AppState::new(
-            &settings, pool, &master_key, dummy, broker, upstream,
+            &settings,
+            pool,
+            &master_key,
+            dummy,
+            broker,
+            upstream,
         ));
         state.reload_routing().await?;
         spawn_routing_reloads(state.clone(), settings.calls.catalog_refresh_ms);

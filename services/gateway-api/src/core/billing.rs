@@ -18,7 +18,13 @@ pub struct Caller {
     pub access_key_id: i64,
 }
 
-pub fn charge_message(request_id: Uuid, caller: &Caller, route: &Route, usage: Usage, cost: Money) -> BillingMessage {
+pub fn charge_message(
+    request_id: Uuid,
+    caller: &Caller,
+    route: &Route,
+    usage: Usage,
+    cost: Money,
+) -> BillingMessage {
     BillingMessage {
         request_id,
         user_id: caller.user_id,
@@ -42,7 +48,11 @@ pub fn emit(state: Arc<AppState>, message: BillingMessage) {
 pub async fn deliver(state: &AppState, message: BillingMessage) {
     let body = message.to_json_bytes();
     let id = message.request_id.to_string();
-    match state.broker.publish_json(BILLING_LOG_QUEUE, &body, &id).await {
+    match state
+        .broker
+        .publish_json(BILLING_LOG_QUEUE, &body, &id)
+        .await
+    {
         Ok(()) => metrics::counter!("billing_published_total", "path" => "broker").increment(1),
         Err(error) => {
             tracing::warn!(%error, request_id = %id, "billing publish failed; using the outbox");
@@ -54,11 +64,16 @@ pub async fn deliver(state: &AppState, message: BillingMessage) {
                 }
             };
             let stored = match state.pool.get().await {
-                Ok(mut conn) => persistence::billing::outbox_insert(&mut conn, message.request_id, &payload).await,
+                Ok(mut conn) => {
+                    persistence::billing::outbox_insert(&mut conn, message.request_id, &payload)
+                        .await
+                }
                 Err(error) => Err(persistence::StoreError::from(error)),
             };
             match stored {
-                Ok(()) => metrics::counter!("billing_published_total", "path" => "outbox").increment(1),
+                Ok(()) => {
+                    metrics::counter!("billing_published_total", "path" => "outbox").increment(1)
+                }
                 Err(error) => {
                     metrics::counter!("billing_lost_total").increment(1);
                     tracing::error!(%error, request_id = %id, cost = %message.cost, "charge could not be kept; LOST");

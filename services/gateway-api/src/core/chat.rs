@@ -45,7 +45,11 @@ fn invalid(message: &str) -> ApiError {
 fn completion_limit(body: &mut Value, route: &Route) -> Result<u32, ApiError> {
     let requested = ["max_completion_tokens", "max_tokens"]
         .iter()
-        .find_map(|field| body.get(*field).filter(|v| !v.is_null()).map(|v| (*field, v.clone())));
+        .find_map(|field| {
+            body.get(*field)
+                .filter(|v| !v.is_null())
+                .map(|v| (*field, v.clone()))
+        });
     match requested {
         Some((field, value)) => {
             let limit = value
@@ -92,7 +96,11 @@ fn upstream_error(error: UpstreamError) -> ApiError {
 }
 
 /// `POST /v1/chat/completions`.
-pub async fn complete(state: Arc<AppState>, holder: KeyHolder, mut body: Value) -> Result<HttpResponse, ApiError> {
+pub async fn complete(
+    state: Arc<AppState>,
+    holder: KeyHolder,
+    mut body: Value,
+) -> Result<HttpResponse, ApiError> {
     if !body.is_object() {
         return Err(invalid("the body must be a JSON object"));
     }
@@ -104,8 +112,16 @@ pub async fn complete(state: Arc<AppState>, holder: KeyHolder, mut body: Value) 
         .routing
         .route(model)
         .filter(|r| r.kind == ModelKind::Chat)
-        .ok_or_else(|| ApiError::ModelNotFound(format!("model {model:?} does not exist or is not a chat model")))?;
-    if !body.get("messages").and_then(Value::as_array).is_some_and(|m| !m.is_empty()) {
+        .ok_or_else(|| {
+            ApiError::ModelNotFound(format!(
+                "model {model:?} does not exist or is not a chat model"
+            ))
+        })?;
+    if !body
+        .get("messages")
+        .and_then(Value::as_array)
+        .is_some_and(|m| !m.is_empty())
+    {
         return Err(invalid("messages must be a non-empty array"));
     }
     let stream = match body.get("stream") {
@@ -127,8 +143,14 @@ pub async fn complete(state: Arc<AppState>, holder: KeyHolder, mut body: Value) 
 
     let request_id = Uuid::new_v4();
     let mut conn = state.conn().await?;
-    let hold = persistence::billing::place_hold(&mut conn, holder.user.id, request_id, &max_cost, state.hold_ttl_seconds)
-        .await?;
+    let hold = persistence::billing::place_hold(
+        &mut conn,
+        holder.user.id,
+        request_id,
+        &max_cost,
+        state.hold_ttl_seconds,
+    )
+    .await?;
     drop(conn);
     if hold.is_none() {
         return Err(ApiError::InsufficientBalance(format!(
@@ -137,7 +159,10 @@ pub async fn complete(state: Arc<AppState>, holder: KeyHolder, mut body: Value) 
     }
     let admitted = Admitted {
         request_id,
-        caller: Caller { user_id: holder.user.id, access_key_id: holder.key.id },
+        caller: Caller {
+            user_id: holder.user.id,
+            access_key_id: holder.key.id,
+        },
         route,
         prompt_text,
         message_count: body["messages"].as_array().map_or(0, Vec::len) as u64,
@@ -162,14 +187,23 @@ fn target(route: &Route, secret: &str) -> Target {
     }
 }
 
-async fn forward(state: &Arc<AppState>, call: &Admitted, body: Value) -> Result<HttpResponse, ApiError> {
+async fn forward(
+    state: &Arc<AppState>,
+    call: &Admitted,
+    body: Value,
+) -> Result<HttpResponse, ApiError> {
     let route = &call.route;
-    let answer = with_failover(&state.routing.keys, route.provider_id, state.max_failover_attempts, |key| {
-        let target = target(route, key.secret());
-        let client = state.upstream.clone();
-        let body = body.clone();
-        async move { client.chat(&target, body).await }
-    })
+    let answer = with_failover(
+        &state.routing.keys,
+        route.provider_id,
+        state.max_failover_attempts,
+        |key| {
+            let target = target(route, key.secret());
+            let client = state.upstream.clone();
+            let body = body.clone();
+            async move { client.chat(&target, body).await }
+        },
+    )
     .await
     .map_err(upstream_error)?;
     let usage = match answer.usage {
@@ -181,7 +215,9 @@ async fn forward(state: &Arc<AppState>, call: &Admitted, body: Value) -> Result<
         },
     };
     bill(state, call, usage);
-    Ok(HttpResponse::Ok().content_type("application/json").body(answer.body))
+    Ok(HttpResponse::Ok()
+        .content_type("application/json")
+        .body(answer.body))
 }
 
 /// The generated text of a chat completion body.
@@ -212,18 +248,27 @@ fn bill(state: &Arc<AppState>, call: &Admitted, usage: Usage) {
     billing::emit(Arc::clone(state), message);
 }
 
-async fn forward_stream(state: &Arc<AppState>, call: &Admitted, body: Value) -> Result<HttpResponse, ApiError> {
+async fn forward_stream(
+    state: &Arc<AppState>,
+    call: &Admitted,
+    body: Value,
+) -> Result<HttpResponse, ApiError> {
     let route = &call.route;
     let client_wants_usage = body
         .pointer("/stream_options/include_usage")
         .and_then(Value::as_bool)
         .unwrap_or(false);
-    let stream = with_failover(&state.routing.keys, route.provider_id, state.max_failover_attempts, |key| {
-        let target = target(route, key.secret());
-        let client = state.upstream.clone();
-        let body = body.clone();
-        async move { client.chat_stream(&target, body, client_wants_usage).await }
-    })
+    let stream = with_failover(
+        &state.routing.keys,
+        route.provider_id,
+        state.max_failover_attempts,
+        |key| {
+            let target = target(route, key.secret());
+            let client = state.upstream.clone();
+            let body = body.clone();
+            async move { client.chat_stream(&target, body, client_wants_usage).await }
+        },
+    )
     .await
     .map_err(upstream_error)?;
     let usage = stream.usage();

@@ -52,7 +52,10 @@ fn collect_text(content: Option<&Value>, out: &mut String) {
 /// An upper bound of the prompt's tokens without tokenizing: byte-level BPE never makes more
 /// tokens than bytes, plus the framing overhead. Used only to size the hold.
 pub fn prompt_upper_bound(body: &Value, text: &str) -> u64 {
-    let messages = body.get("messages").and_then(Value::as_array).map_or(0, Vec::len) as u64;
+    let messages = body
+        .get("messages")
+        .and_then(Value::as_array)
+        .map_or(0, Vec::len) as u64;
     text.len() as u64 + messages * PER_MESSAGE_OVERHEAD + PER_REQUEST_OVERHEAD
 }
 
@@ -90,10 +93,18 @@ mod tests {
 
     #[test]
     fn the_upper_bound_is_at_least_the_tokenizer_count() {
-        for content in ["hello world", "你好，世界！这是一个测试。", "🙂🙂🙂 emoji", &"long ".repeat(500)] {
+        for content in [
+            "hello world",
+            "你好，世界！这是一个测试。",
+            "🙂🙂🙂 emoji",
+            &"long ".repeat(500),
+        ] {
             let body = json!({"messages": [{"role": "user", "content": content}]});
             let text = prompt_text(&body);
-            assert!(prompt_upper_bound(&body, &text) >= count_prompt(&text, 1), "{content}");
+            assert!(
+                prompt_upper_bound(&body, &text) >= count_prompt(&text, 1),
+                "{content}"
+            );
         }
     }
 

@@ -1,0 +1,564 @@
+//! The synchronous model call end to end: gateway-api, billing-worker and the mock LLM, with
+//! real Postgres and RabbitMQ.
+
+use std::str::FromStr;
+
+use bigdecimal::BigDecimal;
+use domain::{Money, Pricing, Usage};
+use futures_util::StreamExt;
+use integration_tests::{
+    BillingWorker, Credential, INPUT_PER_MILLION, OUTPUT_PER_MILLION, eventually, spawn_app,
+};
+use mock_llm::MockConfig;
+use reqwest::Method;
+use serde_json::{Value, json};
+
+fn dec(s: &str) -> BigDecimal {
+    BigDecimal::from_str(s).unwrap()
+}
+
+/// API.md's formula, computed independently of the gateway.
+fn expected_cost(prompt: u64, completion: u64) -> BigDecimal {
+    let pricing = Pricing {
+        input_per_million: Some(Money::parse(INPUT_PER_MILLION).unwrap()),
+        output_per_million: Some(Money::parse(OUTPUT_PER_MILLION).unwrap()),
+        cached_input_per_million: None,
+        per_image: None,
+        per_request: None,
+    };
+    let usage = Usage {
+        prompt_tokens: prompt,
+        completion_tokens: completion,
+        ..Usage::default()
+    };
+    pricing.cost(&usage).unwrap().into_decimal()
+}
+
+async fn mock(config: MockConfig) -> mock_llm::MockServer {
+    mock_llm::start(config, "127.0.0.1", 0).await.unwrap()
+}
+
+fn chat(model: &str, prompt: &str) -> Value {
+    json!({"model": model, "messages": [{"role": "user", "content": prompt}], "max_tokens": 16})
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_call_is_answered_and_billed_exactly_by_the_formula() {
+    let app = spawn_app().await;
+    let worker = BillingWorker::start(&app).await;
+    let setup = app
+        .chat_setup(mock(MockConfig::default()).await, &[("good-key", 1)], "10")
+        .await;
+
+    let reply = app
+        .send(
+            Method::POST,
+            "/v1/chat/completions",
+            Credential::Bearer(&setup.access_key),
+            Some(chat(&setup.model, "one two three four five")),
+        )
+        .await;
+    let body = reply.assert_status(200);
+    assert_eq!(body["object"], "chat.completion");
+    assert_eq!(
+        body["model"], "demo-chat",
+        "the public name comes back, not the upstream one"
+    );
+    assert_eq!(body["usage"]["prompt_tokens"], 5);
+    assert_eq!(body["usage"]["completion_tokens"], 16);
+
+    let usage = eventually(10, || async {
+        let rows = app.usage_of(setup.user_id).await;
+        (rows.len() == 1).then_some(rows)
+    })
+    .await;
+    let cost = expected_cost(5, 16);
+    assert_eq!(cost, dec("0.00001035"));
+    assert_eq!(usage[0], (5, 16, cost.clone()));
+    let (balance, ledger) = app.balance_and_ledger_sum(setup.user_id).await;
+    assert_eq!(balance, dec("10") - cost);
+    assert_eq!(balance, ledger);
+    assert_eq!(app.open_holds(setup.user_id).await, 0);
+    app.assert_books_balance().await;
+
+    // The seed's alias and header work the same way.
+    let alias = app
+        .send(
+            Method::POST,
+            "/v1/chat",
+            Credential::AccessKeyHeader(&setup.access_key),
+            Some(chat(&setup.model, "hello")),
+        )
+        .await;
+    alias.assert_status(200);
+    eventually(10, || async {
+        (app.usage_of(setup.user_id).await.len() == 2).then_some(())
+    })
+    .await;
+    worker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn streaming_passes_chunks_through_and_bills_the_reported_usage() {
+    let app = spawn_app().await;
+    let worker = BillingWorker::start(&app).await;
+    let setup = app
+        .chat_setup(mock(MockConfig::default()).await, &[("good-key", 1)], "10")
+        .await;
+
+    let mut request = chat(&setup.model, "alpha beta gamma");
+    request["stream"] = json!(true);
+    let reply = app
+        .send(
+            Method::POST,
+            "/v1/chat/completions",
+            Credential::Bearer(&setup.access_key),
+            Some(request.clone()),
+        )
+        .await;
+    assert_eq!(reply.status, 200);
+    assert!(
+        reply.headers["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/event-stream")
+    );
+    let events: Vec<&str> = reply
+        .text
+        .split("\n\n")
+        .filter(|e| !e.trim().is_empty())
+        .collect();
+    assert_eq!(*events.last().unwrap(), "data: [DONE]");
+    assert!(
+        events.iter().all(|e| !e.contains("mock-gpt")),
+        "upstream model name leaked"
+    );
+    // The client did not ask for usage: the extra usage chunk is hidden.
+    assert!(!reply.text.contains("\"prompt_tokens\""), "{}", reply.text);
+    let text: String = events[..events.len() - 1]
+        .iter()
+        .filter_map(|e| serde_json::from_str::<Value>(e.trim_start_matches("data: ")).ok())
+        .filter_map(|v| {
+            v["choices"][0]["delta"]["content"]
+                .as_str()
+                .map(str::to_owned)
+        })
+        .collect();
+    assert_eq!(text.split_whitespace().count(), 16);
+
+    // Asked for usage: it is passed through.
+    request["stream_options"] = json!({"include_usage": true});
+    let with_usage = app
+        .send(
+            Method::POST,
+            "/v1/chat/completions",
+            Credential::Bearer(&setup.access_key),
+            Some(request),
+        )
+        .await;
+    assert!(
+        with_usage.text.contains("\"prompt_tokens\":3"),
+        "{}",
+        with_usage.text
+    );
+
+    let rows = eventually(10, || async {
+        let rows = app.usage_of(setup.user_id).await;
+        (rows.len() == 2).then_some(rows)
+    })
+    .await;
+    for row in &rows {
+        assert_eq!(*row, (3, 16, expected_cost(3, 16)));
+    }
+    app.assert_books_balance().await;
+    worker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn unknown_models_bad_bodies_and_short_balances_are_refused_without_a_charge() {
+    let app = spawn_app().await;
+    let setup = app
+        .chat_setup(mock(MockConfig::default()).await, &[("good-key", 1)], "0")
+        .await;
+    let key = Credential::Bearer(&setup.access_key);
+    let call = |body: Value| {
+        app.send(
+            Method::POST,
+            "/v1/chat/completions",
+            Credential::Bearer(&setup.access_key),
+            Some(body),
+        )
+    };
+    let _ = key;
+
+    call(chat("no-such-model", "hi"))
+        .await
+        .assert_error(404, "model_not_found");
+    call(json!({"messages": [{"role": "user", "content": "hi"}]}))
+        .await
+        .assert_error(400, "invalid_request");
+    call(json!({"model": setup.model, "messages": []}))
+        .await
+        .assert_error(400, "invalid_request");
+    call(json!({"model": setup.model, "messages": [{"role": "user", "content": "x"}], "max_tokens": 100000})).await.assert_error(400, "invalid_request");
+    call(json!({"model": setup.model, "messages": [{"role": "user", "content": "x"}], "max_tokens": -1})).await.assert_error(400, "invalid_request");
+    call(json!({"model": setup.model, "messages": [{"role": "user", "content": "x"}], "stream": "yes"})).await.assert_error(400, "invalid_request");
+    // No balance: 402 before any upstream call.
+    call(chat(&setup.model, "hi"))
+        .await
+        .assert_error(402, "insufficient_balance");
+    assert_eq!(setup.mock.calls(), 0);
+    assert_eq!(app.count("balance_holds").await, 0);
+    // No credential, a revoked key.
+    app.send(
+        Method::POST,
+        "/v1/chat/completions",
+        Credential::None,
+        Some(chat(&setup.model, "hi")),
+    )
+    .await
+    .assert_error(401, "unauthorized");
+    app.send(
+        Method::POST,
+        "/v1/chat/completions",
+        Credential::Bearer(&setup.token),
+        Some(chat(&setup.model, "hi")),
+    )
+    .await
+    .assert_error(401, "unauthorized");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failing_key_fails_over_and_an_upstream_failure_costs_nothing() {
+    let app = spawn_app().await;
+    let worker = BillingWorker::start(&app).await;
+    // The failing key is picked first almost always (weight), the good one answers.
+    let setup = app
+        .chat_setup(
+            mock(MockConfig::default()).await,
+            &[("fail-500", 1000), ("good-key", 1)],
+            "10",
+        )
+        .await;
+    let reply = app
+        .send(
+            Method::POST,
+            "/v1/chat/completions",
+            Credential::Bearer(&setup.access_key),
+            Some(chat(&setup.model, "hi there")),
+        )
+        .await;
+    reply.assert_status(200);
+    assert!(setup.mock.calls_with_key("good-key") >= 1);
+    eventually(10, || async {
+        (app.usage_of(setup.user_id).await.len() == 1).then_some(())
+    })
+    .await;
+
+    let before = app.balance_and_ledger_sum(setup.user_id).await.0;
+    // The provider refusing the request itself (400) is the client's error, passed through,
+    // and not a reason to fail over.
+    let calls_before = setup.mock.calls();
+    let refused = app
+        .send(
+            Method::POST,
+            "/v1/chat/completions",
+            Credential::Bearer(&setup.access_key),
+            Some(chat(&setup.model, "bad [[status:400]]")),
+        )
+        .await;
+    refused.assert_error(400, "invalid_request");
+    assert_eq!(setup.mock.calls(), calls_before + 1);
+    assert_eq!(app.open_holds(setup.user_id).await, 0);
+    // Every key fails for this prompt: 502, the hold released, nothing charged.
+    let failed = app
+        .send(
+            Method::POST,
+            "/v1/chat/completions",
+            Credential::Bearer(&setup.access_key),
+            Some(chat(&setup.model, "boom [[status:500]]")),
+        )
+        .await;
+    failed.assert_error(502, "upstream_error");
+    assert_eq!(app.open_holds(setup.user_id).await, 0);
+    // Both keys now cool down: the next call is refused at once with 503, also for free.
+    let cooling = app
+        .send(
+            Method::POST,
+            "/v1/chat/completions",
+            Credential::Bearer(&setup.access_key),
+            Some(chat(&setup.model, "hi")),
+        )
+        .await;
+    cooling.assert_error(503, "unavailable");
+    assert_eq!(app.open_holds(setup.user_id).await, 0);
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert_eq!(app.usage_of(setup.user_id).await.len(), 1);
+    assert_eq!(app.balance_and_ledger_sum(setup.user_id).await.0, before);
+    app.assert_books_balance().await;
+    worker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_hundred_concurrent_calls_against_a_balance_for_fifty() {
+    let app = spawn_app().await;
+    let worker = BillingWorker::start(&app).await;
+    // Slow enough that all 200 admissions happen while the first holds are still open (a
+    // settled call frees the unused part of its hold, which would admit more).
+    let setup = app
+        .chat_setup(
+            mock(MockConfig {
+                latency_ms: 3000,
+                ..MockConfig::default()
+            })
+            .await,
+            &[("good-key", 1)],
+            "1",
+        )
+        .await;
+    let body = json!({"model": setup.model, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 16});
+    let one_hold = {
+        // What the gateway reserves for this body: prompt upper bound + max_tokens, priced.
+        let reply = app
+            .send(
+                Method::POST,
+                "/v1/chat/completions",
+                Credential::Bearer(&setup.access_key),
+                Some(body.clone()),
+            )
+            .await;
+        reply.assert_status(200);
+        eventually(10, || async {
+            (app.usage_of(setup.user_id).await.len() == 1).then_some(())
+        })
+        .await;
+        let text = integration_tests_hold_amount(&app, setup.user_id).await;
+        text
+    };
+    // Set the balance to exactly 50 holds.
+    let (balance, _) = app.balance_and_ledger_sum(setup.user_id).await;
+    let target = one_hold.clone() * BigDecimal::from(50);
+    let delta = Money::from_decimal_rounded(target.clone() - balance).unwrap();
+    app.post(
+        &format!("/v1/admin/users/{}/balance-adjustments", setup.user_id),
+        app.admin_token(),
+        json!({"amount": delta.to_string(), "reason": "exactly fifty calls"}),
+    )
+    .await
+    .assert_status(200);
+    let start = app.balance_and_ledger_sum(setup.user_id).await.0;
+    assert_eq!(start, target);
+
+    let calls = (0..200).map(|_| {
+        app.send(
+            Method::POST,
+            "/v1/chat/completions",
+            Credential::Bearer(&setup.access_key),
+            Some(body.clone()),
+        )
+    });
+    let replies = futures_util::future::join_all(calls).await;
+    let ok = replies.iter().filter(|r| r.status == 200).count();
+    let refused = replies.iter().filter(|r| r.status == 402).count();
+    assert_eq!(ok, 50, "exactly the 50 affordable calls are admitted");
+    assert_eq!(ok + refused, 200);
+
+    let settled = eventually(20, || async {
+        let rows = app.usage_of(setup.user_id).await;
+        (rows.len() == ok + 1).then_some(rows)
+    })
+    .await;
+    let billed: BigDecimal = settled[1..].iter().map(|r| r.2.clone()).sum();
+    let end = app.balance_and_ledger_sum(setup.user_id).await.0;
+    assert_eq!(end, start - billed);
+    assert!(end >= BigDecimal::from(0));
+    assert_eq!(app.open_holds(setup.user_id).await, 0);
+    app.assert_books_balance().await;
+    worker.stop().await;
+}
+
+/// The amount the gateway held for the user's latest call.
+async fn integration_tests_hold_amount(
+    app: &integration_tests::TestApp,
+    user_id: i64,
+) -> BigDecimal {
+    use diesel::{ExpressionMethods, QueryDsl};
+    use diesel_async::RunQueryDsl;
+    use persistence::schema::balance_holds;
+    let mut conn = app.pool.get().await.unwrap();
+    balance_holds::table
+        .filter(balance_holds::user_id.eq(user_id))
+        .order(balance_holds::id.desc())
+        .select(balance_holds::amount)
+        .first(&mut conn)
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_that_disconnects_mid_stream_is_billed_for_what_was_generated() {
+    let app = spawn_app().await;
+    let worker = BillingWorker::start(&app).await;
+    let slow = MockConfig {
+        stream_chunk_delay_ms: 100,
+        completion_tokens: 50,
+        ..MockConfig::default()
+    };
+    let setup = app
+        .chat_setup(mock(slow).await, &[("good-key", 1)], "10")
+        .await;
+    let mut body = chat(&setup.model, "tell me a long story");
+    body["max_tokens"] = json!(50);
+    body["stream"] = json!(true);
+    let response = app
+        .client
+        .post(format!("{}/v1/chat/completions", app.address))
+        .bearer_auth(&setup.access_key)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let mut stream = response.bytes_stream();
+    let mut received = 0;
+    while received < 5 {
+        let chunk = stream.next().await.unwrap().unwrap();
+        received += String::from_utf8_lossy(&chunk).matches("data: ").count();
+    }
+    drop(stream);
+
+    let rows = eventually(15, || async {
+        let rows = app.usage_of(setup.user_id).await;
+        (rows.len() == 1).then_some(rows)
+    })
+    .await;
+    let (prompt, completion, cost) = rows[0].clone();
+    assert!(prompt > 0);
+    assert!(
+        completion >= 3 && completion < 50,
+        "billed {completion} completion tokens of a stream cut after ~5 chunks"
+    );
+    assert_eq!(cost, expected_cost(prompt as u64, completion as u64));
+    assert_eq!(app.open_holds(setup.user_id).await, 0);
+    app.assert_books_balance().await;
+    worker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn calls_succeed_while_billing_worker_is_down_and_settle_when_it_returns() {
+    let app = spawn_app().await;
+    let setup = app
+        .chat_setup(mock(MockConfig::default()).await, &[("good-key", 1)], "10")
+        .await;
+    for _ in 0..5 {
+        app.send(
+            Method::POST,
+            "/v1/chat/completions",
+            Credential::Bearer(&setup.access_key),
+            Some(chat(&setup.model, "one two")),
+        )
+        .await
+        .assert_status(200);
+    }
+    assert_eq!(
+        app.usage_of(setup.user_id).await.len(),
+        0,
+        "nothing settles without the worker"
+    );
+    let worker = BillingWorker::start(&app).await;
+    let rows = eventually(15, || async {
+        let rows = app.usage_of(setup.user_id).await;
+        (rows.len() == 5).then_some(rows)
+    })
+    .await;
+    let billed: BigDecimal = rows.iter().map(|r| r.2.clone()).sum();
+    assert_eq!(billed, expected_cost(2, 16) * BigDecimal::from(5));
+    assert_eq!(
+        app.balance_and_ledger_sum(setup.user_id).await.0,
+        dec("10") - billed
+    );
+    app.assert_books_balance().await;
+    worker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_redelivered_billing_message_charges_nothing_more() {
+    let app = spawn_app().await;
+    let worker = BillingWorker::start(&app).await;
+    let setup = app
+        .chat_setup(mock(MockConfig::default()).await, &[("good-key", 1)], "10")
+        .await;
+    app.send(
+        Method::POST,
+        "/v1/chat/completions",
+        Credential::Bearer(&setup.access_key),
+        Some(chat(&setup.model, "a b c")),
+    )
+    .await
+    .assert_status(200);
+    eventually(10, || async {
+        (app.usage_of(setup.user_id).await.len() == 1).then_some(())
+    })
+    .await;
+    let after_first = app.balance_and_ledger_sum(setup.user_id).await.0;
+
+    // Publish the very charge again, as a redelivery would.
+    let request_id: uuid::Uuid = {
+        use diesel::{ExpressionMethods, QueryDsl};
+        use diesel_async::RunQueryDsl;
+        use persistence::schema::usage_logs;
+        let mut conn = app.pool.get().await.unwrap();
+        usage_logs::table
+            .filter(usage_logs::user_id.eq(setup.user_id))
+            .select(usage_logs::request_id)
+            .first(&mut conn)
+            .await
+            .unwrap()
+    };
+    let message = domain::BillingMessage {
+        request_id,
+        user_id: setup.user_id,
+        access_key_id: None,
+        model_id: 1,
+        model_name: setup.model.clone(),
+        usage: Usage {
+            prompt_tokens: 3,
+            completion_tokens: 16,
+            ..Usage::default()
+        },
+        cost: Money::from_decimal_rounded(expected_cost(3, 16)).unwrap(),
+        hold_id: None,
+        occurred_at: chrono::Utc::now(),
+    };
+    let broker = messaging::Broker::connect(app.settings.broker.clone())
+        .await
+        .unwrap();
+    for _ in 0..3 {
+        broker
+            .publish_json(
+                messaging::BILLING_LOG_QUEUE,
+                &message.to_json_bytes(),
+                &request_id.to_string(),
+            )
+            .await
+            .unwrap();
+    }
+    // A fresh call after the duplicates: once it is settled, the duplicates were consumed before it.
+    app.send(
+        Method::POST,
+        "/v1/chat/completions",
+        Credential::Bearer(&setup.access_key),
+        Some(chat(&setup.model, "x")),
+    )
+    .await
+    .assert_status(200);
+    eventually(10, || async {
+        (app.usage_of(setup.user_id).await.len() == 2).then_some(())
+    })
+    .await;
+    let end = app.balance_and_ledger_sum(setup.user_id).await.0;
+    assert_eq!(end, after_first - expected_cost(1, 16));
+    app.assert_books_balance().await;
+    broker.close().await;
+    worker.stop().await;
+}
