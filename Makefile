@@ -3,12 +3,12 @@ SHELL := /bin/bash
 CARGO ?= cargo
 DB_NAME ?= ai_gateway
 
-.PHONY: run test services lint fmt migrate build clean-test-dbs
+.PHONY: run test services sdk-deps lint fmt migrate build clean-test-dbs
 
 run:
 	deploy/local/run.sh
 
-test: services clean-test-dbs
+test: services clean-test-dbs sdk-deps
 	@if $(CARGO) nextest --version >/dev/null 2>&1; then \
 		$(CARGO) nextest run --workspace --no-fail-fast; \
 	else \
@@ -18,6 +18,13 @@ test: services clean-test-dbs
 
 services:
 	deploy/local/ensure-services.sh
+
+# The official OpenAI SDKs the end-to-end tests drive (PyPI and npm, pinned).
+sdk-deps:
+	@[ -x .run/sdk-venv/bin/python ] || python3 -m venv .run/sdk-venv
+	@.run/sdk-venv/bin/python -c "import openai" 2>/dev/null \
+		|| .run/sdk-venv/bin/pip install -q -r tests/sdk/requirements.txt
+	@[ -d tests/sdk/node_modules/openai ] || (cd tests/sdk && npm ci --no-audit --no-fund --loglevel=error)
 
 # Test databases are named gwtest_<uuid>; drop what earlier runs left behind.
 clean-test-dbs:

@@ -40,6 +40,7 @@ stop() {
 }
 trap stop INT TERM EXIT
 
+"$bin/mock-llm" --host 127.0.0.1 --port "${MOCK_PORT:-9200}" & pids+=($!)
 "$bin/gateway-api" & pids+=($!)
 "$bin/invocation-worker" & pids+=($!)
 "$bin/billing-worker" & pids+=($!)
@@ -48,6 +49,7 @@ for _ in $(seq 1 100); do
     curl -fsS "http://$HOST:$PORT/readyz" >/dev/null 2>&1 && break
     sleep 0.2
 done
+API="http://$HOST:$PORT" MOCK_URL="http://127.0.0.1:${MOCK_PORT:-9200}/v1" deploy/local/seed-demo.py || true
 cat <<INFO
 
   AI gateway is running (Ctrl-C stops all three services)
@@ -55,6 +57,7 @@ cat <<INFO
     Docs:     http://$HOST:$PORT/docs/
     OpenAPI:  http://$HOST:$PORT/openapi.json
     Admin:    $ADMIN_EMAIL / $ADMIN_PASSWORD  (only created when no admin exists yet)
+    Mock LLM: http://127.0.0.1:${MOCK_PORT:-9200}/v1 (registered as provider mock-llm; models demo-chat, demo-image)
     Workers:  invocation-worker http://127.0.0.1:9101/healthz, billing-worker http://127.0.0.1:9102/healthz
 
 INFO

@@ -332,8 +332,7 @@ async fn two_hundred_concurrent_calls_against_a_balance_for_fifty() {
             (app.usage_of(setup.user_id).await.len() == 1).then_some(())
         })
         .await;
-        let text = integration_tests_hold_amount(&app, setup.user_id).await;
-        text
+        hold_amount(&app, setup.user_id).await
     };
     // Set the balance to exactly 50 holds.
     let (balance, _) = app.balance_and_ledger_sum(setup.user_id).await;
@@ -371,17 +370,14 @@ async fn two_hundred_concurrent_calls_against_a_balance_for_fifty() {
     let billed: BigDecimal = settled[1..].iter().map(|r| r.2.clone()).sum();
     let end = app.balance_and_ledger_sum(setup.user_id).await.0;
     assert_eq!(end, start - billed);
-    assert!(end >= BigDecimal::from(0));
+    assert!(end >= 0);
     assert_eq!(app.open_holds(setup.user_id).await, 0);
     app.assert_books_balance().await;
     worker.stop().await;
 }
 
 /// The amount the gateway held for the user's latest call.
-async fn integration_tests_hold_amount(
-    app: &integration_tests::TestApp,
-    user_id: i64,
-) -> BigDecimal {
+async fn hold_amount(app: &integration_tests::TestApp, user_id: i64) -> BigDecimal {
     use diesel::{ExpressionMethods, QueryDsl};
     use diesel_async::RunQueryDsl;
     use persistence::schema::balance_holds;
@@ -435,7 +431,7 @@ async fn a_client_that_disconnects_mid_stream_is_billed_for_what_was_generated()
     let (prompt, completion, cost) = rows[0].clone();
     assert!(prompt > 0);
     assert!(
-        completion >= 3 && completion < 50,
+        (3..50).contains(&completion),
         "billed {completion} completion tokens of a stream cut after ~5 chunks"
     );
     assert_eq!(cost, expected_cost(prompt as u64, completion as u64));

@@ -8,3 +8,4 @@ mod chat;
 mod health;
 mod identity;
 mod orders;
+mod sdk;

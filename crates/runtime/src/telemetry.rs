@@ -14,7 +14,9 @@ pub enum LogFormat {
 
 /// Installs the global subscriber; later calls (many apps built in one test process) are no-ops.
 pub fn init(service_name: &str, format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    // amqprs logs every channel open and close at info: too chatty for operators.
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,amqprs=warn"));
     let builder = tracing_subscriber::fmt().with_env_filter(filter);
     let installed = match format {
         LogFormat::Pretty => builder.try_init().is_ok(),

@@ -128,7 +128,7 @@ fn record(message: &BillingMessage, result: &Settlement) {
             metrics::counter!("billing_settlements_total", "outcome" => "settled").increment(1);
             let lag = chrono::Utc::now() - message.occurred_at;
             metrics::histogram!("billing_lag_seconds")
-                .record(lag.num_milliseconds().max(0) as f64 / 1000.0);
+                .record(lag.to_std().unwrap_or_default().as_secs_f64());
         }
         Settlement::AlreadySettled => {
             metrics::counter!("billing_settlements_total", "outcome" => "duplicate").increment(1);

@@ -112,13 +112,11 @@ pub async fn reload_routes_after_write(
         .app_data::<actix_web::web::Data<crate::state::AppState>>()
         .cloned();
     let response = next.call(req).await?;
-    if writes && response.status().is_success() {
-        if let Some(state) = state {
-            if let Err(error) = state.reload_routing().await {
-                // The periodic reload tries again.
-                tracing::warn!(%error, "reloading routes after a catalog change");
-            }
-        }
+    if let Some(state) = state.filter(|_| writes && response.status().is_success())
+        && let Err(error) = state.reload_routing().await
+    {
+        // The periodic reload tries again.
+        tracing::warn!(%error, "reloading routes after a catalog change");
     }
     Ok(response)
 }

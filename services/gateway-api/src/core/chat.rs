@@ -117,10 +117,10 @@ pub async fn complete(
                 "model {model:?} does not exist or is not a chat model"
             ))
         })?;
-    if !body
+    if body
         .get("messages")
         .and_then(Value::as_array)
-        .is_some_and(|m| !m.is_empty())
+        .is_none_or(Vec::is_empty)
     {
         return Err(invalid("messages must be a non-empty array"));
     }
@@ -331,10 +331,10 @@ impl Stream for BilledStream {
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let polled = Pin::new(&mut self.inner).poll_next(cx);
-        if let Poll::Ready(None) = polled {
-            if let Some(end) = self.on_end.take() {
-                end.finish();
-            }
+        if matches!(polled, Poll::Ready(None))
+            && let Some(end) = self.on_end.take()
+        {
+            end.finish();
         }
         polled
     }
