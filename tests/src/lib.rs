@@ -117,12 +117,18 @@ pub struct TestApp {
 
 /// A running gateway-api with its own database, the bootstrap admin signed in.
 pub async fn spawn_app() -> TestApp {
+    spawn_app_with(|_| {}).await
+}
+
+/// Like [`spawn_app`], with the settings adjusted first.
+pub async fn spawn_app_with(adjust: impl FnOnce(&mut Settings)) -> TestApp {
     TRACING.call_once(|| {
         if std::env::var("TEST_LOG").is_ok() {
             runtime::telemetry::init("tests", runtime::telemetry::LogFormat::Pretty);
         }
     });
-    let settings = test_settings(create_database().await);
+    let mut settings = test_settings(create_database().await);
+    adjust(&mut settings);
     let app = gateway_api::Application::build(settings.clone())
         .await
         .unwrap();
@@ -597,5 +603,60 @@ impl TestApp {
         let mut conn = self.pool.get().await.unwrap();
         let mismatches = persistence::billing::reconcile(&mut conn).await.unwrap();
         assert!(mismatches.is_empty(), "reconcile failed: {mismatches:?}");
+    }
+}
+
+/// A TCP proxy in front of RabbitMQ, so one test can take "the broker" down and bring it back
+/// without touching the real broker other tests share.
+pub struct BrokerOutage {
+    port: u16,
+    target: std::net::SocketAddr,
+    running: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl BrokerOutage {
+    pub async fn start() -> BrokerOutage {
+        let mut proxy = BrokerOutage {
+            port: 0,
+            target: "127.0.0.1:5672".parse().unwrap(),
+            running: None,
+        };
+        proxy.restore().await;
+        proxy
+    }
+
+    /// The broker URL that goes through the proxy.
+    pub fn url(&self) -> String {
+        format!("amqp://guest:guest@127.0.0.1:{}/%2f", self.port)
+    }
+
+    /// Drops every proxied connection and refuses new ones, as a stopped broker would.
+    pub async fn cut(&mut self) {
+        if let Some(running) = self.running.take() {
+            running.abort();
+            let _ = running.await;
+        }
+    }
+
+    /// Accepts connections again, on the same port.
+    pub async fn restore(&mut self) {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_reuseaddr(true).unwrap();
+        socket.bind(format!("127.0.0.1:{}", self.port).parse().unwrap()).unwrap();
+        let listener = socket.listen(128).unwrap();
+        self.port = listener.local_addr().unwrap().port();
+        let target = self.target;
+        self.running = Some(tokio::spawn(async move {
+            // Connection tasks live in this set: aborting the accept loop drops them all.
+            let mut connections = tokio::task::JoinSet::new();
+            loop {
+                let Ok((mut inbound, _)) = listener.accept().await else { break };
+                connections.spawn(async move {
+                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+            }
+        }));
     }
 }
