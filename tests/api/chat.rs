@@ -569,22 +569,39 @@ async fn with_the_broker_down_during_calls_no_charge_is_lost_and_none_doubled() 
     })
     .await;
     let worker = BillingWorker::start(&app).await;
-    let setup = app.chat_setup(mock(MockConfig::default()).await, &[("good-key", 1)], "10").await;
-    let call = || app.send(Method::POST, "/v1/chat/completions", Credential::Bearer(&setup.access_key), Some(chat(&setup.model, "one two three")));
+    let setup = app
+        .chat_setup(mock(MockConfig::default()).await, &[("good-key", 1)], "10")
+        .await;
+    let call = || {
+        app.send(
+            Method::POST,
+            "/v1/chat/completions",
+            Credential::Bearer(&setup.access_key),
+            Some(chat(&setup.model, "one two three")),
+        )
+    };
 
     for _ in 0..3 {
         call().await.assert_status(200);
     }
-    eventually(10, || async { (app.usage_of(setup.user_id).await.len() == 3).then_some(()) }).await;
+    eventually(10, || async {
+        (app.usage_of(setup.user_id).await.len() == 3).then_some(())
+    })
+    .await;
 
     // The broker goes away: calls still succeed; their charges wait in the outbox.
     outage.cut().await;
     for _ in 0..10 {
         call().await.assert_status(200);
     }
-    let metrics = app.send(Method::GET, "/metrics", Credential::None, None).await;
+    let metrics = app
+        .send(Method::GET, "/metrics", Credential::None, None)
+        .await;
     assert!(
-        metrics.text.lines().any(|l| l.starts_with("billing_published_total{path=\"outbox\"}")),
+        metrics
+            .text
+            .lines()
+            .any(|l| l.starts_with("billing_published_total{path=\"outbox\"}")),
         "the outage's charges must have gone through the outbox"
     );
     // Back again: everything is settled exactly once (outbox by the sweeper, anything the
@@ -600,7 +617,10 @@ async fn with_the_broker_down_during_calls_no_charge_is_lost_and_none_doubled() 
     assert_eq!(rows_after.len(), 13, "every call billed once: {rows:?}");
     let billed: BigDecimal = rows_after.iter().map(|r| r.2.clone()).sum();
     assert_eq!(billed, expected_cost(3, 16) * BigDecimal::from(13));
-    assert_eq!(app.balance_and_ledger_sum(setup.user_id).await.0, dec("10") - billed);
+    assert_eq!(
+        app.balance_and_ledger_sum(setup.user_id).await.0,
+        dec("10") - billed
+    );
     assert_eq!(app.count("billing_outbox").await, 0);
     assert_eq!(app.open_holds(setup.user_id).await, 0);
     app.assert_books_balance().await;

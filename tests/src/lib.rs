@@ -642,7 +642,9 @@ impl BrokerOutage {
     pub async fn restore(&mut self) {
         let socket = tokio::net::TcpSocket::new_v4().unwrap();
         socket.set_reuseaddr(true).unwrap();
-        socket.bind(format!("127.0.0.1:{}", self.port).parse().unwrap()).unwrap();
+        socket
+            .bind(format!("127.0.0.1:{}", self.port).parse().unwrap())
+            .unwrap();
         let listener = socket.listen(128).unwrap();
         self.port = listener.local_addr().unwrap().port();
         let target = self.target;
@@ -650,7 +652,9 @@ impl BrokerOutage {
             // Connection tasks live in this set: aborting the accept loop drops them all.
             let mut connections = tokio::task::JoinSet::new();
             loop {
-                let Ok((mut inbound, _)) = listener.accept().await else { break };
+                let Ok((mut inbound, _)) = listener.accept().await else {
+                    break;
+                };
                 connections.spawn(async move {
                     if let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await {
                         let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;

@@ -1,0 +1,82 @@
+//! `billing-worker reconcile`: exit 0 when every balance equals its ledger and every hold total
+//! its open holds, non-zero (naming the user) when not.
+
+#![allow(clippy::unwrap_used)]
+
+use std::process::Command;
+
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+
+async fn migrated_database() -> String {
+    let base = "postgres://postgres@127.0.0.1:5432";
+    let name = format!("gwtest_{}", uuid::Uuid::new_v4().simple());
+    let mut admin = AsyncPgConnection::establish(&format!("{base}/postgres"))
+        .await
+        .unwrap();
+    diesel::sql_query(format!("CREATE DATABASE {name}"))
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    let url = format!("{base}/{name}");
+    let pool = persistence::build_pool(&persistence::DatabaseSettings {
+        url: url.clone(),
+        pool_max_size: 2,
+        pool_wait_timeout_ms: 5000,
+        connect_timeout_ms: 5000,
+    })
+    .unwrap();
+    persistence::run_migrations(&pool).await.unwrap();
+    url
+}
+
+fn reconcile(url: &str) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_billing-worker"))
+        .arg("reconcile")
+        .env("APP__DATABASE__URL", url)
+        .env("RUST_LOG", "error")
+        .output()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn reconcile_passes_on_sound_books_and_fails_on_a_tampered_balance() {
+    let url = migrated_database().await;
+    let mut conn = AsyncPgConnection::establish(&url).await.unwrap();
+    for sql in [
+        "INSERT INTO users (id, email, password_hash, balance) VALUES (7, 'a@x.io', 'h', 12.5)",
+        "INSERT INTO balance_ledger (user_id, delta, balance_after, kind, reference) VALUES (7, 12.5, 12.5, 'topup', 'ord_1')",
+        "INSERT INTO users (id, email, password_hash, balance, held) VALUES (8, 'b@x.io', 'h', 0, 0)",
+    ] {
+        diesel::sql_query(sql).execute(&mut conn).await.unwrap();
+    }
+    let sound = reconcile(&url);
+    assert!(
+        sound.status.success(),
+        "{}",
+        String::from_utf8_lossy(&sound.stderr)
+    );
+
+    diesel::sql_query("UPDATE users SET balance = balance + 0.00000001 WHERE id = 7")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let tampered = reconcile(&url);
+    assert_eq!(tampered.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&tampered.stderr).contains("user 7"));
+
+    diesel::sql_query("UPDATE users SET balance = 12.5 WHERE id = 7")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    diesel::sql_query("UPDATE users SET held = 1 WHERE id = 8")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let held = reconcile(&url);
+    assert_eq!(
+        held.status.code(),
+        Some(1),
+        "a held total without open holds is a mismatch"
+    );
+    assert!(String::from_utf8_lossy(&held.stderr).contains("user 8"));
+}
