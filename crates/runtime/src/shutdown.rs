@@ -47,23 +47,24 @@ where
     R: FnOnce(std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>) -> Fut,
     Fut: std::future::Future,
 {
-    let (fired, fired_seen) = tokio::sync::oneshot::channel::<()>();
+    // The trigger is watched here, not through `stop`: a run that never looks at `stop` must
+    // still be cut off after the grace.
+    let (fired, watch) = tokio::sync::watch::channel(false);
+    let mut seen = watch.clone();
     let stop = Box::pin(async move {
-        trigger.await;
-        let _ = fired.send(());
+        let _ = seen.wait_for(|fired| *fired).await;
     });
     let work = run(stop);
     tokio::pin!(work);
-    let deadline = async {
-        match fired_seen.await {
-            Ok(()) => tokio::time::sleep(grace).await,
-            // The run finished and dropped `stop` without a signal: no deadline.
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
+    tokio::pin!(trigger);
+    tokio::select! {
+        output = &mut work => return Ok(output),
+        () = &mut trigger => {}
+    }
+    let _ = fired.send(true);
     tokio::select! {
         output = &mut work => Ok(output),
-        () = deadline => Err(GraceExceeded(grace)),
+        () = tokio::time::sleep(grace) => Err(GraceExceeded(grace)),
     }
 }
 
