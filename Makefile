@@ -3,12 +3,12 @@ SHELL := /bin/bash
 CARGO ?= cargo
 DB_NAME ?= ai_gateway
 
-.PHONY: run test services sdk-deps lint fmt migrate build clean-test-dbs
+.PHONY: run test services sdk-deps lint fmt migrate build clean-test-dbs check-deploy
 
 run:
 	deploy/local/run.sh
 
-test: services clean-test-dbs sdk-deps
+test: services clean-test-dbs sdk-deps check-deploy
 	@if $(CARGO) nextest --version >/dev/null 2>&1; then \
 		$(CARGO) nextest run --workspace --no-fail-fast; \
 	else \
@@ -18,6 +18,11 @@ test: services clean-test-dbs sdk-deps
 
 services:
 	deploy/local/ensure-services.sh
+
+# Offline checks of deploy/ and k8s/: hadolint, kustomize render + Kubernetes/KEDA schemas,
+# compose schema, RabbitMQ definitions vs the code's topology, Grafana dashboard metrics.
+check-deploy:
+	deploy/check.sh
 
 # The official OpenAI SDKs the end-to-end tests drive (PyPI and npm, pinned).
 sdk-deps:

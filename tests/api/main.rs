@@ -7,5 +7,6 @@ mod catalog;
 mod chat;
 mod health;
 mod identity;
+mod jobs;
 mod orders;
 mod sdk;

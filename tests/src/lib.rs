@@ -102,6 +102,7 @@ pub fn test_settings(database_url: String) -> Settings {
         calls: CallSettings {
             hold_ttl_seconds: 60,
             catalog_refresh_ms: 1000,
+            allow_private_callbacks: true,
         },
     }
 }
@@ -470,6 +471,82 @@ impl BillingWorker {
     }
 }
 
+/// The master key of the test settings (base64), for workers that decrypt provider keys.
+pub fn test_master_key() -> String {
+    base64::engine::general_purpose::STANDARD.encode([42u8; 32])
+}
+
+pub const WEBHOOK_SECRET: &str = "webhook-secret-for-tests";
+
+/// Settings of an invocation-worker for this test's database and queues: short leases and
+/// retries so takeovers and backoff happen within a test.
+pub fn invocation_settings(app: &TestApp) -> invocation_worker::Settings {
+    let mut settings: invocation_worker::Settings =
+        runtime::config::load(invocation_worker::DEFAULT_CONFIG).unwrap();
+    settings.database.url = app.settings.database.url.clone();
+    settings.broker = app.settings.broker.clone();
+    settings.ops.port = 0;
+    settings.security.master_key = test_master_key();
+    settings.upstream = upstream::UpstreamSettings {
+        first_byte_timeout_ms: 2_000,
+        total_timeout_ms: 3_000,
+        cooldown_base_ms: 100,
+        cooldown_max_ms: 500,
+        ..upstream::UpstreamSettings::default()
+    };
+    settings.jobs.lease_seconds = 4;
+    settings.jobs.retry_base_ms = 100;
+    settings.jobs.retry_max_ms = 400;
+    settings.jobs.max_attempts = 3;
+    settings.jobs.stranded_after_seconds = 1;
+    settings.jobs.sweep_interval_ms = 200;
+    settings.jobs.catalog_refresh_ms = 500;
+    settings.webhooks.secret = Some(WEBHOOK_SECRET.to_owned());
+    settings.webhooks.retry_base_ms = 200;
+    settings.webhooks.allow_private_targets = true;
+    settings
+}
+
+/// An invocation-worker running in this process.
+pub struct InvocationWorker {
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl InvocationWorker {
+    pub async fn start(app: &TestApp) -> InvocationWorker {
+        Self::start_with(invocation_settings(app)).await
+    }
+
+    pub async fn start_with(settings: invocation_worker::Settings) -> InvocationWorker {
+        let worker = invocation_worker::Application::build(settings)
+            .await
+            .unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            worker
+                .run_until(async {
+                    let _ = stopped.await;
+                })
+                .await
+                .unwrap();
+        });
+        InvocationWorker {
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.await.unwrap();
+        }
+    }
+}
+
 /// Polls `check` until it returns `Some`, for up to `seconds`; never a fixed sleep.
 pub async fn eventually<T, F, Fut>(seconds: u64, mut check: F) -> T
 where
@@ -502,6 +579,8 @@ pub struct ChatSetup {
 /// Chat pricing of the e2e tests: 0.15 per million prompt tokens, 0.60 per million completion.
 pub const INPUT_PER_MILLION: &str = "0.15";
 pub const OUTPUT_PER_MILLION: &str = "0.60";
+/// Image pricing of the e2e tests.
+pub const PER_IMAGE: &str = "0.04";
 
 impl TestApp {
     /// Registers a started mock LLM with the given provider keys and a priced chat model, then
@@ -530,6 +609,16 @@ impl TestApp {
             .await
             .assert_status(201);
         }
+        self.post(
+            "/v1/admin/models",
+            &admin,
+            json!({
+                "name": "demo-image", "provider_id": provider_id, "upstream_model": "mock-image",
+                "kind": "image", "pricing": {"per_image": PER_IMAGE}
+            }),
+        )
+        .await
+        .assert_status(201);
         let model = "demo-chat".to_owned();
         self.post(
             "/v1/admin/models",
@@ -662,5 +751,108 @@ impl BrokerOutage {
                 });
             }
         }));
+    }
+}
+
+/// One request a [`WebhookReceiver`] got.
+#[derive(Debug, Clone)]
+pub struct ReceivedWebhook {
+    pub signature: Option<String>,
+    pub body: Vec<u8>,
+    pub answered: u16,
+}
+
+/// A tiny HTTP server on 127.0.0.1 that records webhook POSTs; it answers 500 to the first
+/// `fail_first` requests, then 200.
+pub struct WebhookReceiver {
+    pub url: String,
+    pub received: std::sync::Arc<std::sync::Mutex<Vec<ReceivedWebhook>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl WebhookReceiver {
+    pub async fn start(fail_first: usize) -> WebhookReceiver {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/hooks/job", listener.local_addr().unwrap());
+        let received = std::sync::Arc::new(std::sync::Mutex::new(Vec::<ReceivedWebhook>::new()));
+        let log = std::sync::Arc::clone(&received);
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((mut socket, _)) = listener.accept().await else {
+                    break;
+                };
+                let log = std::sync::Arc::clone(&log);
+                tokio::spawn(async move {
+                    let mut data = Vec::new();
+                    let mut buf = [0u8; 4096];
+                    // Read the head, then as many body bytes as Content-Length says.
+                    let (head_end, length) = loop {
+                        let Ok(n) = socket.read(&mut buf).await else {
+                            return;
+                        };
+                        if n == 0 {
+                            return;
+                        }
+                        data.extend_from_slice(&buf[..n]);
+                        if let Some(at) = data.windows(4).position(|w| w == b"\r\n\r\n") {
+                            let head = String::from_utf8_lossy(&data[..at]).to_lowercase();
+                            let length = head
+                                .lines()
+                                .find_map(|l| {
+                                    l.strip_prefix("content-length:")
+                                        .map(|v| v.trim().parse::<usize>().unwrap_or(0))
+                                })
+                                .unwrap_or(0);
+                            break (at + 4, length);
+                        }
+                    };
+                    while data.len() < head_end + length {
+                        let Ok(n) = socket.read(&mut buf).await else {
+                            return;
+                        };
+                        if n == 0 {
+                            break;
+                        }
+                        data.extend_from_slice(&buf[..n]);
+                    }
+                    let head = String::from_utf8_lossy(&data[..head_end]).to_string();
+                    let signature = head.lines().find_map(|l| {
+                        let (name, value) = l.split_once(':')?;
+                        name.eq_ignore_ascii_case("x-signature")
+                            .then(|| value.trim().to_owned())
+                    });
+                    let answered = {
+                        let mut log = log.lock().unwrap();
+                        let answered = if log.len() < fail_first { 500 } else { 200 };
+                        log.push(ReceivedWebhook {
+                            signature,
+                            body: data[head_end..].to_vec(),
+                            answered,
+                        });
+                        answered
+                    };
+                    let reply = format!(
+                        "HTTP/1.1 {answered} X\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+                    );
+                    let _ = socket.write_all(reply.as_bytes()).await;
+                });
+            }
+        });
+        WebhookReceiver {
+            url,
+            received,
+            task,
+        }
+    }
+
+    pub fn received(&self) -> Vec<ReceivedWebhook> {
+        self.received.lock().unwrap().clone()
+    }
+}
+
+impl Drop for WebhookReceiver {
+    fn drop(&mut self) {
+        self.task.abort();
     }
 }

@@ -39,13 +39,16 @@ macro_rules! text_enum {
 }
 
 pub mod identity;
+pub mod jobs;
 pub mod ledger;
 pub mod messages;
 pub mod money;
 pub mod pricing;
+pub mod signature;
 pub mod status;
 
 pub use identity::{Email, IdentityError, Password};
+pub use jobs::JobView;
 pub use ledger::LedgerKind;
 pub use messages::{BillingMessage, InvocationMessage};
 pub use money::{Money, MoneyError};

@@ -253,6 +253,17 @@ pub async fn outbox_delete(conn: &mut AsyncPgConnection, id: i64) -> Result<(), 
     Ok(())
 }
 
+/// Removes a request's outbox row once its message was confirmed by the broker.
+pub async fn outbox_delete_request(
+    conn: &mut AsyncPgConnection,
+    request_id: Uuid,
+) -> Result<(), StoreError> {
+    diesel::delete(billing_outbox::table.filter(billing_outbox::request_id.eq(request_id)))
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
 pub async fn outbox_len(conn: &mut AsyncPgConnection) -> Result<i64, StoreError> {
     Ok(billing_outbox::table.count().get_result(conn).await?)
 }

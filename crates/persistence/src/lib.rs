@@ -7,6 +7,7 @@ pub mod access_keys;
 pub mod billing;
 pub mod catalog;
 mod error;
+pub mod jobs;
 pub mod ledger;
 pub mod orders;
 mod page;

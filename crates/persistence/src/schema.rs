@@ -139,6 +139,21 @@ diesel::table! {
         cost -> Nullable<Numeric>,
         created_at -> Timestamptz,
         updated_at -> Timestamptz,
+        callback_url -> Nullable<Text>,
+        published_at -> Nullable<Timestamptz>,
+    }
+}
+
+diesel::table! {
+    webhook_deliveries (id) {
+        id -> Int8,
+        job_id -> Uuid,
+        url -> Text,
+        attempts -> Int4,
+        next_attempt_at -> Timestamptz,
+        delivered_at -> Nullable<Timestamptz>,
+        last_error -> Nullable<Text>,
+        created_at -> Timestamptz,
     }
 }
 
@@ -186,4 +201,5 @@ diesel::allow_tables_to_appear_in_same_query!(
     async_jobs,
     balance_holds,
     billing_outbox,
+    webhook_deliveries,
 );

@@ -13,6 +13,7 @@
 //! ```
 
 mod client;
+pub mod egress;
 mod error;
 mod pool;
 mod settings;

@@ -6,7 +6,6 @@ pub mod error;
 pub mod middleware;
 pub mod openapi;
 pub mod routes;
-pub mod routing;
 pub mod secrets;
 pub mod settings;
 pub mod startup;

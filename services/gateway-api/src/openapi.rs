@@ -3,7 +3,7 @@
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use crate::routes::{admin, auth, chat, health, me, models, orders};
+use crate::routes::{admin, auth, chat, health, jobs, me, models, orders};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -24,6 +24,7 @@ use crate::routes::{admin, auth, chat, health, me, models, orders};
         admin::delete_model,
         admin::list_orders, admin::list_usage_logs,
         models::list, chat::completions,
+        jobs::submit_image, jobs::get, jobs::list, jobs::admin_list,
     ),
     modifiers(&SecuritySchemes),
 )]

@@ -39,6 +39,7 @@ publish_confirm_timeout_ms = 5000
 [calls]
 hold_ttl_seconds = 900
 catalog_refresh_ms = 2000
+allow_private_callbacks = false
 "#;
 
 #[derive(Debug, Clone, Deserialize)]
@@ -68,6 +69,8 @@ pub struct CallSettings {
     /// How often the model catalog and provider keys are reloaded from Postgres (admin changes
     /// made through another replica take effect within this).
     pub catalog_refresh_ms: u64,
+    /// Job webhooks to loopback or private addresses are refused unless set (SSRF).
+    pub allow_private_callbacks: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -6,9 +6,8 @@ use persistence::{Pool, PooledConnection};
 use secrecy::{ExposeSecret, SecretString};
 
 use crate::error::ApiError;
-use crate::routing::Routing;
-use crate::secrets::SecretBox;
 use crate::settings::Settings;
+use catalog::{Routing, SecretBox};
 
 pub struct AppState {
     pub pool: Pool,
@@ -27,6 +26,7 @@ pub struct AppState {
     pub routing: Routing,
     pub hold_ttl_seconds: i64,
     pub max_failover_attempts: u32,
+    pub allow_private_callbacks: bool,
 }
 
 impl AppState {
@@ -55,12 +55,13 @@ impl AppState {
             routing: Routing::new(upstream::KeyPool::new(&settings.upstream)),
             hold_ttl_seconds: settings.calls.hold_ttl_seconds,
             max_failover_attempts: settings.upstream.max_failover_attempts,
+            allow_private_callbacks: settings.calls.allow_private_callbacks,
         }
     }
 
     /// Reloads the call path's routes and key pools (after an admin change, and periodically).
     pub async fn reload_routing(&self) -> Result<(), ApiError> {
-        self.routing.reload(&self.pool, &self.secret_box).await
+        Ok(self.routing.reload(&self.pool, &self.secret_box).await?)
     }
 
     pub async fn conn(&self) -> Result<PooledConnection, ApiError> {

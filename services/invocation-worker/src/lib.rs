@@ -8,13 +8,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use messaging::{
-    Broker, BrokerSettings, Consumer, ConsumerStatus, Delivery, Handler, MODEL_INVOCATION_QUEUE,
-    MessagingError, Outcome,
+    Broker, BrokerSettings, Consumer, ConsumerStatus, MODEL_INVOCATION_QUEUE, MessagingError,
 };
 use persistence::{DatabaseSettings, Pool, StoreError};
 use runtime::ops::{Readiness, serve_ops};
 use runtime::telemetry::LogFormat;
 use serde::Deserialize;
+
+pub mod jobs;
+
+use jobs::{InvocationHandler, JobSettings, Runner, WebhookSettings};
 
 /// The built-in configuration layer (see `runtime::config::load`).
 pub const DEFAULT_CONFIG: &str = include_str!("../config/default.toml");
@@ -30,6 +33,37 @@ pub struct Settings {
     pub log_format: LogFormat,
     /// After SIGTERM, in-flight jobs get this long to finish before the process exits.
     pub shutdown_grace_seconds: u64,
+    pub jobs: JobSettings,
+    pub webhooks: WebhookSettings,
+    #[serde(default)]
+    pub upstream: upstream::UpstreamSettings,
+    /// Secrets come from the environment only; `validate` refuses a missing master key.
+    #[serde(default)]
+    pub security: SecuritySettings,
+}
+
+/// The master key that decrypts provider keys (the same as gateway-api's).
+#[derive(Clone, Default, Deserialize)]
+pub struct SecuritySettings {
+    /// Base64 of 32 bytes, from APP__SECURITY__MASTER_KEY.
+    pub master_key: String,
+}
+
+impl std::fmt::Debug for SecuritySettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SecuritySettings { master_key: *** }")
+    }
+}
+
+impl SecuritySettings {
+    pub fn key(&self) -> Option<[u8; 32]> {
+        use base64::Engine;
+        base64::engine::general_purpose::STANDARD
+            .decode(self.master_key.trim())
+            .ok()?
+            .try_into()
+            .ok()
+    }
 }
 
 /// Where /healthz, /readyz and /metrics are served.
@@ -53,6 +87,17 @@ impl Settings {
         }
         if self.database.pool_max_size == 0 {
             return invalid("database.pool_max_size must be at least 1");
+        }
+        if self.security.key().is_none() {
+            return invalid(
+                "security.master_key must be base64 of 32 bytes (APP__SECURITY__MASTER_KEY)",
+            );
+        }
+        if self.jobs.lease_seconds * 1000 <= self.upstream.total_timeout_ms as i64 {
+            return invalid("jobs.lease_seconds must exceed upstream.total_timeout_ms");
+        }
+        if self.jobs.max_attempts < 1 || self.jobs.sweep_interval_ms == 0 {
+            return invalid("jobs.max_attempts and jobs.sweep_interval_ms must be at least 1");
         }
         if self.shutdown_grace_seconds == 0 {
             return invalid("shutdown_grace_seconds must be at least 1");
@@ -84,6 +129,7 @@ pub enum WorkerError {
 /// A built worker: connected, topology declared, ops server bound; [`Application::run_until`]
 /// starts consuming.
 pub struct Application {
+    runner: Arc<Runner>,
     broker: Broker,
     consumer: Consumer,
     ops_server: actix_web::dev::Server,
@@ -97,11 +143,35 @@ impl Application {
         let pool = persistence::build_pool(&settings.database)?;
         persistence::ping(&pool).await?;
         let broker = Broker::connect(settings.broker.clone()).await?;
+        let master_key = settings
+            .security
+            .key()
+            .ok_or_else(|| WorkerError::InvalidSettings("security.master_key".to_owned()))?;
+        let secrets = catalog::SecretBox::new(&master_key);
+        let routing = Arc::new(catalog::Routing::new(upstream::KeyPool::new(
+            &settings.upstream,
+        )));
+        routing.reload(&pool, &secrets).await?;
+        let runner = Arc::new(Runner {
+            pool: pool.clone(),
+            broker: broker.clone(),
+            routing,
+            secrets,
+            upstream: upstream::UpstreamClient::new(&settings.upstream)
+                .map_err(|e| WorkerError::InvalidSettings(e.to_string()))?,
+            jobs: settings.jobs.clone(),
+            webhooks: settings.webhooks.clone(),
+            max_failover_attempts: settings.upstream.max_failover_attempts,
+            http: reqwest::Client::builder()
+                .redirect(reqwest::redirect::Policy::none())
+                .build()
+                .map_err(|e| WorkerError::InvalidSettings(e.to_string()))?,
+        });
         let consumer = Consumer::new(
             &broker,
             MODEL_INVOCATION_QUEUE,
             settings.broker.prefetch,
-            Arc::new(InvocationHandler),
+            Arc::new(InvocationHandler(Arc::clone(&runner))),
         )?
         .with_drain_timeout(
             settings
@@ -118,6 +188,7 @@ impl Application {
         let (ops_server, ops_port) = serve_ops(listen, readiness, metrics)?;
         tracing::info!(%listen, ops_port, "invocation worker built");
         Ok(Application {
+            runner,
             broker,
             consumer,
             ops_server,
@@ -135,7 +206,9 @@ impl Application {
     pub async fn run_until(self, shutdown: impl Future<Output = ()>) -> Result<(), WorkerError> {
         let ops = self.ops_server.handle();
         let ops_task = tokio::spawn(self.ops_server);
+        let sweeper = tokio::spawn(jobs::sweep_forever(Arc::clone(&self.runner)));
         let consumed = self.consumer.run(shutdown).await;
+        sweeper.abort();
         // Probes need no goodbye: stop at once rather than wait for idle keep-alives.
         ops.stop(false).await;
         if let Err(error) = ops_task.await {
@@ -144,23 +217,6 @@ impl Application {
         self.broker.close().await;
         tracing::info!("invocation worker stopped");
         Ok(consumed?)
-    }
-}
-
-/// Placeholder: logs and acks; the real job handler (claim, call upstream, bill) arrives with issue 3.
-struct InvocationHandler;
-
-impl Handler for InvocationHandler {
-    fn handle(&self, delivery: Delivery) -> Pin<Box<dyn Future<Output = Outcome> + Send + '_>> {
-        Box::pin(async move {
-            tracing::info!(
-                message_id = delivery.message_id.as_deref().unwrap_or("-"),
-                bytes = delivery.body.len(),
-                redelivered = delivery.redelivered,
-                "model invocation message received (no handler yet)"
-            );
-            Outcome::Ack
-        })
     }
 }
 
@@ -193,7 +249,12 @@ mod tests {
 
     #[test]
     fn built_in_defaults_are_complete_and_valid() {
-        let settings: Settings = runtime::config::load(DEFAULT_CONFIG).expect("defaults load");
+        let mut settings: Settings = runtime::config::load(DEFAULT_CONFIG).expect("defaults load");
+        assert!(
+            settings.validate().is_err(),
+            "the master key has no default"
+        );
+        settings.security.master_key = "KioqKioqKioqKioqKioqKioqKioqKioqKioqKioqKio=".to_owned();
         settings.validate().expect("defaults valid");
         assert_eq!(settings.ops.port, 9101);
         assert_eq!(settings.ops.host.to_string(), "127.0.0.1");

@@ -9,14 +9,41 @@ use tokio::sync::oneshot;
 
 const WAIT: Duration = Duration::from_secs(10);
 
-fn test_settings() -> Settings {
+/// A fresh, migrated database: the worker loads the model catalog when it starts.
+async fn migrated_database() -> String {
+    use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+    let base = std::env::var("TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".to_owned());
+    let name = format!("gwtest_{}", uuid::Uuid::new_v4().simple());
+    let mut admin = AsyncPgConnection::establish(&format!("{base}/postgres"))
+        .await
+        .expect("Postgres");
+    diesel::sql_query(format!("CREATE DATABASE {name}"))
+        .execute(&mut admin)
+        .await
+        .expect("create database");
+    let url = format!("{base}/{name}");
+    let pool = persistence::build_pool(&persistence::DatabaseSettings {
+        url: url.clone(),
+        pool_max_size: 2,
+        pool_wait_timeout_ms: 5000,
+        connect_timeout_ms: 5000,
+    })
+    .expect("pool");
+    persistence::run_migrations(&pool)
+        .await
+        .expect("migrations");
+    url
+}
+
+async fn test_settings() -> Settings {
     let mut settings: Settings = runtime::config::load(DEFAULT_CONFIG).expect("defaults load");
+    settings.security.master_key = "KioqKioqKioqKioqKioqKioqKioqKioqKioqKioqKio=".to_owned();
     settings.ops.port = 0;
     settings.broker.queue_prefix = format!("test_{}_", uuid::Uuid::new_v4().simple());
     settings.broker.url = std::env::var("AMQP_URL")
         .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".to_owned());
-    settings.database.url = std::env::var("DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned());
+    settings.database.url = migrated_database().await;
     settings.shutdown_grace_seconds = 3;
     settings
 }
@@ -29,7 +56,7 @@ async fn get(client: &reqwest::Client, url: &str) -> (u16, String) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serves_probes_and_metrics_consumes_and_stops_promptly() {
-    let settings = test_settings();
+    let settings = test_settings().await;
     let names = messaging::queue_names(&settings.broker.queue_prefix);
     let app = Application::build(settings.clone())
         .await

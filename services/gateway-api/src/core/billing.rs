@@ -8,8 +8,8 @@ use domain::{BillingMessage, Money, Usage};
 use messaging::BILLING_LOG_QUEUE;
 use uuid::Uuid;
 
-use crate::routing::Route;
 use crate::state::AppState;
+use catalog::Route;
 
 /// Who called what, for the charge of one call.
 #[derive(Debug, Clone)]

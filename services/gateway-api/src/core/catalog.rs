@@ -8,8 +8,8 @@ use persistence::catalog::{
 use persistence::{Page, Paged, StoreError};
 
 use crate::error::ApiError;
-use crate::secrets::key_hint;
 use crate::state::AppState;
+use ::catalog::key_hint;
 
 const PROVIDER_KINDS: &[&str] = &["openai"];
 

@@ -17,8 +17,8 @@ use crate::auth::KeyHolder;
 use crate::core::billing::{self, Caller};
 use crate::core::tokens;
 use crate::error::ApiError;
-use crate::routing::Route;
 use crate::state::AppState;
+use catalog::Route;
 
 /// What the hold and the bill need to know about one admitted call.
 struct Admitted {

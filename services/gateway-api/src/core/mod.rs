@@ -5,6 +5,7 @@ pub mod billing;
 pub mod catalog;
 pub mod chat;
 pub mod identity;
+pub mod jobs;
 pub mod orders;
 pub mod tokens;
 pub mod users;

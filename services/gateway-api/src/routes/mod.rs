@@ -4,6 +4,7 @@ pub mod admin;
 pub mod auth;
 pub mod chat;
 pub mod health;
+pub mod jobs;
 pub mod me;
 pub mod models;
 pub mod orders;
@@ -19,4 +20,5 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     admin::configure(cfg);
     models::configure(cfg);
     chat::configure(cfg);
+    jobs::configure(cfg);
 }

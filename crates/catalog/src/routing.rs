@@ -1,5 +1,5 @@
-//! The call path's view of the catalog: public model name → model, pricing and provider, plus
-//! the providers' key pools, held in memory and reloaded from Postgres.
+//! Public model name (and model id) → model, pricing and provider, plus the providers' key
+//! pools, held in memory and reloaded from Postgres.
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
@@ -8,8 +8,9 @@ use domain::{ModelKind, Pricing};
 use persistence::Pool;
 use upstream::{KeyPool, ProviderKey};
 
-use crate::error::ApiError;
-use crate::secrets::SecretBox;
+use persistence::StoreError;
+
+use crate::SecretBox;
 
 /// A model a call can be routed to.
 #[derive(Debug, Clone)]
@@ -24,36 +25,51 @@ pub struct Route {
     pub base_url: String,
 }
 
+/// Routes by public name and by model id, swapped whole on each reload.
+#[derive(Default)]
+struct Routes {
+    by_name: HashMap<String, Arc<Route>>,
+    by_id: HashMap<i64, Arc<Route>>,
+}
+
 pub struct Routing {
-    routes: RwLock<Arc<HashMap<String, Arc<Route>>>>,
+    routes: RwLock<Arc<Routes>>,
     pub keys: KeyPool,
 }
 
 impl Routing {
     pub fn new(keys: KeyPool) -> Routing {
         Routing {
-            routes: RwLock::new(Arc::new(HashMap::new())),
+            routes: RwLock::new(Arc::new(Routes::default())),
             keys,
+        }
+    }
+
+    fn current(&self) -> Arc<Routes> {
+        match self.routes.read() {
+            Ok(routes) => Arc::clone(&routes),
+            Err(poisoned) => Arc::clone(&poisoned.into_inner()),
         }
     }
 
     /// The enabled model of an enabled provider with this public name.
     pub fn route(&self, model: &str) -> Option<Arc<Route>> {
-        let routes = match self.routes.read() {
-            Ok(routes) => Arc::clone(&routes),
-            Err(poisoned) => Arc::clone(&poisoned.into_inner()),
-        };
-        routes.get(model).cloned()
+        self.current().by_name.get(model).cloned()
+    }
+
+    /// The same, by model id (jobs remember the id).
+    pub fn route_by_id(&self, model_id: i64) -> Option<Arc<Route>> {
+        self.current().by_id.get(&model_id).cloned()
     }
 
     /// Reloads models and keys; a model whose stored pricing does not parse is skipped (logged).
-    pub async fn reload(&self, pool: &Pool, secrets: &SecretBox) -> Result<(), ApiError> {
-        let mut conn = pool.get().await.map_err(persistence::StoreError::from)?;
+    pub async fn reload(&self, pool: &Pool, secrets: &SecretBox) -> Result<(), StoreError> {
+        let mut conn = pool.get().await?;
         let rows = persistence::catalog::load_routes(&mut conn).await?;
         let keys = persistence::catalog::load_enabled_keys(&mut conn).await?;
         drop(conn);
 
-        let mut routes = HashMap::with_capacity(rows.len());
+        let mut routes = Routes::default();
         for (model, provider) in rows {
             if !model.enabled || !provider.enabled {
                 continue;
@@ -65,19 +81,18 @@ impl Routing {
                 tracing::error!(model = %model.name, "unreadable kind or pricing; model skipped");
                 continue;
             };
-            routes.insert(
-                model.name.clone(),
-                Arc::new(Route {
-                    model_id: model.id,
-                    name: model.name,
-                    upstream_model: model.upstream_model,
-                    kind,
-                    pricing,
-                    max_output_tokens: u32::try_from(model.max_output_tokens).unwrap_or(1),
-                    provider_id: provider.id,
-                    base_url: provider.base_url,
-                }),
-            );
+            let route = Arc::new(Route {
+                model_id: model.id,
+                name: model.name,
+                upstream_model: model.upstream_model,
+                kind,
+                pricing,
+                max_output_tokens: u32::try_from(model.max_output_tokens).unwrap_or(1),
+                provider_id: provider.id,
+                base_url: provider.base_url,
+            });
+            routes.by_id.insert(route.model_id, Arc::clone(&route));
+            routes.by_name.insert(route.name.clone(), route);
         }
 
         let mut by_provider: HashMap<i64, Vec<ProviderKey>> = HashMap::new();
@@ -94,7 +109,7 @@ impl Routing {
                 Err(error) => tracing::error!(key_id = key.id, %error, "provider key skipped"),
             }
         }
-        let provider_ids: Vec<i64> = routes.values().map(|r| r.provider_id).collect();
+        let provider_ids: Vec<i64> = routes.by_id.values().map(|r| r.provider_id).collect();
         for provider_id in provider_ids {
             by_provider.entry(provider_id).or_default();
         }

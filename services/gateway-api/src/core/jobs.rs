@@ -1,0 +1,168 @@
+//! Asynchronous jobs as the API sees them: submission (validate, hold, insert, publish) and
+//! polling.
+
+use std::sync::Arc;
+
+use domain::{InvocationMessage, JobView, ModelKind, Usage};
+use messaging::MODEL_INVOCATION_QUEUE;
+use persistence::jobs::{self, NewJob};
+use persistence::{Page, Paged, StoreError};
+use serde::Deserialize;
+use serde_json::json;
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use crate::auth::KeyHolder;
+use crate::error::ApiError;
+use crate::state::AppState;
+
+const SIZES: &[&str] = &["256x256", "512x512", "1024x1024", "1024x1792", "1792x1024"];
+const MAX_PROMPT_CHARS: usize = 4000;
+
+/// `POST /v1/jobs/image-generation`
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ImageJobRequest {
+    /// An image model's public name.
+    pub model: String,
+    /// 1 to 4000 characters.
+    pub prompt: String,
+    /// 1 to 10 images, default 1.
+    pub n: Option<u32>,
+    /// One of 256x256, 512x512, 1024x1024 (default), 1024x1792, 1792x1024.
+    pub size: Option<String>,
+    /// OpenAI's optional image parameters, passed through.
+    pub quality: Option<String>,
+    pub style: Option<String>,
+    pub response_format: Option<String>,
+    pub user: Option<String>,
+    /// Receives the Job, signed, when it ends (COMPLETED or FAILED).
+    pub callback_url: Option<String>,
+}
+
+fn invalid(message: &str) -> ApiError {
+    ApiError::InvalidRequest(message.to_owned())
+}
+
+/// Validates, holds `n × per_image` (+ per_request), inserts the job PENDING and publishes
+/// `{job_id}`. A failed publish leaves the job PENDING for the sweeper to re-publish.
+pub async fn submit(
+    state: Arc<AppState>,
+    holder: KeyHolder,
+    request: ImageJobRequest,
+) -> Result<Uuid, ApiError> {
+    let route = state
+        .routing
+        .route(&request.model)
+        .filter(|r| r.kind == ModelKind::Image)
+        .ok_or_else(|| {
+            ApiError::ModelNotFound(format!(
+                "model {:?} does not exist or is not an image model",
+                request.model
+            ))
+        })?;
+    let n = request.n.unwrap_or(1);
+    if !(1..=10).contains(&n) {
+        return Err(invalid("n must be between 1 and 10"));
+    }
+    let prompt = request.prompt.trim();
+    if prompt.is_empty() || prompt.chars().count() > MAX_PROMPT_CHARS {
+        return Err(invalid("prompt must be 1 to 4000 characters"));
+    }
+    let size = request.size.as_deref().unwrap_or("1024x1024");
+    if !SIZES.contains(&size) {
+        return Err(invalid(&format!(
+            "size must be one of {}",
+            SIZES.join(", ")
+        )));
+    }
+    if let Some(url) = &request.callback_url {
+        if url.len() > 2048 {
+            return Err(invalid("callback_url is too long"));
+        }
+        upstream::egress::check_target(url, state.allow_private_callbacks)
+            .await
+            .map_err(|reason| ApiError::InvalidRequest(reason))?;
+    }
+    let hold = route
+        .pricing
+        .cost(&Usage {
+            images: n,
+            ..Usage::default()
+        })
+        .map_err(|_| invalid("the request cannot be priced"))?;
+    let mut payload = json!({"model": route.name, "prompt": prompt, "n": n, "size": size});
+    for (field, value) in [
+        ("quality", &request.quality),
+        ("style", &request.style),
+        ("response_format", &request.response_format),
+        ("user", &request.user),
+    ] {
+        if let Some(value) = value {
+            payload[field] = json!(value);
+        }
+    }
+
+    let job_id = Uuid::new_v4();
+    let mut conn = state.conn().await?;
+    let job = jobs::submit(
+        &mut conn,
+        NewJob {
+            job_id,
+            job_type: domain::jobs::IMAGE_GENERATION,
+            user_id: holder.user.id,
+            access_key_id: Some(holder.key.id),
+            model_id: route.model_id,
+            request_payload: &payload,
+            callback_url: request.callback_url.as_deref(),
+        },
+        &hold,
+        state.hold_ttl_seconds,
+    )
+    .await?;
+    if job.is_none() {
+        return Err(ApiError::InsufficientBalance(format!(
+            "this job may cost up to {hold}; top up first"
+        )));
+    }
+    let message = InvocationMessage { job_id }.to_json_bytes();
+    match state
+        .broker
+        .publish_json(MODEL_INVOCATION_QUEUE, &message, &job_id.to_string())
+        .await
+    {
+        Ok(()) => jobs::mark_published(&mut conn, job_id).await?,
+        Err(error) => {
+            tracing::warn!(%error, %job_id, "job publish failed; the sweeper will re-publish it")
+        }
+    }
+    metrics::counter!("jobs_submitted_total").increment(1);
+    Ok(job_id)
+}
+
+fn not_found(e: StoreError) -> ApiError {
+    match e {
+        StoreError::NotFound => ApiError::NotFound("job not found".to_owned()),
+        other => other.into(),
+    }
+}
+
+/// The caller's job; a malformed id, an unknown id and another user's job all answer 404.
+pub async fn get(state: &AppState, user_id: i64, job_id: &str) -> Result<JobView, ApiError> {
+    let job_id =
+        Uuid::parse_str(job_id).map_err(|_| ApiError::NotFound("job not found".to_owned()))?;
+    let mut conn = state.conn().await?;
+    let (job, model) = jobs::find_for_user(&mut conn, job_id, user_id)
+        .await
+        .map_err(not_found)?;
+    Ok(jobs::view(&job, &model))
+}
+
+pub async fn list(
+    state: &AppState,
+    user_id: Option<i64>,
+    page: Page,
+) -> Result<Paged<jobs::JobWithModel>, ApiError> {
+    let mut conn = state.conn().await?;
+    Ok(jobs::list(&mut conn, user_id, page).await?)
+}

@@ -1,0 +1,408 @@
+//! Running asynchronous jobs: the `model_invocation_queue` handler (claim, call the provider,
+//! finish with the money effect in the same transaction, or retry later), and the sweeper that
+//! re-publishes stranded jobs and delivers webhooks.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use catalog::{Route, Routing, SecretBox};
+use chrono::Utc;
+use domain::{BillingMessage, InvocationMessage, JobView, Usage};
+use messaging::{BILLING_LOG_QUEUE, Broker, Delivery, Handler, MODEL_INVOCATION_QUEUE, Outcome};
+use persistence::jobs::{self, Claim, Job};
+use persistence::{Pool, StoreError};
+use serde::Deserialize;
+use upstream::{Target, UpstreamClient, UpstreamError, with_failover};
+
+/// How jobs run, retry and report.
+#[derive(Debug, Clone, Deserialize)]
+pub struct JobSettings {
+    /// A claimed job belongs to its worker this long; after it, another worker may take it over
+    /// (the first one died). Must exceed the provider call's total timeout.
+    pub lease_seconds: i64,
+    /// Attempts before a job that keeps failing transiently ends FAILED.
+    pub max_attempts: i32,
+    /// Transient failures retry after base × 2^(attempt-1), capped at max.
+    pub retry_base_ms: u64,
+    pub retry_max_ms: u64,
+    /// A PENDING job with no message for this long is re-published by the sweeper.
+    pub stranded_after_seconds: i64,
+    pub sweep_interval_ms: u64,
+    pub catalog_refresh_ms: u64,
+}
+
+/// Signed webhooks of terminal jobs.
+#[derive(Debug, Clone, Deserialize)]
+pub struct WebhookSettings {
+    /// HMAC-SHA256 secret of this deployment; webhooks are not sent without it.
+    #[serde(default)]
+    pub secret: Option<String>,
+    pub max_attempts: i32,
+    pub retry_base_ms: u64,
+    pub timeout_ms: u64,
+    /// Loopback and private-network targets are refused unless this is set (SSRF).
+    pub allow_private_targets: bool,
+}
+
+pub struct Runner {
+    pub pool: Pool,
+    pub broker: Broker,
+    pub routing: Arc<Routing>,
+    pub secrets: SecretBox,
+    pub upstream: UpstreamClient,
+    pub jobs: JobSettings,
+    pub webhooks: WebhookSettings,
+    pub max_failover_attempts: u32,
+    pub http: reqwest::Client,
+}
+
+fn backoff(base_ms: u64, max_ms: u64, attempt: i32) -> Duration {
+    let exponent = u32::try_from(attempt.saturating_sub(1))
+        .unwrap_or(0)
+        .min(20);
+    Duration::from_millis(base_ms.saturating_mul(1u64 << exponent).min(max_ms))
+}
+
+/// Errors worth another attempt later; anything else fails the job now.
+fn is_transient(error: &UpstreamError) -> bool {
+    error.is_key_failure() || matches!(error, UpstreamError::NoKeyAvailable)
+}
+
+fn readable(error: &UpstreamError) -> String {
+    match error {
+        UpstreamError::BadRequest { body, .. } => serde_json::from_str::<serde_json::Value>(body)
+            .ok()
+            .and_then(|v| v["error"]["message"].as_str().map(str::to_owned))
+            .map_or_else(
+                || "the provider refused the request".to_owned(),
+                |m| format!("the provider refused the request: {m}"),
+            ),
+        UpstreamError::NoKeyAvailable => "no provider key is available for this model".to_owned(),
+        other => format!("the provider failed: {other}"),
+    }
+}
+
+impl Runner {
+    async fn conn(&self) -> Result<persistence::PooledConnection, StoreError> {
+        Ok(self.pool.get().await?)
+    }
+
+    /// The job's model; an unknown id triggers one reload first (the model may be newer than
+    /// this worker's last reload).
+    async fn route(&self, model_id: i64) -> Option<Arc<Route>> {
+        if let Some(route) = self.routing.route_by_id(model_id) {
+            return Some(route);
+        }
+        if let Err(error) = self.routing.reload(&self.pool, &self.secrets).await {
+            tracing::warn!(%error, "reloading routes failed");
+        }
+        self.routing.route_by_id(model_id)
+    }
+
+    /// One delivery of `{job_id}`.
+    async fn run(&self, delivery: Delivery) -> Outcome {
+        let message = match InvocationMessage::from_json_slice(&delivery.body) {
+            Ok(message) => message,
+            Err(error) => {
+                return Outcome::DeadLetter(format!("undecodable invocation message: {error}"));
+            }
+        };
+        let claim = match self.conn().await {
+            Ok(mut conn) => jobs::claim(&mut conn, message.job_id, self.jobs.lease_seconds).await,
+            Err(error) => Err(error),
+        };
+        match claim {
+            Ok(Claim::Claimed(job)) => self.process(job).await,
+            // Done already (a duplicate message): no second provider call, no second charge.
+            Ok(Claim::Finished) => Outcome::Ack,
+            Ok(Claim::Missing) => {
+                tracing::warn!(job_id = %message.job_id, "message for an unknown job; dropped");
+                Outcome::Ack
+            }
+            // Another worker holds it; look again once its lease has run out.
+            Ok(Claim::Busy { lease_expires_at }) => {
+                let wait = (lease_expires_at - Utc::now()).to_std().unwrap_or_default();
+                Outcome::Retry(wait + Duration::from_millis(100))
+            }
+            Err(error) => {
+                tracing::warn!(%error, job_id = %message.job_id, "claiming failed; retrying");
+                Outcome::Retry(Duration::from_secs(1))
+            }
+        }
+    }
+
+    async fn process(&self, job: Job) -> Outcome {
+        let started = std::time::Instant::now();
+        let Some(route) = self.route(job.model_id).await else {
+            return self
+                .finish_failed(&job, "the model is no longer available")
+                .await;
+        };
+        let result = with_failover(
+            &self.routing.keys,
+            route.provider_id,
+            self.max_failover_attempts,
+            |key| {
+                let target = Target {
+                    base_url: route.base_url.clone(),
+                    api_key: key.secret().to_owned(),
+                    upstream_model: route.upstream_model.clone(),
+                    public_model: route.name.clone(),
+                };
+                let client = self.upstream.clone();
+                let body = job.request_payload.clone();
+                async move { client.images(&target, body).await }
+            },
+        )
+        .await;
+        metrics::histogram!("job_duration_seconds").record(started.elapsed().as_secs_f64());
+        match result {
+            Ok(answer) => {
+                self.finish_completed(&job, &route, answer.body, answer.images)
+                    .await
+            }
+            Err(error) if is_transient(&error) && job.attempts < self.jobs.max_attempts => {
+                let delay = backoff(
+                    self.jobs.retry_base_ms,
+                    self.jobs.retry_max_ms,
+                    job.attempts,
+                );
+                tracing::info!(job_id = %job.job_id, attempt = job.attempts, %error, ?delay, "transient failure; retrying");
+                metrics::counter!("jobs_retried_total").increment(1);
+                match self.conn().await {
+                    Ok(mut conn) => {
+                        match jobs::requeue(&mut conn, job.job_id, job.attempts).await {
+                            Ok(()) => Outcome::Retry(delay),
+                            Err(StoreError::StateConflict(_)) => Outcome::Ack,
+                            Err(_) => Outcome::Retry(delay),
+                        }
+                    }
+                    Err(_) => Outcome::Retry(delay),
+                }
+            }
+            Err(error) => {
+                let reason = if is_transient(&error) {
+                    format!(
+                        "{} (gave up after {} attempts)",
+                        readable(&error),
+                        job.attempts
+                    )
+                } else {
+                    readable(&error)
+                };
+                self.finish_failed(&job, &reason).await
+            }
+        }
+    }
+
+    async fn finish_completed(
+        &self,
+        job: &Job,
+        route: &Route,
+        body: serde_json::Value,
+        images: u32,
+    ) -> Outcome {
+        let usage = Usage {
+            images,
+            ..Usage::default()
+        };
+        let cost = match route.pricing.cost(&usage) {
+            Ok(cost) => cost,
+            Err(error) => {
+                return self
+                    .finish_failed(job, &format!("the result could not be priced: {error}"))
+                    .await;
+            }
+        };
+        let charge = BillingMessage {
+            request_id: job.job_id,
+            user_id: job.user_id,
+            access_key_id: job.access_key_id,
+            model_id: route.model_id,
+            model_name: route.name.clone(),
+            usage,
+            cost: cost.clone(),
+            hold_id: None,
+            occurred_at: Utc::now(),
+        };
+        let bytes = charge.to_json_bytes();
+        let Ok(charge_json) = serde_json::from_slice::<serde_json::Value>(&bytes) else {
+            return Outcome::Retry(Duration::from_secs(1));
+        };
+        let completed = match self.conn().await {
+            Ok(mut conn) => {
+                jobs::complete(
+                    &mut conn,
+                    job.job_id,
+                    job.attempts,
+                    &body,
+                    &cost,
+                    &charge_json,
+                )
+                .await
+            }
+            Err(error) => Err(error),
+        };
+        match completed {
+            Ok(_) => {
+                metrics::counter!("jobs_total", "status" => "COMPLETED").increment(1);
+                // The charge is safe in the outbox; publishing only makes billing faster.
+                let id = job.job_id.to_string();
+                if self
+                    .broker
+                    .publish_json(BILLING_LOG_QUEUE, &bytes, &id)
+                    .await
+                    .is_ok()
+                {
+                    if let Ok(mut conn) = self.conn().await {
+                        let _ = persistence::billing::outbox_delete_request(&mut conn, job.job_id)
+                            .await;
+                    }
+                }
+                Outcome::Ack
+            }
+            // Our lease was taken over: the other attempt owns the outcome.
+            Err(StoreError::StateConflict(_)) => Outcome::Ack,
+            Err(error) => {
+                tracing::warn!(%error, job_id = %job.job_id, "recording the result failed; retrying");
+                Outcome::Retry(Duration::from_secs(1))
+            }
+        }
+    }
+
+    async fn finish_failed(&self, job: &Job, reason: &str) -> Outcome {
+        let failed = match self.conn().await {
+            Ok(mut conn) => jobs::fail(&mut conn, job.job_id, job.attempts, reason).await,
+            Err(error) => Err(error),
+        };
+        match failed {
+            Ok(_) => {
+                metrics::counter!("jobs_total", "status" => "FAILED").increment(1);
+                tracing::info!(job_id = %job.job_id, reason, "job failed");
+                Outcome::Ack
+            }
+            Err(StoreError::StateConflict(_)) => Outcome::Ack,
+            Err(error) => {
+                tracing::warn!(%error, job_id = %job.job_id, "recording the failure failed; retrying");
+                Outcome::Retry(Duration::from_secs(1))
+            }
+        }
+    }
+
+    /// Re-publishes jobs that have no message in flight (their publish failed, or their lease
+    /// ran out with no redelivery coming); a duplicate message is harmless (see `claim`).
+    pub async fn republish_stranded(&self) -> Result<usize, StoreError> {
+        let stranded = {
+            let mut conn = self.conn().await?;
+            jobs::stranded(&mut conn, self.jobs.stranded_after_seconds, 500).await?
+        };
+        let mut published = 0;
+        for job_id in stranded {
+            let body = InvocationMessage { job_id }.to_json_bytes();
+            if self
+                .broker
+                .publish_json(MODEL_INVOCATION_QUEUE, &body, &job_id.to_string())
+                .await
+                .is_ok()
+            {
+                let mut conn = self.conn().await?;
+                jobs::mark_published(&mut conn, job_id).await?;
+                published += 1;
+            }
+        }
+        if published > 0 {
+            tracing::info!(published, "re-published stranded jobs");
+        }
+        Ok(published)
+    }
+
+    /// Sends due webhooks: the Job object, signed `X-Signature: t=<unix>,v1=<hex HMAC-SHA256
+    /// of "t.body">`; a failure is retried with backoff up to `max_attempts`.
+    pub async fn deliver_webhooks(&self) -> Result<usize, StoreError> {
+        let Some(secret) = self.webhooks.secret.clone() else {
+            return Ok(0);
+        };
+        let mut conn = self.conn().await?;
+        // Claimed for twice the delivery timeout: a parallel sweeper skips them meanwhile.
+        let claim_seconds = i64::try_from(self.webhooks.timeout_ms / 500)
+            .unwrap_or(60)
+            .max(1);
+        let due =
+            jobs::claim_due_webhooks(&mut conn, self.webhooks.max_attempts, 50, claim_seconds)
+                .await?;
+        let mut delivered = 0;
+        for webhook in due {
+            let (job, model) = jobs::find(&mut conn, webhook.job_id).await?;
+            let view = jobs::view(&job, &model);
+            let outcome = self.post_webhook(&webhook.url, &secret, &view).await;
+            if outcome.is_ok() {
+                delivered += 1;
+            }
+            let retry_in = backoff(self.webhooks.retry_base_ms, 3_600_000, webhook.attempts + 1);
+            let retry_in =
+                chrono::Duration::from_std(retry_in).unwrap_or_else(|_| chrono::Duration::hours(1));
+            jobs::record_webhook_attempt(
+                &mut conn,
+                webhook.id,
+                outcome.as_ref().map(|_| ()).map_err(String::as_str),
+                retry_in,
+            )
+            .await?;
+            metrics::counter!("webhooks_total", "outcome" => if outcome.is_ok() { "delivered" } else { "failed" }).increment(1);
+        }
+        Ok(delivered)
+    }
+
+    async fn post_webhook(&self, url: &str, secret: &str, view: &JobView) -> Result<(), String> {
+        upstream::egress::check_target(url, self.webhooks.allow_private_targets).await?;
+        let body = serde_json::to_vec(view).map_err(|e| e.to_string())?;
+        let signature = domain::signature::header(secret.as_bytes(), Utc::now().timestamp(), &body);
+        let response = self
+            .http
+            .post(url)
+            .timeout(Duration::from_millis(self.webhooks.timeout_ms))
+            .header("content-type", "application/json")
+            .header("x-signature", signature)
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| format!("webhook request failed: {e}"))?;
+        if response.status().is_success() {
+            Ok(())
+        } else {
+            Err(format!("webhook receiver answered {}", response.status()))
+        }
+    }
+}
+
+/// The `model_invocation_queue` handler.
+pub struct InvocationHandler(pub Arc<Runner>);
+
+impl Handler for InvocationHandler {
+    fn handle(&self, delivery: Delivery) -> Pin<Box<dyn Future<Output = Outcome> + Send + '_>> {
+        Box::pin(self.0.run(delivery))
+    }
+}
+
+/// Reloads routes, re-publishes stranded jobs and delivers webhooks, forever.
+pub async fn sweep_forever(runner: Arc<Runner>) {
+    let mut ticks = tokio::time::interval(Duration::from_millis(runner.jobs.sweep_interval_ms));
+    let mut last_reload = std::time::Instant::now();
+    loop {
+        ticks.tick().await;
+        if last_reload.elapsed() >= Duration::from_millis(runner.jobs.catalog_refresh_ms) {
+            if let Err(error) = runner.routing.reload(&runner.pool, &runner.secrets).await {
+                tracing::warn!(%error, "reloading routes failed");
+            }
+            last_reload = std::time::Instant::now();
+        }
+        if let Err(error) = runner.republish_stranded().await {
+            tracing::warn!(%error, "re-publishing stranded jobs failed");
+        }
+        if let Err(error) = runner.deliver_webhooks().await {
+            tracing::warn!(%error, "delivering webhooks failed");
+        }
+    }
+}

@@ -1,0 +1,530 @@
+//! Asynchronous jobs end to end: gateway-api, invocation-worker, billing-worker and the mock
+//! LLM, with real Postgres and RabbitMQ.
+
+use std::str::FromStr;
+
+use bigdecimal::BigDecimal;
+use integration_tests::{
+    BillingWorker, ChatSetup, Credential, InvocationWorker, Reply, TestApp, WEBHOOK_SECRET,
+    WebhookReceiver, eventually, spawn_app,
+};
+use mock_llm::MockConfig;
+use reqwest::Method;
+use serde_json::{Value, json};
+
+fn dec(s: &str) -> BigDecimal {
+    BigDecimal::from_str(s).unwrap()
+}
+
+async fn setup(app: &TestApp, balance: &str) -> ChatSetup {
+    let mock = mock_llm::start(MockConfig::default(), "127.0.0.1", 0)
+        .await
+        .unwrap();
+    app.chat_setup(mock, &[("good-key", 1)], balance).await
+}
+
+async fn submit(app: &TestApp, key: &str, body: Value) -> Reply {
+    app.send(
+        Method::POST,
+        "/v1/jobs/image-generation",
+        Credential::Bearer(key),
+        Some(body),
+    )
+    .await
+}
+
+async fn poll_terminal(app: &TestApp, key: &str, job_id: &str) -> Value {
+    eventually(30, || async {
+        let reply = app
+            .send(
+                Method::GET,
+                &format!("/v1/jobs/{job_id}"),
+                Credential::Bearer(key),
+                None,
+            )
+            .await;
+        let status = reply.json["status"].as_str().unwrap_or("").to_owned();
+        (status == "COMPLETED" || status == "FAILED").then_some(reply.json)
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_job_completes_and_is_billed_once_per_image() {
+    let app = spawn_app().await;
+    let billing = BillingWorker::start(&app).await;
+    let worker = InvocationWorker::start(&app).await;
+    let s = setup(&app, "1").await;
+
+    let reply = submit(
+        &app,
+        &s.access_key,
+        json!({"model": "demo-image", "prompt": "a red fox", "n": 3, "size": "512x512"}),
+    )
+    .await;
+    let accepted = reply.assert_status(202).clone();
+    let job_id = accepted["job_id"].as_str().unwrap().to_owned();
+    assert_eq!(accepted["status"], "PENDING");
+    assert_eq!(accepted["status_url"], format!("/v1/jobs/{job_id}"));
+    assert_eq!(
+        reply.headers["location"],
+        format!("/v1/jobs/{job_id}").as_str()
+    );
+
+    let job = poll_terminal(&app, &s.access_key, &job_id).await;
+    assert_eq!(job["status"], "COMPLETED", "{job}");
+    assert_eq!(job["type"], "image-generation");
+    assert_eq!(job["model"], "demo-image");
+    assert_eq!(job["result"]["data"].as_array().unwrap().len(), 3);
+    assert!(job["error"].is_null());
+    assert_eq!(job["cost"], "0.12");
+
+    let usage = eventually(15, || async {
+        let rows = app.usage_of(s.user_id).await;
+        (rows.len() == 1).then_some(rows)
+    })
+    .await;
+    assert_eq!(usage[0].2, dec("0.12"));
+    assert_eq!(app.balance_and_ledger_sum(s.user_id).await.0, dec("0.88"));
+    assert_eq!(app.open_holds(s.user_id).await, 0);
+    app.assert_books_balance().await;
+
+    // Lists: mine and the admin's.
+    let mine = app
+        .send(
+            Method::GET,
+            "/v1/jobs",
+            Credential::Bearer(&s.access_key),
+            None,
+        )
+        .await;
+    assert_eq!(mine.assert_status(200)["total"], 1);
+    let all = app
+        .get(
+            &format!("/v1/admin/jobs?user_id={}", s.user_id),
+            app.admin_token(),
+        )
+        .await;
+    assert_eq!(all.assert_status(200)["data"][0]["job_id"], job_id.as_str());
+    let (_, user_token) = app.new_user().await;
+    app.get("/v1/admin/jobs", &user_token)
+        .await
+        .assert_error(403, "forbidden");
+
+    // Another user's job, an unknown id and a malformed id: 404.
+    let (_, other_token) = app.new_user().await;
+    let other_key = app
+        .post("/v1/me/access-keys", &other_token, json!({"name": "k"}))
+        .await
+        .json["key"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    app.send(
+        Method::GET,
+        &format!("/v1/jobs/{job_id}"),
+        Credential::Bearer(&other_key),
+        None,
+    )
+    .await
+    .assert_error(404, "not_found");
+    app.send(
+        Method::GET,
+        &format!("/v1/jobs/{}", uuid::Uuid::new_v4()),
+        Credential::Bearer(&s.access_key),
+        None,
+    )
+    .await
+    .assert_error(404, "not_found");
+    app.send(
+        Method::GET,
+        "/v1/jobs/not-a-uuid",
+        Credential::Bearer(&s.access_key),
+        None,
+    )
+    .await
+    .assert_error(404, "not_found");
+    assert_eq!(
+        app.send(
+            Method::GET,
+            "/v1/jobs",
+            Credential::Bearer(&other_key),
+            None
+        )
+        .await
+        .json["total"],
+        0
+    );
+
+    worker.stop().await;
+    billing.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rejected_prompt_fails_with_its_reason_and_costs_nothing() {
+    let app = spawn_app().await;
+    let billing = BillingWorker::start(&app).await;
+    let worker = InvocationWorker::start(&app).await;
+    let s = setup(&app, "1").await;
+    let reply = submit(
+        &app,
+        &s.access_key,
+        json!({"model": "demo-image", "prompt": "forbidden [[reject]]"}),
+    )
+    .await;
+    let job_id = reply.assert_status(202)["job_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let job = poll_terminal(&app, &s.access_key, &job_id).await;
+    assert_eq!(job["status"], "FAILED");
+    assert!(job["error"].as_str().unwrap().contains("refused"), "{job}");
+    assert!(job["result"].is_null() && job["cost"].is_null());
+    assert_eq!(s.mock.calls(), 1, "a permanent failure is not retried");
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert_eq!(app.usage_of(s.user_id).await.len(), 0);
+    assert_eq!(app.balance_and_ledger_sum(s.user_id).await.0, dec("1"));
+    assert_eq!(app.open_holds(s.user_id).await, 0);
+    app.assert_books_balance().await;
+    worker.stop().await;
+    billing.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn transient_failures_retry_with_backoff_then_fail_without_a_charge() {
+    let app = spawn_app().await;
+    let worker = InvocationWorker::start(&app).await;
+    let s = setup(&app, "1").await;
+    let reply = submit(
+        &app,
+        &s.access_key,
+        json!({"model": "demo-image", "prompt": "flaky [[status:503]]"}),
+    )
+    .await;
+    let job_id = reply.assert_status(202)["job_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let job = poll_terminal(&app, &s.access_key, &job_id).await;
+    assert_eq!(job["status"], "FAILED");
+    assert!(
+        job["error"]
+            .as_str()
+            .unwrap()
+            .contains("gave up after 3 attempts"),
+        "{job}"
+    );
+    // One call per attempt (one key, so no failover within an attempt).
+    assert_eq!(s.mock.calls(), 3);
+    assert_eq!(app.open_holds(s.user_id).await, 0);
+    app.assert_books_balance().await;
+    worker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_submissions_are_refused_and_write_no_job() {
+    let app = spawn_app().await;
+    let s = setup(&app, "0.05").await;
+    let cases = [
+        (
+            json!({"model": "demo-chat", "prompt": "x"}),
+            404,
+            "model_not_found",
+        ),
+        (
+            json!({"model": "nope", "prompt": "x"}),
+            404,
+            "model_not_found",
+        ),
+        (
+            json!({"model": "demo-image", "prompt": "x", "n": 0}),
+            400,
+            "invalid_request",
+        ),
+        (
+            json!({"model": "demo-image", "prompt": "x", "n": 11}),
+            400,
+            "invalid_request",
+        ),
+        (
+            json!({"model": "demo-image", "prompt": "   "}),
+            400,
+            "invalid_request",
+        ),
+        (json!({"model": "demo-image"}), 400, "invalid_request"),
+        (
+            json!({"model": "demo-image", "prompt": "x".repeat(4001)}),
+            400,
+            "invalid_request",
+        ),
+        (
+            json!({"model": "demo-image", "prompt": "x", "size": "13x13"}),
+            400,
+            "invalid_request",
+        ),
+        (
+            json!({"model": "demo-image", "prompt": "x", "colour": "red"}),
+            400,
+            "invalid_request",
+        ),
+        (
+            json!({"model": "demo-image", "prompt": "x", "callback_url": "ftp://example.com/x"}),
+            400,
+            "invalid_request",
+        ),
+        // 0.05 covers one image at 0.04, not two.
+        (
+            json!({"model": "demo-image", "prompt": "x", "n": 2}),
+            402,
+            "insufficient_balance",
+        ),
+    ];
+    for (body, status, code) in cases {
+        submit(&app, &s.access_key, body.clone())
+            .await
+            .assert_error(status, code);
+    }
+    app.send(
+        Method::POST,
+        "/v1/jobs/image-generation",
+        Credential::None,
+        Some(json!({"model": "demo-image", "prompt": "x"})),
+    )
+    .await
+    .assert_error(401, "unauthorized");
+    assert_eq!(app.count("async_jobs").await, 0);
+    assert_eq!(app.count("balance_holds").await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn private_callback_targets_are_refused_unless_allowed() {
+    let app = integration_tests::spawn_app_with(|s| s.calls.allow_private_callbacks = false).await;
+    let s = setup(&app, "1").await;
+    for url in [
+        "http://127.0.0.1:9/x",
+        "http://10.0.0.1/x",
+        "http://169.254.169.254/latest",
+        "http://localhost/x",
+        "http://[::1]/x",
+    ] {
+        submit(
+            &app,
+            &s.access_key,
+            json!({"model": "demo-image", "prompt": "x", "callback_url": url}),
+        )
+        .await
+        .assert_error(400, "invalid_request");
+    }
+    assert_eq!(app.count("async_jobs").await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_duplicate_job_message_makes_no_second_call_and_no_second_charge() {
+    let app = spawn_app().await;
+    let billing = BillingWorker::start(&app).await;
+    let worker = InvocationWorker::start(&app).await;
+    let s = setup(&app, "1").await;
+    let reply = submit(
+        &app,
+        &s.access_key,
+        json!({"model": "demo-image", "prompt": "once"}),
+    )
+    .await;
+    let job_id: uuid::Uuid = reply.assert_status(202)["job_id"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    poll_terminal(&app, &s.access_key, &job_id.to_string()).await;
+    eventually(10, || async {
+        (app.usage_of(s.user_id).await.len() == 1).then_some(())
+    })
+    .await;
+
+    let broker = messaging::Broker::connect(app.settings.broker.clone())
+        .await
+        .unwrap();
+    let message = domain::InvocationMessage { job_id }.to_json_bytes();
+    for _ in 0..3 {
+        broker
+            .publish_json(
+                messaging::MODEL_INVOCATION_QUEUE,
+                &message,
+                &job_id.to_string(),
+            )
+            .await
+            .unwrap();
+    }
+    // A fresh job behind the duplicates: once it is done, they were consumed.
+    let next = submit(
+        &app,
+        &s.access_key,
+        json!({"model": "demo-image", "prompt": "next"}),
+    )
+    .await;
+    let next_id = next.assert_status(202)["job_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    poll_terminal(&app, &s.access_key, &next_id).await;
+    assert_eq!(s.mock.calls(), 2, "the duplicates made no provider call");
+    eventually(10, || async {
+        (app.usage_of(s.user_id).await.len() == 2).then_some(())
+    })
+    .await;
+    assert_eq!(app.balance_and_ledger_sum(s.user_id).await.0, dec("0.92"));
+    app.assert_books_balance().await;
+    broker.close().await;
+    worker.stop().await;
+    billing.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn webhooks_are_signed_retried_and_verifiable() {
+    let app = spawn_app().await;
+    let worker = InvocationWorker::start(&app).await;
+    let s = setup(&app, "1").await;
+    let receiver = WebhookReceiver::start(1).await;
+    let reply = submit(
+        &app,
+        &s.access_key,
+        json!({"model": "demo-image", "prompt": "hook", "callback_url": receiver.url}),
+    )
+    .await;
+    let job_id = reply.assert_status(202)["job_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let received = eventually(20, || async {
+        let got = receiver.received();
+        got.iter().any(|r| r.answered == 200).then_some(got)
+    })
+    .await;
+    assert_eq!(
+        received.len(),
+        2,
+        "one failed delivery, then one retried success"
+    );
+    for hook in &received {
+        let header = hook.signature.clone().expect("signed");
+        let (t, v1) = header.split_once(",v1=").unwrap();
+        let t = t.trim_start_matches("t=");
+        assert!(
+            domain::signature::verify(WEBHOOK_SECRET.as_bytes(), t, &hook.body, v1),
+            "signature must verify"
+        );
+        assert!(!domain::signature::verify(
+            b"another-secret",
+            t,
+            &hook.body,
+            v1
+        ));
+        let job: Value = serde_json::from_slice(&hook.body).unwrap();
+        assert_eq!(job["job_id"], job_id.as_str());
+        assert_eq!(job["status"], "COMPLETED");
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(600)).await;
+    assert_eq!(
+        receiver.received().len(),
+        2,
+        "a delivered webhook is not sent again"
+    );
+    worker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_thousand_jobs_submitted_at_once_all_end() {
+    let app = spawn_app().await;
+    let billing = BillingWorker::start(&app).await;
+    let mut settings = integration_tests::invocation_settings(&app);
+    settings.broker.prefetch = 64;
+    let worker = InvocationWorker::start_with(settings).await;
+    let s = setup(&app, "100").await;
+    let submits = futures_util::stream::iter(0..1000)
+        .map(|i| {
+            let app = &app;
+            let key = s.access_key.clone();
+            async move {
+                submit(
+                    app,
+                    &key,
+                    json!({"model": "demo-image", "prompt": format!("picture {i}")}),
+                )
+                .await
+                .status
+                .as_u16()
+            }
+        })
+        .buffer_unordered(50)
+        .collect::<Vec<u16>>()
+        .await;
+    assert!(submits.iter().all(|s| *s == 202));
+    eventually(120, || async {
+        let done = count_terminal(&app).await;
+        (done == 1000).then_some(())
+    })
+    .await;
+    eventually(60, || async {
+        (app.usage_of(s.user_id).await.len() == 1000).then_some(())
+    })
+    .await;
+    assert_eq!(app.balance_and_ledger_sum(s.user_id).await.0, dec("60"));
+    app.assert_books_balance().await;
+    worker.stop().await;
+    billing.stop().await;
+}
+
+use futures_util::StreamExt;
+
+async fn count_terminal(app: &TestApp) -> i64 {
+    use diesel::{ExpressionMethods, QueryDsl};
+    use diesel_async::RunQueryDsl;
+    use persistence::schema::async_jobs;
+    let mut conn = app.pool.get().await.unwrap();
+    async_jobs::table
+        .filter(async_jobs::status.eq_any(["COMPLETED", "FAILED"]))
+        .count()
+        .get_result(&mut conn)
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn with_the_broker_down_during_a_burst_no_job_is_lost_or_stuck() {
+    let mut outage = integration_tests::BrokerOutage::start().await;
+    let url = outage.url();
+    let app = integration_tests::spawn_app_with(|settings| {
+        settings.broker.url = url;
+        settings.broker.publish_confirm_timeout_ms = 1000;
+    })
+    .await;
+    let worker = InvocationWorker::start(&app).await;
+    let s = setup(&app, "10").await;
+    let mut ids = Vec::new();
+    for i in 0..40 {
+        if i == 10 {
+            outage.cut().await;
+        }
+        if i == 30 {
+            outage.restore().await;
+        }
+        let reply = submit(
+            &app,
+            &s.access_key,
+            json!({"model": "demo-image", "prompt": format!("burst {i}")}),
+        )
+        .await;
+        ids.push(
+            reply.assert_status(202)["job_id"]
+                .as_str()
+                .unwrap()
+                .to_owned(),
+        );
+    }
+    for id in &ids {
+        let job = poll_terminal(&app, &s.access_key, id).await;
+        assert_eq!(job["status"], "COMPLETED", "{job}");
+    }
+    assert_eq!(s.mock.calls(), 40, "each job called the provider once");
+    worker.stop().await;
+}

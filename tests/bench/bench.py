@@ -1,0 +1,727 @@
+#!/usr/bin/env python3
+"""Helpers of `make bench` (tests/bench/run.sh). Standard library only.
+
+Subcommands:
+  seed        register the mock providers, models and bench users (balance, one access key each)
+  wrk-json    read wrk's output (our Lua `done` line) and print one JSON result
+  hey-json    read hey's CSV output and print one JSON result (percentiles of every request)
+  publish     publish N valid billing messages straight to the bench billing queue (AMQP 0-9-1)
+  settle-wait wait until usage_logs holds N rows, print the settlement rate
+  streams     hold N streaming chat calls open through the gateway and sample its RSS
+  report      turn the results (JSON lines) into docs/BENCHMARKS.md
+"""
+import argparse
+import asyncio
+import csv
+import datetime
+import io
+import json
+import os
+import random
+import re
+import socket
+import statistics
+import struct
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+
+CHAT_BODY = {"model": "demo-chat", "messages": [{"role": "user", "content": "hello"}], "max_tokens": 16}
+
+
+# ---------------------------------------------------------------------------------------- seed
+
+
+def api(base, method, path, token=None, body=None, expect=(200, 201)):
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(base + path, data=data, method=method)
+    request.add_header("content-type", "application/json")
+    if token:
+        request.add_header("authorization", "Bearer " + token)
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            status, text = response.status, response.read()
+    except urllib.error.HTTPError as error:
+        status, text = error.code, error.read()
+    if status not in expect:
+        raise SystemExit(f"seed: {method} {path} answered {status}: {text[:300]!r}")
+    return json.loads(text) if text else None
+
+
+def login(base, email, password):
+    return api(base, "POST", "/v1/auth/login", body={"email": email, "password": password})["access_token"]
+
+
+def cmd_seed(a):
+    admin = login(a.api, os.environ["ADMIN_EMAIL"], os.environ["ADMIN_PASSWORD"])
+    for name, url, model in (("mock-llm", a.mock_url, "demo-chat"), ("mock-stream", a.stream_mock_url, "bench-stream")):
+        provider = api(a.api, "POST", "/v1/admin/providers", admin,
+                       {"name": name, "kind": "openai", "base_url": url})
+        api(a.api, "POST", f"/v1/admin/providers/{provider['id']}/keys", admin,
+            {"api_key": "sk-mock-bench", "name": "bench", "weight": 1})
+        api(a.api, "POST", "/v1/admin/models", admin, {
+            "name": model, "provider_id": provider["id"], "upstream_model": "mock-gpt",
+            "kind": "chat", "max_output_tokens": 1024,
+            "pricing": {"input_per_million": "0.15", "output_per_million": "0.60"}})
+    keys, users = [], []
+    for i in range(a.users):
+        email, password = f"bench-{i}@example.com", "bench-password"
+        user = api(a.api, "POST", "/v1/admin/users", admin, {"email": email, "password": password})
+        api(a.api, "POST", f"/v1/admin/users/{user['id']}/balance-adjustments", admin,
+            {"amount": a.balance, "reason": "benchmark credit"})
+        token = login(a.api, email, password)
+        key = api(a.api, "POST", "/v1/me/access-keys", token, {"name": "bench"})
+        keys.append(key["key"])
+        users.append({"user_id": user["id"], "access_key_id": key["id"]})
+    with open(a.keys_out, "w") as f:
+        f.write("\n".join(keys) + "\n")
+    with open(a.users_out, "w") as f:
+        json.dump(users, f)
+    # The gateway reloads its routes every catalog_refresh_ms: wait until both models answer.
+    deadline = time.monotonic() + 15
+    while True:
+        listed = api(a.api, "GET", "/v1/models", keys[0])
+        names = {m["id"] for m in listed["data"]}
+        if {"demo-chat", "bench-stream"} <= names:
+            break
+        if time.monotonic() > deadline:
+            raise SystemExit(f"seed: the gateway does not route the bench models yet: {names}")
+        time.sleep(0.2)
+    status = chat_once(a.api, keys[0])
+    if status != 200:
+        raise SystemExit(f"seed: a first chat call through the gateway answered {status}")
+    print(f"seeded {a.users} users with access keys; models demo-chat and bench-stream routed")
+
+
+def chat_once(base, key):
+    request = urllib.request.Request(base + "/v1/chat/completions", data=json.dumps(CHAT_BODY).encode(),
+                                     method="POST")
+    request.add_header("content-type", "application/json")
+    request.add_header("authorization", "Bearer " + key)
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            response.read()
+            return response.status
+    except urllib.error.HTTPError as error:
+        return error.code
+
+
+# ----------------------------------------------------------------------------- load results
+
+
+def cmd_wrk_json(a):
+    text = sys.stdin.read()
+    match = re.search(r"^BENCH_JSON (\{.*\})$", text, re.M)
+    if not match:
+        raise SystemExit("wrk-json: no summary line in wrk's output:\n" + text[-2000:])
+    s = json.loads(match.group(1))
+    seconds = s["duration_us"] / 1e6
+    errors = s["connect_errors"] + s["read_errors"] + s["write_errors"] + s["status_errors"] + s["timeouts"]
+    result = {
+        "kind": "throughput", "target": a.target, "repeat": a.repeat,
+        "rps": s["requests"] / seconds, "requests": s["requests"], "seconds": seconds,
+        "errors": errors, "status_errors": s["status_errors"],
+        "p50_ms": s["p50_us"] / 1000, "p99_ms": s["p99_us"] / 1000,
+    }
+    print(json.dumps(result))
+
+
+def percentile(sorted_values, p):
+    """Nearest-rank percentile of an ascending list."""
+    if not sorted_values:
+        return float("nan")
+    rank = max(1, min(len(sorted_values), int(-(-p * len(sorted_values) // 100))))
+    return sorted_values[rank - 1]
+
+
+def cmd_hey_json(a):
+    rows = list(csv.reader(io.StringIO(sys.stdin.read())))
+    header, rows = rows[0], rows[1:]
+    col = {name: i for i, name in enumerate(header)}
+    latencies, offsets, bad = [], [], 0
+    for row in rows:
+        if len(row) != len(header):
+            continue
+        if row[col["status-code"]] != "200":
+            bad += 1
+            continue
+        latencies.append(float(row[col["response-time"]]) * 1000)
+        offsets.append(float(row[col["offset"]]))
+    # hey's own errors (refused connections, timeouts) have no CSV row: count them from its summary
+    latencies.sort()
+    span = (max(offsets) - min(offsets)) if len(offsets) > 1 else float("nan")
+    achieved = len(offsets) / a.seconds
+    result = {
+        "kind": "latency", "target": a.target, "rate": a.rate, "repeat": a.repeat,
+        "achieved_rps": achieved, "ok": len(latencies), "non_200": bad, "span_s": span,
+        "p50_ms": percentile(latencies, 50), "p90_ms": percentile(latencies, 90),
+        "p99_ms": percentile(latencies, 99), "max_ms": latencies[-1] if latencies else float("nan"),
+    }
+    print(json.dumps(result))
+
+
+# ------------------------------------------------------------------- AMQP 0-9-1 publishing
+
+
+class Amqp:
+    """Just enough of AMQP 0-9-1 to publish persistent messages with publisher confirms."""
+
+    def __init__(self, host, port, user, password, vhost="/"):
+        self.sock = socket.create_connection((host, port), timeout=30)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.buf = b""
+        self.sock.sendall(b"AMQP\x00\x00\x09\x01")
+        self.expect_method(0, 10, 10)  # connection.start
+        response = b"\x00" + user.encode() + b"\x00" + password.encode()
+        self.method(0, 10, 11, struct.pack(">I", 0) + shortstr("PLAIN") + longstr(response) + shortstr("en_US"))
+        args = self.expect_method(0, 10, 30)  # connection.tune
+        channel_max, frame_max, _heartbeat = struct.unpack(">HIH", args[:8])
+        self.frame_max = frame_max or 131072
+        self.method(0, 10, 31, struct.pack(">HIH", channel_max, self.frame_max, 0))
+        self.method(0, 10, 40, shortstr(vhost) + shortstr("") + b"\x00")  # connection.open
+        self.expect_method(0, 10, 41)
+        self.method(1, 20, 10, shortstr(""))  # channel.open
+        self.expect_method(1, 20, 11)
+        self.method(1, 85, 10, b"\x00")  # confirm.select
+        self.expect_method(1, 85, 11)
+        self.published = 0
+        self.confirmed = 0
+
+    def frame(self, kind, channel, payload):
+        return struct.pack(">BHI", kind, channel, len(payload)) + payload + b"\xce"
+
+    def method(self, channel, class_id, method_id, args):
+        self.sock.sendall(self.frame(1, channel, struct.pack(">HH", class_id, method_id) + args))
+
+    def read_frame(self):
+        while True:
+            if len(self.buf) >= 7:
+                kind, channel, size = struct.unpack(">BHI", self.buf[:7])
+                if len(self.buf) >= 8 + size:
+                    payload = self.buf[7:7 + size]
+                    self.buf = self.buf[8 + size:]
+                    return kind, channel, payload
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                raise SystemExit("publish: RabbitMQ closed the connection")
+            self.buf += chunk
+
+    def expect_method(self, channel, class_id, method_id):
+        while True:
+            kind, ch, payload = self.read_frame()
+            if kind != 1:
+                continue
+            c, m = struct.unpack(">HH", payload[:4])
+            if (c, m) == (class_id, method_id) and ch == channel:
+                return payload[4:]
+            if (c, m) in ((10, 50), (20, 40)):
+                code, = struct.unpack(">H", payload[4:6])
+                text = payload[7:7 + payload[6]].decode(errors="replace")
+                raise SystemExit(f"publish: RabbitMQ closed the channel: {code} {text}")
+            self.on_method(c, m, payload[4:])
+
+    def on_method(self, c, m, args):
+        if (c, m) == (60, 80):  # basic.ack
+            tag, multiple = struct.unpack(">QB", args[:9])
+            self.confirmed = max(self.confirmed, tag) if multiple & 1 else max(self.confirmed, tag)
+        elif (c, m) == (60, 120):  # basic.nack
+            raise SystemExit("publish: RabbitMQ refused (nacked) a message")
+        elif (c, m) == (60, 50):  # basic.return
+            raise SystemExit("publish: a message was returned unroutable (is the bench queue declared?)")
+
+    def publish_many(self, routing_key, bodies, message_ids):
+        out = bytearray()
+        for body, message_id in zip(bodies, message_ids):
+            publish = struct.pack(">HHH", 60, 40, 0) + shortstr("") + shortstr(routing_key) + b"\x01"
+            # properties: content-type (bit 15), delivery-mode (bit 12), message-id (bit 7)
+            flags = (1 << 15) | (1 << 12) | (1 << 7)
+            props = shortstr("application/json") + b"\x02" + shortstr(message_id)
+            header = struct.pack(">HHQH", 60, 0, len(body), flags) + props
+            out += self.frame(1, 1, publish) + self.frame(2, 1, header) + self.frame(3, 1, body)
+        self.sock.sendall(out)
+        self.published += len(bodies)
+
+    def wait_confirms(self):
+        while self.confirmed < self.published:
+            kind, _, payload = self.read_frame()
+            if kind == 1:
+                c, m = struct.unpack(">HH", payload[:4])
+                self.on_method(c, m, payload[4:])
+
+    def close(self):
+        self.method(0, 10, 50, struct.pack(">H", 200) + shortstr("bye") + struct.pack(">HH", 0, 0))
+        try:
+            self.expect_method(0, 10, 51)
+        except SystemExit:
+            pass
+        self.sock.close()
+
+
+def shortstr(text):
+    data = text.encode()
+    return struct.pack(">B", len(data)) + data
+
+
+def longstr(data):
+    return struct.pack(">I", len(data)) + data
+
+
+def cmd_publish(a):
+    with open(a.users) as f:
+        users = json.load(f)
+    now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    bodies, ids = [], []
+    for i in range(a.n):
+        user = users[i % len(users)]
+        request_id = str(uuid.uuid4())
+        message = {
+            "schema_version": 1, "request_id": request_id, "user_id": user["user_id"],
+            "access_key_id": user["access_key_id"], "model_id": a.model_id, "model_name": "demo-chat",
+            "usage": {"prompt_tokens": 1, "completion_tokens": 16, "cached_prompt_tokens": 0, "images": 0},
+            "cost": "0.00000975", "hold_id": None, "occurred_at": now,
+        }
+        bodies.append(json.dumps(message, separators=(",", ":")).encode())
+        ids.append(request_id)
+    client = Amqp(a.host, a.port, a.user, a.password)
+    started = time.monotonic()
+    for start in range(0, a.n, 1000):
+        client.publish_many(a.queue, bodies[start:start + 1000], ids[start:start + 1000])
+        client.wait_confirms()
+    client.close()
+    elapsed = time.monotonic() - started
+    print(f"published {a.n} billing messages to {a.queue} in {elapsed:.2f}s", file=sys.stderr)
+
+
+# ------------------------------------------------------------------------------- settlement
+
+
+def psql(db, sql):
+    out = subprocess.run(["psql", "-h", "127.0.0.1", "-U", "postgres", "-d", db, "-XAtq", "-c", sql],
+                         check=True, capture_output=True, text=True).stdout
+    return out.strip()
+
+
+def cmd_settle_wait(a):
+    """Waits until usage_logs has `n` rows; the rate is measured from the first settled row's
+    transaction time to the poll that saw the last one (50 ms polls)."""
+    deadline = time.monotonic() + a.timeout
+    count = 0
+    while time.monotonic() < deadline:
+        count, elapsed = psql(a.db, "SELECT count(*), coalesce(extract(epoch FROM clock_timestamp() - "
+                                     "min(created_at)), 0) FROM usage_logs").split("|")
+        count, elapsed = int(count), float(elapsed)
+        if count >= a.n:
+            break
+        time.sleep(0.05)
+    else:
+        print(json.dumps({"kind": "settlement", "mode": a.mode, "repeat": a.repeat, "n": a.n,
+                          "settled": count, "timed_out": True, "rate": count / a.timeout}))
+        return
+    # Between the first and the last commit, without the poll's granularity where it matters.
+    span = float(psql(a.db, "SELECT extract(epoch FROM max(created_at) - min(created_at)) FROM usage_logs"))
+    print(json.dumps({"kind": "settlement", "mode": a.mode, "repeat": a.repeat, "n": a.n, "settled": count,
+                      "timed_out": False, "seconds": elapsed, "rate": count / elapsed,
+                      "first_to_last_commit_s": span}))
+
+
+# --------------------------------------------------------------------------------- memory
+
+
+def rss_kib(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise SystemExit(f"no VmRSS for pid {pid}")
+
+
+async def open_stream(host, port, key, body, opened, failures):
+    try:
+        reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), 10)
+        writer.write((f"POST /v1/chat/completions HTTP/1.1\r\nHost: {host}:{port}\r\n"
+                      f"Authorization: Bearer {key}\r\nContent-Type: application/json\r\n"
+                      f"Accept: text/event-stream\r\nContent-Length: {len(body)}\r\n\r\n").encode() + body)
+        await writer.drain()
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 20)
+        status = head.split(b" ", 2)[1]
+        if status != b"200":
+            failures.append(status.decode())
+            writer.close()
+            return None
+        first = await asyncio.wait_for(reader.read(4096), 20)  # the first SSE event
+        if not first:
+            failures.append("closed")
+            writer.close()
+            return None
+        opened.append(1)
+        return reader, writer
+    except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError) as error:
+        failures.append(type(error).__name__)
+        return None
+
+
+async def hold_streams(a, keys):
+    body = json.dumps({"model": "bench-stream", "stream": True, "max_tokens": 64,
+                       "messages": [{"role": "user", "content": "hello"}]}).encode()
+    opened, failures, streams = [], [], []
+    started = time.monotonic()
+    for wave in range(0, a.n, 100):
+        tasks = [open_stream(a.host, a.port, keys[i % len(keys)], body, opened, failures)
+                 for i in range(wave, min(a.n, wave + 100))]
+        streams += [s for s in await asyncio.gather(*tasks) if s]
+    open_seconds = time.monotonic() - started
+    samples = []
+    for _ in range(6):
+        await asyncio.sleep(0.5)
+        samples.append(rss_kib(a.pid))
+    # Still open? Each stream should have had more events meanwhile (one a second).
+    alive = 0
+    for reader, _ in streams:
+        try:
+            if await asyncio.wait_for(reader.read(4096), 2):
+                alive += 1
+        except asyncio.TimeoutError:
+            pass
+    for _, writer in streams:
+        writer.close()
+    return {"kind": "memory", "state": "streams", "streams_requested": a.n, "streams_open": len(opened),
+            "streams_alive_at_end": alive, "failures": sorted(set(failures))[:5], "failed": len(failures),
+            "seconds_to_open": open_seconds, "rss_kib": max(samples), "rss_samples_kib": samples}
+
+
+def cmd_streams(a):
+    with open(a.keys) as f:
+        keys = [k.strip() for k in f if k.strip()]
+    print(json.dumps(asyncio.run(hold_streams(a, keys))))
+
+
+def cmd_rss(a):
+    samples = []
+    for _ in range(a.samples):
+        samples.append(rss_kib(a.pid))
+        time.sleep(0.2)
+    print(json.dumps({"kind": "memory", "state": a.state, "rss_kib": statistics.median(samples)}))
+
+
+# ----------------------------------------------------------------------------------- meta
+
+
+def first_line(cmd):
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        return "n/a"
+    text = (done.stdout + done.stderr).strip()
+    return text.splitlines()[0].strip() if text else "n/a"
+
+
+def cmd_meta(a):
+    env = os.environ
+    cpu = "n/a"
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    with open("/proc/meminfo") as f:
+        mem_kib = int(f.readline().split()[1])
+    os_name = "n/a"
+    if os.path.exists("/etc/os-release"):
+        with open("/etc/os-release") as f:
+            for line in f:
+                if line.startswith("PRETTY_NAME="):
+                    os_name = line.split("=", 1)[1].strip().strip('"')
+    commit = env.get("BENCH_COMMIT") or first_line(["git", "rev-parse", "--short", "HEAD"])
+    dirty = not env.get("BENCH_COMMIT") and bool(subprocess.run(
+        ["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True).stdout.strip())
+    notes = []
+    if env.get("BENCH_NOTES") and os.path.exists(env["BENCH_NOTES"]):
+        with open(env["BENCH_NOTES"]) as f:
+            notes = [line.strip() for line in f if line.strip()]
+    meta = {
+        "date": datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"),
+        "commit": commit, "dirty": dirty,
+        "cpu": cpu, "cores": os.cpu_count(), "memory": f"{mem_kib / 1024 / 1024:.1f} GiB",
+        "kernel": os.uname().release, "os": os_name,
+        "postgres": first_line(["psql", "-h", "127.0.0.1", "-U", "postgres", "-XAtqc", "SHOW server_version"]),
+        "rabbitmq": first_line(["rabbitmqctl", "-q", "version"]),
+        "nginx": first_line(["nginx", "-v"]).replace("nginx version: ", ""),
+        "wrk": first_line(["wrk", "-v"]).split(" [")[0],
+        "hey": "hey " + first_line(["dpkg-query", "-W", "-f", "${Version}", "hey"]),
+        "rustc": first_line(["rustc", "--version"]),
+        "mock_workers": os.cpu_count(), "rust_log": env.get("RUST_LOG", "unset"),
+        "users": int(env["BENCH_USERS"]), "duration": int(env["BENCH_DURATION"]),
+        "repeats": int(env["BENCH_REPEATS"]), "warmup": int(env["BENCH_WARMUP"]),
+        "wrk_threads": int(env["BENCH_WRK_THREADS"]), "wrk_connections": int(env["BENCH_WRK_CONNECTIONS"]),
+        "settle_n": int(env["BENCH_SETTLE_N"]), "prefetch": int(env["BENCH_PREFETCH"]),
+        "pgbench_seconds": int(env["BENCH_PGBENCH_SECONDS"]), "streams": int(env["BENCH_STREAMS"]),
+        "db": env["BENCH_DB"], "prefix": env["BENCH_PREFIX"], "ports": env["BENCH_PORTS"], "notes": notes,
+    }
+    print(json.dumps(meta, indent=1))
+
+
+# --------------------------------------------------------------------------------- report
+
+
+def median(values):
+    values = [v for v in values if v == v]  # no NaN
+    return statistics.median(values) if values else float("nan")
+
+
+def fmt(value, digits=0):
+    if value is None or value != value:
+        return "n/a"
+    return f"{value:,.{digits}f}"
+
+
+def verdict(ok):
+    return "**PASS**" if ok else "**MISS**"
+
+
+def cmd_report(a):
+    results = []
+    with open(a.results) as f:
+        for line in f:
+            line = line.strip()
+            if line.startswith("{"):
+                results.append(json.loads(line))
+    with open(a.meta) as f:
+        meta = json.load(f)
+    by = lambda **kw: [r for r in results if all(r.get(k) == v for k, v in kw.items())]
+    out = []
+    w = out.append
+    w("# Benchmarks")
+    w("")
+    w(f"Written by `make bench` (tests/bench/run.sh) on {meta['date']} at commit `{meta['commit']}`"
+      f"{' (with uncommitted changes)' if meta.get('dirty') else ''}. Every number below was measured "
+      "in that run; nothing is typed in by hand. Run `make bench` again to refresh this file.")
+    w("")
+    w("## Machine")
+    w("")
+    w("| | |")
+    w("|---|---|")
+    for label, key in (("CPU", "cpu"), ("cores", "cores"), ("memory", "memory"), ("kernel", "kernel"),
+                       ("OS", "os"), ("PostgreSQL", "postgres"), ("RabbitMQ", "rabbitmq"), ("nginx", "nginx"),
+                       ("wrk", "wrk"), ("hey", "hey"), ("rustc", "rustc")):
+        w(f"| {label} | {meta.get(key, 'n/a')} |")
+    w("")
+    w("Everything runs on this one machine: the load generator, the mock provider, nginx, gateway-api, "
+      "billing-worker, PostgreSQL and RabbitMQ share its cores, so these are numbers of the whole "
+      "system on 2 cores, not of the gateway alone on a dedicated host.")
+    w("")
+    w("## What was measured, and how")
+    w("")
+    w(f"- **Request**: `POST /v1/chat/completions` with `{json.dumps(CHAT_BODY, separators=(',', ':'))}` "
+      "and `Authorization: Bearer <access key>`, non-streaming, over HTTP/1.1 keep-alive on 127.0.0.1.")
+    w(f"- **Upstream**: `target/release/mock-llm --latency-ms 0` (answers at once, {meta['mock_workers']} "
+      "workers).")
+    w("- **Targets**: *direct* = the mock itself; *nginx* = nginx 2 workers as a plain reverse proxy to "
+      "the mock (keepalive upstream, access log off); *gateway* = gateway-api (release build, "
+      f"`RUST_LOG={meta['rust_log']}`, default workers and pools) doing the whole path: access-key lookup, "
+      "hold on the balance, forward to the mock, price the usage, publish the charge to RabbitMQ "
+      "(publisher confirms), with billing-worker running and settling every charge into PostgreSQL.")
+    w(f"- **Callers**: {meta['users']} bench users with one access key each; the load rotates over the "
+      "keys" + (" (wrk per request; hey has one fixed header, so each hey run uses one key)." if True else "."))
+    w(f"- **Throughput**: `wrk -t{meta['wrk_threads']} -c{meta['wrk_connections']} -d{meta['duration']}s` "
+      f"with a Lua script for the body and headers, after a {meta['warmup']}s warm-up per target; "
+      f"{meta['repeats']} rounds, targets interleaved; the table shows medians.")
+    w(f"- **Latency at a fixed rate**: `hey -z {meta['duration']}s -c <workers> -q <rate/workers>` "
+      "(hey's `-q` is per worker; each worker sends at most that rate), latencies of every request "
+      "from hey's CSV output; percentiles are nearest-rank, medians over the repeats. hey is "
+      "closed-loop per worker: a slow answer delays that worker's next request, so a rate the system "
+      "cannot hold shows up as a lower achieved rate, reported beside the latencies.")
+    w(f"- **Settlement**: with billing-worker stopped, {meta['settle_n']:,} valid `BillingMessage` "
+      "bodies (schema_version 1, spread over the bench users, no holds) are published to the bench "
+      "queue with publisher confirms; then billing-worker starts and the clock runs from the first "
+      "settled row's commit to the poll (every 50 ms) that sees all rows in `usage_logs`. Batched = "
+      f"`APP__BILLING__BATCH_MAX=64`, single = `APP__BILLING__BATCH_MAX=1`, both with "
+      f"`APP__BROKER__PREFETCH={meta['prefetch']}`.")
+    w(f"- **pgbench**: `pgbench -i -s 10` into a scratch database, then `UPDATE pgbench_accounts SET "
+      f"abalance = abalance + 1 WHERE aid = :aid` (random aid) with `-c 8 -j 2 -T {meta['pgbench_seconds']}`: "
+      "what this PostgreSQL does with single-row update transactions.")
+    w(f"- **Memory**: gateway-api's VmRSS from /proc: idle after start, after the load phases, and with "
+      f"{meta['streams']} streaming calls held open at once (a second mock with "
+      "`--stream-chunk-delay-ms 1000 --completion-tokens 60`, so a stream lasts a minute; the RSS is the "
+      "highest of 6 samples over 3 s while all are open).")
+    w(f"- Isolation: its own database `{meta['db']}` (dropped and recreated each run), RabbitMQ queue "
+      f"prefix `{meta['prefix']}`, ports {meta['ports']}; it starts and stops only its own processes.")
+    w("")
+
+    # --- targets summary first
+    thr = {t: median([r["rps"] for r in by(kind="throughput", target=t)]) for t in ("direct", "nginx", "gateway")}
+    lat = {}
+    for r in by(kind="latency"):
+        lat.setdefault((r["target"], r["rate"]), []).append(r)
+
+    def lat_med(target, rate, field):
+        return median([r[field] for r in lat.get((target, rate), [])])
+
+    def rate_reached(target, rate):
+        return lat_med(target, rate, "achieved_rps") >= 0.95 * rate
+
+    settle = {m: median([r["rate"] for r in by(kind="settlement", mode=m) if not r.get("timed_out")] or [float("nan")])
+              for m in ("batched", "single")}
+    pgb = median([r["tps"] for r in by(kind="pgbench")])
+    ratio = thr["gateway"] / thr["nginx"] if thr["nginx"] == thr["nginx"] and thr["nginx"] else float("nan")
+    add50 = lat_med("gateway", 1000, "p50_ms") - lat_med("direct", 1000, "p50_ms")
+    add99 = lat_med("gateway", 1000, "p99_ms") - lat_med("direct", 1000, "p99_ms")
+    w("## Targets")
+    w("")
+    w("| target | measured (median) | result |")
+    w("|---|---|---|")
+    w(f"| gateway throughput >= 50% of nginx's | {fmt(thr['gateway'])} / {fmt(thr['nginx'])} req/s = "
+      f"{fmt(ratio * 100, 1)}% | {verdict(ratio >= 0.5)} |")
+    reached = rate_reached("gateway", 1000)
+    note = "" if reached else " (1000 req/s not reached)"
+    w(f"| added p50 at 1000 req/s <= 1 ms | {fmt(add50, 2)} ms{note} | {verdict(add50 <= 1 and reached)} |")
+    w(f"| added p99 at 1000 req/s <= 5 ms | {fmt(add99, 2)} ms{note} | {verdict(add99 <= 5 and reached)} |")
+    w(f"| settlement >= 5000/s (batched) | {fmt(settle['batched'])} settlements/s | "
+      f"{verdict(settle['batched'] >= 5000)} |")
+    w("")
+
+    w("## Throughput at saturation")
+    w("")
+    w(f"wrk `-t{meta['wrk_threads']} -c{meta['wrk_connections']} -d{meta['duration']}s`; req/s of each round, median in bold.")
+    w("")
+    w("| target | req/s (median) | rounds | p50 / p99 latency (ms, median) | errors |")
+    w("|---|---|---|---|---|")
+    for t in ("direct", "nginx", "gateway"):
+        rs = by(kind="throughput", target=t)
+        w(f"| {t} | **{fmt(thr[t])}** | {', '.join(fmt(r['rps']) for r in rs)} | "
+          f"{fmt(median([r['p50_ms'] for r in rs]), 2)} / {fmt(median([r['p99_ms'] for r in rs]), 2)} | "
+          f"{sum(r['errors'] for r in rs)} |")
+    w("")
+    w(f"Gateway / nginx = **{fmt(ratio * 100, 1)}%**; gateway / direct = "
+      f"{fmt(thr['gateway'] / thr['direct'] * 100 if thr['direct'] else float('nan'), 1)}%.")
+    w("")
+
+    w("## Latency at fixed rates")
+    w("")
+    w("hey, medians of the repeats; *added* = gateway minus direct at the same rate.")
+    w("")
+    w("| rate (req/s) | target | achieved req/s | p50 ms | p90 ms | p99 ms | non-200 |")
+    w("|---|---|---|---|---|---|---|")
+    rates = sorted({r for (_, r) in lat})
+    for rate in rates:
+        for t in ("direct", "nginx", "gateway"):
+            rs = lat.get((t, rate), [])
+            if not rs:
+                continue
+            mark = "" if rate_reached(t, rate) else " (not reached)"
+            w(f"| {rate} | {t} | {fmt(lat_med(t, rate, 'achieved_rps'))}{mark} | "
+              f"{fmt(lat_med(t, rate, 'p50_ms'), 2)} | {fmt(lat_med(t, rate, 'p90_ms'), 2)} | "
+              f"{fmt(lat_med(t, rate, 'p99_ms'), 2)} | {sum(r['non_200'] for r in rs)} |")
+        w(f"| {rate} | *gateway added* | | {fmt(lat_med('gateway', rate, 'p50_ms') - lat_med('direct', rate, 'p50_ms'), 2)} | "
+          f"{fmt(lat_med('gateway', rate, 'p90_ms') - lat_med('direct', rate, 'p90_ms'), 2)} | "
+          f"{fmt(lat_med('gateway', rate, 'p99_ms') - lat_med('direct', rate, 'p99_ms'), 2)} | |")
+    w("")
+
+    w("## Settlement (billing-worker)")
+    w("")
+    w("| mode | settlements/s (median) | runs (settlements/s) | seconds for all (median) |")
+    w("|---|---|---|---|")
+    for mode, label in (("batched", "batched (`BATCH_MAX=64`)"), ("single", "single (`BATCH_MAX=1`)")):
+        rs = by(kind="settlement", mode=mode)
+        runs = ", ".join(("timed out at " + fmt(r["settled"]) + " rows") if r.get("timed_out") else fmt(r["rate"])
+                         for r in rs)
+        w(f"| {label} | **{fmt(settle[mode])}** | {runs} | "
+          f"{fmt(median([r['seconds'] for r in rs if not r.get('timed_out')] or [float('nan')]), 2)} |")
+    pg_runs = by(kind="pgbench")
+    w(f"| pgbench single-row UPDATE, 8 clients (tx/s) | **{fmt(pgb)}** | "
+      f"{', '.join(fmt(r['tps']) for r in pg_runs)} | |")
+    w("")
+    w("A settlement is one INSERT into usage_logs, an UPDATE of the hold, an UPDATE of the user's "
+      "balance and an INSERT into the ledger; single mode commits each one, batched commits up to 64 "
+      "at a time.")
+    w("")
+
+    w("## gateway-api memory (VmRSS)")
+    w("")
+    w("| state | RSS |")
+    w("|---|---|")
+    for r in by(kind="memory"):
+        label = {"idle": "idle, after start", "after-load": "idle, after the load phases"}.get(r["state"], r["state"])
+        if r["state"] == "streams":
+            label = (f"{r['streams_open']} of {r['streams_requested']} streaming calls open "
+                     f"({r['streams_alive_at_end']} still receiving at the end; {r['failed']} failed to open)")
+        w(f"| {label} | {r['rss_kib'] / 1024:.1f} MiB |")
+    w("")
+    if meta.get("notes"):
+        w("## Notes from this run")
+        w("")
+        for note in meta["notes"]:
+            w(f"- {note}")
+        w("")
+    text = "\n".join(out)
+    with open(a.out, "w") as f:
+        f.write(text)
+    print(text)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    s = sub.add_parser("seed")
+    s.add_argument("--api", required=True)
+    s.add_argument("--mock-url", required=True)
+    s.add_argument("--stream-mock-url", required=True)
+    s.add_argument("--users", type=int, default=64)
+    s.add_argument("--balance", default="1000000")
+    s.add_argument("--keys-out", required=True)
+    s.add_argument("--users-out", required=True)
+    s.set_defaults(func=cmd_seed)
+    s = sub.add_parser("wrk-json")
+    s.add_argument("--target", required=True)
+    s.add_argument("--repeat", type=int, default=0)
+    s.set_defaults(func=cmd_wrk_json)
+    s = sub.add_parser("hey-json")
+    s.add_argument("--target", required=True)
+    s.add_argument("--rate", type=int, required=True)
+    s.add_argument("--seconds", type=float, required=True)
+    s.add_argument("--repeat", type=int, default=0)
+    s.set_defaults(func=cmd_hey_json)
+    s = sub.add_parser("publish")
+    s.add_argument("--n", type=int, required=True)
+    s.add_argument("--users", required=True)
+    s.add_argument("--model-id", type=int, required=True)
+    s.add_argument("--queue", required=True)
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--port", type=int, default=5672)
+    s.add_argument("--user", default="guest")
+    s.add_argument("--password", default="guest")
+    s.set_defaults(func=cmd_publish)
+    s = sub.add_parser("settle-wait")
+    s.add_argument("--db", required=True)
+    s.add_argument("--n", type=int, required=True)
+    s.add_argument("--mode", required=True)
+    s.add_argument("--repeat", type=int, default=0)
+    s.add_argument("--timeout", type=float, default=120)
+    s.set_defaults(func=cmd_settle_wait)
+    s = sub.add_parser("streams")
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--port", type=int, required=True)
+    s.add_argument("--n", type=int, default=1000)
+    s.add_argument("--keys", required=True)
+    s.add_argument("--pid", type=int, required=True)
+    s.set_defaults(func=cmd_streams)
+    s = sub.add_parser("rss")
+    s.add_argument("--pid", type=int, required=True)
+    s.add_argument("--state", required=True)
+    s.add_argument("--samples", type=int, default=5)
+    s.set_defaults(func=cmd_rss)
+    s = sub.add_parser("meta")
+    s.set_defaults(func=cmd_meta)
+    s = sub.add_parser("report")
+    s.add_argument("--results", required=True)
+    s.add_argument("--meta", required=True)
+    s.add_argument("--out", required=True)
+    s.set_defaults(func=cmd_report)
+    a = p.parse_args()
+    a.func(a)
+
+
+if __name__ == "__main__":
+    main()

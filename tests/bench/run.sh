@@ -1,0 +1,319 @@
+#!/usr/bin/env bash
+# `make bench`: a self-contained benchmark of the gateway on this machine, written to
+# docs/BENCHMARKS.md. It builds release binaries, uses its own database, RabbitMQ queue prefix
+# and ports on 127.0.0.1, starts its own mock provider, nginx, gateway-api and billing-worker,
+# and stops exactly the processes it started (by PID), also when it fails or is interrupted.
+#
+# Knobs (environment): BENCH_DURATION (s per load run, 10), BENCH_REPEATS (3), BENCH_RATES
+# ("500 1000 2000"), BENCH_SETTLE_N (20000), BENCH_STREAMS (1000), BENCH_USERS (64),
+# BENCH_PHASES ("throughput latency memory settlement pgbench"), BENCH_KEEP=1 keeps the temp dir,
+# BENCH_OUT (docs/BENCHMARKS.md).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+ROOT=$PWD
+HERE=$ROOT/tests/bench
+
+DURATION=${BENCH_DURATION:-10}
+REPEATS=${BENCH_REPEATS:-3}
+RATES=${BENCH_RATES:-500 1000 2000}
+SETTLE_N=${BENCH_SETTLE_N:-20000}
+SETTLE_REPEATS=${BENCH_SETTLE_REPEATS:-3}
+STREAMS=${BENCH_STREAMS:-1000}
+USERS=${BENCH_USERS:-64}
+PHASES=${BENCH_PHASES:-throughput latency memory settlement pgbench}
+OUT=${BENCH_OUT:-$ROOT/docs/BENCHMARKS.md}
+WARMUP=3
+WRK_THREADS=2
+WRK_CONNECTIONS=64
+PREFETCH=256
+PGBENCH_SECONDS=10
+
+GATEWAY_PORT=18180
+NGINX_PORT=18181
+MOCK_PORT=19290
+STREAM_MOCK_PORT=19291
+WORKER_OPS_PORT=19102
+DB=ai_gateway_bench
+PGBENCH_DB=ai_gateway_bench_pgbench
+PREFIX=bench_
+QUEUE=${PREFIX}billing_log_queue
+export RUST_LOG=warn
+
+WORK=$(mktemp -d /tmp/ai-gateway-bench.XXXXXX)
+RESULTS=$WORK/results.jsonl
+NOTES=$WORK/notes.txt
+: >"$RESULTS"
+: >"$NOTES"
+BIN=$ROOT/target/release
+PY="python3 $HERE/bench.py"
+declare -A PIDS=()
+
+log() { printf '[bench %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+note() { echo "$*" >>"$NOTES"; log "note: $*"; }
+die() { log "FAILED: $*"; exit 1; }
+
+# ---------------------------------------------------------------- our processes, by PID
+
+start() { # start NAME CMD...: runs CMD in the background, output to $WORK/NAME.log
+    local name=$1
+    shift
+    "$@" >"$WORK/$name.log" 2>&1 &
+    PIDS[$name]=$!
+}
+
+stop() { # stop NAME: SIGTERM to the PID we started, SIGKILL after 10 s
+    local name=$1 pid=${PIDS[$1]:-}
+    [ -n "$pid" ] || return 0
+    if kill -0 "$pid" 2>/dev/null; then
+        kill -TERM "$pid" 2>/dev/null || true
+        for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+        kill -KILL "$pid" 2>/dev/null || true
+    fi
+    wait "$pid" 2>/dev/null || true
+    unset "PIDS[$name]"
+}
+
+run() { # run NAME CMD...: a foreground step that the traps can still stop (it is ours by PID)
+    local name=$1 rc=0
+    shift
+    "$@" >"$WORK/$name.out" 2>"$WORK/$name.err" &
+    PIDS[$name]=$!
+    wait "${PIDS[$name]}" || rc=$?
+    unset "PIDS[$name]"
+    return $rc
+}
+
+delete_bench_queues() {
+    local q
+    for q in "$QUEUE" "$QUEUE.retry" "$QUEUE.dlq" \
+        "${PREFIX}model_invocation_queue" "${PREFIX}model_invocation_queue.retry" "${PREFIX}model_invocation_queue.dlq"; do
+        rabbitmqctl -q delete_queue "$q" >/dev/null 2>&1 || true
+    done
+}
+
+cleanup() {
+    local rc=$?
+    trap - EXIT INT TERM
+    local name
+    for name in "${!PIDS[@]}"; do stop "$name"; done
+    delete_bench_queues
+    dropdb -h 127.0.0.1 -U postgres --if-exists "$PGBENCH_DB" 2>/dev/null || true
+    if [ "$rc" -ne 0 ]; then
+        log "logs of this run: $WORK"
+    elif [ -z "${BENCH_KEEP:-}" ]; then
+        rm -rf "$WORK"
+    fi
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+wait_http() { # wait_http URL NAME
+    for _ in $(seq 1 150); do
+        curl -fsS -o /dev/null "$1" 2>/dev/null && return 0
+        kill -0 "${PIDS[$2]}" 2>/dev/null || die "$2 exited; see $WORK/$2.log: $(tail -5 "$WORK/$2.log")"
+        sleep 0.2
+    done
+    die "$2 did not answer on $1"
+}
+psql_q() { psql -h 127.0.0.1 -U postgres -XAtq "$@"; }
+queue_depth() {
+    rabbitmqctl -q list_queues name messages 2>/dev/null | awk -v q="$QUEUE" '$1 == q { print $2 }'
+}
+
+# ------------------------------------------------------------------------------ setup
+
+need_tools() {
+    local missing=()
+    command -v wrk >/dev/null || missing+=(wrk)
+    command -v hey >/dev/null || missing+=(hey)
+    command -v nginx >/dev/null || missing+=(nginx-light)
+    command -v pgbench >/dev/null || missing+=(postgresql-contrib)
+    command -v curl >/dev/null || missing+=(curl)
+    if [ ${#missing[@]} -gt 0 ]; then
+        log "installing ${missing[*]}"
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+    fi
+}
+
+need_tools
+deploy/local/ensure-services.sh
+for port in $GATEWAY_PORT $NGINX_PORT $MOCK_PORT $STREAM_MOCK_PORT $WORKER_OPS_PORT; do
+    port_free "$port" || die "port $port on 127.0.0.1 is in use; the benchmark needs it free"
+done
+log "building release binaries"
+cargo build --release --bins 2>"$WORK/build.log" || die "cargo build --release --bins failed: $(grep -m 5 -A 5 '^error' "$WORK/build.log")"
+
+log "database $DB (dropped and recreated), queue prefix $PREFIX"
+dropdb -h 127.0.0.1 -U postgres --if-exists --force "$DB"
+createdb -h 127.0.0.1 -U postgres "$DB"
+delete_bench_queues
+
+export APP__DATABASE__URL=postgres://postgres@127.0.0.1:5432/$DB
+export APP__BROKER__QUEUE_PREFIX=$PREFIX
+export APP__AUTH__JWT_SECRET
+APP__AUTH__JWT_SECRET=$(head -c 48 /dev/urandom | base64 | tr -d '\n/+=')
+export APP__SECURITY__MASTER_KEY
+APP__SECURITY__MASTER_KEY=$(head -c 32 /dev/urandom | base64)
+export APP__AUTH__BCRYPT_COST=4
+export ADMIN_EMAIL=bench-admin@example.com ADMIN_PASSWORD=bench-admin-password
+
+start_worker() { # start_worker BATCH_MAX
+    APP__OPS__PORT=$WORKER_OPS_PORT APP__BROKER__PREFETCH=$PREFETCH APP__BILLING__BATCH_MAX=$1 \
+        APP__SHUTDOWN_GRACE_SECONDS=5 start worker "$BIN/billing-worker"
+    wait_http "http://127.0.0.1:$WORKER_OPS_PORT/readyz" worker
+}
+
+start mock "$BIN/mock-llm" --host 127.0.0.1 --port $MOCK_PORT --latency-ms 0
+wait_http "http://127.0.0.1:$MOCK_PORT/healthz" mock
+APP__SERVER__HOST=127.0.0.1 APP__SERVER__PORT=$GATEWAY_PORT start gateway "$BIN/gateway-api"
+wait_http "http://127.0.0.1:$GATEWAY_PORT/readyz" gateway
+start_worker 64
+
+mkdir -p "$WORK/nginx/tmp"
+sed -e "s/@MOCK_PORT@/$MOCK_PORT/" -e "s/@NGINX_PORT@/$NGINX_PORT/" "$HERE/nginx.conf.in" >"$WORK/nginx/nginx.conf"
+start nginx nginx -p "$WORK/nginx" -c nginx.conf -g 'daemon off;'
+wait_http "http://127.0.0.1:$NGINX_PORT/healthz" nginx
+
+log "seeding $USERS bench users"
+run seed $PY seed --api "http://127.0.0.1:$GATEWAY_PORT" --mock-url "http://127.0.0.1:$MOCK_PORT/v1" \
+    --stream-mock-url "http://127.0.0.1:$STREAM_MOCK_PORT/v1" --users "$USERS" \
+    --keys-out "$WORK/keys.txt" --users-out "$WORK/users.json" || die "seeding: $(cat "$WORK/seed.err")"
+export BENCH_KEYS_FILE=$WORK/keys.txt
+
+phase() { [[ " $PHASES " == *" $1 "* ]]; }
+url_of() {
+    case $1 in
+        direct) echo "http://127.0.0.1:$MOCK_PORT/v1/chat/completions" ;;
+        nginx) echo "http://127.0.0.1:$NGINX_PORT/v1/chat/completions" ;;
+        gateway) echo "http://127.0.0.1:$GATEWAY_PORT/v1/chat/completions" ;;
+    esac
+}
+BODY='{"model":"demo-chat","messages":[{"role":"user","content":"hello"}],"max_tokens":16}'
+
+run rss-idle $PY rss --pid "${PIDS[gateway]}" --state idle && cat "$WORK/rss-idle.out" >>"$RESULTS"
+
+# ------------------------------------------------------------------------ 1. throughput
+
+if phase throughput; then
+    for target in direct nginx gateway; do
+        log "warm-up $target (${WARMUP}s)"
+        run warmup wrk -t$WRK_THREADS -c$WRK_CONNECTIONS -d${WARMUP}s -s "$HERE/chat.lua" "$(url_of $target)" ||
+            die "wrk warm-up against $target: $(cat "$WORK/warmup.err")"
+    done
+    for r in $(seq 1 "$REPEATS"); do
+        for target in direct nginx gateway; do
+            run wrk wrk -t$WRK_THREADS -c$WRK_CONNECTIONS -d${DURATION}s -s "$HERE/chat.lua" "$(url_of $target)" ||
+                die "wrk against $target: $(cat "$WORK/wrk.err")"
+            $PY wrk-json --target $target --repeat "$r" <"$WORK/wrk.out" | tee -a "$RESULTS" >&2
+        done
+    done
+fi
+
+# --------------------------------------------------------------------------- 2. latency
+
+if phase latency; then
+    # hey sends one fixed Authorization header: each run uses the next bench key.
+    mapfile -t KEYS <"$WORK/keys.txt"
+    k=0
+    for r in $(seq 1 "$REPEATS"); do
+        for rate in $RATES; do
+            workers=$(((rate + 49) / 50)) # 50 req/s per worker: one request every 20 ms
+            per_worker=$((rate / workers))
+            for target in direct nginx gateway; do
+                key=${KEYS[$((k % ${#KEYS[@]}))]}
+                k=$((k + 1))
+                run hey hey -z ${DURATION}s -c $workers -q $per_worker -m POST -T application/json \
+                    -disable-compression -H "Authorization: Bearer $key" -d "$BODY" -o csv "$(url_of $target)" ||
+                    die "hey against $target: $(tail -5 "$WORK/hey.err")"
+                $PY hey-json --target $target --rate "$rate" --seconds "$DURATION" --repeat "$r" <"$WORK/hey.out" |
+                    tee -a "$RESULTS" >&2
+            done
+        done
+    done
+fi
+
+# ---------------------------------------------------------------------------- 3. memory
+
+if phase memory; then
+    sleep 2
+    run rss-after $PY rss --pid "${PIDS[gateway]}" --state after-load && cat "$WORK/rss-after.out" >>"$RESULTS"
+    start stream-mock "$BIN/mock-llm" --host 127.0.0.1 --port $STREAM_MOCK_PORT --latency-ms 0 \
+        --stream-chunk-delay-ms 1000 --completion-tokens 60
+    wait_http "http://127.0.0.1:$STREAM_MOCK_PORT/healthz" stream-mock
+    log "holding $STREAMS streaming calls open"
+    run streams $PY streams --port $GATEWAY_PORT --n "$STREAMS" --keys "$WORK/keys.txt" \
+        --pid "${PIDS[gateway]}" || die "streams: $(tail -5 "$WORK/streams.err")"
+    tee -a "$RESULTS" <"$WORK/streams.out" >&2
+    stop stream-mock
+fi
+
+# ------------------------------------------------------------------------ 4. settlement
+
+if phase settlement; then
+    # Let the worker finish what the earlier phases published, then stop it.
+    for _ in $(seq 1 300); do
+        [ "$(queue_depth)" = "0" ] && break
+        sleep 0.5
+    done
+    stop worker
+    model_id=$(psql_q -d "$DB" -c "SELECT id FROM llm_models WHERE name = 'demo-chat'")
+    for r in $(seq 1 "$SETTLE_REPEATS"); do
+        for mode in batched single; do
+            batch=64
+            [ $mode = single ] && batch=1
+            psql_q -d "$DB" -c "TRUNCATE usage_logs" >/dev/null
+            run publish $PY publish --n "$SETTLE_N" --users "$WORK/users.json" --model-id "$model_id" \
+                --queue "$QUEUE" || die "publishing: $(tail -5 "$WORK/publish.err")"
+            log "$(cat "$WORK/publish.err")"
+            start_worker $batch
+            run settle $PY settle-wait --db "$DB" --n "$SETTLE_N" --mode $mode --repeat "$r" ||
+                die "settle-wait: $(tail -5 "$WORK/settle.err")"
+            tee -a "$RESULTS" <"$WORK/settle.out" >&2
+            stop worker
+        done
+    done
+    dead=$(rabbitmqctl -q list_queues name messages 2>/dev/null | awk -v q="$QUEUE.dlq" '$1 == q { print $2 }')
+    [ "${dead:-0}" = "0" ] || note "$dead billing messages were dead-lettered during the settlement runs"
+fi
+
+# --------------------------------------------------------------------------- 5. pgbench
+
+if phase pgbench; then
+    log "pgbench"
+    dropdb -h 127.0.0.1 -U postgres --if-exists "$PGBENCH_DB"
+    createdb -h 127.0.0.1 -U postgres "$PGBENCH_DB"
+    run pgbench-init pgbench -h 127.0.0.1 -U postgres -i -q -s 10 "$PGBENCH_DB" ||
+        die "pgbench -i: $(tail -5 "$WORK/pgbench-init.err")"
+    echo '\set aid random(1, 100000 * :scale)' >"$WORK/update.sql"
+    echo 'UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid = :aid;' >>"$WORK/update.sql"
+    for r in $(seq 1 "$REPEATS"); do
+        run pgbench pgbench -h 127.0.0.1 -U postgres -n -f "$WORK/update.sql" -c 8 -j 2 -T $PGBENCH_SECONDS \
+            "$PGBENCH_DB" || die "pgbench: $(tail -5 "$WORK/pgbench.err")"
+        tps=$(sed -n 's/^tps = \([0-9.]*\) .*/\1/p' "$WORK/pgbench.out" | head -n 1)
+        echo "{\"kind\": \"pgbench\", \"repeat\": $r, \"tps\": $tps}" | tee -a "$RESULTS" >&2
+    done
+    dropdb -h 127.0.0.1 -U postgres --if-exists "$PGBENCH_DB"
+fi
+
+# ---------------------------------------------------------------------------- report
+
+for name in gateway worker mock nginx; do
+    if [ -n "${PIDS[$name]:-}" ] && ! kill -0 "${PIDS[$name]}" 2>/dev/null; then
+        note "$name exited during the run (see its log)"
+    fi
+done
+errors=$(grep -ciE '"level":"ERROR"| ERROR ' "$WORK/gateway.log" || true)
+[ "$errors" = "0" ] || note "gateway-api logged $errors error lines during the run"
+
+BENCH_DURATION=$DURATION BENCH_REPEATS=$REPEATS BENCH_USERS=$USERS BENCH_SETTLE_N=$SETTLE_N \
+    BENCH_STREAMS=$STREAMS BENCH_WARMUP=$WARMUP BENCH_WRK_THREADS=$WRK_THREADS \
+    BENCH_WRK_CONNECTIONS=$WRK_CONNECTIONS BENCH_PREFETCH=$PREFETCH BENCH_PGBENCH_SECONDS=$PGBENCH_SECONDS \
+    BENCH_DB=$DB BENCH_PREFIX=$PREFIX BENCH_NOTES=$NOTES \
+    BENCH_PORTS="gateway $GATEWAY_PORT, nginx $NGINX_PORT, mock $MOCK_PORT and $STREAM_MOCK_PORT, worker ops $WORKER_OPS_PORT" \
+    $PY meta >"$WORK/meta.json"
+$PY report --results "$RESULTS" --meta "$WORK/meta.json" --out "$OUT" >/dev/null
+log "wrote $OUT"
