@@ -9,6 +9,7 @@ run:
 	deploy/local/run.sh
 
 test: services clean-test-dbs sdk-deps check-deploy
+	$(CARGO) build --workspace --bins
 	@if $(CARGO) nextest --version >/dev/null 2>&1; then \
 		$(CARGO) nextest run --workspace --no-fail-fast; \
 	else \

@@ -5,7 +5,9 @@
 2. Every KEDA object (ScaledObject, TriggerAuthentication) against the schema of KEDA's CRD,
    taken from the pinned cloudcoil.models.keda package and made strict the way the API server
    treats a structural CRD schema (unknown fields are errors).
-3. Any other apiVersion/kind is an error (nothing goes unchecked).
+3. Any other apiVersion/kind is an error (nothing goes unchecked). Enumerated fields the
+   schemas type as plain strings (pathType, imagePullPolicy, probe/metric types, ...) are
+   checked against their allowed values.
 4. What the operations issue requires of the manifests, and that the objects refer to each
    other correctly (selectors, ports, ConfigMap/Secret names and keys, scale targets, queues).
 
@@ -75,6 +77,44 @@ def keda_validators() -> dict[str, jsonschema.protocols.Validator]:
     return validators
 
 
+# Enumerated fields: the Kubernetes JSON schemas (from the OpenAPI v2 document) type these as
+# plain strings, so their allowed values are checked here, by the field's path suffix.
+ENUMS = {
+    ("pathType",): {"Exact", "Prefix", "ImplementationSpecific"},
+    ("imagePullPolicy",): {"Always", "IfNotPresent", "Never"},
+    ("restartPolicy",): {"Always", "OnFailure", "Never"},
+    ("protocol",): {"TCP", "UDP", "SCTP"},
+    ("seccompProfile", "type"): {"RuntimeDefault", "Localhost", "Unconfined"},
+    ("strategy", "type"): {"RollingUpdate", "Recreate"},
+    ("metrics", "*", "type"): {"Resource", "Pods", "Object", "External", "ContainerResource"},
+    ("target", "type"): {"Utilization", "Value", "AverageValue"},
+    ("policies", "*", "type"): {"Pods", "Percent"},
+    ("selectPolicy",): {"Max", "Min", "Disabled"},
+    ("whenUnsatisfiable",): {"DoNotSchedule", "ScheduleAnyway"},
+    ("metricType",): {"AverageValue", "Value", "Utilization"},
+    ("capabilities", "drop", "*"): None,  # any capability name
+}
+SERVICE_TYPES = {"ClusterIP", "NodePort", "LoadBalancer", "ExternalName"}
+
+
+def enum_checks(doc: dict, problems: Problems) -> None:
+    def walk(node, path):
+        if isinstance(node, dict):
+            for key, value in node.items():
+                walk(value, path + [key])
+        elif isinstance(node, list):
+            for value in node:
+                walk(value, path + ["*"])
+        else:
+            for suffix, allowed in ENUMS.items():
+                if allowed is not None and tuple(path[-len(suffix):]) == suffix and node not in allowed:
+                    problems.add(f"{ident(doc)} at '{'/'.join(path)}': {node!r} is not one of {sorted(allowed)}")
+    walk(doc, [])
+    if doc.get("kind") == "Service":
+        kind = doc.get("spec", {}).get("type", "ClusterIP")
+        problems.check(kind in SERVICE_TYPES, f"{ident(doc)}: spec.type {kind!r} is not one of {sorted(SERVICE_TYPES)}")
+
+
 def ident(doc: dict) -> str:
     return f"{doc.get('kind')}/{doc.get('metadata', {}).get('name')}"
 
@@ -108,6 +148,8 @@ def schema_checks(docs: list[dict], versions: list[str], problems: Problems) -> 
                 problems.add(f"{ident(doc)} (KEDA CRD schema) at '{path}': {error.message}")
         else:
             problems.add(f"{ident(doc)}: apiVersion {api} kind {kind} has no schema here; add one to the check")
+            continue
+        enum_checks(doc, problems)
 
 
 def secret_template() -> dict[str, str]:

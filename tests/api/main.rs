@@ -8,5 +8,6 @@ mod chat;
 mod health;
 mod identity;
 mod jobs;
+mod lifecycle;
 mod orders;
 mod sdk;

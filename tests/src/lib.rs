@@ -856,3 +856,47 @@ impl Drop for WebhookReceiver {
         self.task.abort();
     }
 }
+
+/// A binary of this workspace (`make test` builds them first with `cargo build --bins`).
+pub fn workspace_binary(name: &str) -> std::path::PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    // target/debug/deps/<test> → target/debug/<name>
+    let path = exe.parent().unwrap().parent().unwrap().join(name);
+    assert!(
+        path.exists(),
+        "{} is not built: run `cargo build --bins` (make test does)",
+        path.display()
+    );
+    path
+}
+
+/// An invocation-worker as its own process, configured like [`invocation_settings`].
+pub fn spawn_invocation_worker_process(app: &TestApp) -> std::process::Child {
+    let s = invocation_settings(app);
+    std::process::Command::new(workspace_binary("invocation-worker"))
+        .env("APP__DATABASE__URL", &s.database.url)
+        .env("APP__BROKER__URL", &s.broker.url)
+        .env("APP__BROKER__QUEUE_PREFIX", &s.broker.queue_prefix)
+        .env("APP__SECURITY__MASTER_KEY", test_master_key())
+        .env("APP__OPS__PORT", "0")
+        .env("APP__JOBS__LEASE_SECONDS", s.jobs.lease_seconds.to_string())
+        .env("APP__JOBS__RETRY_BASE_MS", "100")
+        .env("APP__JOBS__SWEEP_INTERVAL_MS", "200")
+        .env("APP__JOBS__STRANDED_AFTER_SECONDS", "1")
+        .env("APP__UPSTREAM__TOTAL_TIMEOUT_MS", "3000")
+        .env("APP__UPSTREAM__FIRST_BYTE_TIMEOUT_MS", "2000")
+        .env("APP__SHUTDOWN_GRACE_SECONDS", "10")
+        .env("RUST_LOG", "warn")
+        .spawn()
+        .unwrap()
+}
+
+/// The status of a job straight from the database.
+pub async fn job_status(app: &TestApp, job_id: uuid::Uuid) -> String {
+    let mut conn = app.pool.get().await.unwrap();
+    persistence::jobs::find(&mut conn, job_id)
+        .await
+        .unwrap()
+        .0
+        .status
+}
