@@ -91,7 +91,6 @@ ENUMS = {
     ("policies", "*", "type"): {"Pods", "Percent"},
     ("selectPolicy",): {"Max", "Min", "Disabled"},
     ("whenUnsatisfiable",): {"DoNotSchedule", "ScheduleAnyway"},
-    ("metricType",): {"AverageValue", "Value", "Utilization"},
     ("capabilities", "drop", "*"): None,  # any capability name
 }
 SERVICE_TYPES = {"ClusterIP", "NodePort", "LoadBalancer", "ExternalName"}
@@ -142,14 +141,13 @@ def schema_checks(docs: list[dict], versions: list[str], problems: Problems) -> 
                     problems.add(f"{ident(doc)} (Kubernetes {version}) at '{path}': {error.message}")
                 except kubernetes_validate.SchemaNotFoundError:
                     problems.add(f"{ident(doc)}: no Kubernetes {version} schema for {api} {kind}")
+            enum_checks(doc, problems)
         elif api == "keda.sh/v1alpha1" and kind in validators:
             for error in validators[kind].iter_errors(doc):
                 path = "/".join(str(p) for p in error.absolute_path)
                 problems.add(f"{ident(doc)} (KEDA CRD schema) at '{path}': {error.message}")
         else:
             problems.add(f"{ident(doc)}: apiVersion {api} kind {kind} has no schema here; add one to the check")
-            continue
-        enum_checks(doc, problems)
 
 
 def secret_template() -> dict[str, str]:

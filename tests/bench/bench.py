@@ -32,6 +32,102 @@ import uuid
 CHAT_BODY = {"model": "demo-chat", "messages": [{"role": "user", "content": "hello"}], "max_tokens": 16}
 
 
+# ------------------------------------------------------------------ other load on the machine
+
+# Processes of the benchmark itself and of the services it uses; anything else (a compiler, another
+# test suite) competes for the same 2 cores and is reported as "other CPU".
+OURS = {"wrk", "hey", "mock-llm", "gateway-api", "billing-worker", "nginx", "postgres", "beam.smp",
+        "erl_child_setup", "epmd", "inet_gethost", "pgbench", "psql", "python3", "bash", "curl",
+        "rabbitmqctl", "sleep", "timeout", "sed", "awk", "cat", "tee", "grep", "head", "tail", "date",
+        "seq", "make", "erl", "sh", "dropdb", "createdb", "process_api"}
+
+
+def proc_ticks():
+    ticks = {}
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        name = stat[stat.index("(") + 1:stat.rindex(")")]
+        fields = stat[stat.rindex(")") + 2:].split()
+        ppid = int(fields[1])
+        if pid == "2" or ppid == 2:  # kernel threads
+            continue
+        ticks[pid] = (name, int(fields[11]) + int(fields[12]))
+    return ticks
+
+
+def foreign_share(before, after, seconds):
+    """CPU of processes that are not ours between two snapshots, in % of one core, and the top name."""
+    per_name = {}
+    for pid, (name, t) in after.items():
+        if name in OURS:
+            continue
+        delta = t - before[pid][1] if pid in before else t
+        if delta > 0:
+            per_name[name] = per_name.get(name, 0) + delta
+    hz = os.sysconf("SC_CLK_TCK")
+    total = sum(per_name.values()) / hz / seconds * 100
+    top = max(per_name, key=per_name.get) if per_name else ""
+    return total, top
+
+
+def cmd_cpu_watch(a):
+    """Samples every 0.5 s: epoch, % of one core used by other processes, the biggest of them."""
+    before, t0 = proc_ticks(), time.monotonic()
+    with open(a.out, "a") as out:
+        while True:
+            time.sleep(0.5)
+            after, t1 = proc_ticks(), time.monotonic()
+            share, top = foreign_share(before, after, t1 - t0)
+            out.write(f"{time.time():.2f} {share:.1f} {top or '-'}\n")
+            out.flush()
+            before, t0 = after, t1
+
+
+def cmd_quiet(a):
+    """Waits (at most --max-wait s) until other processes use less than --threshold % of one core."""
+    deadline = time.monotonic() + a.max_wait
+    while True:
+        before, t0 = proc_ticks(), time.monotonic()
+        time.sleep(3)
+        share, top = foreign_share(before, proc_ticks(), time.monotonic() - t0)
+        if share < a.threshold:
+            print(f"other processes use {share:.0f}% of a core")
+            return
+        if time.monotonic() > deadline:
+            print(f"still busy after {a.max_wait:.0f}s: other processes use {share:.0f}% of a core "
+                  f"(mostly {top}); measuring anyway")
+            return
+        print(f"waiting for a quieter machine: other processes use {share:.0f}% of a core (mostly {top})",
+              file=sys.stderr)
+
+
+def load_cpu_log(path):
+    samples = []
+    if path and os.path.exists(path):
+        with open(path) as f:
+            for line in f:
+                parts = line.split()
+                if len(parts) == 3:
+                    samples.append((float(parts[0]), float(parts[1]), parts[2]))
+    return samples
+
+
+def window_foreign(samples, t0, t1):
+    inside = [(share, top) for (t, share, top) in samples if t0 < t <= t1 + 0.5]
+    if not inside:
+        return float("nan"), ""
+    tops = {}
+    for share, top in inside:
+        tops[top] = tops.get(top, 0) + share
+    return sum(s for s, _ in inside) / len(inside), max(tops, key=tops.get)
+
+
 # ---------------------------------------------------------------------------------------- seed
 
 
@@ -125,6 +221,7 @@ def cmd_wrk_json(a):
         "rps": s["requests"] / seconds, "requests": s["requests"], "seconds": seconds,
         "errors": errors, "status_errors": s["status_errors"],
         "p50_ms": s["p50_us"] / 1000, "p99_ms": s["p99_us"] / 1000,
+        "t0": a.window[0], "t1": a.window[1],
     }
     print(json.dumps(result))
 
@@ -159,6 +256,7 @@ def cmd_hey_json(a):
         "achieved_rps": achieved, "ok": len(latencies), "non_200": bad, "span_s": span,
         "p50_ms": percentile(latencies, 50), "p90_ms": percentile(latencies, 90),
         "p99_ms": percentile(latencies, 99), "max_ms": latencies[-1] if latencies else float("nan"),
+        "t0": a.window[0], "t1": a.window[1],
     }
     print(json.dumps(result))
 
@@ -295,6 +393,17 @@ def cmd_publish(a):
     print(f"published {a.n} billing messages to {a.queue} in {elapsed:.2f}s", file=sys.stderr)
 
 
+def cmd_pgbench_json(a):
+    text = sys.stdin.read()
+    match = re.search(r"^tps = ([0-9.]+)", text, re.M)
+    if not match:
+        raise SystemExit("pgbench-json: no tps line in pgbench's output:\n" + text[-2000:])
+    latency = re.search(r"^latency average = ([0-9.]+) ms", text, re.M)
+    print(json.dumps({"kind": "pgbench", "repeat": a.repeat, "tps": float(match.group(1)),
+                      "latency_ms": float(latency.group(1)) if latency else float("nan"),
+                      "t0": a.window[0], "t1": a.window[1]}))
+
+
 # ------------------------------------------------------------------------------- settlement
 
 
@@ -318,13 +427,14 @@ def cmd_settle_wait(a):
         time.sleep(0.05)
     else:
         print(json.dumps({"kind": "settlement", "mode": a.mode, "repeat": a.repeat, "n": a.n,
-                          "settled": count, "timed_out": True, "rate": count / a.timeout}))
+                          "settled": count, "timed_out": True, "rate": count / a.timeout,
+                          "t0": time.time() - a.timeout, "t1": time.time()}))
         return
     # Between the first and the last commit, without the poll's granularity where it matters.
     span = float(psql(a.db, "SELECT extract(epoch FROM max(created_at) - min(created_at)) FROM usage_logs"))
     print(json.dumps({"kind": "settlement", "mode": a.mode, "repeat": a.repeat, "n": a.n, "settled": count,
                       "timed_out": False, "seconds": elapsed, "rate": count / elapsed,
-                      "first_to_last_commit_s": span}))
+                      "first_to_last_commit_s": span, "t0": time.time() - elapsed, "t1": time.time()}))
 
 
 # --------------------------------------------------------------------------------- memory
@@ -673,11 +783,24 @@ def main():
     s.add_argument("--keys-out", required=True)
     s.add_argument("--users-out", required=True)
     s.set_defaults(func=cmd_seed)
+    s = sub.add_parser("cpu-watch")
+    s.add_argument("--out", required=True)
+    s.set_defaults(func=cmd_cpu_watch)
+    s = sub.add_parser("quiet")
+    s.add_argument("--max-wait", type=float, default=120)
+    s.add_argument("--threshold", type=float, default=15)
+    s.set_defaults(func=cmd_quiet)
+    s = sub.add_parser("pgbench-json")
+    s.add_argument("--repeat", type=int, default=0)
+    s.add_argument("--window", type=float, nargs=2, default=[0, 0])
+    s.set_defaults(func=cmd_pgbench_json)
     s = sub.add_parser("wrk-json")
+    s.add_argument("--window", type=float, nargs=2, default=[0, 0])
     s.add_argument("--target", required=True)
     s.add_argument("--repeat", type=int, default=0)
     s.set_defaults(func=cmd_wrk_json)
     s = sub.add_parser("hey-json")
+    s.add_argument("--window", type=float, nargs=2, default=[0, 0])
     s.add_argument("--target", required=True)
     s.add_argument("--rate", type=int, required=True)
     s.add_argument("--seconds", type=float, required=True)
@@ -717,6 +840,7 @@ def main():
     s = sub.add_parser("report")
     s.add_argument("--results", required=True)
     s.add_argument("--meta", required=True)
+    s.add_argument("--cpu-log")
     s.add_argument("--out", required=True)
     s.set_defaults(func=cmd_report)
     a = p.parse_args()

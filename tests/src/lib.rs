@@ -108,7 +108,7 @@ pub fn test_settings(database_url: String) -> Settings {
 }
 
 pub struct TestApp {
-    _queues: QueueCleanup,
+    _cleanup: Cleanup,
     pub address: String,
     pub client: reqwest::Client,
     pub pool: persistence::Pool,
@@ -141,7 +141,10 @@ pub async fn spawn_app_with(adjust: impl FnOnce(&mut Settings)) -> TestApp {
         .build()
         .unwrap();
     let mut test = TestApp {
-        _queues: QueueCleanup(settings.broker.clone()),
+        _cleanup: Cleanup {
+            broker: settings.broker.clone(),
+            database_url: settings.database.url.clone(),
+        },
         address,
         client,
         pool,
@@ -394,12 +397,17 @@ impl TestApp {
     }
 }
 
-/// Deletes a test's queues when the test ends (quorum queues are not free to leave around).
-pub struct QueueCleanup(pub BrokerSettings);
+/// Deletes a test's queues and drops its database when the test ends (quorum queues and
+/// databases are not free to leave around).
+pub struct Cleanup {
+    pub broker: BrokerSettings,
+    pub database_url: String,
+}
 
-impl Drop for QueueCleanup {
+impl Drop for Cleanup {
     fn drop(&mut self) {
-        let settings = self.0.clone();
+        let settings = self.broker.clone();
+        let database_url = self.database_url.clone();
         // Drop may run inside the test's runtime: do the async cleanup on a thread of its own.
         let cleanup = std::thread::spawn(move || {
             let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
@@ -424,6 +432,14 @@ impl Drop for QueueCleanup {
                     Err(e) => eprintln!("queue cleanup channel: {e}"),
                 }
                 broker.close().await;
+                if let Some((base, name)) = database_url.rsplit_once('/') {
+                    if name.starts_with(TEST_DB_PREFIX) {
+                        if let Ok(mut conn) = AsyncPgConnection::establish(&format!("{base}/postgres")).await {
+                            let drop = format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)");
+                            let _ = diesel::sql_query(drop).execute(&mut conn).await;
+                        }
+                    }
+                }
             });
         });
         let _ = cleanup.join();
