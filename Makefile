@@ -3,7 +3,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 DB_NAME ?= ai_gateway
 
-.PHONY: run test services sdk-deps lint fmt migrate build clean-test-dbs check-deploy
+.PHONY: run test services sdk-deps lint fmt migrate build clean-test-dbs check-deploy bench
 
 run:
 	deploy/local/run.sh
@@ -54,3 +54,7 @@ migrate: services
 	set -a; . .run/dev.env; set +a; \
 		APP__DATABASE__URL=$${APP__DATABASE__URL:-postgres://postgres@127.0.0.1:5432/$(DB_NAME)} \
 		$(CARGO) run -q --bin gateway-api -- migrate
+
+# Benchmark on this machine (release build, own database/queues/ports); writes docs/BENCHMARKS.md.
+bench:
+	tests/bench/run.sh

@@ -34,6 +34,7 @@ REQUIRED = [
     "http_requests_total", "http_request_duration_seconds",
     "upstream_requests_total", "upstream_latency_seconds", "upstream_failovers_total",
     "billing_settlements_total", "billing_lag_seconds", "billing_outbox_size", "billing_published_total",
+    "billing_holds_open",
     "messaging_consumed_total", "messaging_in_flight", "messaging_dead_lettered_total", "messaging_retried_total",
     "jobs_total", "job_duration_seconds",
 ]

@@ -149,7 +149,10 @@ def static_check(defs: dict, problems: Problems) -> None:
 
 
 def rabbitmqctl(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(["rabbitmqctl", *args], capture_output=True, text=True, timeout=60)
+    try:
+        return subprocess.run(["rabbitmqctl", *args], capture_output=True, text=True, timeout=60)
+    except subprocess.TimeoutExpired:
+        return subprocess.CompletedProcess(["rabbitmqctl", *args], 124, "", "rabbitmqctl timed out")
 
 
 def live_check(defs: dict, problems: Problems) -> None:

@@ -78,7 +78,7 @@ row("Overview")
 stat("Requests / s", f'sum(rate(http_requests_total{{{SEL}}}{R}))', "reqps")
 stat("5xx ratio", f'sum(rate(http_requests_total{{{SEL},status=~"5.."}}{R})) / clamp_min(sum(rate(http_requests_total{{{SEL}}}{R})), 1e-9)', "percentunit")
 stat("p95 latency", q(0.95, "http_request_duration_seconds", ""), "s")
-stat("Billing outbox", f'sum(billing_outbox_size{{{SEL}}})', "short",
+stat("Billing outbox", f'max(billing_outbox_size{{{SEL}}})', "short",
      description="Charges waiting in the Postgres outbox for a broker publish (billing_outbox_size).")
 end_row(4)
 
@@ -119,7 +119,8 @@ ts("Billing lag (call finished to settled)",
     (q(0.95, "billing_lag_seconds", ""), "p95"),
     (q(0.99, "billing_lag_seconds", ""), "p99")], "s")
 ts("Outbox size",
-   [(f'sum by (job) (billing_outbox_size{{{SEL}}})', "{{job}}")], "short")
+   [(f'max(billing_outbox_size{{{SEL}}})', "charges in the outbox")], "short",
+   description="Every billing worker reports the same table size; max, not sum.")
 ts("Charges published by path",
    [(f'sum by (path) (rate(billing_published_total{{{SEL}}}{R}))', "{{path}}"),
     (f'sum(rate(billing_lost_total{{{SEL}}}{R}))', "lost")], "ops",
@@ -128,8 +129,13 @@ ts("Settlement batches",
    [(q(0.95, "billing_batch_size", ""), "p95 batch size"),
     (f'sum(rate(billing_batch_size_count{{{SEL}}}{R}))', "batches / s"),
     (q(0.95, "billing_batch_seconds", ""), "p95 batch seconds")], "short")
-ts("Expired holds released / s",
-   [(f'sum(rate(billing_holds_expired_total{{{SEL}}}{R}))', "released")], "ops")
+ts("Holds open / expired holds released",
+   [(f'max(billing_holds_open{{{SEL}}})', "open holds"),
+    (f'sum(rate(billing_holds_expired_total{{{SEL}}}{R}))', "expired released / s")], "short",
+   description="Open holds (reserved balance of calls in flight) as the billing workers last counted them.")
+ts("Amount held by open holds",
+   [(f'max(billing_holds_open_amount{{{SEL}}})', "held")], "short",
+   description="Approximate (a float for charting); balances themselves stay exact decimals.")
 end_row()
 
 # ---------------------------------------------------------------- messaging

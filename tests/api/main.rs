@@ -9,5 +9,6 @@ mod health;
 mod identity;
 mod jobs;
 mod lifecycle;
+mod observability;
 mod orders;
 mod sdk;

@@ -5,9 +5,10 @@
 # and stops exactly the processes it started (by PID), also when it fails or is interrupted.
 #
 # Knobs (environment): BENCH_DURATION (s per load run, 10), BENCH_REPEATS (3), BENCH_RATES
-# ("500 1000 2000"), BENCH_SETTLE_N (20000), BENCH_STREAMS (1000), BENCH_USERS (64),
+# ("500 1000 2000"), BENCH_SETTLE_N (20000 batched), BENCH_SETTLE_N_SINGLE (5000), BENCH_STREAMS (1000), BENCH_USERS (64),
 # BENCH_PHASES ("throughput latency memory settlement pgbench"), BENCH_KEEP=1 keeps the temp dir,
-# BENCH_OUT (docs/BENCHMARKS.md).
+# BENCH_OUT (docs/BENCHMARKS.md), BENCH_LATENCY_TOOL (openloop: tests/bench/bench.py's fixed-rate
+# generator rotating the keys; hey: hey -q, one key per run), BENCH_QUIET_WAIT (s, 120).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 ROOT=$PWD
@@ -17,10 +18,12 @@ DURATION=${BENCH_DURATION:-10}
 REPEATS=${BENCH_REPEATS:-3}
 RATES=${BENCH_RATES:-500 1000 2000}
 SETTLE_N=${BENCH_SETTLE_N:-20000}
+SETTLE_N_SINGLE=${BENCH_SETTLE_N_SINGLE:-5000}
 SETTLE_REPEATS=${BENCH_SETTLE_REPEATS:-3}
 STREAMS=${BENCH_STREAMS:-1000}
 USERS=${BENCH_USERS:-64}
 PHASES=${BENCH_PHASES:-throughput latency memory settlement pgbench}
+LATENCY_TOOL=${BENCH_LATENCY_TOOL:-openloop}
 OUT=${BENCH_OUT:-$ROOT/docs/BENCHMARKS.md}
 WARMUP=3
 WRK_THREADS=2
@@ -39,6 +42,7 @@ PREFIX=bench_
 QUEUE=${PREFIX}billing_log_queue
 export RUST_LOG=warn
 
+STARTED=$(date +%s)
 WORK=$(mktemp -d /tmp/ai-gateway-bench.XXXXXX)
 RESULTS=$WORK/results.jsonl
 NOTES=$WORK/notes.txt
@@ -119,8 +123,15 @@ wait_http() { # wait_http URL NAME
     die "$2 did not answer on $1"
 }
 psql_q() { psql -h 127.0.0.1 -U postgres -XAtq "$@"; }
-queue_depth() {
-    rabbitmqctl -q list_queues name messages 2>/dev/null | awk -v q="$QUEUE" '$1 == q { print $2 }'
+now() { date +%s.%N; }
+drain() { # wait until billing-worker has settled every call made so far (no open hold left)
+    local open t0=$SECONDS
+    for _ in $(seq 1 240); do
+        open=$(psql_q -d "$DB" -c "SELECT count(*) FROM balance_holds WHERE status = 'open'")
+        [ "$open" = "0" ] && { [ $((SECONDS - t0)) -lt 2 ] || log "settled the backlog in $((SECONDS - t0))s"; return 0; }
+        sleep 0.5
+    done
+    note "billing-worker still had $open calls to settle after 120 s; measuring anyway"
 }
 
 # ------------------------------------------------------------------------------ setup
@@ -141,6 +152,7 @@ need_tools() {
 
 need_tools
 deploy/local/ensure-services.sh
+start cpu-watch $PY cpu-watch --out "$WORK/cpu.log"
 for port in $GATEWAY_PORT $NGINX_PORT $MOCK_PORT $STREAM_MOCK_PORT $WORKER_OPS_PORT; do
     port_free "$port" || die "port $port on 127.0.0.1 is in use; the benchmark needs it free"
 done
@@ -183,13 +195,23 @@ run seed $PY seed --api "http://127.0.0.1:$GATEWAY_PORT" --mock-url "http://127.
     --stream-mock-url "http://127.0.0.1:$STREAM_MOCK_PORT/v1" --users "$USERS" \
     --keys-out "$WORK/keys.txt" --users-out "$WORK/users.json" || die "seeding: $(cat "$WORK/seed.err")"
 export BENCH_KEYS_FILE=$WORK/keys.txt
+quiet=$($PY quiet --max-wait "${BENCH_QUIET_WAIT:-120}" --threshold 15)
+log "$quiet"
+case $quiet in still*) note "at the start, $quiet" ;; esac
 
 phase() { [[ " $PHASES " == *" $1 "* ]]; }
 url_of() {
     case $1 in
         direct) echo "http://127.0.0.1:$MOCK_PORT/v1/chat/completions" ;;
         nginx) echo "http://127.0.0.1:$NGINX_PORT/v1/chat/completions" ;;
-        gateway) echo "http://127.0.0.1:$GATEWAY_PORT/v1/chat/completions" ;;
+        gateway | gateway-1key) echo "http://127.0.0.1:$GATEWAY_PORT/v1/chat/completions" ;;
+    esac
+}
+port_of() {
+    case $1 in
+        direct) echo $MOCK_PORT ;;
+        nginx) echo $NGINX_PORT ;;
+        gateway) echo $GATEWAY_PORT ;;
     esac
 }
 BODY='{"model":"demo-chat","messages":[{"role":"user","content":"hello"}],"max_tokens":16}'
@@ -204,11 +226,16 @@ if phase throughput; then
         run warmup wrk -t$WRK_THREADS -c$WRK_CONNECTIONS -d${WARMUP}s -s "$HERE/chat.lua" "$(url_of $target)" ||
             die "wrk warm-up against $target: $(cat "$WORK/warmup.err")"
     done
+    head -n 1 "$WORK/keys.txt" >"$WORK/one-key.txt"
     for r in $(seq 1 "$REPEATS"); do
-        for target in direct nginx gateway; do
-            run wrk wrk -t$WRK_THREADS -c$WRK_CONNECTIONS -d${DURATION}s -s "$HERE/chat.lua" "$(url_of $target)" ||
+        for target in direct nginx gateway gateway-1key; do
+            drain
+            t0=$(now)
+            keys=$WORK/keys.txt
+            [ $target = gateway-1key ] && keys=$WORK/one-key.txt
+            BENCH_KEYS_FILE=$keys run wrk wrk -t$WRK_THREADS -c$WRK_CONNECTIONS -d${DURATION}s -s "$HERE/chat.lua" "$(url_of $target)" ||
                 die "wrk against $target: $(cat "$WORK/wrk.err")"
-            $PY wrk-json --target $target --repeat "$r" <"$WORK/wrk.out" | tee -a "$RESULTS" >&2
+            $PY wrk-json --target $target --repeat "$r" --window "$t0" "$(now)" <"$WORK/wrk.out" | tee -a "$RESULTS" >&2
         done
     done
 fi
@@ -216,21 +243,27 @@ fi
 # --------------------------------------------------------------------------- 2. latency
 
 if phase latency; then
-    # hey sends one fixed Authorization header: each run uses the next bench key.
-    mapfile -t KEYS <"$WORK/keys.txt"
-    k=0
     for r in $(seq 1 "$REPEATS"); do
         for rate in $RATES; do
-            workers=$(((rate + 49) / 50)) # 50 req/s per worker: one request every 20 ms
-            per_worker=$((rate / workers))
             for target in direct nginx gateway; do
-                key=${KEYS[$((k % ${#KEYS[@]}))]}
-                k=$((k + 1))
-                run hey hey -z ${DURATION}s -c $workers -q $per_worker -m POST -T application/json \
-                    -disable-compression -H "Authorization: Bearer $key" -d "$BODY" -o csv "$(url_of $target)" ||
-                    die "hey against $target: $(tail -5 "$WORK/hey.err")"
-                $PY hey-json --target $target --rate "$rate" --seconds "$DURATION" --repeat "$r" <"$WORK/hey.out" |
-                    tee -a "$RESULTS" >&2
+                drain
+                t0=$(now)
+                if [ "$LATENCY_TOOL" = hey ]; then
+                    # hey sends one fixed Authorization header: each run uses the next bench key.
+                    key=$(sed -n "$((r * 7 + rate % 64 + 1))p" "$WORK/keys.txt")
+                    [ -n "$key" ] || key=$(head -n 1 "$WORK/keys.txt")
+                    workers=$(((rate + 49) / 50)) # 50 req/s per worker: one request every 20 ms
+                    run hey hey -z ${DURATION}s -c $workers -q $((rate / workers)) -m POST -T application/json \
+                        -disable-compression -H "Authorization: Bearer $key" -d "$BODY" -o csv "$(url_of $target)" ||
+                        die "hey against $target: $(tail -5 "$WORK/hey.err")"
+                    $PY hey-json --target $target --rate "$rate" --seconds "$DURATION" --repeat "$r" \
+                        --window "$t0" "$(now)" <"$WORK/hey.out" | tee -a "$RESULTS" >&2
+                else
+                    run openloop $PY openloop --port "$(port_of $target)" --keys "$WORK/keys.txt" --rate "$rate" \
+                        --seconds "$DURATION" --target $target --repeat "$r" ||
+                        die "open-loop load against $target: $(tail -5 "$WORK/openloop.err")"
+                    tee -a "$RESULTS" <"$WORK/openloop.out" >&2
+                fi
             done
         done
     done
@@ -239,7 +272,7 @@ fi
 # ---------------------------------------------------------------------------- 3. memory
 
 if phase memory; then
-    sleep 2
+    drain
     run rss-after $PY rss --pid "${PIDS[gateway]}" --state after-load && cat "$WORK/rss-after.out" >>"$RESULTS"
     start stream-mock "$BIN/mock-llm" --host 127.0.0.1 --port $STREAM_MOCK_PORT --latency-ms 0 \
         --stream-chunk-delay-ms 1000 --completion-tokens 60
@@ -254,23 +287,19 @@ fi
 # ------------------------------------------------------------------------ 4. settlement
 
 if phase settlement; then
-    # Let the worker finish what the earlier phases published, then stop it.
-    for _ in $(seq 1 300); do
-        [ "$(queue_depth)" = "0" ] && break
-        sleep 0.5
-    done
+    drain # what the earlier phases published, then stop the worker
     stop worker
     model_id=$(psql_q -d "$DB" -c "SELECT id FROM llm_models WHERE name = 'demo-chat'")
     for r in $(seq 1 "$SETTLE_REPEATS"); do
         for mode in batched single; do
-            batch=64
-            [ $mode = single ] && batch=1
+            batch=64 n=$SETTLE_N
+            [ $mode = single ] && batch=1 n=$SETTLE_N_SINGLE
             psql_q -d "$DB" -c "TRUNCATE usage_logs" >/dev/null
-            run publish $PY publish --n "$SETTLE_N" --users "$WORK/users.json" --model-id "$model_id" \
+            run publish $PY publish --n "$n" --users "$WORK/users.json" --model-id "$model_id" \
                 --queue "$QUEUE" || die "publishing: $(tail -5 "$WORK/publish.err")"
             log "$(cat "$WORK/publish.err")"
             start_worker $batch
-            run settle $PY settle-wait --db "$DB" --n "$SETTLE_N" --mode $mode --repeat "$r" ||
+            run settle $PY settle-wait --db "$DB" --n "$n" --mode $mode --repeat "$r" ||
                 die "settle-wait: $(tail -5 "$WORK/settle.err")"
             tee -a "$RESULTS" <"$WORK/settle.out" >&2
             stop worker
@@ -291,10 +320,10 @@ if phase pgbench; then
     echo '\set aid random(1, 100000 * :scale)' >"$WORK/update.sql"
     echo 'UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid = :aid;' >>"$WORK/update.sql"
     for r in $(seq 1 "$REPEATS"); do
+        t0=$(now)
         run pgbench pgbench -h 127.0.0.1 -U postgres -n -f "$WORK/update.sql" -c 8 -j 2 -T $PGBENCH_SECONDS \
             "$PGBENCH_DB" || die "pgbench: $(tail -5 "$WORK/pgbench.err")"
-        tps=$(sed -n 's/^tps = \([0-9.]*\) .*/\1/p' "$WORK/pgbench.out" | head -n 1)
-        echo "{\"kind\": \"pgbench\", \"repeat\": $r, \"tps\": $tps}" | tee -a "$RESULTS" >&2
+        $PY pgbench-json --repeat "$r" --window "$t0" "$(now)" <"$WORK/pgbench.out" | tee -a "$RESULTS" >&2
     done
     dropdb -h 127.0.0.1 -U postgres --if-exists "$PGBENCH_DB"
 fi
@@ -309,11 +338,13 @@ done
 errors=$(grep -ciE '"level":"ERROR"| ERROR ' "$WORK/gateway.log" || true)
 [ "$errors" = "0" ] || note "gateway-api logged $errors error lines during the run"
 
-BENCH_DURATION=$DURATION BENCH_REPEATS=$REPEATS BENCH_USERS=$USERS BENCH_SETTLE_N=$SETTLE_N \
+elapsed=$(($(date +%s) - STARTED))
+BENCH_RUNTIME="$((elapsed / 60)) min $((elapsed % 60)) s" BENCH_SETTLE_N_SINGLE=$SETTLE_N_SINGLE \
+    BENCH_DURATION=$DURATION BENCH_REPEATS=$REPEATS BENCH_USERS=$USERS BENCH_SETTLE_N=$SETTLE_N \
     BENCH_STREAMS=$STREAMS BENCH_WARMUP=$WARMUP BENCH_WRK_THREADS=$WRK_THREADS \
     BENCH_WRK_CONNECTIONS=$WRK_CONNECTIONS BENCH_PREFETCH=$PREFETCH BENCH_PGBENCH_SECONDS=$PGBENCH_SECONDS \
-    BENCH_DB=$DB BENCH_PREFIX=$PREFIX BENCH_NOTES=$NOTES \
+    BENCH_DB=$DB BENCH_PREFIX=$PREFIX BENCH_NOTES=$NOTES BENCH_LATENCY_TOOL=$LATENCY_TOOL \
     BENCH_PORTS="gateway $GATEWAY_PORT, nginx $NGINX_PORT, mock $MOCK_PORT and $STREAM_MOCK_PORT, worker ops $WORKER_OPS_PORT" \
     $PY meta >"$WORK/meta.json"
-$PY report --results "$RESULTS" --meta "$WORK/meta.json" --out "$OUT" >/dev/null
+$PY report --results "$RESULTS" --meta "$WORK/meta.json" --cpu-log "$WORK/cpu.log" --out "$OUT" >/dev/null
 log "wrote $OUT"

@@ -65,6 +65,7 @@ pub fn test_settings(database_url: String) -> Settings {
             port: 0,
             body_limit_bytes: BODY_LIMIT,
             workers: Some(2),
+            shutdown_grace_seconds: 10,
         },
         database: DatabaseSettings {
             url: database_url,
@@ -434,7 +435,9 @@ impl Drop for Cleanup {
                 broker.close().await;
                 if let Some((base, name)) = database_url.rsplit_once('/') {
                     if name.starts_with(TEST_DB_PREFIX) {
-                        if let Ok(mut conn) = AsyncPgConnection::establish(&format!("{base}/postgres")).await {
+                        if let Ok(mut conn) =
+                            AsyncPgConnection::establish(&format!("{base}/postgres")).await
+                        {
                             let drop = format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)");
                             let _ = diesel::sql_query(drop).execute(&mut conn).await;
                         }

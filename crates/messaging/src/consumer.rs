@@ -137,6 +137,8 @@ impl Consumer {
         };
         tokio::pin!(shutdown);
         let queue = self.queues.work.clone();
+        metrics::gauge!("messaging_consumer_prefetch", "queue" => queue.clone())
+            .set(f64::from(self.prefetch));
         let mut backoff = RESUBSCRIBE_BACKOFF_START;
         loop {
             let session = tokio::select! {

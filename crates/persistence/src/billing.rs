@@ -264,6 +264,20 @@ pub async fn outbox_delete_request(
     Ok(())
 }
 
+/// Open holds: how many and their total, for the operators' gauges.
+pub async fn open_holds(conn: &mut AsyncPgConnection) -> Result<(i64, BigDecimal), StoreError> {
+    use crate::schema::balance_holds;
+    let (count, sum): (i64, Option<BigDecimal>) = balance_holds::table
+        .filter(balance_holds::status.eq("open"))
+        .select((
+            diesel::dsl::count_star(),
+            diesel::dsl::sum(balance_holds::amount),
+        ))
+        .first(conn)
+        .await?;
+    Ok((count, sum.unwrap_or_else(|| BigDecimal::from(0))))
+}
+
 pub async fn outbox_len(conn: &mut AsyncPgConnection) -> Result<i64, StoreError> {
     Ok(billing_outbox::table.count().get_result(conn).await?)
 }

@@ -213,5 +213,10 @@ pub async fn sweep(pool: &Pool) -> Result<(usize, usize), StoreError> {
         }
     }
     metrics::gauge!("billing_outbox_size").set(billing::outbox_len(&mut conn).await? as f64);
+    let (holds, held) = billing::open_holds(&mut conn).await?;
+    metrics::gauge!("billing_holds_open").set(holds as f64);
+    // A gauge for dashboards only; money itself never leaves exact decimals.
+    metrics::gauge!("billing_holds_open_amount")
+        .set(bigdecimal::ToPrimitive::to_f64(&held).unwrap_or(0.0));
     Ok((released, settled))
 }

@@ -15,6 +15,7 @@ run_migrations = true
 host = "127.0.0.1"
 port = 8080
 body_limit_bytes = 1048576
+shutdown_grace_seconds = 20
 
 [database]
 url = "postgres://postgres@127.0.0.1:5432/ai_gateway"
@@ -81,6 +82,8 @@ pub struct ServerSettings {
     pub body_limit_bytes: usize,
     #[serde(default)]
     pub workers: Option<usize>,
+    /// After SIGTERM, in-flight requests get this long to finish.
+    pub shutdown_grace_seconds: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]

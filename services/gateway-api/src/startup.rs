@@ -35,6 +35,9 @@ pub enum StartupError {
     Upstream(#[from] upstream::UpstreamError),
 }
 
+/// How long a stopping gateway waits for billing deliveries after the last request.
+const SHUTDOWN_DRAIN: std::time::Duration = std::time::Duration::from_secs(10);
+
 pub struct Application {
     port: u16,
     server: Server,
@@ -88,9 +91,15 @@ impl Application {
         self.state.pool.clone()
     }
 
-    /// Runs until the server stops; actix stops gracefully on SIGINT/SIGTERM by itself.
+    /// Runs until the server stops (actix stops gracefully on SIGINT/SIGTERM: no new
+    /// connections, in-flight requests finish), then waits for the charges still being handed
+    /// to billing, so a stop loses none.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
-        self.server.await
+        let served = self.server.await;
+        if !self.state.background.drain(SHUTDOWN_DRAIN).await {
+            tracing::error!("billing deliveries still running at exit; their holds will expire");
+        }
+        served
     }
 
     /// A handle to stop the server from elsewhere (tests).
@@ -156,6 +165,7 @@ fn serve(
             .wrap(from_fn(request_id))
     })
     .listen(listener)?;
+    server = server.shutdown_timeout(settings.server.shutdown_grace_seconds);
     if let Some(workers) = settings.server.workers {
         server = server.workers(workers);
     }

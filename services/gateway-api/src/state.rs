@@ -27,6 +27,38 @@ pub struct AppState {
     pub hold_ttl_seconds: i64,
     pub max_failover_attempts: u32,
     pub allow_private_callbacks: bool,
+    /// Work that outlives its request (billing deliveries, hold releases).
+    pub background: Background,
+}
+
+/// Runs work that must outlive its request on the main runtime (actix's per-worker runtimes
+/// stop with their workers) and lets shutdown wait for it, so no charge is dropped on SIGTERM.
+#[derive(Clone)]
+pub struct Background {
+    runtime: tokio::runtime::Handle,
+    tracker: tokio_util::task::TaskTracker,
+}
+
+impl Background {
+    /// Must be called on the main runtime.
+    pub fn on_current_runtime() -> Background {
+        Background {
+            runtime: tokio::runtime::Handle::current(),
+            tracker: tokio_util::task::TaskTracker::new(),
+        }
+    }
+
+    pub fn spawn(&self, work: impl std::future::Future<Output = ()> + Send + 'static) {
+        self.runtime.spawn(self.tracker.track_future(work));
+    }
+
+    /// Waits (up to `grace`) for everything spawned so far; returns whether all finished.
+    pub async fn drain(&self, grace: std::time::Duration) -> bool {
+        self.tracker.close();
+        tokio::time::timeout(grace, self.tracker.wait())
+            .await
+            .is_ok()
+    }
 }
 
 impl AppState {
@@ -56,6 +88,7 @@ impl AppState {
             hold_ttl_seconds: settings.calls.hold_ttl_seconds,
             max_failover_attempts: settings.upstream.max_failover_attempts,
             allow_private_callbacks: settings.calls.allow_private_callbacks,
+            background: Background::on_current_runtime(),
         }
     }
 

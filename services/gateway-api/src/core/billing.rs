@@ -40,7 +40,8 @@ pub fn charge_message(
 
 /// Sends the charge in the background: the client's answer never waits for the broker.
 pub fn emit(state: Arc<AppState>, message: BillingMessage) {
-    tokio::spawn(async move { deliver(&state, message).await });
+    let background = state.background.clone();
+    background.spawn(async move { deliver(&state, message).await });
 }
 
 /// Publishes with confirm; on failure parks the charge in the outbox (settled by the sweeper).

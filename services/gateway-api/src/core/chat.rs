@@ -308,7 +308,8 @@ impl StreamEnd {
             None if seen.generated_text.is_empty() => {
                 let state = self.state;
                 let request_id = self.call.request_id;
-                tokio::spawn(async move { billing::release(&state, request_id).await });
+                let background = state.background.clone();
+                background.spawn(async move { billing::release(&state, request_id).await });
                 return;
             }
             None => Usage {

@@ -19,7 +19,9 @@ pub async fn healthz() -> HttpResponse {
     HttpResponse::Ok().json(json!({"status": "ok"}))
 }
 
-/// Ready: Postgres answers through the pool.
+/// Ready: Postgres answers through the pool (503 otherwise). The broker's state is reported
+/// but does not fail readiness: while RabbitMQ is away calls still succeed and their charges
+/// wait in the Postgres outbox, so taking every replica out of rotation would only add an outage.
 #[utoipa::path(get, path = "/readyz", tag = "operations",
     responses((status = 200), (status = 503, body = crate::error::ErrorBody)))]
 pub async fn readyz(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
@@ -27,7 +29,12 @@ pub async fn readyz(state: web::Data<AppState>) -> Result<HttpResponse, ApiError
         tracing::warn!(error = %e, "readiness: database");
         ApiError::Unavailable("database unreachable".to_owned())
     })?;
-    Ok(HttpResponse::Ok().json(json!({"status": "ready"})))
+    let broker = if state.broker.is_connected() {
+        "connected"
+    } else {
+        "disconnected (charges use the outbox)"
+    };
+    Ok(HttpResponse::Ok().json(json!({"status": "ready", "database": "ok", "broker": broker})))
 }
 
 /// Prometheus text exposition.
