@@ -433,15 +433,13 @@ impl Drop for Cleanup {
                     Err(e) => eprintln!("queue cleanup channel: {e}"),
                 }
                 broker.close().await;
-                if let Some((base, name)) = database_url.rsplit_once('/') {
-                    if name.starts_with(TEST_DB_PREFIX) {
-                        if let Ok(mut conn) =
-                            AsyncPgConnection::establish(&format!("{base}/postgres")).await
-                        {
-                            let drop = format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)");
-                            let _ = diesel::sql_query(drop).execute(&mut conn).await;
-                        }
-                    }
+                if let Some((base, name)) = database_url.rsplit_once('/')
+                    && name.starts_with(TEST_DB_PREFIX)
+                    && let Ok(mut conn) =
+                        AsyncPgConnection::establish(&format!("{base}/postgres")).await
+                {
+                    let drop = format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)");
+                    let _ = diesel::sql_query(drop).execute(&mut conn).await;
                 }
             });
         });

@@ -82,7 +82,7 @@ pub async fn mark_published(conn: &mut AsyncPgConnection, job_id: Uuid) -> Resul
 #[derive(Debug)]
 pub enum Claim {
     /// Taken: PROCESSING under this worker's lease; `attempts` fences later updates.
-    Claimed(Job),
+    Claimed(Box<Job>),
     /// Another worker holds an unexpired lease: try again after it.
     Busy { lease_expires_at: DateTime<Utc> },
     /// Already COMPLETED or FAILED: nothing to do.
@@ -120,7 +120,7 @@ pub async fn claim(
     .await
     .optional()?;
     if let Some(job) = claimed {
-        return Ok(Claim::Claimed(job));
+        return Ok(Claim::Claimed(Box::new(job)));
     }
     let current: Option<Job> = async_jobs::table
         .filter(async_jobs::job_id.eq(job_id))

@@ -114,7 +114,7 @@ impl Runner {
             Err(error) => Err(error),
         };
         match claim {
-            Ok(Claim::Claimed(job)) => self.process(job).await,
+            Ok(Claim::Claimed(job)) => self.process(*job).await,
             // Done already (a duplicate message): no second provider call, no second charge.
             Ok(Claim::Finished) => Outcome::Ack,
             Ok(Claim::Missing) => {
@@ -250,16 +250,15 @@ impl Runner {
                 metrics::counter!("jobs_total", "status" => "COMPLETED").increment(1);
                 // The charge is safe in the outbox; publishing only makes billing faster.
                 let id = job.job_id.to_string();
-                if self
+                let published = self
                     .broker
                     .publish_json(BILLING_LOG_QUEUE, &bytes, &id)
-                    .await
-                    .is_ok()
+                    .await;
+                if published.is_ok()
+                    && let Ok(mut conn) = self.conn().await
                 {
-                    if let Ok(mut conn) = self.conn().await {
-                        let _ = persistence::billing::outbox_delete_request(&mut conn, job.job_id)
-                            .await;
-                    }
+                    let _ =
+                        persistence::billing::outbox_delete_request(&mut conn, job.job_id).await;
                 }
                 Outcome::Ack
             }

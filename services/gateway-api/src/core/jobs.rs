@@ -82,7 +82,7 @@ pub async fn submit(
         }
         upstream::egress::check_target(url, state.allow_private_callbacks)
             .await
-            .map_err(|reason| ApiError::InvalidRequest(reason))?;
+            .map_err(ApiError::InvalidRequest)?;
     }
     let hold = route
         .pricing
