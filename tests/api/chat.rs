@@ -203,6 +203,12 @@ async fn unknown_models_bad_bodies_and_short_balances_are_refused_without_a_char
     call(json!({"model": setup.model, "messages": [{"role": "user", "content": "x"}], "max_tokens": 100000})).await.assert_error(400, "invalid_request");
     call(json!({"model": setup.model, "messages": [{"role": "user", "content": "x"}], "max_tokens": -1})).await.assert_error(400, "invalid_request");
     call(json!({"model": setup.model, "messages": [{"role": "user", "content": "x"}], "stream": "yes"})).await.assert_error(400, "invalid_request");
+    call(json!({"model": setup.model, "messages": [{"role": "user", "content": "x"}], "n": 0}))
+        .await
+        .assert_error(400, "invalid_request");
+    call(json!({"model": setup.model, "messages": [{"role": "user", "content": "x"}], "n": 17}))
+        .await
+        .assert_error(400, "invalid_request");
     // No balance: 402 before any upstream call.
     call(chat(&setup.model, "hi"))
         .await

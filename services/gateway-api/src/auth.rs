@@ -163,7 +163,11 @@ impl FromRequest for KeyHolder {
                 .ok_or_else(|| {
                     ApiError::Unauthorized("invalid, revoked or expired access key".to_owned())
                 })?;
-            persistence::access_keys::touch(&mut conn, key.id).await?;
+            // Record use at most once a minute per key, so the hot path rarely writes.
+            let stale = chrono::Utc::now() - chrono::Duration::seconds(60);
+            if key.last_used_at.is_none_or(|at| at < stale) {
+                persistence::access_keys::touch(&mut conn, key.id).await?;
+            }
             Ok(KeyHolder { key, user })
         })
     }

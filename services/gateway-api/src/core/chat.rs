@@ -130,10 +130,18 @@ pub async fn complete(
         Some(_) => return Err(invalid("stream must be a boolean")),
     };
     let completion_limit = completion_limit(&mut body, &route)?;
+    // `n` choices each generate up to the limit.
+    let choices = match body.get("n") {
+        None | Some(Value::Null) => 1,
+        Some(n) => n
+            .as_u64()
+            .filter(|n| (1..=16).contains(n))
+            .ok_or_else(|| invalid("n must be an integer between 1 and 16"))?,
+    };
     let prompt_text = tokens::prompt_text(&body);
     let worst_case = Usage {
         prompt_tokens: tokens::prompt_upper_bound(&body, &prompt_text),
-        completion_tokens: u64::from(completion_limit),
+        completion_tokens: u64::from(completion_limit) * choices,
         ..Usage::default()
     };
     let max_cost = route
