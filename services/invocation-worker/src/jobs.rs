@@ -114,7 +114,14 @@ impl Runner {
             Err(error) => Err(error),
         };
         match claim {
-            Ok(Claim::Claimed(job)) => self.process(*job).await,
+            Ok(Claim::Claimed(job)) => {
+                if job.attempts == 1 {
+                    // Submit → first pickup: how long jobs wait for a worker.
+                    let waited = (Utc::now() - job.created_at).to_std().unwrap_or_default();
+                    metrics::histogram!("job_pickup_seconds").record(waited.as_secs_f64());
+                }
+                self.process(*job).await
+            }
             // Done already (a duplicate message): no second provider call, no second charge.
             Ok(Claim::Finished) => Outcome::Ack,
             Ok(Claim::Missing) => {
