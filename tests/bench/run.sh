@@ -153,6 +153,7 @@ need_tools() {
 need_tools
 deploy/local/ensure-services.sh
 start cpu-watch $PY cpu-watch --out "$WORK/cpu.log"
+FLUSH=$($PY flush)
 for port in $GATEWAY_PORT $NGINX_PORT $MOCK_PORT $STREAM_MOCK_PORT $WORKER_OPS_PORT; do
     port_free "$port" || die "port $port on 127.0.0.1 is in use; the benchmark needs it free"
 done
@@ -181,7 +182,8 @@ start_worker() { # start_worker BATCH_MAX
 
 start mock "$BIN/mock-llm" --host 127.0.0.1 --port $MOCK_PORT --latency-ms 0
 wait_http "http://127.0.0.1:$MOCK_PORT/healthz" mock
-APP__SERVER__HOST=127.0.0.1 APP__SERVER__PORT=$GATEWAY_PORT start gateway "$BIN/gateway-api"
+APP__SERVER__HOST=127.0.0.1 APP__SERVER__PORT=$GATEWAY_PORT APP__SERVER__SHUTDOWN_GRACE_SECONDS=5 \
+    start gateway "$BIN/gateway-api"
 wait_http "http://127.0.0.1:$GATEWAY_PORT/readyz" gateway
 start_worker 64
 
@@ -204,7 +206,7 @@ url_of() {
     case $1 in
         direct) echo "http://127.0.0.1:$MOCK_PORT/v1/chat/completions" ;;
         nginx) echo "http://127.0.0.1:$NGINX_PORT/v1/chat/completions" ;;
-        gateway | gateway-1key) echo "http://127.0.0.1:$GATEWAY_PORT/v1/chat/completions" ;;
+        gateway*) echo "http://127.0.0.1:$GATEWAY_PORT/v1/chat/completions" ;;
     esac
 }
 port_of() {
@@ -220,49 +222,71 @@ run rss-idle $PY rss --pid "${PIDS[gateway]}" --state idle && cat "$WORK/rss-idl
 
 # ------------------------------------------------------------------------ 1. throughput
 
+wrk_run() { # wrk_run TARGET REPEAT KEYS_FILE
+    local t0
+    drain
+    t0=$(now)
+    BENCH_KEYS_FILE=$3 run wrk wrk -t$WRK_THREADS -c$WRK_CONNECTIONS -d${DURATION}s -s "$HERE/chat.lua" "$(url_of "$1")" ||
+        die "wrk against $1: $(cat "$WORK/wrk.err")"
+    $PY wrk-json --target "$1" --repeat "$2" --window "$t0" "$(now)" <"$WORK/wrk.out" | tee -a "$RESULTS" >&2
+}
+
 if phase throughput; then
     for target in direct nginx gateway; do
         log "warm-up $target (${WARMUP}s)"
         run warmup wrk -t$WRK_THREADS -c$WRK_CONNECTIONS -d${WARMUP}s -s "$HERE/chat.lua" "$(url_of $target)" ||
             die "wrk warm-up against $target: $(cat "$WORK/warmup.err")"
     done
-    head -n 1 "$WORK/keys.txt" >"$WORK/one-key.txt"
     for r in $(seq 1 "$REPEATS"); do
-        for target in direct nginx gateway gateway-1key; do
-            drain
-            t0=$(now)
-            keys=$WORK/keys.txt
-            [ $target = gateway-1key ] && keys=$WORK/one-key.txt
-            BENCH_KEYS_FILE=$keys run wrk wrk -t$WRK_THREADS -c$WRK_CONNECTIONS -d${DURATION}s -s "$HERE/chat.lua" "$(url_of $target)" ||
-                die "wrk against $target: $(cat "$WORK/wrk.err")"
-            $PY wrk-json --target $target --repeat "$r" --window "$t0" "$(now)" <"$WORK/wrk.out" | tee -a "$RESULTS" >&2
+        for target in direct nginx gateway; do
+            wrk_run $target "$r" "$WORK/keys.txt"
         done
     done
+    # Two diagnostics, one run each: every request with the same access key (one busy customer),
+    # and the gateway with billing-worker stopped (what settling costs the call path).
+    head -n 1 "$WORK/keys.txt" >"$WORK/one-key.txt"
+    wrk_run gateway-1key 1 "$WORK/one-key.txt"
+    drain
+    stop worker
+    wrk_run gateway-noworker 1 "$WORK/keys.txt"
+    start_worker 64
 fi
 
 # --------------------------------------------------------------------------- 2. latency
 
 if phase latency; then
     for r in $(seq 1 "$REPEATS"); do
+        held=
         for rate in $RATES; do
             for target in direct nginx gateway; do
+                if [ $target = gateway ] && [ -n "$held" ]; then
+                    # It could not hold a lower rate in this repeat: this one would only repeat the
+                    # saturation measurement (and take long to settle).
+                    echo "{\"kind\": \"latency\", \"target\": \"gateway\", \"rate\": $rate, \"repeat\": $r, \"skipped_after\": $held}" |
+                        tee -a "$RESULTS" >&2
+                    continue
+                fi
                 drain
                 t0=$(now)
                 if [ "$LATENCY_TOOL" = hey ]; then
-                    # hey sends one fixed Authorization header: each run uses the next bench key.
-                    key=$(sed -n "$((r * 7 + rate % 64 + 1))p" "$WORK/keys.txt")
+                    # hey sends one fixed Authorization header: each run uses another bench key.
+                    key=$(sed -n "$(((r * 7 + rate) % 64 + 1))p" "$WORK/keys.txt")
                     [ -n "$key" ] || key=$(head -n 1 "$WORK/keys.txt")
                     workers=$(((rate + 49) / 50)) # 50 req/s per worker: one request every 20 ms
                     run hey hey -z ${DURATION}s -c $workers -q $((rate / workers)) -m POST -T application/json \
                         -disable-compression -H "Authorization: Bearer $key" -d "$BODY" -o csv "$(url_of $target)" ||
                         die "hey against $target: $(tail -5 "$WORK/hey.err")"
                     $PY hey-json --target $target --rate "$rate" --seconds "$DURATION" --repeat "$r" \
-                        --window "$t0" "$(now)" <"$WORK/hey.out" | tee -a "$RESULTS" >&2
+                        --window "$t0" "$(now)" <"$WORK/hey.out" >"$WORK/latency.json"
                 else
                     run openloop $PY openloop --port "$(port_of $target)" --keys "$WORK/keys.txt" --rate "$rate" \
                         --seconds "$DURATION" --target $target --repeat "$r" ||
                         die "open-loop load against $target: $(tail -5 "$WORK/openloop.err")"
-                    tee -a "$RESULTS" <"$WORK/openloop.out" >&2
+                    cp "$WORK/openloop.out" "$WORK/latency.json"
+                fi
+                tee -a "$RESULTS" <"$WORK/latency.json" >&2
+                if [ $target = gateway ] && ! python3 -c 'import json, sys; r = json.load(open(sys.argv[1])); sys.exit(r["achieved_rps"] < 0.95 * r["rate"])' "$WORK/latency.json"; then
+                    held=$rate
                 fi
             done
         done
@@ -339,7 +363,7 @@ errors=$(grep -ciE '"level":"ERROR"| ERROR ' "$WORK/gateway.log" || true)
 [ "$errors" = "0" ] || note "gateway-api logged $errors error lines during the run"
 
 elapsed=$(($(date +%s) - STARTED))
-BENCH_RUNTIME="$((elapsed / 60)) min $((elapsed % 60)) s" BENCH_SETTLE_N_SINGLE=$SETTLE_N_SINGLE \
+BENCH_FLUSH=$FLUSH BENCH_RUNTIME="$((elapsed / 60)) min $((elapsed % 60)) s" BENCH_SETTLE_N_SINGLE=$SETTLE_N_SINGLE \
     BENCH_DURATION=$DURATION BENCH_REPEATS=$REPEATS BENCH_USERS=$USERS BENCH_SETTLE_N=$SETTLE_N \
     BENCH_STREAMS=$STREAMS BENCH_WARMUP=$WARMUP BENCH_WRK_THREADS=$WRK_THREADS \
     BENCH_WRK_CONNECTIONS=$WRK_CONNECTIONS BENCH_PREFETCH=$PREFETCH BENCH_PGBENCH_SECONDS=$PGBENCH_SECONDS \

@@ -24,23 +24,9 @@ pub const TEST_DB_PREFIX: &str = "gwtest_";
 
 static TRACING: Once = Once::new();
 
-pub fn postgres_base_url() -> String {
-    std::env::var("TEST_POSTGRES_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into())
-}
-
 /// Creates an empty database with a unique name and returns its URL.
 pub async fn create_database() -> String {
-    let name = format!("{TEST_DB_PREFIX}{}", uuid::Uuid::new_v4().simple());
-    let base = postgres_base_url();
-    let mut conn = AsyncPgConnection::establish(&format!("{base}/postgres"))
-        .await
-        .expect("Postgres must be running on 127.0.0.1:5432 (make test starts it)");
-    diesel::sql_query(format!("CREATE DATABASE {name}"))
-        .execute(&mut conn)
-        .await
-        .unwrap();
-    format!("{base}/{name}")
+    persistence::testing::create_database().await.unwrap()
 }
 
 pub fn broker_url() -> String {
@@ -447,37 +433,31 @@ impl Drop for Cleanup {
     }
 }
 
-/// A billing-worker running in this process against the test's database and queues.
-pub struct BillingWorker {
+/// A worker running in this process until [`Running::stop`].
+pub struct Running {
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
 }
 
-impl BillingWorker {
-    pub async fn start(app: &TestApp) -> BillingWorker {
-        let mut settings: billing_worker::Settings =
-            runtime::config::load(billing_worker::DEFAULT_CONFIG).unwrap();
-        settings.database.url = app.settings.database.url.clone();
-        settings.broker = app.settings.broker.clone();
-        settings.ops.port = 0;
-        settings.billing.sweep_interval_ms = 200;
-        let worker = billing_worker::Application::build(settings).await.unwrap();
+impl Running {
+    /// Runs `run(stopped)`, where `stopped` resolves when [`Running::stop`] is called.
+    fn spawn<F>(
+        run: impl FnOnce(std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>) -> F,
+    ) -> Running
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(async move {
-            worker
-                .run_until(async {
-                    let _ = stopped.await;
-                })
-                .await
-                .unwrap();
-        });
-        BillingWorker {
+        let task = tokio::spawn(run(Box::pin(async move {
+            let _ = stopped.await;
+        })));
+        Running {
             stop: Some(stop),
             task: Some(task),
         }
     }
 
-    /// Stops consuming, finishes in-flight settlements, and waits for it to end.
+    /// Stops consuming, finishes in-flight work, and waits for the worker to end.
     pub async fn stop(mut self) {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
@@ -485,6 +465,22 @@ impl BillingWorker {
         if let Some(task) = self.task.take() {
             task.await.unwrap();
         }
+    }
+}
+
+/// A billing-worker in this process against the test's database and queues.
+pub struct BillingWorker;
+
+impl BillingWorker {
+    pub async fn start(app: &TestApp) -> Running {
+        let mut settings: billing_worker::Settings =
+            runtime::config::load(billing_worker::DEFAULT_CONFIG).unwrap();
+        settings.database.url = app.settings.database.url.clone();
+        settings.broker = app.settings.broker.clone();
+        settings.ops.port = 0;
+        settings.billing.sweep_interval_ms = 200;
+        let worker = billing_worker::Application::build(settings).await.unwrap();
+        Running::spawn(|stopped| async move { worker.run_until(stopped).await.unwrap() })
     }
 }
 
@@ -524,43 +520,19 @@ pub fn invocation_settings(app: &TestApp) -> invocation_worker::Settings {
     settings
 }
 
-/// An invocation-worker running in this process.
-pub struct InvocationWorker {
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    task: Option<tokio::task::JoinHandle<()>>,
-}
+/// An invocation-worker in this process.
+pub struct InvocationWorker;
 
 impl InvocationWorker {
-    pub async fn start(app: &TestApp) -> InvocationWorker {
+    pub async fn start(app: &TestApp) -> Running {
         Self::start_with(invocation_settings(app)).await
     }
 
-    pub async fn start_with(settings: invocation_worker::Settings) -> InvocationWorker {
+    pub async fn start_with(settings: invocation_worker::Settings) -> Running {
         let worker = invocation_worker::Application::build(settings)
             .await
             .unwrap();
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(async move {
-            worker
-                .run_until(async {
-                    let _ = stopped.await;
-                })
-                .await
-                .unwrap();
-        });
-        InvocationWorker {
-            stop: Some(stop),
-            task: Some(task),
-        }
-    }
-
-    pub async fn stop(mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(task) = self.task.take() {
-            task.await.unwrap();
-        }
+        Running::spawn(|stopped| async move { worker.run_until(stopped).await.unwrap() })
     }
 }
 

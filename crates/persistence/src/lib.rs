@@ -13,6 +13,8 @@ pub mod orders;
 mod page;
 mod pool;
 pub mod schema;
+#[cfg(feature = "testing")]
+pub mod testing;
 pub mod usage;
 pub mod users;
 

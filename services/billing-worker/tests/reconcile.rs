@@ -8,25 +8,7 @@ use std::process::Command;
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 
 async fn migrated_database() -> String {
-    let base = "postgres://postgres@127.0.0.1:5432";
-    let name = format!("gwtest_{}", uuid::Uuid::new_v4().simple());
-    let mut admin = AsyncPgConnection::establish(&format!("{base}/postgres"))
-        .await
-        .unwrap();
-    diesel::sql_query(format!("CREATE DATABASE {name}"))
-        .execute(&mut admin)
-        .await
-        .unwrap();
-    let url = format!("{base}/{name}");
-    let pool = persistence::build_pool(&persistence::DatabaseSettings {
-        url: url.clone(),
-        pool_max_size: 2,
-        pool_wait_timeout_ms: 5000,
-        connect_timeout_ms: 5000,
-    })
-    .unwrap();
-    persistence::run_migrations(&pool).await.unwrap();
-    url
+    persistence::testing::migrated_database(2).await.unwrap().0
 }
 
 fn reconcile(url: &str) -> std::process::Output {

@@ -11,29 +11,10 @@ const WAIT: Duration = Duration::from_secs(10);
 
 /// A fresh, migrated database: the worker loads the model catalog when it starts.
 async fn migrated_database() -> String {
-    use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
-    let base = std::env::var("TEST_POSTGRES_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".to_owned());
-    let name = format!("gwtest_{}", uuid::Uuid::new_v4().simple());
-    let mut admin = AsyncPgConnection::establish(&format!("{base}/postgres"))
+    persistence::testing::migrated_database(2)
         .await
-        .expect("Postgres");
-    diesel::sql_query(format!("CREATE DATABASE {name}"))
-        .execute(&mut admin)
-        .await
-        .expect("create database");
-    let url = format!("{base}/{name}");
-    let pool = persistence::build_pool(&persistence::DatabaseSettings {
-        url: url.clone(),
-        pool_max_size: 2,
-        pool_wait_timeout_ms: 5000,
-        connect_timeout_ms: 5000,
-    })
-    .expect("pool");
-    persistence::run_migrations(&pool)
-        .await
-        .expect("migrations");
-    url
+        .expect("a migrated database")
+        .0
 }
 
 async fn test_settings() -> Settings {
