@@ -300,10 +300,14 @@ async def open_loop(a, keys):
         free.put_nowait(await asyncio.open_connection(a.host, a.port))
     latencies, statuses, lags, waits = [], {}, [], []
     total = int(a.rate * a.seconds)
+    window = {"closed": False}
 
     async def one(i, scheduled):
         got = loop.time()
         reader, writer = await free.get()
+        if window["closed"]:  # the window ended while this request waited for a connection
+            free.put_nowait((reader, writer))
+            return
         waits.append(loop.time() - got)
         sent = loop.time()
         lags.append(sent - scheduled)
@@ -332,10 +336,12 @@ async def open_loop(a, keys):
     # The window ends on schedule: requests still waiting for a free connection then were never
     # sent (the target could not keep up); those in flight get a few seconds to finish.
     await asyncio.sleep(max(0.0, deadline - loop.time()))
+    window["closed"] = True
     pending = [t for t in tasks if not t.done()]
     done_in_window = len(latencies)
     if pending:
         await asyncio.wait(pending, timeout=5)
+    unanswered = sum(1 for t in tasks if not t.done())
     for t in tasks:
         if not t.done():
             t.cancel()
@@ -351,7 +357,8 @@ async def open_loop(a, keys):
     return {
         "kind": "latency", "tool": "open-loop", "target": a.target, "rate": a.rate, "repeat": a.repeat,
         "achieved_rps": done_in_window / a.seconds, "sent_rps": len(lags) / a.seconds,
-        "scheduled": total, "not_sent": not_sent, "ok": ok, "non_200": len(lags) - ok,
+        "scheduled": total, "not_sent": not_sent, "ok": ok, "non_200": len(lags) - ok - unanswered,
+        "unanswered_after_5s": unanswered,
         "tail_s": finished - deadline, "statuses": {str(k): v for k, v in statuses.items()},
         "p50_ms": percentile(latencies, 50), "p90_ms": percentile(latencies, 90),
         "p99_ms": percentile(latencies, 99), "max_ms": latencies[-1] if latencies else float("nan"),

@@ -204,6 +204,207 @@ pub async fn settle_in(
     })
 }
 
+#[derive(QueryableByName)]
+struct RequestRow {
+    #[diesel(sql_type = SqlUuid)]
+    request_id: Uuid,
+}
+
+#[derive(QueryableByName)]
+struct HoldRow {
+    #[diesel(sql_type = SqlUuid)]
+    request_id: Uuid,
+    #[diesel(sql_type = Numeric)]
+    amount: BigDecimal,
+}
+
+#[derive(QueryableByName)]
+struct BalanceRow {
+    #[diesel(sql_type = BigInt)]
+    id: i64,
+    #[diesel(sql_type = Numeric)]
+    balance: BigDecimal,
+}
+
+/// Settles many charges with a fixed number of statements, whatever their count; run it inside
+/// a transaction. Same rules as [`settle_in`], charge by charge in the given order: a request
+/// id already logged (before, or earlier in this batch) is `AlreadySettled`. User rows are
+/// locked only for the last three statements, in id order, so calls being admitted for the
+/// same users wait as little as possible.
+pub async fn settle_many(
+    conn: &mut AsyncPgConnection,
+    charges: &[Charge<'_>],
+) -> Result<Vec<Settlement>, StoreError> {
+    use diesel::sql_types::{Array, Nullable as N};
+    use std::collections::{HashMap, HashSet};
+
+    let fresh: Vec<RequestRow> = diesel::sql_query(
+        "INSERT INTO usage_logs (request_id, user_id, access_key_id, model_id, model_name,
+             prompt_tokens, completion_tokens, cached_prompt_tokens, images, cost)
+         SELECT * FROM unnest($1::uuid[], $2::int8[], $3::int8[], $4::int8[], $5::text[],
+             $6::int8[], $7::int8[], $8::int8[], $9::int4[], $10::numeric[])
+         ON CONFLICT (request_id) DO NOTHING
+         RETURNING request_id",
+    )
+    .bind::<Array<SqlUuid>, _>(charges.iter().map(|c| c.request_id).collect::<Vec<_>>())
+    .bind::<Array<BigInt>, _>(charges.iter().map(|c| c.user_id).collect::<Vec<_>>())
+    .bind::<Array<N<BigInt>>, _>(charges.iter().map(|c| c.access_key_id).collect::<Vec<_>>())
+    .bind::<Array<N<BigInt>>, _>(charges.iter().map(|c| c.model_id).collect::<Vec<_>>())
+    .bind::<Array<Text>, _>(
+        charges
+            .iter()
+            .map(|c| c.model_name.to_owned())
+            .collect::<Vec<_>>(),
+    )
+    .bind::<Array<BigInt>, _>(
+        charges
+            .iter()
+            .map(|c| tokens(c.usage.prompt_tokens))
+            .collect::<Vec<_>>(),
+    )
+    .bind::<Array<BigInt>, _>(
+        charges
+            .iter()
+            .map(|c| tokens(c.usage.completion_tokens))
+            .collect::<Vec<_>>(),
+    )
+    .bind::<Array<BigInt>, _>(
+        charges
+            .iter()
+            .map(|c| tokens(c.usage.cached_prompt_tokens))
+            .collect::<Vec<_>>(),
+    )
+    .bind::<Array<Int4>, _>(
+        charges
+            .iter()
+            .map(|c| i32::try_from(c.usage.images).unwrap_or(i32::MAX))
+            .collect::<Vec<_>>(),
+    )
+    .bind::<Array<Numeric>, _>(
+        charges
+            .iter()
+            .map(|c| c.cost.as_decimal().clone())
+            .collect::<Vec<_>>(),
+    )
+    .load(conn)
+    .await?;
+    let mut fresh: HashSet<Uuid> = fresh.into_iter().map(|r| r.request_id).collect();
+    if fresh.is_empty() {
+        return Ok(vec![Settlement::AlreadySettled; charges.len()]);
+    }
+    let fresh_ids: Vec<Uuid> = fresh.iter().copied().collect();
+    let holds: Vec<HoldRow> = diesel::sql_query(
+        "UPDATE balance_holds SET status = 'settled', closed_at = now()
+         WHERE request_id = ANY($1) AND status = 'open' RETURNING request_id, amount",
+    )
+    .bind::<Array<SqlUuid>, _>(&fresh_ids)
+    .load(conn)
+    .await?;
+    let holds: HashMap<Uuid, BigDecimal> = holds
+        .into_iter()
+        .map(|h| (h.request_id, h.amount))
+        .collect();
+
+    let mut user_ids: Vec<i64> = charges
+        .iter()
+        .filter(|c| fresh.contains(&c.request_id))
+        .map(|c| c.user_id)
+        .collect();
+    user_ids.sort_unstable();
+    user_ids.dedup();
+    let locked: Vec<BalanceRow> = diesel::sql_query(
+        "SELECT id, balance FROM users WHERE id = ANY($1) ORDER BY id FOR UPDATE",
+    )
+    .bind::<Array<BigInt>, _>(&user_ids)
+    .load(conn)
+    .await?;
+    let mut balances: HashMap<i64, Money> = locked
+        .into_iter()
+        .map(|r| (r.id, Money::from_db(r.balance)))
+        .collect();
+    let mut released: HashMap<i64, BigDecimal> = HashMap::new();
+
+    let mut results = Vec::with_capacity(charges.len());
+    let (mut ledger_users, mut ledger_deltas, mut ledger_after, mut ledger_refs) =
+        (vec![], vec![], vec![], vec![]);
+    for charge in charges {
+        // `remove`: a second copy of the same request id in this batch is a duplicate.
+        if !fresh.remove(&charge.request_id) {
+            results.push(Settlement::AlreadySettled);
+            continue;
+        }
+        let balance = balances
+            .get_mut(&charge.user_id)
+            .ok_or(StoreError::NotFound)?;
+        let charged = if charge.cost > balance {
+            balance.clone()
+        } else {
+            charge.cost.clone()
+        };
+        *balance = balance
+            .checked_sub(&charged)
+            .map_err(|e| StoreError::StateConflict(e.to_string()))?;
+        if let Some(held) = holds.get(&charge.request_id) {
+            *released
+                .entry(charge.user_id)
+                .or_insert_with(|| BigDecimal::from(0)) += held;
+        }
+        if charged.is_positive() {
+            ledger_users.push(charge.user_id);
+            ledger_deltas.push(charged.neg().into_decimal());
+            ledger_after.push(balance.as_decimal().clone());
+            ledger_refs.push(charge.request_id.to_string());
+        }
+        if charged < *charge.cost {
+            tracing::warn!(request_id = %charge.request_id, cost = %charge.cost, %charged,
+                "balance could not cover the whole charge");
+        }
+        results.push(Settlement::Settled {
+            charged,
+            balance_after: balance.clone(),
+        });
+    }
+
+    let ids: Vec<i64> = user_ids;
+    let new_balances: Vec<BigDecimal> = ids
+        .iter()
+        .map(|id| balances[id].as_decimal().clone())
+        .collect();
+    let releases: Vec<BigDecimal> = ids
+        .iter()
+        .map(|id| {
+            released
+                .get(id)
+                .cloned()
+                .unwrap_or_else(|| BigDecimal::from(0))
+        })
+        .collect();
+    diesel::sql_query(
+        "UPDATE users u SET balance = v.balance, held = u.held - v.released, updated_at = now()
+         FROM unnest($1::int8[], $2::numeric[], $3::numeric[]) AS v(id, balance, released)
+         WHERE u.id = v.id",
+    )
+    .bind::<Array<BigInt>, _>(&ids)
+    .bind::<Array<Numeric>, _>(&new_balances)
+    .bind::<Array<Numeric>, _>(&releases)
+    .execute(conn)
+    .await?;
+    if !ledger_users.is_empty() {
+        diesel::sql_query(
+            "INSERT INTO balance_ledger (user_id, delta, balance_after, kind, reference)
+             SELECT u, d, a, 'charge', r FROM unnest($1::int8[], $2::numeric[], $3::numeric[], $4::text[])
+                 AS t(u, d, a, r)",
+        )
+        .bind::<Array<BigInt>, _>(&ledger_users)
+        .bind::<Array<Numeric>, _>(&ledger_deltas)
+        .bind::<Array<Numeric>, _>(&ledger_after)
+        .bind::<Array<Text>, _>(&ledger_refs)
+        .execute(conn)
+        .await?;
+    }
+    Ok(results)
+}
+
 /// Settles one charge in its own transaction.
 pub async fn settle(
     conn: &mut AsyncPgConnection,

@@ -36,7 +36,7 @@ async fn user_with_balance(pool: &persistence::Pool, balance: &str) -> i64 {
             user_id: user.id,
             delta: &money(balance),
             kind: LedgerKind::Topup,
-            reference: "seed",
+            reference: &format!("seed-{}", user.id),
             note: None,
             actor_user_id: None,
         },
@@ -259,4 +259,92 @@ async fn a_debit_adjustment_cannot_take_held_money_and_reconcile_finds_tampering
     let mismatches = billing::reconcile(&mut conn).await.unwrap();
     assert_eq!(mismatches.len(), 1);
     assert_eq!(mismatches[0].user_id, user);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_batch_settles_like_one_by_one_with_duplicates_and_short_balances() {
+    use diesel_async::AsyncConnection;
+    let pool = common::migrated_pool().await;
+    let alice = user_with_balance(&pool, "1").await;
+    let bob = user_with_balance(&pool, "0.5").await;
+    let mut conn = pool.get().await.unwrap();
+    let (a1, a2, b1, b2, old) = (
+        Uuid::new_v4(),
+        Uuid::new_v4(),
+        Uuid::new_v4(),
+        Uuid::new_v4(),
+        Uuid::new_v4(),
+    );
+    billing::place_hold(&mut conn, alice, a1, &money("0.3"), 600)
+        .await
+        .unwrap()
+        .unwrap();
+    billing::place_hold(&mut conn, bob, b1, &money("0.2"), 600)
+        .await
+        .unwrap()
+        .unwrap();
+    // Settled before the batch: a redelivery inside it changes nothing.
+    let old_cost = money("0.1");
+    billing::settle(&mut conn, &charge(old, alice, &old_cost))
+        .await
+        .unwrap();
+
+    let (c_a1, c_a2, c_b1, c_b2) = (money("0.25"), money("0.05"), money("0.2"), money("0.4"));
+    let batch = [
+        charge(a1, alice, &c_a1),
+        charge(b1, bob, &c_b1),
+        charge(a1, alice, &c_a1), // a duplicate within the batch
+        charge(old, alice, &old_cost),
+        charge(a2, alice, &c_a2),
+        charge(b2, bob, &c_b2), // bob has 0.3 left: capped
+    ];
+    let results = conn
+        .transaction::<_, persistence::StoreError, _>(async |conn| {
+            billing::settle_many(conn, &batch).await
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        results,
+        vec![
+            Settlement::Settled {
+                charged: money("0.25"),
+                balance_after: money("0.65")
+            },
+            Settlement::Settled {
+                charged: money("0.2"),
+                balance_after: money("0.3")
+            },
+            Settlement::AlreadySettled,
+            Settlement::AlreadySettled,
+            Settlement::Settled {
+                charged: money("0.05"),
+                balance_after: money("0.6")
+            },
+            Settlement::Settled {
+                charged: money("0.3"),
+                balance_after: money("0")
+            },
+        ]
+    );
+    // The same batch again: nothing more.
+    let again = conn
+        .transaction::<_, persistence::StoreError, _>(async |conn| {
+            billing::settle_many(conn, &batch).await
+        })
+        .await
+        .unwrap();
+    assert!(again.iter().all(|r| *r == Settlement::AlreadySettled));
+    let a = persistence::users::find(&mut conn, alice).await.unwrap();
+    let b = persistence::users::find(&mut conn, bob).await.unwrap();
+    assert_eq!(
+        (a.balance, a.held),
+        (BigDecimal::from_str("0.6").unwrap(), BigDecimal::from(0))
+    );
+    assert_eq!(
+        (b.balance, b.held),
+        (BigDecimal::from(0), BigDecimal::from(0))
+    );
+    drop(conn);
+    books_balance(&pool).await;
 }

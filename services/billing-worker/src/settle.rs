@@ -75,21 +75,17 @@ async fn run_batches(
     }
 }
 
-/// One transaction for the whole batch (sorted by user to keep lock order stable across
-/// workers); if it fails, each charge is settled alone so one bad charge cannot hold up the rest.
-async fn settle_batch(pool: &Pool, mut batch: Vec<(BillingMessage, Reply)>) {
-    batch.sort_by_key(|(m, _)| m.user_id);
+/// One transaction for the whole batch, with a fixed number of statements (see
+/// `billing::settle_many`); if it fails, each charge is settled alone so one bad charge cannot
+/// hold up the rest.
+async fn settle_batch(pool: &Pool, batch: Vec<(BillingMessage, Reply)>) {
     let started = Instant::now();
     let size = batch.len();
     let together = match pool.get().await {
         Ok(mut conn) => {
-            let messages: Vec<&BillingMessage> = batch.iter().map(|(m, _)| m).collect();
+            let charges: Vec<Charge<'_>> = batch.iter().map(|(m, _)| charge_of(m)).collect();
             conn.transaction::<_, StoreError, _>(async |conn| {
-                let mut results = Vec::with_capacity(messages.len());
-                for message in &messages {
-                    results.push(billing::settle_in(conn, &charge_of(message)).await?);
-                }
-                Ok(results)
+                billing::settle_many(conn, &charges).await
             })
             .await
         }
