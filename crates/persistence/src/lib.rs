@@ -21,4 +21,7 @@ pub mod users;
 pub use diesel_async::AsyncPgConnection;
 pub use error::StoreError;
 pub use page::{Page, Paged};
-pub use pool::{DatabaseSettings, Pool, PooledConnection, build_pool, ping, run_migrations};
+pub use pool::{
+    DatabaseSettings, Pool, PooledConnection, build_pool, build_reservation_pool, ping,
+    run_migrations,
+};

@@ -152,3 +152,31 @@ async fn constraints_protect_money_and_uniqueness() {
         other => panic!("duplicate usage log accepted: {other:?}"),
     }
 }
+
+#[derive(diesel::QueryableByName)]
+struct Setting {
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    synchronous_commit: String,
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn only_the_reservation_pool_commits_without_waiting_for_the_flush() {
+    let (url, pool) = persistence::testing::migrated_database(2).await.unwrap();
+    let settings = persistence::DatabaseSettings {
+        url,
+        pool_max_size: 2,
+        pool_wait_timeout_ms: 5000,
+        connect_timeout_ms: 5000,
+    };
+    let relaxed = persistence::build_reservation_pool(&settings).unwrap();
+    let show = "SHOW synchronous_commit";
+    let mut conn = relaxed.get().await.unwrap();
+    let setting: Setting = diesel::sql_query(show).get_result(&mut conn).await.unwrap();
+    assert_eq!(setting.synchronous_commit, "off");
+    let mut conn = pool.get().await.unwrap();
+    let setting: Setting = diesel::sql_query(show).get_result(&mut conn).await.unwrap();
+    assert_eq!(
+        setting.synchronous_commit, "on",
+        "money moves wait for durability"
+    );
+}

@@ -63,9 +63,11 @@ impl Application {
             runtime::metrics::install().map_err(|e| StartupError::Metrics(e.to_string()))?;
         let broker = messaging::Broker::connect(settings.broker.clone()).await?;
         let upstream = upstream::UpstreamClient::new(&settings.upstream)?;
+        let reservations = persistence::build_reservation_pool(&settings.database)?;
         let state = web::Data::new(AppState::new(
             &settings,
             pool,
+            reservations,
             &master_key,
             dummy,
             broker,

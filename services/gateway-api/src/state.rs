@@ -11,6 +11,8 @@ use catalog::{Routing, SecretBox};
 
 pub struct AppState {
     pub pool: Pool,
+    /// For holds only (see `persistence::build_reservation_pool`).
+    pub reservations: Pool,
     pub jwt_encoding: EncodingKey,
     pub jwt_decoding: DecodingKey,
     pub jwt_ttl_seconds: i64,
@@ -65,6 +67,7 @@ impl AppState {
     pub fn new(
         settings: &Settings,
         pool: Pool,
+        reservations: Pool,
         master_key: &[u8; 32],
         dummy_password_hash: String,
         broker: messaging::Broker,
@@ -73,6 +76,7 @@ impl AppState {
         let jwt_secret = settings.auth.jwt_secret.expose_secret().as_bytes();
         AppState {
             pool,
+            reservations,
             jwt_encoding: EncodingKey::from_secret(jwt_secret),
             jwt_decoding: DecodingKey::from_secret(jwt_secret),
             jwt_ttl_seconds: settings.auth.jwt_ttl_seconds,
