@@ -3,7 +3,9 @@
 use std::time::Duration;
 
 use diesel::sql_query;
-use diesel_async::pooled_connection::AsyncDieselConnectionManager;
+use diesel_async::pooled_connection::{
+    AsyncDieselConnectionManager, ManagerConfig, RecyclingMethod,
+};
 use diesel_async::{AsyncMigrationHarness, AsyncPgConnection, RunQueryDsl};
 use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
 use serde::Deserialize;
@@ -28,7 +30,14 @@ pub struct DatabaseSettings {
 
 /// Builds the pool; connections are opened lazily, so this succeeds while Postgres is down.
 pub fn build_pool(settings: &DatabaseSettings) -> Result<Pool, StoreError> {
-    let manager = AsyncDieselConnectionManager::<AsyncPgConnection>::new(settings.url.clone());
+    // Fast recycling: no `SELECT 1` on every checkout (a broken connection fails its query and
+    // is dropped by the pool); the call path checks out twice per request.
+    let mut config = ManagerConfig::default();
+    config.recycling_method = RecyclingMethod::Fast;
+    let manager = AsyncDieselConnectionManager::<AsyncPgConnection>::new_with_config(
+        settings.url.clone(),
+        config,
+    );
     Pool::builder(manager)
         .max_size(settings.pool_max_size)
         .wait_timeout(Some(Duration::from_millis(settings.pool_wait_timeout_ms)))
