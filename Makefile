@@ -58,3 +58,4 @@ migrate: services
 # Benchmark on this machine (release build, own database/queues/ports); writes docs/BENCHMARKS.md.
 bench:
 	tests/bench/run.sh
+	python3 tests/bench/jobs.py

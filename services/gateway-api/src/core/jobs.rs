@@ -45,7 +45,7 @@ fn invalid(message: &str) -> ApiError {
 }
 
 /// Validates, holds `n × per_image` (+ per_request), inserts the job PENDING and publishes
-/// `{job_id}`. A failed publish leaves the job PENDING for the sweeper to re-publish.
+/// `{job_id}` in the background. A failed publish leaves the job PENDING for the sweeper.
 pub async fn submit(
     state: Arc<AppState>,
     holder: KeyHolder,
@@ -125,19 +125,35 @@ pub async fn submit(
             "this job may cost up to {hold}; top up first"
         )));
     }
+    drop(conn);
+    // The job is committed: the 202 need not wait for the broker. A publish that fails (or a
+    // gateway that dies first) leaves the job unpublished, and the sweeper re-publishes it.
+    let background = state.background.clone();
+    background.spawn(async move { publish(&state, job_id).await });
+    metrics::counter!("jobs_submitted_total").increment(1);
+    Ok(job_id)
+}
+
+async fn publish(state: &AppState, job_id: Uuid) {
     let message = InvocationMessage { job_id }.to_json_bytes();
     match state
         .broker
         .publish_json(MODEL_INVOCATION_QUEUE, &message, &job_id.to_string())
         .await
     {
-        Ok(()) => jobs::mark_published(&mut conn, job_id).await?,
+        Ok(()) => {
+            let marked = match state.pool.get().await {
+                Ok(mut conn) => jobs::mark_published(&mut conn, job_id).await,
+                Err(error) => Err(StoreError::from(error)),
+            };
+            if let Err(error) = marked {
+                tracing::warn!(%error, %job_id, "marking a job published failed");
+            }
+        }
         Err(error) => {
             tracing::warn!(%error, %job_id, "job publish failed; the sweeper will re-publish it")
         }
     }
-    metrics::counter!("jobs_submitted_total").increment(1);
-    Ok(job_id)
 }
 
 fn not_found(e: StoreError) -> ApiError {
