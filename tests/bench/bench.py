@@ -955,9 +955,9 @@ def cmd_report(a):
             w(f"| pgbench single-row UPDATE transactions, 8 clients | **{fmt(pgb)}** | "
               f"{', '.join(fmt(r['tps']) for r in pg_runs)} | | {other(pg_runs)}% |")
         w("")
-        w("A settlement is four statements in one transaction: INSERT into usage_logs, UPDATE of the "
-          "hold, UPDATE of the user's balance, INSERT into the ledger. Single mode commits each "
-          "settlement; batched commits up to 64 at once.")
+        w("Batched mode settles a whole batch (up to 64) in one transaction of five set-based statements "
+          "(INSERT the usage logs, close the holds, lock the users in id order, UPDATE their balances, "
+          "INSERT the ledger rows); single mode (`BATCH_MAX=1`) runs them for each charge and commits each.")
         w("")
 
     mem = by(kind="memory")
