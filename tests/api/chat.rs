@@ -632,3 +632,35 @@ async fn with_the_broker_down_during_calls_no_charge_is_lost_and_none_doubled() 
     app.assert_books_balance().await;
     worker.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_that_hangs_up_during_a_plain_call_is_still_billed() {
+    let app = spawn_app().await;
+    let worker = BillingWorker::start(&app).await;
+    let slow = MockConfig {
+        latency_ms: 800,
+        ..MockConfig::default()
+    };
+    let setup = app
+        .chat_setup(mock(slow).await, &[("good-key", 1)], "10")
+        .await;
+    let gave_up = app
+        .client
+        .post(format!("{}/v1/chat/completions", app.address))
+        .bearer_auth(&setup.access_key)
+        .timeout(std::time::Duration::from_millis(200))
+        .json(&chat(&setup.model, "one two"))
+        .send()
+        .await;
+    assert!(gave_up.is_err(), "the client hung up before the answer");
+    // The provider answered anyway; that answer is billed, and the hold closed.
+    let rows = eventually(15, || async {
+        let rows = app.usage_of(setup.user_id).await;
+        (rows.len() == 1).then_some(rows)
+    })
+    .await;
+    assert_eq!(rows[0], (2, 16, expected_cost(2, 16)));
+    assert_eq!(app.open_holds(setup.user_id).await, 0);
+    app.assert_books_balance().await;
+    worker.stop().await;
+}

@@ -175,15 +175,31 @@ pub async fn complete(
         prompt_text,
         message_count: body["messages"].as_array().map_or(0, Vec::len) as u64,
     };
-    let result = if stream {
-        forward_stream(&state, &admitted, body).await
-    } else {
-        forward(&state, &admitted, body).await
-    };
-    if result.is_err() {
-        billing::release(&state, request_id).await;
+    if stream {
+        let result = forward_stream(&state, &admitted, body).await;
+        if result.is_err() {
+            billing::release(&state, request_id).await;
+        }
+        return result;
     }
-    result
+    // The call runs detached from the request: a client that hangs up mid-call does not stop
+    // it, so the provider's answer is still billed (or the hold released) rather than the hold
+    // lingering until it expires and the call going unpaid.
+    let (answered, answer) = tokio::sync::oneshot::channel();
+    let background = state.background.clone();
+    background.spawn(async move {
+        let result = forward(&state, &admitted, body).await;
+        if result.is_err() {
+            billing::release(&state, admitted.request_id).await;
+        }
+        let _ = answered.send(result);
+    });
+    let body = answer
+        .await
+        .map_err(|_| ApiError::Internal("the call task ended without an answer".to_owned()))??;
+    Ok(HttpResponse::Ok()
+        .content_type("application/json")
+        .body(body))
 }
 
 fn target(route: &Route, secret: &str) -> Target {
@@ -195,11 +211,8 @@ fn target(route: &Route, secret: &str) -> Target {
     }
 }
 
-async fn forward(
-    state: &Arc<AppState>,
-    call: &Admitted,
-    body: Value,
-) -> Result<HttpResponse, ApiError> {
+/// The non-streaming call: the provider's answer body, already billed.
+async fn forward(state: &Arc<AppState>, call: &Admitted, body: Value) -> Result<Bytes, ApiError> {
     let route = &call.route;
     let answer = with_failover(
         &state.routing.keys,
@@ -223,9 +236,7 @@ async fn forward(
         },
     };
     bill(state, call, usage);
-    Ok(HttpResponse::Ok()
-        .content_type("application/json")
-        .body(answer.body))
+    Ok(answer.body)
 }
 
 /// The generated text of a chat completion body.
