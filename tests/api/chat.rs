@@ -365,8 +365,16 @@ async fn two_hundred_concurrent_calls_against_a_balance_for_fifty() {
     let replies = futures_util::future::join_all(calls).await;
     let ok = replies.iter().filter(|r| r.status == 200).count();
     let refused = replies.iter().filter(|r| r.status == 402).count();
-    assert_eq!(ok, 50, "exactly the 50 affordable calls are admitted");
-    assert_eq!(ok + refused, 200);
+    let statuses: std::collections::BTreeMap<u16, usize> =
+        replies.iter().fold(Default::default(), |mut m, r| {
+            *m.entry(r.status.as_u16()).or_default() += 1;
+            m
+        });
+    assert_eq!(
+        ok, 50,
+        "exactly the 50 affordable calls are admitted: {statuses:?}"
+    );
+    assert_eq!(ok + refused, 200, "{statuses:?}");
 
     let settled = eventually(20, || async {
         let rows = app.usage_of(setup.user_id).await;
@@ -560,6 +568,80 @@ async fn a_redelivered_billing_message_charges_nothing_more() {
     .await;
     let end = app.balance_and_ledger_sum(setup.user_id).await.0;
     assert_eq!(end, after_first - expected_cost(1, 16));
+    app.assert_books_balance().await;
+    broker.close().await;
+    worker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_billing_batch_settles_each_charge_once_and_a_bad_charge_dead_letters_only_its_body() {
+    let app = spawn_app().await;
+    let worker = BillingWorker::start(&app).await;
+    let setup = app
+        .chat_setup(mock(MockConfig::default()).await, &[("good-key", 1)], "10")
+        .await;
+    let charge = |user_id: i64, cost: &str| domain::BillingMessage {
+        request_id: uuid::Uuid::new_v4(),
+        user_id,
+        access_key_id: None,
+        model_id: 1,
+        model_name: setup.model.clone(),
+        usage: Usage {
+            prompt_tokens: 1,
+            completion_tokens: 1,
+            ..Usage::default()
+        },
+        cost: Money::parse(cost).unwrap(),
+        hold_id: None,
+        occurred_at: chrono::Utc::now(),
+    };
+    let broker = messaging::Broker::connect(app.settings.broker.clone())
+        .await
+        .unwrap();
+    let publish = |body: Vec<u8>| {
+        let broker = &broker;
+        async move {
+            broker
+                .publish_json(messaging::BILLING_LOG_QUEUE, &body, "test-batch")
+                .await
+                .unwrap()
+        }
+    };
+
+    // A batch delivered twice (a redelivery): each of its charges is settled once.
+    let batch = domain::BillingBatch {
+        charges: vec![
+            charge(setup.user_id, "0.001"),
+            charge(setup.user_id, "0.002"),
+        ],
+    };
+    publish(batch.to_json_bytes()).await;
+    publish(batch.to_json_bytes()).await;
+    eventually(10, || async {
+        (app.usage_of(setup.user_id).await.len() == 2).then_some(())
+    })
+    .await;
+
+    // A batch with a charge that can never settle (no such user): the good charge is settled,
+    // the body goes to the dead-letter queue, and nothing is charged twice.
+    let good = charge(setup.user_id, "0.004");
+    let bad = charge(987_654_321, "0.5");
+    publish(
+        domain::BillingBatch {
+            charges: vec![good, bad],
+        }
+        .to_json_bytes(),
+    )
+    .await;
+    let dead_letters = app.settings.broker.queue_prefix.clone() + "billing_log_queue.dlq";
+    eventually(10, || async {
+        (app.queue_depth(&broker, &dead_letters).await == 1).then_some(())
+    })
+    .await;
+    assert_eq!(app.usage_of(setup.user_id).await.len(), 3);
+    let (balance, ledger) = app.balance_and_ledger_sum(setup.user_id).await;
+    assert_eq!(balance, dec("9.993"));
+    assert_eq!(balance, ledger);
     app.assert_books_balance().await;
     broker.close().await;
     worker.stop().await;

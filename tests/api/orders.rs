@@ -1,7 +1,10 @@
 use std::collections::HashSet;
 
 use bigdecimal::BigDecimal;
-use integration_tests::{Credential, PAYMENT_SECRET, spawn_app};
+use std::time::{Duration, Instant};
+
+use diesel_async::RunQueryDsl;
+use integration_tests::{Credential, PAYMENT_SECRET, spawn_app, spawn_app_with};
 use reqwest::Method;
 use serde_json::json;
 use std::str::FromStr;
@@ -360,6 +363,67 @@ async fn access_keys_are_shown_once_listed_without_secret_and_revoked_at_once() 
         .assert_error(401, "unauthorized");
     let list = app.get("/v1/me/access-keys", &alice).await;
     assert_eq!(list.json["data"][0]["revoked"], true);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_key_revoked_elsewhere_stops_working_within_the_key_cache_ttl() {
+    const TTL_MS: u64 = 400;
+    let app = spawn_app_with(|s| s.calls.key_cache_ttl_ms = TTL_MS).await;
+    let (user_id, alice) = app.new_user().await;
+    let key = |name: &'static str| {
+        let app = &app;
+        let alice = alice.clone();
+        async move {
+            let created = app
+                .post("/v1/me/access-keys", &alice, json!({"name": name}))
+                .await;
+            let created = created.assert_status(201).clone();
+            (
+                created["id"].as_i64().unwrap(),
+                created["key"].as_str().unwrap().to_owned(),
+            )
+        }
+    };
+    let models = |secret: String| {
+        let app = &app;
+        async move {
+            app.send(Method::GET, "/v1/models", Credential::Bearer(&secret), None)
+                .await
+                .status
+        }
+    };
+
+    // Revoked in Postgres directly, as another replica does it: this replica may still trust
+    // the key it checked a moment ago, but for no longer than the TTL.
+    let (id, secret) = key("laptop").await;
+    assert_eq!(models(secret.clone()).await, 200);
+    let mut conn = app.pool.get().await.unwrap();
+    diesel::sql_query("UPDATE access_keys SET revoked_at = now() WHERE id = $1")
+        .bind::<diesel::sql_types::BigInt, _>(id)
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let revoked = Instant::now();
+    while models(secret.clone()).await == 200 {
+        assert!(
+            revoked.elapsed() < Duration::from_millis(TTL_MS + 250),
+            "a revoked key still worked after the key cache TTL"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(models(secret.clone()).await, 401);
+
+    // Disabling the user through this replica takes effect on the very next call.
+    let (_, second) = key("phone").await;
+    assert_eq!(models(second.clone()).await, 200);
+    app.patch(
+        &format!("/v1/admin/users/{user_id}"),
+        app.admin_token(),
+        json!({"status": "disabled"}),
+    )
+    .await
+    .assert_status(200);
+    assert_eq!(models(second).await, 401);
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -90,6 +90,9 @@ pub fn test_settings(database_url: String) -> Settings {
             hold_ttl_seconds: 60,
             catalog_refresh_ms: 1000,
             allow_private_callbacks: true,
+            billing_batch_max: 256,
+            billing_publishes_in_flight: 4,
+            key_cache_ttl_ms: 1000,
         },
     }
 }
@@ -642,6 +645,22 @@ impl TestApp {
             token,
             access_key,
         }
+    }
+
+    /// Messages waiting in one of this test's queues (e.g. a dead-letter queue).
+    pub async fn queue_depth(&self, broker: &messaging::Broker, queue: &str) -> u32 {
+        let channel = broker.open_channel().await.unwrap();
+        let (_, count, _) = channel
+            .queue_declare(
+                amqprs::channel::QueueDeclareArguments::new(queue)
+                    .passive(true)
+                    .finish(),
+            )
+            .await
+            .unwrap()
+            .unwrap();
+        let _ = channel.close().await;
+        count
     }
 
     /// Rows of `usage_logs` for a user: (prompt, completion, cost).

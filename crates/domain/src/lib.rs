@@ -50,7 +50,7 @@ pub mod status;
 pub use identity::{Email, IdentityError, Password};
 pub use jobs::JobView;
 pub use ledger::LedgerKind;
-pub use messages::{BillingMessage, InvocationMessage};
+pub use messages::{BillingBatch, BillingMessage, InvocationMessage};
 pub use money::{Money, MoneyError};
 pub use pricing::{ModelKind, Pricing, PricingError, Usage};
 pub use status::{JobStatus, OrderStatus, Role, UnknownVariant, UserStatus};

@@ -31,6 +31,19 @@ pub struct BillingMessage {
     pub occurred_at: DateTime<Utc>,
 }
 
+/// Several charges in one body of `billing_log_queue`: the gateway sends the charges of calls
+/// that finished at about the same moment together, so the broker stores and delivers one
+/// message instead of one per call. Each charge keeps its own request id, so settling a batch
+/// twice (redelivery) changes nothing, like settling one charge twice.
+///
+/// Wire shape: `{"schema_version": 1, "charges": [<billing message>, ...]}`, each charge in the
+/// single-charge shape (with its own `schema_version`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "BatchWire", into = "BatchWire")]
+pub struct BillingBatch {
+    pub charges: Vec<BillingMessage>,
+}
+
 /// A job to run: published to `model_invocation_queue` when a job is submitted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(try_from = "InvocationWire", into = "InvocationWire")]
@@ -50,6 +63,39 @@ impl BillingMessage {
     /// Reads a published body; refuses malformed JSON and any `schema_version` but 1.
     pub fn from_json_slice(bytes: &[u8]) -> Result<Self, serde_json::Error> {
         serde_json::from_slice(bytes)
+    }
+}
+
+impl BillingBatch {
+    /// The `schema_version` of the batch envelope this build writes and the only one it reads.
+    pub const SCHEMA_VERSION: u32 = 1;
+
+    /// The JSON body to publish.
+    pub fn to_json_bytes(&self) -> Vec<u8> {
+        to_json_bytes(self)
+    }
+
+    /// Reads a body of `billing_log_queue`: a batch, or a single charge (a batch of one). An
+    /// empty batch, an unknown version of either shape or any undecodable charge refuses the
+    /// whole body.
+    pub fn from_json_slice(bytes: &[u8]) -> Result<Self, serde_json::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Body {
+            Batch(BatchProbe),
+            One(serde::de::IgnoredAny),
+        }
+        #[derive(Deserialize)]
+        struct BatchProbe {
+            #[allow(dead_code)]
+            charges: serde::de::IgnoredAny,
+        }
+        match serde_json::from_slice::<Body>(bytes)? {
+            Body::Batch(_) => serde_json::from_slice(bytes),
+            Body::One(_) => Ok(BillingBatch {
+                charges: vec![BillingMessage::from_json_slice(bytes)?],
+            }),
+        }
     }
 }
 
@@ -132,6 +178,38 @@ impl TryFrom<BillingWire> for BillingMessage {
             hold_id: w.hold_id,
             occurred_at: w.occurred_at,
         })
+    }
+}
+
+/// The batch envelope as it is on the wire.
+#[derive(Serialize, Deserialize)]
+struct BatchWire {
+    schema_version: u32,
+    charges: Vec<BillingMessage>,
+}
+
+impl From<BillingBatch> for BatchWire {
+    fn from(b: BillingBatch) -> Self {
+        BatchWire {
+            schema_version: BillingBatch::SCHEMA_VERSION,
+            charges: b.charges,
+        }
+    }
+}
+
+impl TryFrom<BatchWire> for BillingBatch {
+    type Error = String;
+
+    fn try_from(w: BatchWire) -> Result<Self, Self::Error> {
+        check_version(
+            "billing batch",
+            w.schema_version,
+            BillingBatch::SCHEMA_VERSION,
+        )?;
+        if w.charges.is_empty() {
+            return Err("a billing batch holds at least one charge".to_owned());
+        }
+        Ok(BillingBatch { charges: w.charges })
     }
 }
 
@@ -254,6 +332,62 @@ mod tests {
         value["cost"] = json!("1e3");
         assert!(BillingMessage::from_json_slice(&serde_json::to_vec(&value).unwrap()).is_err());
         assert!(BillingMessage::from_json_slice(b"not json").is_err());
+    }
+
+    #[test]
+    fn batch_round_trip_and_wire_shape() {
+        let mut second = billing();
+        second.request_id = Uuid::parse_str("0190f0b2-6a1e-7c3d-9b5a-2f4e6d8c0a13").unwrap();
+        second.cost = Money::parse("12.5").unwrap();
+        let batch = BillingBatch {
+            charges: vec![billing(), second],
+        };
+        let bytes = batch.to_json_bytes();
+        let value: Value = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(value["schema_version"], json!(1));
+        assert_eq!(value["charges"].as_array().unwrap().len(), 2);
+        assert_eq!(value["charges"][0]["schema_version"], json!(1));
+        assert_eq!(value["charges"][1]["cost"], json!("12.5"));
+        assert_eq!(BillingBatch::from_json_slice(&bytes).unwrap(), batch);
+    }
+
+    #[test]
+    fn a_single_charge_body_reads_as_a_batch_of_one() {
+        let read = BillingBatch::from_json_slice(&billing().to_json_bytes()).unwrap();
+        assert_eq!(read.charges, vec![billing()]);
+    }
+
+    #[test]
+    fn batch_refuses_bad_envelopes_and_bad_charges() {
+        let good: Value = serde_json::from_slice(&billing().to_json_bytes()).unwrap();
+        let refuse = |body: Value, needle: &str| {
+            let err =
+                BillingBatch::from_json_slice(&serde_json::to_vec(&body).unwrap()).unwrap_err();
+            assert!(err.to_string().contains(needle), "{err} lacks {needle:?}");
+        };
+        refuse(
+            json!({"schema_version": 2, "charges": [good.clone()]}),
+            "unsupported billing batch message schema_version 2",
+        );
+        refuse(
+            json!({"schema_version": 1, "charges": []}),
+            "at least one charge",
+        );
+        refuse(json!({"charges": [good.clone()]}), "schema_version");
+        let mut bad = good.clone();
+        bad["cost"] = json!("1e3");
+        assert!(
+            BillingBatch::from_json_slice(
+                &serde_json::to_vec(&json!({"schema_version": 1, "charges": [good.clone(), bad]}))
+                    .unwrap()
+            )
+            .is_err()
+        );
+        let mut old = good;
+        old["schema_version"] = json!(7);
+        refuse(old, "unsupported billing message schema_version 7");
+        assert!(BillingBatch::from_json_slice(b"[1,2]").is_err());
+        assert!(BillingBatch::from_json_slice(b"not json").is_err());
     }
 
     #[test]

@@ -9,6 +9,7 @@ use domain::{LedgerKind, Money, Usage};
 use uuid::Uuid;
 
 use crate::StoreError;
+use crate::prepared::Prepared;
 use crate::schema::billing_outbox;
 
 #[derive(QueryableByName)]
@@ -27,7 +28,8 @@ pub async fn place_hold(
     amount: &Money,
     ttl_seconds: i64,
 ) -> Result<Option<i64>, StoreError> {
-    let rows: Vec<IdRow> = diesel::sql_query(
+    enum PlaceHold {}
+    let rows: Vec<IdRow> = Prepared::<PlaceHold>::new(
         "WITH admitted AS (
              UPDATE users SET held = held + $3
              WHERE id = $1 AND status = 'active' AND balance - held >= $3
@@ -50,7 +52,8 @@ pub async fn release_hold(
     conn: &mut AsyncPgConnection,
     request_id: Uuid,
 ) -> Result<bool, StoreError> {
-    let released = diesel::sql_query(
+    enum ReleaseHold {}
+    let released = Prepared::<ReleaseHold>::new(
         "WITH released AS (
              UPDATE balance_holds SET status = 'released', closed_at = now()
              WHERE request_id = $1 AND status = 'open'
@@ -219,18 +222,18 @@ struct HoldRow {
 }
 
 #[derive(QueryableByName)]
-struct BalanceRow {
-    #[diesel(sql_type = BigInt)]
-    id: i64,
+struct ChargedRow {
     #[diesel(sql_type = Numeric)]
-    balance: BigDecimal,
+    amount: BigDecimal,
+    #[diesel(sql_type = Numeric)]
+    balance_after: BigDecimal,
 }
 
 /// Settles many charges with a fixed number of statements, whatever their count; run it inside
 /// a transaction. Same rules as [`settle_in`], charge by charge in the given order: a request
 /// id already logged (before, or earlier in this batch) is `AlreadySettled`. User rows are
-/// locked only for the last three statements, in id order, so calls being admitted for the
-/// same users wait as little as possible.
+/// locked only by the last statement, in id order, so calls being admitted for the same users
+/// wait as little as possible (the caller commits right after).
 pub async fn settle_many(
     conn: &mut AsyncPgConnection,
     charges: &[Charge<'_>],
@@ -238,7 +241,8 @@ pub async fn settle_many(
     use diesel::sql_types::{Array, Nullable as N};
     use std::collections::{HashMap, HashSet};
 
-    let fresh: Vec<RequestRow> = diesel::sql_query(
+    enum InsertUsage {}
+    let fresh: Vec<RequestRow> = Prepared::<InsertUsage>::new(
         "INSERT INTO usage_logs (request_id, user_id, access_key_id, model_id, model_name,
              prompt_tokens, completion_tokens, cached_prompt_tokens, images, cost)
          SELECT * FROM unnest($1::uuid[], $2::int8[], $3::int8[], $4::int8[], $5::text[],
@@ -293,11 +297,12 @@ pub async fn settle_many(
         return Ok(vec![Settlement::AlreadySettled; charges.len()]);
     }
     let fresh_ids: Vec<Uuid> = fresh.iter().copied().collect();
-    let holds: Vec<HoldRow> = diesel::sql_query(
+    enum CloseHolds {}
+    let holds: Vec<HoldRow> = Prepared::<CloseHolds>::new(
         "UPDATE balance_holds SET status = 'settled', closed_at = now()
          WHERE request_id = ANY($1) AND status = 'open' RETURNING request_id, amount",
     )
-    .bind::<Array<SqlUuid>, _>(&fresh_ids)
+    .bind::<Array<SqlUuid>, _>(fresh_ids)
     .load(conn)
     .await?;
     let holds: HashMap<Uuid, BigDecimal> = holds
@@ -305,104 +310,99 @@ pub async fn settle_many(
         .map(|h| (h.request_id, h.amount))
         .collect();
 
-    let mut user_ids: Vec<i64> = charges
-        .iter()
-        .filter(|c| fresh.contains(&c.request_id))
-        .map(|c| c.user_id)
-        .collect();
-    user_ids.sort_unstable();
-    user_ids.dedup();
-    let locked: Vec<BalanceRow> = diesel::sql_query(
-        "SELECT id, balance FROM users WHERE id = ANY($1) ORDER BY id FOR UPDATE",
+    // The charges to apply, in the given order; a second copy of a request id is a duplicate.
+    let mut applied = Vec::new();
+    let mut results: Vec<Option<Settlement>> = Vec::with_capacity(charges.len());
+    for charge in charges {
+        if fresh.remove(&charge.request_id) {
+            applied.push(charge);
+            results.push(None);
+        } else {
+            results.push(Some(Settlement::AlreadySettled));
+        }
+    }
+    // One statement takes the users' row locks (in id order, so two settling workers cannot
+    // deadlock), charges them, releases their holds and writes the ledger; the transaction
+    // commits right after it, so an admission for the same user waits for one statement and
+    // the commit, not for the whole batch. A charge larger than what is left is capped at it.
+    enum ChargeUsers {}
+    let settled: Vec<ChargedRow> = Prepared::<ChargeUsers>::new(
+        "WITH c AS (
+             SELECT * FROM unnest($1::int8[], $2::int8[], $3::numeric[], $4::numeric[], $5::text[])
+                 AS c(ord, user_id, cost, released, ref)),
+         locked AS (
+             SELECT id, balance FROM users WHERE id IN (SELECT user_id FROM c)
+             ORDER BY id FOR UPDATE),
+         running AS (
+             SELECT c.ord, c.user_id, c.released, c.ref, l.balance,
+                    sum(c.cost) OVER (PARTITION BY c.user_id ORDER BY c.ord) AS upto,
+                    c.cost
+             FROM c JOIN locked l ON l.id = c.user_id),
+         charged AS (
+             SELECT ord, user_id, released, ref,
+                    greatest(balance - (upto - cost), 0) - greatest(balance - upto, 0) AS amount,
+                    greatest(balance - upto, 0) AS balance_after
+             FROM running),
+         per_user AS (
+             SELECT user_id, min(balance_after) AS balance, sum(released) AS released
+             FROM charged GROUP BY user_id),
+         updated AS (
+             UPDATE users u SET balance = p.balance, held = u.held - p.released, updated_at = now()
+             FROM per_user p WHERE u.id = p.user_id
+             RETURNING u.id),
+         ledger AS (
+             INSERT INTO balance_ledger (user_id, delta, balance_after, kind, reference)
+             SELECT user_id, -amount, balance_after, 'charge', ref FROM charged WHERE amount > 0)
+         SELECT amount, balance_after FROM charged ORDER BY ord",
     )
-    .bind::<Array<BigInt>, _>(&user_ids)
+    .bind::<Array<BigInt>, _>((0..applied.len() as i64).collect::<Vec<_>>())
+    .bind::<Array<BigInt>, _>(applied.iter().map(|c| c.user_id).collect::<Vec<_>>())
+    .bind::<Array<Numeric>, _>(
+        applied
+            .iter()
+            .map(|c| c.cost.as_decimal().clone())
+            .collect::<Vec<_>>(),
+    )
+    .bind::<Array<Numeric>, _>(
+        applied
+            .iter()
+            .map(|c| {
+                holds
+                    .get(&c.request_id)
+                    .cloned()
+                    .unwrap_or_else(|| BigDecimal::from(0))
+            })
+            .collect::<Vec<_>>(),
+    )
+    .bind::<Array<Text>, _>(
+        applied
+            .iter()
+            .map(|c| c.request_id.to_string())
+            .collect::<Vec<_>>(),
+    )
     .load(conn)
     .await?;
-    let mut balances: HashMap<i64, Money> = locked
-        .into_iter()
-        .map(|r| (r.id, Money::from_db(r.balance)))
-        .collect();
-    let mut released: HashMap<i64, BigDecimal> = HashMap::new();
-
-    let mut results = Vec::with_capacity(charges.len());
-    let (mut ledger_users, mut ledger_deltas, mut ledger_after, mut ledger_refs) =
-        (vec![], vec![], vec![], vec![]);
-    for charge in charges {
-        // `remove`: a second copy of the same request id in this batch is a duplicate.
-        if !fresh.remove(&charge.request_id) {
-            results.push(Settlement::AlreadySettled);
-            continue;
-        }
-        let balance = balances
-            .get_mut(&charge.user_id)
-            .ok_or(StoreError::NotFound)?;
-        let charged = if charge.cost > balance {
-            balance.clone()
-        } else {
-            charge.cost.clone()
-        };
-        *balance = balance
-            .checked_sub(&charged)
-            .map_err(|e| StoreError::StateConflict(e.to_string()))?;
-        if let Some(held) = holds.get(&charge.request_id) {
-            *released
-                .entry(charge.user_id)
-                .or_insert_with(|| BigDecimal::from(0)) += held;
-        }
-        if charged.is_positive() {
-            ledger_users.push(charge.user_id);
-            ledger_deltas.push(charged.neg().into_decimal());
-            ledger_after.push(balance.as_decimal().clone());
-            ledger_refs.push(charge.request_id.to_string());
-        }
+    if settled.len() != applied.len() {
+        // A charge of a user that does not exist (its usage log would have failed first).
+        return Err(StoreError::NotFound);
+    }
+    let mut settled = settled.into_iter();
+    for (slot, charge) in results.iter_mut().filter(|r| r.is_none()).zip(&applied) {
+        let row = settled.next().ok_or(StoreError::NotFound)?;
+        let charged = Money::from_db(row.amount);
         if charged < *charge.cost {
             tracing::warn!(request_id = %charge.request_id, cost = %charge.cost, %charged,
                 "balance could not cover the whole charge");
         }
-        results.push(Settlement::Settled {
+        *slot = Some(Settlement::Settled {
             charged,
-            balance_after: balance.clone(),
+            balance_after: Money::from_db(row.balance_after),
         });
     }
-
-    let ids: Vec<i64> = user_ids;
-    let new_balances: Vec<BigDecimal> = ids
-        .iter()
-        .map(|id| balances[id].as_decimal().clone())
-        .collect();
-    let releases: Vec<BigDecimal> = ids
-        .iter()
-        .map(|id| {
-            released
-                .get(id)
-                .cloned()
-                .unwrap_or_else(|| BigDecimal::from(0))
-        })
-        .collect();
-    diesel::sql_query(
-        "UPDATE users u SET balance = v.balance, held = u.held - v.released, updated_at = now()
-         FROM unnest($1::int8[], $2::numeric[], $3::numeric[]) AS v(id, balance, released)
-         WHERE u.id = v.id",
-    )
-    .bind::<Array<BigInt>, _>(&ids)
-    .bind::<Array<Numeric>, _>(&new_balances)
-    .bind::<Array<Numeric>, _>(&releases)
-    .execute(conn)
-    .await?;
-    if !ledger_users.is_empty() {
-        diesel::sql_query(
-            "INSERT INTO balance_ledger (user_id, delta, balance_after, kind, reference)
-             SELECT u, d, a, 'charge', r FROM unnest($1::int8[], $2::numeric[], $3::numeric[], $4::text[])
-                 AS t(u, d, a, r)",
-        )
-        .bind::<Array<BigInt>, _>(&ledger_users)
-        .bind::<Array<Numeric>, _>(&ledger_deltas)
-        .bind::<Array<Numeric>, _>(&ledger_after)
-        .bind::<Array<Text>, _>(&ledger_refs)
-        .execute(conn)
-        .await?;
-    }
-    Ok(results)
+    results
+        .into_iter()
+        .map(|r| r.ok_or(StoreError::NotFound))
+        .collect()
 }
 
 /// Settles one charge in its own transaction.

@@ -12,6 +12,7 @@ pub mod ledger;
 pub mod orders;
 mod page;
 mod pool;
+mod prepared;
 pub mod schema;
 #[cfg(feature = "testing")]
 pub mod testing;

@@ -348,3 +348,40 @@ async fn a_batch_settles_like_one_by_one_with_duplicates_and_short_balances() {
     drop(conn);
     books_balance(&pool).await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn holds_run_as_prepared_statements_reused_by_the_connection() {
+    #[derive(diesel::QueryableByName)]
+    struct Count {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        n: i64,
+    }
+    let pool = common::migrated_pool().await;
+    let user_id = user_with_balance(&pool, "10").await;
+    let mut conn = pool.get().await.unwrap();
+    for _ in 0..3 {
+        let request_id = Uuid::new_v4();
+        billing::place_hold(&mut conn, user_id, request_id, &money("1"), 60)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(billing::release_hold(&mut conn, request_id).await.unwrap());
+    }
+    // Named statements of this session: one per statement however often it ran (an unnamed,
+    // unprepared statement would not be listed, and would be parsed and planned every time).
+    let prepared = |pattern: &'static str| {
+        diesel::sql_query(
+            "SELECT count(*) AS n FROM pg_prepared_statements WHERE statement LIKE $1",
+        )
+        .bind::<diesel::sql_types::Text, _>(pattern)
+    };
+    let holds: Count = prepared("%INSERT INTO balance_holds%")
+        .get_result(&mut conn)
+        .await
+        .unwrap();
+    let releases: Count = prepared("%SET status = 'released'%")
+        .get_result(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!((holds.n, releases.n), (1, 1));
+}

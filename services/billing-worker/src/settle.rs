@@ -6,7 +6,7 @@ use std::pin::Pin;
 use std::time::{Duration, Instant};
 
 use diesel_async::AsyncConnection;
-use domain::BillingMessage;
+use domain::{BillingBatch, BillingMessage};
 use messaging::{Delivery, Handler, Outcome};
 use persistence::billing::{self, Charge, Settlement};
 use persistence::{Pool, StoreError};
@@ -146,29 +146,74 @@ pub struct BillingHandler {
 impl Handler for BillingHandler {
     fn handle(&self, delivery: Delivery) -> Pin<Box<dyn Future<Output = Outcome> + Send + '_>> {
         Box::pin(async move {
-            let message = match BillingMessage::from_json_slice(&delivery.body) {
-                Ok(message) => message,
+            let batch = match BillingBatch::from_json_slice(&delivery.body) {
+                Ok(batch) => batch,
                 Err(error) => {
                     tracing::error!(%error, "undecodable billing message");
                     return Outcome::DeadLetter(format!("undecodable billing message: {error}"));
                 }
             };
-            if message.cost.is_negative() {
-                return Outcome::DeadLetter("negative cost".to_owned());
-            }
-            let request_id = message.request_id;
-            match self.settler.settle(message).await {
-                Ok(_) => Outcome::Ack,
-                Err(error) if is_permanent(&error) => {
-                    tracing::error!(%error, %request_id, "charge cannot be settled");
-                    Outcome::DeadLetter(error.to_string())
-                }
-                Err(error) => {
-                    tracing::warn!(%error, %request_id, "settlement failed; retrying");
-                    Outcome::Retry(RETRY_AFTER)
-                }
-            }
+            let settled = futures_util::future::join_all(
+                batch
+                    .charges
+                    .into_iter()
+                    .map(|message| self.settle_one(message)),
+            )
+            .await;
+            outcome_of(settled)
         })
+    }
+}
+
+/// What became of one charge of a delivery.
+#[derive(Debug, PartialEq)]
+enum ChargeOutcome {
+    Settled,
+    /// It can never be settled (the charge itself is wrong): the reason.
+    Refused(String),
+    /// It may settle later (database trouble).
+    Failed,
+}
+
+impl BillingHandler {
+    async fn settle_one(&self, message: BillingMessage) -> ChargeOutcome {
+        let request_id = message.request_id;
+        if message.cost.is_negative() {
+            tracing::error!(%request_id, "charge with a negative cost");
+            return ChargeOutcome::Refused(format!("{request_id}: negative cost"));
+        }
+        match self.settler.settle(message).await {
+            Ok(_) => ChargeOutcome::Settled,
+            Err(error) if is_permanent(&error) => {
+                tracing::error!(%error, %request_id, "charge cannot be settled");
+                ChargeOutcome::Refused(format!("{request_id}: {error}"))
+            }
+            Err(error) => {
+                tracing::warn!(%error, %request_id, "settlement failed; retrying");
+                ChargeOutcome::Failed
+            }
+        }
+    }
+}
+
+/// One outcome for a delivery of several charges. Each settled charge is committed already and
+/// settling it again changes nothing, so the whole body may be retried or dead-lettered: a
+/// refused charge dead-letters the body (an operator who replays it settles only what was
+/// missing), a transient failure retries it; only a fully settled body is acked.
+fn outcome_of(charges: Vec<ChargeOutcome>) -> Outcome {
+    let refused: Vec<String> = charges
+        .iter()
+        .filter_map(|c| match c {
+            ChargeOutcome::Refused(reason) => Some(reason.clone()),
+            _ => None,
+        })
+        .collect();
+    if !refused.is_empty() {
+        Outcome::DeadLetter(refused.join("; "))
+    } else if charges.contains(&ChargeOutcome::Failed) {
+        Outcome::Retry(RETRY_AFTER)
+    } else {
+        Outcome::Ack
     }
 }
 
@@ -215,4 +260,27 @@ pub async fn sweep(pool: &Pool) -> Result<(usize, usize), StoreError> {
     metrics::gauge!("billing_holds_open_amount")
         .set(bigdecimal::ToPrimitive::to_f64(&held).unwrap_or(0.0));
     Ok((released, settled))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_body_is_acked_only_when_every_charge_settled() {
+        use ChargeOutcome::*;
+        assert!(matches!(outcome_of(vec![Settled, Settled]), Outcome::Ack));
+        assert!(matches!(
+            outcome_of(vec![Settled, Failed, Settled]),
+            Outcome::Retry(_)
+        ));
+        match outcome_of(vec![
+            Failed,
+            Refused("a: bad".into()),
+            Refused("b: worse".into()),
+        ]) {
+            Outcome::DeadLetter(reason) => assert_eq!(reason, "a: bad; b: worse"),
+            other => panic!("expected a dead letter, got {other:?}"),
+        }
+    }
 }

@@ -1,10 +1,13 @@
 //! Credentials: session tokens (JWT) and access keys, and the extractors that check them.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::RwLock;
+use std::time::{Duration, Instant};
 
 use actix_web::{FromRequest, HttpRequest, dev::Payload, web};
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use domain::Role;
 use jsonwebtoken::{Algorithm, Header, Validation};
 use persistence::access_keys::AccessKey;
@@ -128,11 +131,11 @@ impl FromRequest for AdminUser {
 }
 
 /// A model-call credential: `Authorization: Bearer sk-...` or `ACCESS-KEY: sk-...`; only a key
-/// that is not revoked, not expired and whose owner is active. Looked up in Postgres on every
-/// call, so a revocation takes effect on the very next request.
+/// that is not revoked, not expired and whose owner is active. Checked in Postgres, then
+/// trusted for `calls.key_cache_ttl_ms` (see `KeyCache`).
 pub struct KeyHolder {
-    pub key: AccessKey,
-    pub user: User,
+    pub key_id: i64,
+    pub user_id: i64,
 }
 
 impl FromRequest for KeyHolder {
@@ -146,17 +149,21 @@ impl FromRequest for KeyHolder {
             .and_then(|v| v.to_str().ok())
             .map(str::trim)
             .or_else(|| bearer(req))
-            .map(str::to_owned);
+            .filter(|s| s.starts_with("sk-"))
+            .map(hash_access_key);
         let state = state(req);
         Box::pin(async move {
             let state = state?;
-            let secret = secret.filter(|s| s.starts_with("sk-")).ok_or_else(|| {
+            let hash = secret.ok_or_else(|| {
                 ApiError::Unauthorized(
                     "an access key is required (Authorization: Bearer sk-... or ACCESS-KEY)"
                         .to_owned(),
                 )
             })?;
-            let hash = hash_access_key(&secret);
+            let now = Utc::now();
+            if let Some(known) = state.key_cache.get(&hash, now) {
+                return Ok(known);
+            }
             let mut conn = state.conn().await?;
             let (key, user) = persistence::access_keys::authenticate(&mut conn, &hash)
                 .await?
@@ -164,11 +171,179 @@ impl FromRequest for KeyHolder {
                     ApiError::Unauthorized("invalid, revoked or expired access key".to_owned())
                 })?;
             // Record use at most once a minute per key, so the hot path rarely writes.
-            let stale = chrono::Utc::now() - chrono::Duration::seconds(60);
+            let stale = now - chrono::Duration::seconds(60);
             if key.last_used_at.is_none_or(|at| at < stale) {
                 persistence::access_keys::touch(&mut conn, key.id).await?;
             }
-            Ok(KeyHolder { key, user })
+            state.key_cache.put(hash, &key, now);
+            Ok(KeyHolder {
+                key_id: key.id,
+                user_id: user.id,
+            })
         })
+    }
+}
+
+/// Access keys checked recently, by hash: a call with a known key skips the Postgres lookup.
+///
+/// The bound on staleness is the TTL: a key revoked, expired or whose owner was disabled stops
+/// working within it on every replica (the replica that makes the change forgets the key at
+/// once, see `forget_key` and `forget_user`). Unknown keys are never cached, so a wrong key
+/// always costs a lookup and a new key works at once. The map holds at most `CAPACITY` keys.
+pub struct KeyCache {
+    ttl: Duration,
+    entries: RwLock<HashMap<[u8; 32], Known>>,
+}
+
+#[derive(Clone, Copy)]
+struct Known {
+    key_id: i64,
+    user_id: i64,
+    expires_at: Option<DateTime<Utc>>,
+    checked: Instant,
+}
+
+impl KeyCache {
+    const CAPACITY: usize = 100_000;
+
+    pub fn new(ttl: Duration) -> KeyCache {
+        KeyCache {
+            ttl,
+            entries: RwLock::new(HashMap::new()),
+        }
+    }
+
+    fn get(&self, hash: &[u8; 32], now: DateTime<Utc>) -> Option<KeyHolder> {
+        if self.ttl.is_zero() {
+            return None;
+        }
+        let known = *self.read().get(hash)?;
+        let fresh = known.checked.elapsed() < self.ttl
+            && known.expires_at.is_none_or(|expires| expires > now);
+        fresh.then_some(KeyHolder {
+            key_id: known.key_id,
+            user_id: known.user_id,
+        })
+    }
+
+    fn put(&self, hash: [u8; 32], key: &AccessKey, now: DateTime<Utc>) {
+        if self.ttl.is_zero() || key.expires_at.is_some_and(|expires| expires <= now) {
+            return;
+        }
+        let known = Known {
+            key_id: key.id,
+            user_id: key.user_id,
+            expires_at: key.expires_at,
+            checked: Instant::now(),
+        };
+        let mut entries = self.write();
+        if entries.len() >= Self::CAPACITY {
+            let ttl = self.ttl;
+            entries.retain(|_, k| k.checked.elapsed() < ttl);
+            if entries.len() >= Self::CAPACITY {
+                entries.clear();
+            }
+        }
+        entries.insert(hash, known);
+    }
+
+    /// Forgets a key at once (it was just revoked here).
+    pub fn forget_key(&self, key_id: i64) {
+        self.write().retain(|_, k| k.key_id != key_id);
+    }
+
+    /// Forgets every key of a user at once (the user was just changed here).
+    pub fn forget_user(&self, user_id: i64) {
+        self.write().retain(|_, k| k.user_id != user_id);
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<[u8; 32], Known>> {
+        // The map holds plain copies; a panic elsewhere cannot leave an entry half-written.
+        self.entries
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<[u8; 32], Known>> {
+        self.entries
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(id: i64, user_id: i64, expires_at: Option<DateTime<Utc>>) -> AccessKey {
+        AccessKey {
+            id,
+            user_id,
+            name: "k".to_owned(),
+            prefix: "sk-test".to_owned(),
+            key_hash: vec![0; 32],
+            created_at: Utc::now(),
+            expires_at,
+            last_used_at: None,
+            revoked_at: None,
+        }
+    }
+
+    #[test]
+    fn a_cached_key_is_trusted_only_for_the_ttl() {
+        let cache = KeyCache::new(Duration::from_millis(80));
+        let now = Utc::now();
+        cache.put([1; 32], &key(7, 70, None), now);
+        let hit = cache.get(&[1; 32], now).map(|h| (h.key_id, h.user_id));
+        assert_eq!(hit, Some((7, 70)));
+        assert!(cache.get(&[2; 32], now).is_none());
+        std::thread::sleep(Duration::from_millis(100));
+        assert!(cache.get(&[1; 32], now).is_none(), "stale entry served");
+    }
+
+    #[test]
+    fn forgetting_a_key_or_a_user_takes_effect_at_once() {
+        let cache = KeyCache::new(Duration::from_secs(60));
+        let now = Utc::now();
+        cache.put([1; 32], &key(1, 10, None), now);
+        cache.put([2; 32], &key(2, 10, None), now);
+        cache.put([3; 32], &key(3, 30, None), now);
+        cache.forget_key(1);
+        assert!(cache.get(&[1; 32], now).is_none());
+        assert!(cache.get(&[2; 32], now).is_some());
+        cache.forget_user(10);
+        assert!(cache.get(&[2; 32], now).is_none());
+        assert!(cache.get(&[3; 32], now).is_some());
+    }
+
+    #[test]
+    fn an_expiring_key_is_not_served_past_its_expiry() {
+        let cache = KeyCache::new(Duration::from_secs(60));
+        let now = Utc::now();
+        cache.put(
+            [1; 32],
+            &key(1, 10, Some(now + chrono::Duration::seconds(5))),
+            now,
+        );
+        assert!(cache.get(&[1; 32], now).is_some());
+        assert!(
+            cache
+                .get(&[1; 32], now + chrono::Duration::seconds(6))
+                .is_none()
+        );
+        cache.put(
+            [2; 32],
+            &key(2, 10, Some(now - chrono::Duration::seconds(1))),
+            now,
+        );
+        assert!(cache.get(&[2; 32], now).is_none());
+    }
+
+    #[test]
+    fn a_zero_ttl_caches_nothing() {
+        let cache = KeyCache::new(Duration::ZERO);
+        let now = Utc::now();
+        cache.put([1; 32], &key(1, 10, None), now);
+        assert!(cache.get(&[1; 32], now).is_none());
     }
 }

@@ -41,6 +41,9 @@ publish_confirm_timeout_ms = 5000
 hold_ttl_seconds = 900
 catalog_refresh_ms = 2000
 allow_private_callbacks = false
+billing_batch_max = 256
+billing_publishes_in_flight = 4
+key_cache_ttl_ms = 1000
 "#;
 
 #[derive(Debug, Clone, Deserialize)]
@@ -72,6 +75,16 @@ pub struct CallSettings {
     pub catalog_refresh_ms: u64,
     /// Job webhooks to loopback or private addresses are refused unless set (SSRF).
     pub allow_private_callbacks: bool,
+    /// At most this many charges in one message to `billing_log_queue`.
+    pub billing_batch_max: usize,
+    /// Batches being published (awaiting the broker's confirm) at once; charges that finish
+    /// meanwhile wait and go together in the next batch.
+    pub billing_publishes_in_flight: usize,
+    /// How long a checked access key is trusted without asking Postgres again: a key revoked
+    /// (or a user disabled) through another replica, or in the database directly, stops
+    /// working within this. The replica that handles the revocation forgets the key at once.
+    /// 0 = look every key up on every call.
+    pub key_cache_ttl_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -166,6 +179,15 @@ impl Settings {
         }
         if self.calls.catalog_refresh_ms < 100 {
             return invalid("calls.catalog_refresh_ms must be at least 100");
+        }
+        if !(1..=10_000).contains(&self.calls.billing_batch_max) {
+            return invalid("calls.billing_batch_max must be between 1 and 10000");
+        }
+        if !(1..=1024).contains(&self.calls.billing_publishes_in_flight) {
+            return invalid("calls.billing_publishes_in_flight must be between 1 and 1024");
+        }
+        if self.calls.key_cache_ttl_ms > 60_000 {
+            return invalid("calls.key_cache_ttl_ms must be at most 60000");
         }
         if self.server.body_limit_bytes < 1024 {
             return invalid("server.body_limit_bytes must be at least 1024");

@@ -143,9 +143,17 @@ fn serve(
     let body_limit = settings.server.body_limit_bytes;
     let metrics = web::Data::new(metrics);
     let openapi = ApiDoc::openapi();
+    // actix's own default: one worker per physical core.
+    let workers = settings
+        .server
+        .workers
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from));
     let mut server = HttpServer::new(move || {
+        // Called once per worker thread: each worker gets its own call path.
+        let call_path = web::Data::new(state.call_path(workers));
         App::new()
             .app_data(state.clone())
+            .app_data(call_path)
             .app_data(metrics.clone())
             .app_data(json_config(body_limit))
             .app_data(web::PathConfig::default().error_handler(|err, _| {
@@ -167,10 +175,9 @@ fn serve(
             .wrap(from_fn(request_id))
     })
     .listen(listener)?;
-    server = server.shutdown_timeout(settings.server.shutdown_grace_seconds);
-    if let Some(workers) = settings.server.workers {
-        server = server.workers(workers);
-    }
+    server = server
+        .shutdown_timeout(settings.server.shutdown_grace_seconds)
+        .workers(workers);
     Ok(server.run())
 }
 

@@ -5,13 +5,18 @@ use jsonwebtoken::{DecodingKey, EncodingKey};
 use persistence::{Pool, PooledConnection};
 use secrecy::{ExposeSecret, SecretString};
 
+use tokio_util::sync::CancellationToken;
+
+use crate::auth::KeyCache;
+use crate::core::billing::ChargeQueue;
 use crate::error::ApiError;
 use crate::settings::Settings;
 use catalog::{Routing, SecretBox};
 
 pub struct AppState {
     pub pool: Pool,
-    /// For holds only (see `persistence::build_reservation_pool`).
+    /// For holds only (see `persistence::build_reservation_pool`); the fallback of
+    /// `CallPath::reservations`.
     pub reservations: Pool,
     pub jwt_encoding: EncodingKey,
     pub jwt_decoding: DecodingKey,
@@ -31,6 +36,13 @@ pub struct AppState {
     pub allow_private_callbacks: bool,
     /// Work that outlives its request (billing deliveries, hold releases).
     pub background: Background,
+    /// Charges on their way to billing-worker (see `core::billing::ChargeQueue`).
+    pub charges: ChargeQueue,
+    /// Recently checked access keys (see `auth::KeyCache`).
+    pub key_cache: KeyCache,
+    /// To build each worker's `CallPath`.
+    database: persistence::DatabaseSettings,
+    upstream_settings: upstream::UpstreamSettings,
 }
 
 /// Runs work that must outlive its request on the main runtime (actix's per-worker runtimes
@@ -39,6 +51,7 @@ pub struct AppState {
 pub struct Background {
     runtime: tokio::runtime::Handle,
     tracker: tokio_util::task::TaskTracker,
+    closing: CancellationToken,
 }
 
 impl Background {
@@ -47,15 +60,29 @@ impl Background {
         Background {
             runtime: tokio::runtime::Handle::current(),
             tracker: tokio_util::task::TaskTracker::new(),
+            closing: CancellationToken::new(),
         }
+    }
+
+    /// Cancelled when draining starts: long-running background loops finish up and return.
+    pub fn closing(&self) -> CancellationToken {
+        self.closing.clone()
     }
 
     pub fn spawn(&self, work: impl std::future::Future<Output = ()> + Send + 'static) {
         self.runtime.spawn(self.tracker.track_future(work));
     }
 
+    /// Runs `work` on the actix worker thread it is called from (no hand-over to another
+    /// thread), tracked like `spawn`. Only from a request handler. If the worker stops before
+    /// `work` ends (shutdown grace exceeded), `work` is dropped.
+    pub fn spawn_here(&self, work: impl std::future::Future<Output = ()> + 'static) {
+        tokio::task::spawn_local(self.tracker.track_future(work));
+    }
+
     /// Waits (up to `grace`) for everything spawned so far; returns whether all finished.
     pub async fn drain(&self, grace: std::time::Duration) -> bool {
+        self.closing.cancel();
         self.tracker.close();
         tokio::time::timeout(grace, self.tracker.wait())
             .await
@@ -63,7 +90,41 @@ impl Background {
     }
 }
 
+/// What model calls use, one per actix worker thread: holds on the worker's own connections
+/// and provider requests on the worker's own HTTP connections. A call then runs entirely on
+/// the thread that accepted it, instead of waking other threads for every database and
+/// provider round trip (each wake-up costs more than the work it hands over).
+pub struct CallPath {
+    pub reservations: Pool,
+    pub upstream: upstream::UpstreamClient,
+}
+
 impl AppState {
+    /// A new `CallPath` for the calling worker thread, one of `workers`; the shared pool and
+    /// client if one cannot be built (they were built from the same settings at start, so
+    /// that is unlikely). The workers share half of `database.pool_max_size` for holds (a
+    /// hold is one short statement), so a replica opens at most 1.5 times that many
+    /// connections.
+    pub fn call_path(&self, workers: usize) -> CallPath {
+        let per_worker = (self.database.pool_max_size / 2 / workers.max(1)).max(1);
+        let settings = persistence::DatabaseSettings {
+            pool_max_size: per_worker,
+            ..self.database.clone()
+        };
+        let reservations = persistence::build_reservation_pool(&settings)
+            .inspect_err(|error| tracing::error!(%error, "worker pool; using the shared one"))
+            .unwrap_or_else(|_| self.reservations.clone());
+        let upstream = upstream::UpstreamClient::new(&self.upstream_settings)
+            .inspect_err(
+                |error| tracing::error!(%error, "worker HTTP client; using the shared one"),
+            )
+            .unwrap_or_else(|_| self.upstream.clone());
+        CallPath {
+            reservations,
+            upstream,
+        }
+    }
+
     pub fn new(
         settings: &Settings,
         pool: Pool,
@@ -74,6 +135,14 @@ impl AppState {
         upstream: upstream::UpstreamClient,
     ) -> AppState {
         let jwt_secret = settings.auth.jwt_secret.expose_secret().as_bytes();
+        let background = Background::on_current_runtime();
+        let charges = ChargeQueue::start(
+            broker.clone(),
+            pool.clone(),
+            &background,
+            settings.calls.billing_batch_max,
+            settings.calls.billing_publishes_in_flight,
+        );
         AppState {
             pool,
             reservations,
@@ -92,7 +161,13 @@ impl AppState {
             hold_ttl_seconds: settings.calls.hold_ttl_seconds,
             max_failover_attempts: settings.upstream.max_failover_attempts,
             allow_private_callbacks: settings.calls.allow_private_callbacks,
-            background: Background::on_current_runtime(),
+            background,
+            charges,
+            key_cache: KeyCache::new(std::time::Duration::from_millis(
+                settings.calls.key_cache_ttl_ms,
+            )),
+            database: settings.database.clone(),
+            upstream_settings: settings.upstream.clone(),
         }
     }
 

@@ -63,7 +63,9 @@ pub async fn revoke(state: &AppState, user_id: i64, id: i64) -> Result<(), ApiEr
                 ApiError::NotFound("access key not found".to_owned())
             }
             other => other.into(),
-        })
+        })?;
+    state.key_cache.forget_key(id);
+    Ok(())
 }
 
 pub fn view(key: persistence::access_keys::AccessKey) -> Result<AccessKeyView, ApiError> {

@@ -17,7 +17,7 @@ use crate::auth::KeyHolder;
 use crate::core::billing::{self, Caller};
 use crate::core::tokens;
 use crate::error::ApiError;
-use crate::state::AppState;
+use crate::state::{AppState, CallPath};
 use catalog::Route;
 
 /// What the hold and the bill need to know about one admitted call.
@@ -98,6 +98,7 @@ fn upstream_error(error: UpstreamError) -> ApiError {
 /// `POST /v1/chat/completions`.
 pub async fn complete(
     state: Arc<AppState>,
+    call_path: Arc<CallPath>,
     holder: KeyHolder,
     mut body: Value,
 ) -> Result<HttpResponse, ApiError> {
@@ -150,10 +151,14 @@ pub async fn complete(
         .map_err(|_| invalid("the request is too large to be priced"))?;
 
     let request_id = Uuid::new_v4();
-    let mut conn = state.conn().await?;
+    let mut conn = call_path
+        .reservations
+        .get()
+        .await
+        .map_err(persistence::StoreError::from)?;
     let hold = persistence::billing::place_hold(
         &mut conn,
-        holder.user.id,
+        holder.user_id,
         request_id,
         &max_cost,
         state.hold_ttl_seconds,
@@ -168,29 +173,29 @@ pub async fn complete(
     let admitted = Admitted {
         request_id,
         caller: Caller {
-            user_id: holder.user.id,
-            access_key_id: holder.key.id,
+            user_id: holder.user_id,
+            access_key_id: holder.key_id,
         },
         route,
         prompt_text,
         message_count: body["messages"].as_array().map_or(0, Vec::len) as u64,
     };
     if stream {
-        let result = forward_stream(&state, &admitted, body).await;
+        let result = forward_stream(&state, &call_path, &admitted, body).await;
         if result.is_err() {
-            billing::release(&state, request_id).await;
+            billing::release(&call_path.reservations, request_id).await;
         }
         return result;
     }
-    // The call runs detached from the request: a client that hangs up mid-call does not stop
-    // it, so the provider's answer is still billed (or the hold released) rather than the hold
-    // lingering until it expires and the call going unpaid.
+    // The call runs detached from the request (on this same worker thread): a client that
+    // hangs up mid-call does not stop it, so the provider's answer is still billed (or the hold
+    // released) rather than the hold lingering until it expires and the call going unpaid.
     let (answered, answer) = tokio::sync::oneshot::channel();
     let background = state.background.clone();
-    background.spawn(async move {
-        let result = forward(&state, &admitted, body).await;
+    background.spawn_here(async move {
+        let result = forward(&state, &call_path, &admitted, body).await;
         if result.is_err() {
-            billing::release(&state, admitted.request_id).await;
+            billing::release(&call_path.reservations, admitted.request_id).await;
         }
         let _ = answered.send(result);
     });
@@ -212,7 +217,12 @@ fn target(route: &Route, secret: &str) -> Target {
 }
 
 /// The non-streaming call: the provider's answer body, already billed.
-async fn forward(state: &Arc<AppState>, call: &Admitted, body: Value) -> Result<Bytes, ApiError> {
+async fn forward(
+    state: &Arc<AppState>,
+    call_path: &CallPath,
+    call: &Admitted,
+    body: Value,
+) -> Result<Bytes, ApiError> {
     let route = &call.route;
     let answer = with_failover(
         &state.routing.keys,
@@ -220,7 +230,7 @@ async fn forward(state: &Arc<AppState>, call: &Admitted, body: Value) -> Result<
         state.max_failover_attempts,
         |key| {
             let target = target(route, key.secret());
-            let client = state.upstream.clone();
+            let client = call_path.upstream.clone();
             let body = body.clone();
             async move { client.chat(&target, body).await }
         },
@@ -269,6 +279,7 @@ fn bill(state: &Arc<AppState>, call: &Admitted, usage: Usage) {
 
 async fn forward_stream(
     state: &Arc<AppState>,
+    call_path: &CallPath,
     call: &Admitted,
     body: Value,
 ) -> Result<HttpResponse, ApiError> {
@@ -283,7 +294,7 @@ async fn forward_stream(
         state.max_failover_attempts,
         |key| {
             let target = target(route, key.secret());
-            let client = state.upstream.clone();
+            let client = call_path.upstream.clone();
             let body = body.clone();
             async move { client.chat_stream(&target, body, client_wants_usage).await }
         },
@@ -295,6 +306,7 @@ async fn forward_stream(
         inner: stream,
         on_end: Some(StreamEnd {
             state: Arc::clone(state),
+            reservations: call_path.reservations.clone(),
             usage,
             call: Admitted {
                 request_id: call.request_id,
@@ -315,6 +327,7 @@ async fn forward_stream(
 /// it came, else what was generated so far counted offline. Nothing generated costs nothing.
 struct StreamEnd {
     state: Arc<AppState>,
+    reservations: persistence::Pool,
     usage: StreamUsage,
     call: Admitted,
 }
@@ -325,10 +338,11 @@ impl StreamEnd {
         let usage = match seen.usage {
             Some(usage) => usage,
             None if seen.generated_text.is_empty() => {
-                let state = self.state;
+                let reservations = self.reservations;
                 let request_id = self.call.request_id;
-                let background = state.background.clone();
-                background.spawn(async move { billing::release(&state, request_id).await });
+                self.state.background.spawn(async move {
+                    billing::release(&reservations, request_id).await;
+                });
                 return;
             }
             None => Usage {

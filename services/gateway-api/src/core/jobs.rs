@@ -110,8 +110,8 @@ pub async fn submit(
         NewJob {
             job_id,
             job_type: domain::jobs::IMAGE_GENERATION,
-            user_id: holder.user.id,
-            access_key_id: Some(holder.key.id),
+            user_id: holder.user_id,
+            access_key_id: Some(holder.key_id),
             model_id: route.model_id,
             request_payload: &payload,
             callback_url: request.callback_url.as_deref(),

@@ -61,9 +61,11 @@ pub async fn update(
         updated_at: None,
     };
     let mut conn = state.conn().await?;
-    users::update(&mut conn, id, changes)
+    let user = users::update(&mut conn, id, changes)
         .await
-        .map_err(user_not_found)
+        .map_err(user_not_found)?;
+    state.key_cache.forget_user(id);
+    Ok(user)
 }
 
 /// Moves a balance by a signed amount, with its ledger row, in one transaction; a result below

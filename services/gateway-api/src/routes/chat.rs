@@ -6,7 +6,7 @@ use serde_json::Value;
 use crate::auth::KeyHolder;
 use crate::core::chat;
 use crate::error::{ApiError, ErrorBody};
-use crate::state::AppState;
+use crate::state::{AppState, CallPath};
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.route("/v1/chat/completions", web::post().to(completions))
@@ -25,8 +25,15 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         (status = 504, body = ErrorBody)))]
 pub async fn completions(
     state: web::Data<AppState>,
+    call_path: web::Data<CallPath>,
     holder: KeyHolder,
     body: web::Json<Value>,
 ) -> Result<HttpResponse, ApiError> {
-    chat::complete(state.into_inner(), holder, body.into_inner()).await
+    chat::complete(
+        state.into_inner(),
+        call_path.into_inner(),
+        holder,
+        body.into_inner(),
+    )
+    .await
 }

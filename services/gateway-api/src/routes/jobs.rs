@@ -63,7 +63,7 @@ pub async fn get(
     holder: KeyHolder,
     job_id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    Ok(HttpResponse::Ok().json(jobs::get(&state, holder.user.id, &job_id).await?))
+    Ok(HttpResponse::Ok().json(jobs::get(&state, holder.user_id, &job_id).await?))
 }
 
 /// The caller's jobs, newest first.
@@ -75,7 +75,7 @@ pub async fn list(
     query: web::Query<ListQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let page = query.page()?;
-    let list = jobs::list(&state, Some(holder.user.id), page).await?;
+    let list = jobs::list(&state, Some(holder.user_id), page).await?;
     Ok(
         HttpResponse::Ok().json(ListResponse::from_page(list, page, |(job, model)| {
             Ok(persistence::jobs::view(&job, &model))
