@@ -55,7 +55,7 @@ pub fn test_settings(database_url: String) -> Settings {
         },
         database: DatabaseSettings {
             url: database_url,
-            pool_max_size: 30,
+            pool_max_size: 12,
             pool_wait_timeout_ms: 10_000,
             connect_timeout_ms: 5_000,
         },

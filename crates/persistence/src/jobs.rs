@@ -48,6 +48,8 @@ pub struct NewJob<'a> {
 
 /// Holds `amount` for the job (request id = job id) and inserts it PENDING, in one
 /// transaction. `None` when the balance cannot cover the hold (nothing is written).
+/// The commit waits for the WAL flush even on a reservations connection: the caller answers
+/// 202 with the job id right after, so the job must outlive a database crash.
 pub async fn submit(
     conn: &mut AsyncPgConnection,
     new: NewJob<'_>,
@@ -55,6 +57,9 @@ pub async fn submit(
     hold_ttl_seconds: i64,
 ) -> Result<Option<Job>, StoreError> {
     conn.transaction::<_, StoreError, _>(async |conn| {
+        diesel::sql_query("SET LOCAL synchronous_commit TO on")
+            .execute(conn)
+            .await?;
         let held =
             billing::place_hold(conn, new.user_id, new.job_id, amount, hold_ttl_seconds).await?;
         if held.is_none() {

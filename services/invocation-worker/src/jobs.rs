@@ -48,6 +48,9 @@ pub struct WebhookSettings {
 
 pub struct Runner {
     pub pool: Pool,
+    /// Commits that need not wait for the WAL flush (removing a published charge from the
+    /// outbox: if that is lost, the sweeper settles the charge again, which changes nothing).
+    pub relaxed: Pool,
     pub broker: Broker,
     pub routing: Arc<Routing>,
     pub secrets: SecretBox,
@@ -262,7 +265,7 @@ impl Runner {
                     .publish_json(BILLING_LOG_QUEUE, &bytes, &id)
                     .await;
                 if published.is_ok()
-                    && let Ok(mut conn) = self.conn().await
+                    && let Ok(mut conn) = self.relaxed.get().await
                 {
                     let _ =
                         persistence::billing::outbox_delete_request(&mut conn, job.job_id).await;

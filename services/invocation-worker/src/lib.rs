@@ -154,6 +154,11 @@ impl Application {
         routing.reload(&pool, &secrets).await?;
         let runner = Arc::new(Runner {
             pool: pool.clone(),
+            // One statement per completed job, off the job's critical path: two connections.
+            relaxed: persistence::build_reservation_pool(&persistence::DatabaseSettings {
+                pool_max_size: 2,
+                ..settings.database.clone()
+            })?,
             broker: broker.clone(),
             routing,
             secrets,

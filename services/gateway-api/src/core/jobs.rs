@@ -14,7 +14,7 @@ use uuid::Uuid;
 
 use crate::auth::KeyHolder;
 use crate::error::ApiError;
-use crate::state::AppState;
+use crate::state::{AppState, CallPath};
 
 const SIZES: &[&str] = &["256x256", "512x512", "1024x1024", "1024x1792", "1792x1024"];
 const MAX_PROMPT_CHARS: usize = 4000;
@@ -48,6 +48,7 @@ fn invalid(message: &str) -> ApiError {
 /// `{job_id}` in the background. A failed publish leaves the job PENDING for the sweeper.
 pub async fn submit(
     state: Arc<AppState>,
+    call_path: &CallPath,
     holder: KeyHolder,
     request: ImageJobRequest,
 ) -> Result<Uuid, ApiError> {
@@ -104,7 +105,12 @@ pub async fn submit(
     }
 
     let job_id = Uuid::new_v4();
-    let mut conn = state.conn().await?;
+    // On this worker's own connections (see `CallPath`); `jobs::submit` commits durably.
+    let mut conn = call_path
+        .reservations
+        .get()
+        .await
+        .map_err(StoreError::from)?;
     let job = jobs::submit(
         &mut conn,
         NewJob {
@@ -142,7 +148,9 @@ async fn publish(state: &AppState, job_id: Uuid) {
         .await
     {
         Ok(()) => {
-            let marked = match state.pool.get().await {
+            // Only a hint for the sweeper (a job not marked is re-published, and a second
+            // message changes nothing), so it need not wait for the WAL flush.
+            let marked = match state.reservations.get().await {
                 Ok(mut conn) => jobs::mark_published(&mut conn, job_id).await,
                 Err(error) => Err(StoreError::from(error)),
             };
