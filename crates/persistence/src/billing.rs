@@ -298,9 +298,13 @@ pub async fn settle_many(
     }
     let fresh_ids: Vec<Uuid> = fresh.iter().copied().collect();
     enum CloseHolds {}
+    // A join with the ids rather than `= ANY($1)`: the generic plan Postgres settles on for a
+    // prepared `= ANY` scans the whole open-holds index; this one looks up each id.
     let holds: Vec<HoldRow> = Prepared::<CloseHolds>::new(
-        "UPDATE balance_holds SET status = 'settled', closed_at = now()
-         WHERE request_id = ANY($1) AND status = 'open' RETURNING request_id, amount",
+        "UPDATE balance_holds h SET status = 'settled', closed_at = now()
+         FROM unnest($1::uuid[]) AS r(request_id)
+         WHERE h.request_id = r.request_id AND h.status = 'open'
+         RETURNING h.request_id, h.amount",
     )
     .bind::<Array<SqlUuid>, _>(fresh_ids)
     .load(conn)

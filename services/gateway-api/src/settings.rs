@@ -43,6 +43,7 @@ catalog_refresh_ms = 2000
 allow_private_callbacks = false
 billing_batch_max = 256
 billing_publishes_in_flight = 4
+billing_linger_ms = 10
 key_cache_ttl_ms = 1000
 "#;
 
@@ -80,6 +81,9 @@ pub struct CallSettings {
     /// Batches being published (awaiting the broker's confirm) at once; charges that finish
     /// meanwhile wait and go together in the next batch.
     pub billing_publishes_in_flight: usize,
+    /// Once a charge is waiting, how long more may join its message (billing lag, not the
+    /// call's latency: the call was answered already).
+    pub billing_linger_ms: u64,
     /// How long a checked access key is trusted without asking Postgres again: a key revoked
     /// (or a user disabled) through another replica, or in the database directly, stops
     /// working within this. The replica that handles the revocation forgets the key at once.
@@ -185,6 +189,9 @@ impl Settings {
         }
         if !(1..=1024).contains(&self.calls.billing_publishes_in_flight) {
             return invalid("calls.billing_publishes_in_flight must be between 1 and 1024");
+        }
+        if self.calls.billing_linger_ms > 1_000 {
+            return invalid("calls.billing_linger_ms must be at most 1000");
         }
         if self.calls.key_cache_ttl_ms > 60_000 {
             return invalid("calls.key_cache_ttl_ms must be at most 60000");

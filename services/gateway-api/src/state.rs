@@ -142,6 +142,7 @@ impl AppState {
             &background,
             settings.calls.billing_batch_max,
             settings.calls.billing_publishes_in_flight,
+            std::time::Duration::from_millis(settings.calls.billing_linger_ms),
         );
         AppState {
             pool,

@@ -3,6 +3,7 @@
 //! cannot take it.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use chrono::Utc;
 use domain::{BillingBatch, BillingMessage, Money, Usage};
@@ -47,8 +48,8 @@ pub fn emit(state: Arc<AppState>, message: BillingMessage) {
 }
 
 /// Charges of finished calls on their way to `billing_log_queue`. One task publishes them: it
-/// takes whatever has queued up (up to `batch_max`) as one message, so under load the broker
-/// stores one message per batch rather than one per call, and at rest a charge leaves at once.
+/// takes what queues up within `linger` of the first charge (up to `batch_max`) as one
+/// message, so the broker stores one message per batch rather than one per call.
 pub struct ChargeQueue {
     sender: mpsc::UnboundedSender<BillingMessage>,
     publisher: Publisher,
@@ -69,6 +70,7 @@ impl ChargeQueue {
         background: &Background,
         batch_max: usize,
         in_flight: usize,
+        linger: Duration,
     ) -> ChargeQueue {
         let (sender, receiver) = mpsc::unbounded_channel();
         let publisher = Publisher { broker, pool };
@@ -78,6 +80,7 @@ impl ChargeQueue {
             background.clone(),
             batch_max.max(1),
             in_flight.max(1),
+            linger,
         ));
         ChargeQueue { sender, publisher }
     }
@@ -99,6 +102,7 @@ async fn publish_batches(
     background: Background,
     batch_max: usize,
     in_flight: usize,
+    linger: Duration,
 ) {
     let slots = Arc::new(Semaphore::new(in_flight));
     let closing = background.closing();
@@ -118,10 +122,20 @@ async fn publish_batches(
         };
         let Some(first) = first else { return };
         let mut batch = vec![first];
-        while batch.len() < batch_max
-            && let Ok(next) = receiver.try_recv()
-        {
-            batch.push(next);
+        // Let the batch fill for up to `linger` (each message costs the broker a replicated
+        // write whatever its size); the calls were answered already, only billing waits.
+        let deadline = tokio::time::Instant::now() + linger;
+        while batch.len() < batch_max {
+            let next = tokio::select! {
+                biased;
+                next = receiver.recv() => next,
+                () = tokio::time::sleep_until(deadline) => None,
+                () = closing.cancelled() => receiver.try_recv().ok(),
+            };
+            match next {
+                Some(next) => batch.push(next),
+                None => break,
+            }
         }
         metrics::gauge!("billing_publish_queue").decrement(batch.len() as f64);
         let publisher = publisher.clone();
