@@ -836,9 +836,10 @@ def cmd_report(a):
     w("- **Targets**: *direct* = the mock itself; *nginx* = nginx (2 workers) as a plain reverse proxy to "
       "the mock (keepalive upstream, access log off); *gateway* = gateway-api (release build, "
       f"`RUST_LOG={meta['rust_log']}`, default workers and pool sizes) doing the whole path: access-key "
-      "lookup, hold on the balance, forward to the mock, price the usage, publish the charge to "
-      "RabbitMQ (publisher confirms), with billing-worker running and settling every charge into "
-      "PostgreSQL.")
+      "lookup (then cached for `calls.key_cache_ttl_ms`, 1 s), hold on the balance, forward to the "
+      "mock, price the usage, publish the charge to RabbitMQ (publisher confirms; the charges that "
+      "finish within `calls.billing_linger_ms`, 10 ms, share one message), with billing-worker "
+      "running and settling every charge into PostgreSQL.")
     w(f"- **Callers**: {meta['users']} bench users with one access key each (balance 1,000,000); the "
       "load rotates over the keys request by request, except *gateway, one key*, where every request "
       "carries the same access key (one busy customer)" +
@@ -955,9 +956,10 @@ def cmd_report(a):
             w(f"| pgbench single-row UPDATE transactions, 8 clients | **{fmt(pgb)}** | "
               f"{', '.join(fmt(r['tps']) for r in pg_runs)} | | {other(pg_runs)}% |")
         w("")
-        w("Batched mode settles a whole batch (up to 64) in one transaction of five set-based statements "
-          "(INSERT the usage logs, close the holds, lock the users in id order, UPDATE their balances, "
-          "INSERT the ledger rows); single mode (`BATCH_MAX=1`) runs them for each charge and commits each.")
+        w("Batched mode settles a whole batch (up to 64) in one transaction of three set-based, prepared "
+          "statements (INSERT the usage logs, close the holds, then one statement that locks the users in "
+          "id order, debits them and writes the ledger rows, right before the commit); single mode "
+          "(`BATCH_MAX=1`) settles each charge in its own transaction.")
         w("")
 
     mem = by(kind="memory")
