@@ -9,6 +9,7 @@ use domain::{JobStatus, Money};
 use uuid::Uuid;
 
 use crate::billing;
+use crate::prepared::Prepared;
 use crate::schema::{async_jobs, llm_models, webhook_deliveries};
 use crate::{Page, Paged, StoreError};
 
@@ -46,33 +47,44 @@ pub struct NewJob<'a> {
     pub callback_url: Option<&'a str>,
 }
 
-/// Holds `amount` for the job (request id = job id) and inserts it PENDING, in one
-/// transaction. `None` when the balance cannot cover the hold (nothing is written).
-/// The commit waits for the WAL flush even on a reservations connection: the caller answers
-/// 202 with the job id right after, so the job must outlive a database crash.
+/// Holds `amount` for the job (request id = job id) and inserts it PENDING, in ONE statement
+/// (one round trip, one commit). `false` when the balance cannot cover the hold (nothing is
+/// written). Run it on a durable connection: the caller answers 202 with the job id right after.
 pub async fn submit(
     conn: &mut AsyncPgConnection,
     new: NewJob<'_>,
     amount: &Money,
     hold_ttl_seconds: i64,
-) -> Result<Option<Job>, StoreError> {
-    conn.transaction::<_, StoreError, _>(async |conn| {
-        diesel::sql_query("SET LOCAL synchronous_commit TO on")
-            .execute(conn)
-            .await?;
-        let held =
-            billing::place_hold(conn, new.user_id, new.job_id, amount, hold_ttl_seconds).await?;
-        if held.is_none() {
-            return Ok(None);
-        }
-        let job = diesel::insert_into(async_jobs::table)
-            .values(&new)
-            .returning(Job::as_returning())
-            .get_result(conn)
-            .await?;
-        Ok(Some(job))
-    })
-    .await
+) -> Result<bool, StoreError> {
+    use diesel::sql_types::{BigInt, Jsonb, Nullable, Numeric, Text, Uuid as SqlUuid};
+
+    #[derive(QueryableByName)]
+    struct Submitted {
+        #[diesel(sql_type = BigInt)]
+        n: i64,
+    }
+    enum SubmitJob {}
+    let submitted: Submitted = Prepared::<SubmitJob>::new(concat!(
+        crate::billing::hold_cte!(),
+        ", job AS (
+             INSERT INTO async_jobs (job_id, job_type, user_id, access_key_id, model_id,
+                 request_payload, callback_url)
+             SELECT $2, $5, user_id, $6, $7, $8, $9 FROM held
+             RETURNING id)
+         SELECT count(*) AS n FROM job"
+    ))
+    .bind::<BigInt, _>(new.user_id)
+    .bind::<SqlUuid, _>(new.job_id)
+    .bind::<Numeric, _>(amount.as_decimal())
+    .bind::<BigInt, _>(hold_ttl_seconds)
+    .bind::<Text, _>(new.job_type)
+    .bind::<Nullable<BigInt>, _>(new.access_key_id)
+    .bind::<BigInt, _>(new.model_id)
+    .bind::<Jsonb, _>(new.request_payload)
+    .bind::<Nullable<Text>, _>(new.callback_url)
+    .get_result(conn)
+    .await?;
+    Ok(submitted.n == 1)
 }
 
 pub async fn mark_published(conn: &mut AsyncPgConnection, job_id: Uuid) -> Result<(), StoreError> {
@@ -172,10 +184,11 @@ async fn queue_webhook(conn: &mut AsyncPgConnection, job: &Job) -> Result<(), St
     Ok(())
 }
 
-/// COMPLETED with its result and cost, and the charge parked in the outbox, in ONE
-/// transaction: once the job says COMPLETED its charge cannot be lost (the caller then
-/// publishes it and, once confirmed, removes the outbox row; the sweeper settles it otherwise).
-/// Fenced by `attempts`: a worker whose lease was taken over changes nothing.
+/// COMPLETED with its result and cost, and the charge parked in the outbox (and the webhook
+/// queued, if the job has one), in ONE statement, so in one round trip and one commit: once
+/// the job says COMPLETED its charge cannot be lost (the caller then publishes it and, once
+/// confirmed, removes the outbox row; the sweeper settles it otherwise). Fenced by `attempts`:
+/// a worker whose lease was taken over changes nothing (`StateConflict`).
 pub async fn complete(
     conn: &mut AsyncPgConnection,
     job_id: Uuid,
@@ -183,26 +196,41 @@ pub async fn complete(
     result: &serde_json::Value,
     cost: &Money,
     charge: &serde_json::Value,
-) -> Result<Job, StoreError> {
-    conn.transaction::<_, StoreError, _>(async |conn| {
-        let job: Job = diesel::update(still_mine!(job_id, attempts))
-            .set((
-                async_jobs::status.eq(JobStatus::Completed.as_str()),
-                async_jobs::result_payload.eq(Some(result)),
-                async_jobs::cost.eq(Some(cost.as_decimal())),
-                async_jobs::lease_expires_at.eq(None::<DateTime<Utc>>),
-                async_jobs::updated_at.eq(diesel::dsl::now),
-            ))
-            .returning(Job::as_returning())
-            .get_result(conn)
-            .await
-            .optional()?
-            .ok_or_else(|| lost_lease(job_id))?;
-        billing::outbox_insert(conn, job_id, charge).await?;
-        queue_webhook(conn, &job).await?;
-        Ok(job)
-    })
-    .await
+) -> Result<(), StoreError> {
+    use diesel::sql_types::{Int4, Jsonb, Numeric, Uuid as SqlUuid};
+
+    #[derive(QueryableByName)]
+    struct Completed {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        n: i64,
+    }
+    enum CompleteJob {}
+    let done: Completed = Prepared::<CompleteJob>::new(
+        "WITH done AS (
+             UPDATE async_jobs SET status = 'COMPLETED', result_payload = $3, cost = $4,
+                 lease_expires_at = NULL, updated_at = now()
+             WHERE job_id = $1 AND status = 'PROCESSING' AND attempts = $2
+             RETURNING job_id, callback_url),
+         parked AS (
+             INSERT INTO billing_outbox (request_id, payload) SELECT job_id, $5 FROM done
+             ON CONFLICT (request_id) DO NOTHING),
+         hooked AS (
+             INSERT INTO webhook_deliveries (job_id, url)
+             SELECT job_id, callback_url FROM done WHERE callback_url IS NOT NULL
+             ON CONFLICT (job_id) DO NOTHING)
+         SELECT count(*) AS n FROM done",
+    )
+    .bind::<SqlUuid, _>(job_id)
+    .bind::<Int4, _>(attempts)
+    .bind::<Jsonb, _>(result)
+    .bind::<Numeric, _>(cost.as_decimal())
+    .bind::<Jsonb, _>(charge)
+    .get_result(conn)
+    .await?;
+    if done.n == 0 {
+        return Err(lost_lease(job_id));
+    }
+    Ok(())
 }
 
 /// FAILED with a readable reason, and its hold released, in one transaction (fenced).

@@ -14,7 +14,7 @@ use uuid::Uuid;
 
 use crate::auth::KeyHolder;
 use crate::error::ApiError;
-use crate::state::{AppState, CallPath};
+use crate::state::AppState;
 
 const SIZES: &[&str] = &["256x256", "512x512", "1024x1024", "1024x1792", "1792x1024"];
 const MAX_PROMPT_CHARS: usize = 4000;
@@ -48,7 +48,6 @@ fn invalid(message: &str) -> ApiError {
 /// `{job_id}` in the background. A failed publish leaves the job PENDING for the sweeper.
 pub async fn submit(
     state: Arc<AppState>,
-    call_path: &CallPath,
     holder: KeyHolder,
     request: ImageJobRequest,
 ) -> Result<Uuid, ApiError> {
@@ -105,13 +104,9 @@ pub async fn submit(
     }
 
     let job_id = Uuid::new_v4();
-    // On this worker's own connections (see `CallPath`); `jobs::submit` commits durably.
-    let mut conn = call_path
-        .reservations
-        .get()
-        .await
-        .map_err(StoreError::from)?;
-    let job = jobs::submit(
+    // The main pool: its commits wait for the WAL flush, and the 202 promises the job.
+    let mut conn = state.conn().await?;
+    let admitted = jobs::submit(
         &mut conn,
         NewJob {
             job_id,
@@ -126,7 +121,7 @@ pub async fn submit(
         state.hold_ttl_seconds,
     )
     .await?;
-    if job.is_none() {
+    if !admitted {
         return Err(ApiError::InsufficientBalance(format!(
             "this job may cost up to {hold}; top up first"
         )));

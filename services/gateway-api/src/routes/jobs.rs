@@ -8,7 +8,7 @@ use utoipa::ToSchema;
 use crate::auth::{AdminUser, KeyHolder};
 use crate::core::jobs::{self, ImageJobRequest};
 use crate::error::{ApiError, ErrorBody};
-use crate::state::{AppState, CallPath};
+use crate::state::AppState;
 use crate::views::{AdminListQuery, ListQuery, ListResponse};
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
@@ -40,11 +40,10 @@ pub struct Accepted {
         (status = 402, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn submit_image(
     state: web::Data<AppState>,
-    call_path: web::Data<CallPath>,
     holder: KeyHolder,
     body: web::Json<ImageJobRequest>,
 ) -> Result<HttpResponse, ApiError> {
-    let job_id = jobs::submit(state.into_inner(), &call_path, holder, body.into_inner()).await?;
+    let job_id = jobs::submit(state.into_inner(), holder, body.into_inner()).await?;
     let status_url = format!("/v1/jobs/{job_id}");
     Ok(HttpResponse::Accepted()
         .insert_header(("location", status_url.clone()))
