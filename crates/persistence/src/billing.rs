@@ -362,8 +362,7 @@ pub async fn settle_many(
              FROM charged GROUP BY user_id),
          updated AS (
              UPDATE users u SET balance = p.balance, held = u.held - p.released, updated_at = now()
-             FROM per_user p WHERE u.id = p.user_id
-             RETURNING u.id),
+             FROM per_user p WHERE u.id = p.user_id),
          ledger AS (
              INSERT INTO balance_ledger (user_id, delta, balance_after, kind, reference)
              SELECT user_id, -amount, balance_after, 'charge', ref FROM charged WHERE amount > 0)

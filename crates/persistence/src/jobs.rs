@@ -35,8 +35,15 @@ pub struct Job {
     pub published_at: Option<DateTime<Utc>>,
 }
 
-#[derive(Debug, Insertable)]
-#[diesel(table_name = async_jobs)]
+/// The `count(*) AS n` that the single-statement job steps answer with.
+#[derive(QueryableByName)]
+struct CountRow {
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    n: i64,
+}
+
+/// A job to submit (see [`submit`]).
+#[derive(Debug)]
 pub struct NewJob<'a> {
     pub job_id: Uuid,
     pub job_type: &'a str,
@@ -58,13 +65,8 @@ pub async fn submit(
 ) -> Result<bool, StoreError> {
     use diesel::sql_types::{BigInt, Jsonb, Nullable, Numeric, Text, Uuid as SqlUuid};
 
-    #[derive(QueryableByName)]
-    struct Submitted {
-        #[diesel(sql_type = BigInt)]
-        n: i64,
-    }
     enum SubmitJob {}
-    let submitted: Submitted = Prepared::<SubmitJob>::new(concat!(
+    let submitted: CountRow = Prepared::<SubmitJob>::new(concat!(
         crate::billing::hold_cte!(),
         ", job AS (
              INSERT INTO async_jobs (job_id, job_type, user_id, access_key_id, model_id,
@@ -199,13 +201,8 @@ pub async fn complete(
 ) -> Result<(), StoreError> {
     use diesel::sql_types::{Int4, Jsonb, Numeric, Uuid as SqlUuid};
 
-    #[derive(QueryableByName)]
-    struct Completed {
-        #[diesel(sql_type = diesel::sql_types::BigInt)]
-        n: i64,
-    }
     enum CompleteJob {}
-    let done: Completed = Prepared::<CompleteJob>::new(
+    let done: CountRow = Prepared::<CompleteJob>::new(
         "WITH done AS (
              UPDATE async_jobs SET status = 'COMPLETED', result_payload = $3, cost = $4,
                  lease_expires_at = NULL, updated_at = now()

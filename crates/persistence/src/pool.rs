@@ -50,9 +50,10 @@ pub fn build_pool(settings: &DatabaseSettings) -> Result<Pool, StoreError> {
 
 /// A pool whose commits do not wait for the WAL flush, for reservations (placing and releasing
 /// holds) and hints that are safe to lose (a job marked published, a settled charge removed
-/// from the outbox), never for moving money, nor for anything a client was promised. A hold lost to a Postgres crash only weakens
-/// admission for that instant: the call's charge is still settled durably by billing-worker.
-/// Waiting for the flush made every admission of one user wait for a disk sync.
+/// from the outbox); never for moving money, nor for anything a client was promised. A hold
+/// lost to a Postgres crash only weakens admission for that instant: the call's charge is still
+/// settled durably by billing-worker. Waiting for the flush made every admission of one user
+/// wait for a disk sync.
 pub fn build_reservation_pool(settings: &DatabaseSettings) -> Result<Pool, StoreError> {
     let separator = if settings.url.contains('?') { '&' } else { '?' };
     let relaxed = DatabaseSettings {
