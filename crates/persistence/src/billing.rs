@@ -182,7 +182,7 @@ pub async fn settle_in(
         .next()
         .map_or_else(|| BigDecimal::from(0), |h| h.amount);
     let row: SettledRow = diesel::sql_query(
-        "WITH before AS (SELECT id, balance FROM users WHERE id = $1 FOR UPDATE)
+        "WITH before AS (SELECT id, balance FROM users WHERE id = $1 FOR NO KEY UPDATE)
          UPDATE users u SET balance = u.balance - LEAST($2, b.balance), held = u.held - $3,
              updated_at = now()
          FROM before b WHERE u.id = b.id
@@ -339,6 +339,9 @@ pub async fn settle_many(
     // deadlock), charges them, releases their holds and writes the ledger; the transaction
     // commits right after it, so an admission for the same user waits for one statement and
     // the commit, not for the whole batch. A charge larger than what is left is capped at it.
+    // FOR NO KEY UPDATE (the lock an UPDATE takes), not FOR UPDATE: the usage logs inserted
+    // above took key-share locks on their users (foreign keys) in charge order, and FOR UPDATE
+    // would wait for those of a concurrent batch while that batch waits for ours.
     enum ChargeUsers {}
     let settled: Vec<ChargedRow> = Prepared::<ChargeUsers>::new(
         "WITH c AS (
@@ -346,7 +349,7 @@ pub async fn settle_many(
                  AS c(ord, user_id, cost, released, ref)),
          locked AS (
              SELECT id, balance FROM users WHERE id IN (SELECT user_id FROM c)
-             ORDER BY id FOR UPDATE),
+             ORDER BY id FOR NO KEY UPDATE),
          running AS (
              SELECT c.ord, c.user_id, c.released, c.ref, l.balance,
                     sum(c.cost) OVER (PARTITION BY c.user_id ORDER BY c.ord) AS upto,
@@ -460,8 +463,12 @@ pub async fn outbox_take(
         .await?)
 }
 
-pub async fn outbox_delete(conn: &mut AsyncPgConnection, id: i64) -> Result<(), StoreError> {
-    diesel::delete(billing_outbox::table.find(id))
+/// Removes settled outbox rows by id.
+pub async fn outbox_delete_many(
+    conn: &mut AsyncPgConnection,
+    ids: &[i64],
+) -> Result<(), StoreError> {
+    diesel::delete(billing_outbox::table.filter(billing_outbox::id.eq_any(ids)))
         .execute(conn)
         .await?;
     Ok(())

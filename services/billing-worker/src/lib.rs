@@ -43,6 +43,9 @@ pub struct BillingSettings {
     pub batch_max: usize,
     /// Once a charge arrived, how long to wait for more to share its transaction.
     pub batch_linger_ms: u64,
+    /// Batches settling at once (each on its own connection); charges arriving meanwhile
+    /// wait and form the next batch. Overlaps one batch's commit with the next one's work.
+    pub batches_in_flight: usize,
     /// How often expired holds are released and the outbox is settled.
     pub sweep_interval_ms: u64,
 }
@@ -69,8 +72,16 @@ impl Settings {
         if self.database.pool_max_size == 0 {
             return invalid("database.pool_max_size must be at least 1");
         }
-        if self.billing.batch_max == 0 || self.billing.sweep_interval_ms == 0 {
-            return invalid("billing.batch_max and billing.sweep_interval_ms must be at least 1");
+        if self.billing.batch_max == 0
+            || self.billing.sweep_interval_ms == 0
+            || self.billing.batches_in_flight == 0
+        {
+            return invalid(
+                "billing.batch_max, billing.batches_in_flight and billing.sweep_interval_ms must be at least 1",
+            );
+        }
+        if self.billing.batches_in_flight >= self.database.pool_max_size {
+            return invalid("billing.batches_in_flight must be below database.pool_max_size");
         }
         if self.shutdown_grace_seconds == 0 {
             return invalid("shutdown_grace_seconds must be at least 1");
@@ -125,6 +136,7 @@ impl Application {
                 settler: Settler::start(
                     pool.clone(),
                     settings.billing.batch_max,
+                    settings.billing.batches_in_flight,
                     Duration::from_millis(settings.billing.batch_linger_ms),
                 ),
             }),

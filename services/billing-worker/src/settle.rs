@@ -10,7 +10,9 @@ use domain::{BillingBatch, BillingMessage};
 use messaging::{Delivery, Handler, Outcome};
 use persistence::billing::{self, Charge, Settlement};
 use persistence::{Pool, StoreError};
-use tokio::sync::{mpsc, oneshot};
+use std::sync::Arc;
+
+use tokio::sync::{Semaphore, mpsc, oneshot};
 
 /// Retry delay for a charge whose settlement hit a transient database error.
 const RETRY_AFTER: Duration = Duration::from_secs(2);
@@ -24,11 +26,19 @@ pub struct Settler {
 }
 
 impl Settler {
-    /// Starts the batching task: up to `batch_max` charges per transaction, waiting at most
-    /// `linger` for a batch to fill once the first charge arrived.
-    pub fn start(pool: Pool, batch_max: usize, linger: Duration) -> Settler {
-        let (sender, receiver) = mpsc::channel(batch_max.max(1) * 4);
-        tokio::spawn(run_batches(pool, receiver, batch_max.max(1), linger));
+    /// Starts the batching task: up to `batch_max` charges per transaction, up to `in_flight`
+    /// transactions at once, waiting at most `linger` for a batch to fill once the first
+    /// charge arrived.
+    pub fn start(pool: Pool, batch_max: usize, in_flight: usize, linger: Duration) -> Settler {
+        let batch_max = batch_max.max(1);
+        let (sender, receiver) = mpsc::channel(batch_max * 4);
+        tokio::spawn(run_batches(
+            pool,
+            receiver,
+            batch_max,
+            in_flight.max(1),
+            linger,
+        ));
         Settler { sender }
     }
 
@@ -60,9 +70,20 @@ async fn run_batches(
     pool: Pool,
     mut receiver: mpsc::Receiver<(BillingMessage, Reply)>,
     batch_max: usize,
+    in_flight: usize,
     linger: Duration,
 ) {
-    while let Some(first) = receiver.recv().await {
+    // Concurrent batches cannot deadlock: each locks its users in id order, in its last
+    // statement (see `billing::settle_many`).
+    let slots = Arc::new(Semaphore::new(in_flight));
+    loop {
+        // While every slot is busy, charges wait in the channel and form the next batch.
+        let Ok(slot) = Arc::clone(&slots).acquire_owned().await else {
+            return;
+        };
+        let Some(first) = receiver.recv().await else {
+            return;
+        };
         let mut batch = vec![first];
         let deadline = tokio::time::Instant::now() + linger;
         while batch.len() < batch_max {
@@ -71,7 +92,11 @@ async fn run_batches(
                 _ => break,
             }
         }
-        settle_batch(&pool, batch).await;
+        let pool = pool.clone();
+        tokio::spawn(async move {
+            settle_batch(&pool, batch).await;
+            drop(slot);
+        });
     }
 }
 
@@ -232,20 +257,25 @@ pub async fn sweep(pool: &Pool) -> Result<(usize, usize), StoreError> {
         let (taken, done) = conn
             .transaction::<_, StoreError, _>(async |conn| {
                 let rows = billing::outbox_take(conn, 100).await?;
-                let mut done = 0;
+                let mut messages = Vec::with_capacity(rows.len());
+                let mut done = Vec::with_capacity(rows.len());
                 for (id, payload) in &rows {
                     let bytes = serde_json::to_vec(payload).unwrap_or_default();
                     match BillingMessage::from_json_slice(&bytes) {
                         Ok(message) => {
-                            billing::settle_in(conn, &charge_of(&message)).await?;
-                            billing::outbox_delete(conn, *id).await?;
-                            done += 1;
+                            messages.push(message);
+                            done.push(*id);
                         }
                         // Kept for an operator to inspect: dropping it would lose a charge.
                         Err(error) => tracing::error!(%error, id, "undecodable outbox charge"),
                     }
                 }
-                Ok((rows.len(), done))
+                // Set-based, users locked in id order: two sweepers (or a sweeper and a
+                // batch) cannot deadlock, as they could settling charge by charge.
+                let charges: Vec<Charge<'_>> = messages.iter().map(charge_of).collect();
+                billing::settle_many(conn, &charges).await?;
+                billing::outbox_delete_many(conn, &done).await?;
+                Ok((rows.len(), done.len()))
             })
             .await?;
         settled += done;
