@@ -141,6 +141,26 @@ fn tokens(value: u64) -> i64 {
     i64::try_from(value).unwrap_or(i64::MAX)
 }
 
+/// Locks the users' rows for a settlement, in id order (two settling workers cannot deadlock),
+/// in a statement of its own; call in a transaction. The statement that then charges them reads
+/// them with a fresh snapshot: when one statement both locks rows and updates them, its update
+/// re-locks rows that changed after its snapshot, and queued waiters deadlock with it. FOR NO
+/// KEY UPDATE (what an UPDATE takes), not FOR UPDATE, which would also wait for the key-share
+/// locks that usage-log foreign keys of a concurrent settlement hold on the same users.
+async fn lock_users(conn: &mut AsyncPgConnection, mut ids: Vec<i64>) -> Result<(), StoreError> {
+    use diesel::sql_types::Array;
+    enum LockUsers {}
+    ids.sort_unstable();
+    ids.dedup();
+    Prepared::<LockUsers>::new(
+        "SELECT id FROM users WHERE id = ANY($1) ORDER BY id FOR NO KEY UPDATE",
+    )
+    .bind::<Array<BigInt>, _>(ids)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
 /// Settles one charge; run it inside a transaction (see `settle`). The usage log's unique
 /// request id makes it idempotent: a redelivered charge finds its log and changes nothing.
 /// Otherwise: the hold is closed, the balance debited (never below zero), the ledger written.
@@ -181,8 +201,9 @@ pub async fn settle_in(
         .into_iter()
         .next()
         .map_or_else(|| BigDecimal::from(0), |h| h.amount);
+    lock_users(conn, vec![charge.user_id]).await?;
     let row: SettledRow = diesel::sql_query(
-        "WITH before AS (SELECT id, balance FROM users WHERE id = $1 FOR NO KEY UPDATE)
+        "WITH before AS (SELECT id, balance FROM users WHERE id = $1)
          UPDATE users u SET balance = u.balance - LEAST($2, b.balance), held = u.held - $3,
              updated_at = now()
          FROM before b WHERE u.id = b.id
@@ -242,8 +263,8 @@ struct ChargedRow {
 /// Settles many charges with a fixed number of statements, whatever their count; run it inside
 /// a transaction. Same rules as [`settle_in`], charge by charge in the given order: a request
 /// id already logged (before, or earlier in this batch) is `AlreadySettled`. User rows are
-/// locked only by the last statement, in id order, so calls being admitted for the same users
-/// wait as little as possible (the caller commits right after).
+/// locked only by the last two statements, in id order, so calls being admitted for the same
+/// users wait as little as possible (the caller commits right after).
 pub async fn settle_many(
     conn: &mut AsyncPgConnection,
     charges: &[Charge<'_>],
@@ -335,41 +356,13 @@ pub async fn settle_many(
             results.push(Some(Settlement::AlreadySettled));
         }
     }
-    // One statement takes the users' row locks (in id order, so two settling workers cannot
-    // deadlock), charges them, releases their holds and writes the ledger; the transaction
-    // commits right after it, so an admission for the same user waits for one statement and
-    // the commit, not for the whole batch. A charge larger than what is left is capped at it.
-    // FOR NO KEY UPDATE (the lock an UPDATE takes), not FOR UPDATE: the usage logs inserted
-    // above took key-share locks on their users (foreign keys) in charge order, and FOR UPDATE
-    // would wait for those of a concurrent batch while that batch waits for ours.
+    // One call (the SQL function `settle_charges`, see its migration) locks the users in id
+    // order, charges them, releases their holds and writes the ledger; the transaction commits
+    // right after it, so an admission for the same user waits for one statement and the
+    // commit, not for the whole batch. A charge larger than what is left is capped at it.
     enum ChargeUsers {}
     let settled: Vec<ChargedRow> = Prepared::<ChargeUsers>::new(
-        "WITH c AS (
-             SELECT * FROM unnest($1::int8[], $2::int8[], $3::numeric[], $4::numeric[], $5::text[])
-                 AS c(ord, user_id, cost, released, ref)),
-         locked AS (
-             SELECT id, balance FROM users WHERE id IN (SELECT user_id FROM c)
-             ORDER BY id FOR NO KEY UPDATE),
-         running AS (
-             SELECT c.ord, c.user_id, c.released, c.ref, l.balance,
-                    sum(c.cost) OVER (PARTITION BY c.user_id ORDER BY c.ord) AS upto,
-                    c.cost
-             FROM c JOIN locked l ON l.id = c.user_id),
-         charged AS (
-             SELECT ord, user_id, released, ref,
-                    greatest(balance - (upto - cost), 0) - greatest(balance - upto, 0) AS amount,
-                    greatest(balance - upto, 0) AS balance_after
-             FROM running),
-         per_user AS (
-             SELECT user_id, min(balance_after) AS balance, sum(released) AS released
-             FROM charged GROUP BY user_id),
-         updated AS (
-             UPDATE users u SET balance = p.balance, held = u.held - p.released, updated_at = now()
-             FROM per_user p WHERE u.id = p.user_id),
-         ledger AS (
-             INSERT INTO balance_ledger (user_id, delta, balance_after, kind, reference)
-             SELECT user_id, -amount, balance_after, 'charge', ref FROM charged WHERE amount > 0)
-         SELECT amount, balance_after FROM charged ORDER BY ord",
+        "SELECT amount, balance_after FROM settle_charges($1, $2, $3, $4, $5) ORDER BY ord",
     )
     .bind::<Array<BigInt>, _>((0..applied.len() as i64).collect::<Vec<_>>())
     .bind::<Array<BigInt>, _>(applied.iter().map(|c| c.user_id).collect::<Vec<_>>())

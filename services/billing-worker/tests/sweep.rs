@@ -1,5 +1,6 @@
 //! The sweeper settles charges parked in the outbox: once each, also with several sweepers
-//! (billing-worker replicas) at work on the same outbox at the same time.
+//! (billing-worker replicas) at work on the same outbox at the same time, while calls of the
+//! same users are admitted.
 
 #![allow(clippy::unwrap_used)]
 
@@ -67,11 +68,39 @@ async fn concurrent_sweepers_settle_every_parked_charge_exactly_once() {
             .unwrap();
     }
 
+    // Calls being admitted and released for the same users meanwhile queue on their rows.
+    let admissions = (0..3).map(|n| {
+        let pool = pool.clone();
+        tokio::spawn(async move {
+            let mut conn = pool.get().await.unwrap();
+            for i in 0..150 {
+                let user_id = (i * 5 + n) % USERS + 1;
+                let request_id = uuid::Uuid::new_v4();
+                let amount = Money::parse("0.02").unwrap();
+                persistence::billing::place_hold(&mut conn, user_id, request_id, &amount, 600)
+                    .await
+                    .unwrap()
+                    .unwrap();
+                assert!(
+                    persistence::billing::release_hold(&mut conn, request_id)
+                        .await
+                        .unwrap()
+                );
+            }
+        })
+    });
     let sweeps = (0..4).map(|_| {
         let pool = pool.clone();
         tokio::spawn(async move { billing_worker::settle::sweep(&pool).await })
     });
-    for sweep in futures_util::future::join_all(sweeps).await {
+    let (admitted, swept) = tokio::join!(
+        futures_util::future::join_all(admissions),
+        futures_util::future::join_all(sweeps)
+    );
+    for admission in admitted {
+        admission.unwrap();
+    }
+    for sweep in swept {
         sweep
             .unwrap()
             .expect("a sweep failed (a deadlock between sweepers?)");

@@ -1,0 +1,1 @@
+DROP FUNCTION settle_charges(BIGINT[], BIGINT[], NUMERIC[], NUMERIC[], TEXT[]);
