@@ -243,7 +243,8 @@ fn outcome_of(charges: Vec<ChargeOutcome>) -> Outcome {
 }
 
 /// One pass of the sweeper: release expired holds, settle charges parked in the outbox (each
-/// settled and deleted in one transaction, so a charge is settled once even if two sweepers run).
+/// settled and deleted in one transaction, so a charge is settled once even if two sweepers run)
+/// and vacuum the balance rows (see `billing::vacuum_balances`).
 /// Returns (holds released, outbox charges settled).
 pub async fn sweep(pool: &Pool) -> Result<(usize, usize), StoreError> {
     let mut conn = pool.get().await?;
@@ -283,6 +284,7 @@ pub async fn sweep(pool: &Pool) -> Result<(usize, usize), StoreError> {
             break;
         }
     }
+    billing::vacuum_balances(&mut conn).await?;
     metrics::gauge!("billing_outbox_size").set(billing::outbox_len(&mut conn).await? as f64);
     let (holds, held) = billing::open_holds(&mut conn).await?;
     metrics::gauge!("billing_holds_open").set(holds as f64);

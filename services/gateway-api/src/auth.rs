@@ -161,27 +161,47 @@ impl FromRequest for KeyHolder {
                 )
             })?;
             let now = Utc::now();
-            if let Some(known) = state.key_cache.get(&hash, now) {
-                return Ok(known);
+            if let Some(hit) = state.key_cache.get(&hash, now) {
+                if hit.refresh {
+                    // Checked again off the request path while the entry is still trusted, so
+                    // a key in steady use never makes its call wait for the lookup.
+                    tokio::task::spawn_local(async move {
+                        if let Err(error) = check_key(&state, hash, Utc::now()).await {
+                            tracing::warn!(%error, "re-checking an access key failed");
+                        }
+                    });
+                }
+                return Ok(hit.holder);
             }
-            let mut conn = state.conn().await?;
-            let (key, user) = persistence::access_keys::authenticate(&mut conn, &hash)
-                .await?
-                .ok_or_else(|| {
-                    ApiError::Unauthorized("invalid, revoked or expired access key".to_owned())
-                })?;
-            // Record use at most once a minute per key, so the hot path rarely writes.
-            let stale = now - chrono::Duration::seconds(60);
-            if key.last_used_at.is_none_or(|at| at < stale) {
-                persistence::access_keys::touch(&mut conn, key.id).await?;
-            }
-            state.key_cache.put(hash, &key, now);
-            Ok(KeyHolder {
-                key_id: key.id,
-                user_id: user.id,
+            check_key(&state, hash, now).await?.ok_or_else(|| {
+                ApiError::Unauthorized("invalid, revoked or expired access key".to_owned())
             })
         })
     }
+}
+
+/// Looks an access key up in Postgres and caches the answer; `None` (and the key forgotten)
+/// when it is unknown, revoked, expired or its owner is disabled.
+async fn check_key(
+    state: &AppState,
+    hash: [u8; 32],
+    now: DateTime<Utc>,
+) -> Result<Option<KeyHolder>, ApiError> {
+    let mut conn = state.conn().await?;
+    let Some((key, user)) = persistence::access_keys::authenticate(&mut conn, &hash).await? else {
+        state.key_cache.forget_hash(&hash);
+        return Ok(None);
+    };
+    // Record use at most once a minute per key, so the hot path rarely writes.
+    let stale = now - chrono::Duration::seconds(60);
+    if key.last_used_at.is_none_or(|at| at < stale) {
+        persistence::access_keys::touch(&mut conn, key.id).await?;
+    }
+    state.key_cache.put(hash, &key, now);
+    Ok(Some(KeyHolder {
+        key_id: key.id,
+        user_id: user.id,
+    }))
 }
 
 /// Access keys checked recently, by hash: a call with a known key skips the Postgres lookup.
@@ -201,6 +221,16 @@ struct Known {
     user_id: i64,
     expires_at: Option<DateTime<Utc>>,
     checked: Instant,
+    /// A caller was told to check the key again (see `Hit::refresh`).
+    refreshing: bool,
+}
+
+/// A trusted cache entry.
+struct Hit {
+    holder: KeyHolder,
+    /// The entry is past half its TTL: this caller (only one per entry) should check the key
+    /// again in the background, so that a key in steady use is never looked up on a call.
+    refresh: bool,
 }
 
 impl KeyCache {
@@ -213,17 +243,35 @@ impl KeyCache {
         }
     }
 
-    fn get(&self, hash: &[u8; 32], now: DateTime<Utc>) -> Option<KeyHolder> {
+    fn get(&self, hash: &[u8; 32], now: DateTime<Utc>) -> Option<Hit> {
         if self.ttl.is_zero() {
             return None;
         }
         let known = *self.read().get(hash)?;
-        let fresh = known.checked.elapsed() < self.ttl
-            && known.expires_at.is_none_or(|expires| expires > now);
-        fresh.then_some(KeyHolder {
-            key_id: known.key_id,
-            user_id: known.user_id,
+        let age = known.checked.elapsed();
+        let fresh = age < self.ttl && known.expires_at.is_none_or(|expires| expires > now);
+        if !fresh {
+            return None;
+        }
+        let refresh = age >= self.ttl / 2 && !known.refreshing && self.claim_refresh(hash);
+        Some(Hit {
+            holder: KeyHolder {
+                key_id: known.key_id,
+                user_id: known.user_id,
+            },
+            refresh,
         })
+    }
+
+    /// Whether this caller is the one to re-check the entry (no other caller was told).
+    fn claim_refresh(&self, hash: &[u8; 32]) -> bool {
+        match self.write().get_mut(hash) {
+            Some(known) if !known.refreshing => {
+                known.refreshing = true;
+                true
+            }
+            _ => false,
+        }
     }
 
     fn put(&self, hash: [u8; 32], key: &AccessKey, now: DateTime<Utc>) {
@@ -235,6 +283,7 @@ impl KeyCache {
             user_id: key.user_id,
             expires_at: key.expires_at,
             checked: Instant::now(),
+            refreshing: false,
         };
         let mut entries = self.write();
         if entries.len() >= Self::CAPACITY {
@@ -245,6 +294,11 @@ impl KeyCache {
             }
         }
         entries.insert(hash, known);
+    }
+
+    /// Forgets a key found invalid on a re-check.
+    fn forget_hash(&self, hash: &[u8; 32]) {
+        self.write().remove(hash);
     }
 
     /// Forgets a key at once (it was just revoked here).
@@ -294,7 +348,9 @@ mod tests {
         let cache = KeyCache::new(Duration::from_millis(80));
         let now = Utc::now();
         cache.put([1; 32], &key(7, 70, None), now);
-        let hit = cache.get(&[1; 32], now).map(|h| (h.key_id, h.user_id));
+        let hit = cache
+            .get(&[1; 32], now)
+            .map(|h| (h.holder.key_id, h.holder.user_id));
         assert_eq!(hit, Some((7, 70)));
         assert!(cache.get(&[2; 32], now).is_none());
         std::thread::sleep(Duration::from_millis(100));
@@ -337,6 +393,28 @@ mod tests {
             now,
         );
         assert!(cache.get(&[2; 32], now).is_none());
+    }
+
+    #[test]
+    fn one_caller_is_told_to_recheck_a_key_past_half_its_ttl() {
+        let cache = KeyCache::new(Duration::from_millis(200));
+        let now = Utc::now();
+        cache.put([1; 32], &key(7, 70, None), now);
+        assert!(cache.get(&[1; 32], now).is_some_and(|h| !h.refresh));
+        std::thread::sleep(Duration::from_millis(120));
+        // Still trusted; the first caller re-checks, the others do not.
+        assert!(cache.get(&[1; 32], now).is_some_and(|h| h.refresh));
+        assert!(cache.get(&[1; 32], now).is_some_and(|h| !h.refresh));
+        // The re-check stored a fresh entry: trusted again for a whole TTL.
+        cache.put([1; 32], &key(7, 70, None), now);
+        std::thread::sleep(Duration::from_millis(120));
+        assert!(cache.get(&[1; 32], now).is_some_and(|h| h.refresh));
+        std::thread::sleep(Duration::from_millis(100));
+        assert!(cache.get(&[1; 32], now).is_none(), "stale entry served");
+        // A re-check that found the key revoked forgets it at once.
+        cache.put([1; 32], &key(7, 70, None), now);
+        cache.forget_hash(&[1; 32]);
+        assert!(cache.get(&[1; 32], now).is_none());
     }
 
     #[test]
