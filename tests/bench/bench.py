@@ -696,6 +696,7 @@ def cmd_meta(a):
         "cpu": cpu, "cores": os.cpu_count(), "memory": f"{mem_kib / 1024 / 1024:.1f} GiB",
         "kernel": os.uname().release, "os": os_name,
         "postgres": first_line(["psql", "-h", "127.0.0.1", "-U", "postgres", "-XAtqc", "SHOW server_version"]),
+        "autovacuum": first_line(["psql", "-h", "127.0.0.1", "-U", "postgres", "-XAtqc", "SHOW autovacuum"]),
         "rabbitmq": first_line(["rabbitmqctl", "-q", "version"]),
         "nginx": first_line(["nginx", "-v"]).replace("nginx version: ", ""),
         "wrk": first_line(["wrk", "-v"]).split(" [")[0],
@@ -822,7 +823,8 @@ def cmd_report(a):
     w("Everything runs on this one machine: the load generator, the mock provider, nginx, gateway-api, "
       "billing-worker, PostgreSQL and RabbitMQ share its 2 cores, so these are numbers of the whole "
       "system on 2 cores, not of the gateway alone on a dedicated host. PostgreSQL and RabbitMQ are the "
-      "machine's shared instances with their default settings (durable commits). The column *other CPU* "
+      "machine's shared instances with their settings as found (durable commits; autovacuum "
+      f"`{meta.get('autovacuum', 'n/a')}`, while billing-worker vacuums the users table every sweep, 5 s). The column *other CPU* "
       "is the highest share of one core that processes outside the benchmark (a compiler, another test "
       "suite) used during a measurement's repeats, sampled every 0.5 s; a high value means that "
       "measurement was disturbed.")
@@ -836,7 +838,8 @@ def cmd_report(a):
     w("- **Targets**: *direct* = the mock itself; *nginx* = nginx (2 workers) as a plain reverse proxy to "
       "the mock (keepalive upstream, access log off); *gateway* = gateway-api (release build, "
       f"`RUST_LOG={meta['rust_log']}`, default workers and pool sizes) doing the whole path: access-key "
-      "lookup (then cached for `calls.key_cache_ttl_ms`, 1 s), hold on the balance, forward to the "
+      "lookup (then cached for `calls.key_cache_ttl_ms`, 1 s, and re-checked in the background after "
+      "half of it), hold on the balance, forward to the "
       "mock, price the usage, publish the charge to RabbitMQ (publisher confirms; the charges that "
       "finish within `calls.billing_linger_ms`, 10 ms, share one message), with billing-worker "
       "running and settling every charge into PostgreSQL.")
@@ -957,9 +960,10 @@ def cmd_report(a):
               f"{', '.join(fmt(r['tps']) for r in pg_runs)} | | {other(pg_runs)}% |")
         w("")
         w("Batched mode settles a whole batch (up to 64) in one transaction of three set-based, prepared "
-          "statements (INSERT the usage logs, close the holds, then one statement that locks the users in "
-          "id order, debits them and writes the ledger rows, right before the commit); single mode "
-          "(`BATCH_MAX=1`) settles each charge in its own transaction.")
+          "statements (INSERT the usage logs, close the holds, then one call of the SQL function "
+          "`settle_charges`, which locks the users in id order, debits them and writes the ledger rows, "
+          "right before the commit); single mode (`BATCH_MAX=1`) settles each charge in its own "
+          "transaction.")
         w("")
 
     mem = by(kind="memory")
