@@ -34,7 +34,6 @@ macro_rules! hold_cte {
              RETURNING id, user_id)"
     };
 }
-pub(crate) use hold_cte;
 
 /// Reserves `amount` for one call in ONE conditional statement: admitted only if the user is
 /// active and `balance - held >= amount`; concurrent calls serialise on the user row, so the

@@ -4,6 +4,7 @@
 //! transaction; money-moving functions write their ledger row themselves.
 
 pub mod access_keys;
+pub mod batch;
 pub mod billing;
 pub mod catalog;
 mod error;
