@@ -57,13 +57,20 @@ struct JobIdRow {
     job_id: Uuid,
 }
 
-/// Submits many jobs in ONE statement (one round trip, one commit): each is admitted only if
-/// its hold fits in its user's balance minus open holds, and then held (request id = job id)
-/// and inserted PENDING; answers, per job, whether it was admitted (nothing is written for
-/// the others). The users' rows are locked in id order; several jobs of one user are admitted
-/// cheapest first while the running sum of their holds fits, which is what running them one
-/// by one in that order would admit (so never more than the balance covers). Run it on a
-/// durable connection: the caller answers 202 with the job id right after.
+/// Submits many jobs in one transaction of two statements: each job is admitted only if its
+/// hold fits in its user's balance minus open holds, and then held (request id = job id) and
+/// inserted PENDING; answers, per job, whether it was admitted (nothing is written for the
+/// others). Several jobs of one user are admitted cheapest first while the running sum of
+/// their holds fits, which is what admitting them one by one in that order would do, so never
+/// more than the balance covers. Run it on a durable connection: the caller answers 202 with
+/// the job id right after.
+///
+/// The first statement locks the users' rows in id order (the order settlements lock them
+/// in), and only as strongly as updating `held` needs: NO KEY UPDATE, which does not wait for
+/// a concurrent insert that merely references a user (a usage log being settled). The second
+/// then reads balances no one else can change until the commit. Locking and updating in one
+/// statement would update from that statement's older snapshot, which re-locks a row another
+/// transaction changed meanwhile, and that can deadlock with a third one waiting for it.
 pub async fn submit_many(
     conn: &mut AsyncPgConnection,
     jobs: &[Submission],
@@ -71,60 +78,78 @@ pub async fn submit_many(
 ) -> Result<Vec<bool>, StoreError> {
     use diesel::sql_types::{Array, BigInt, Jsonb, Nullable, Numeric, Text, Uuid as SqlUuid};
 
-    enum SubmitJobs {}
-    let admitted: Vec<JobIdRow> = Prepared::<SubmitJobs>::new(
-        "WITH r AS (
-             SELECT * FROM unnest($1::int8[], $2::uuid[], $3::int8[], $4::numeric[], $5::text[],
-                 $6::int8[], $7::int8[], $8::jsonb[], $9::text[])
-                 AS r(ord, job_id, user_id, amount, job_type, access_key_id, model_id, payload,
-                     callback_url)),
-         locked AS (
-             SELECT id, balance - held AS available FROM users
-             WHERE id IN (SELECT user_id FROM r) AND status = 'active'
-             ORDER BY id FOR UPDATE),
-         running AS (
-             SELECT r.*, l.available,
-                    sum(r.amount) OVER (PARTITION BY r.user_id ORDER BY r.amount, r.ord) AS upto
-             FROM r JOIN locked l ON l.id = r.user_id),
-         admitted AS (SELECT * FROM running WHERE upto <= available),
-         per_user AS (SELECT user_id, sum(amount) AS amount FROM admitted GROUP BY user_id),
-         reserved AS (
-             UPDATE users u SET held = u.held + p.amount FROM per_user p WHERE u.id = p.user_id),
-         held AS (
-             INSERT INTO balance_holds (request_id, user_id, amount, expires_at)
-             SELECT job_id, user_id, amount, now() + make_interval(secs => $10) FROM admitted),
-         job AS (
-             INSERT INTO async_jobs (job_id, job_type, user_id, access_key_id, model_id,
-                 request_payload, callback_url)
-             SELECT job_id, job_type, user_id, access_key_id, model_id, payload, callback_url
-             FROM admitted ORDER BY ord
-             RETURNING job_id)
-         SELECT job_id FROM job",
-    )
-    .bind::<Array<BigInt>, _>((0..jobs.len() as i64).collect::<Vec<_>>())
-    .bind::<Array<SqlUuid>, _>(jobs.iter().map(|j| j.job_id).collect::<Vec<_>>())
-    .bind::<Array<BigInt>, _>(jobs.iter().map(|j| j.user_id).collect::<Vec<_>>())
-    .bind::<Array<Numeric>, _>(
-        jobs.iter()
-            .map(|j| j.amount.as_decimal().clone())
-            .collect::<Vec<_>>(),
-    )
-    .bind::<Array<Text>, _>(jobs.iter().map(|j| j.job_type.clone()).collect::<Vec<_>>())
-    .bind::<Array<Nullable<BigInt>>, _>(jobs.iter().map(|j| j.access_key_id).collect::<Vec<_>>())
-    .bind::<Array<BigInt>, _>(jobs.iter().map(|j| j.model_id).collect::<Vec<_>>())
-    .bind::<Array<Jsonb>, _>(
-        jobs.iter()
-            .map(|j| j.request_payload.clone())
-            .collect::<Vec<_>>(),
-    )
-    .bind::<Array<Nullable<Text>>, _>(
-        jobs.iter()
-            .map(|j| j.callback_url.clone())
-            .collect::<Vec<_>>(),
-    )
-    .bind::<BigInt, _>(hold_ttl_seconds)
-    .load(conn)
-    .await?;
+    let mut users: Vec<i64> = jobs.iter().map(|j| j.user_id).collect();
+    users.sort_unstable();
+    users.dedup();
+    let admitted: Vec<JobIdRow> = conn
+        .transaction::<_, StoreError, _>(async |conn| {
+            // Both statements are sent at once (pipelined): one round trip, still in order.
+            let mut shared: &AsyncPgConnection = conn;
+            enum LockUsers {}
+            let lock = Prepared::<LockUsers>::new(
+                "SELECT id FROM users WHERE id = ANY($1) ORDER BY id FOR NO KEY UPDATE",
+            )
+            .bind::<Array<BigInt>, _>(&users)
+            .execute(&mut shared);
+            enum SubmitJobs {}
+            let submit = Prepared::<SubmitJobs>::new(
+                "WITH r AS (
+                     SELECT * FROM unnest($1::int8[], $2::uuid[], $3::int8[], $4::numeric[],
+                         $5::text[], $6::int8[], $7::int8[], $8::jsonb[], $9::text[])
+                         AS r(ord, job_id, user_id, amount, job_type, access_key_id, model_id,
+                             payload, callback_url)),
+                 running AS (
+                     SELECT r.*, u.balance - u.held AS available,
+                            sum(r.amount) OVER (PARTITION BY r.user_id ORDER BY r.amount, r.ord)
+                                AS upto
+                     FROM r JOIN users u ON u.id = r.user_id AND u.status = 'active'),
+                 admitted AS (SELECT * FROM running WHERE upto <= available),
+                 per_user AS (SELECT user_id, sum(amount) AS amount FROM admitted GROUP BY user_id),
+                 reserved AS (
+                     UPDATE users u SET held = u.held + p.amount FROM per_user p
+                     WHERE u.id = p.user_id),
+                 held AS (
+                     INSERT INTO balance_holds (request_id, user_id, amount, expires_at)
+                     SELECT job_id, user_id, amount, now() + make_interval(secs => $10)
+                     FROM admitted),
+                 job AS (
+                     INSERT INTO async_jobs (job_id, job_type, user_id, access_key_id, model_id,
+                         request_payload, callback_url)
+                     SELECT job_id, job_type, user_id, access_key_id, model_id, payload,
+                         callback_url
+                     FROM admitted ORDER BY ord
+                     RETURNING job_id)
+                 SELECT job_id FROM job",
+            )
+            .bind::<Array<BigInt>, _>((0..jobs.len() as i64).collect::<Vec<_>>())
+            .bind::<Array<SqlUuid>, _>(jobs.iter().map(|j| j.job_id).collect::<Vec<_>>())
+            .bind::<Array<BigInt>, _>(jobs.iter().map(|j| j.user_id).collect::<Vec<_>>())
+            .bind::<Array<Numeric>, _>(
+                jobs.iter()
+                    .map(|j| j.amount.as_decimal().clone())
+                    .collect::<Vec<_>>(),
+            )
+            .bind::<Array<Text>, _>(jobs.iter().map(|j| j.job_type.clone()).collect::<Vec<_>>())
+            .bind::<Array<Nullable<BigInt>>, _>(
+                jobs.iter().map(|j| j.access_key_id).collect::<Vec<_>>(),
+            )
+            .bind::<Array<BigInt>, _>(jobs.iter().map(|j| j.model_id).collect::<Vec<_>>())
+            .bind::<Array<Jsonb>, _>(
+                jobs.iter()
+                    .map(|j| j.request_payload.clone())
+                    .collect::<Vec<_>>(),
+            )
+            .bind::<Array<Nullable<Text>>, _>(
+                jobs.iter()
+                    .map(|j| j.callback_url.clone())
+                    .collect::<Vec<_>>(),
+            )
+            .bind::<BigInt, _>(hold_ttl_seconds)
+            .load::<JobIdRow>(&mut shared);
+            let (_, admitted) = futures_util::future::try_join(lock, submit).await?;
+            Ok(admitted)
+        })
+        .await?;
     let admitted: HashSet<Uuid> = admitted.into_iter().map(|r| r.job_id).collect();
     Ok(jobs.iter().map(|j| admitted.contains(&j.job_id)).collect())
 }
@@ -166,15 +191,18 @@ pub async fn claim_many(
     use std::collections::HashMap;
 
     enum ClaimJobs {}
-    // A join with the ids rather than `= ANY($1)`: a prepared `= ANY` may get a generic plan
-    // that scans the index instead of looking each id up.
+    // A join with the ids rather than `= ANY($1)`, and the state test as a CASE, which the
+    // planner cannot match with the partial index of open jobs: otherwise it may scan every
+    // open job (and, before vacuum, every job ever finished) instead of looking each id up.
     let claimed: Vec<Job> = Prepared::<ClaimJobs>::new(
         "UPDATE async_jobs j SET status = 'PROCESSING', attempts = j.attempts + 1,
              lease_expires_at = now() + make_interval(secs => $2), updated_at = now(),
              published_at = COALESCE(j.published_at, now())
          FROM (SELECT DISTINCT job_id FROM unnest($1::uuid[]) AS i(job_id)) i
          WHERE j.job_id = i.job_id
-           AND (j.status = 'PENDING' OR (j.status = 'PROCESSING' AND j.lease_expires_at < now()))
+           AND CASE j.status WHEN 'PENDING' THEN true
+                             WHEN 'PROCESSING' THEN j.lease_expires_at < now()
+                             ELSE false END
          RETURNING j.*",
     )
     .bind::<Array<SqlUuid>, _>(job_ids.to_vec())
@@ -284,6 +312,7 @@ pub async fn complete_many(
     use diesel::sql_types::{Array, Int4, Jsonb, Numeric, Uuid as SqlUuid};
 
     enum CompleteJobs {}
+    // The state test as a CASE for the same reason as in `claim_many`.
     let done: Vec<JobIdRow> = Prepared::<CompleteJobs>::new(
         "WITH c AS (
              SELECT * FROM unnest($1::uuid[], $2::int4[], $3::jsonb[], $4::numeric[], $5::jsonb[])
@@ -292,7 +321,8 @@ pub async fn complete_many(
              UPDATE async_jobs j SET status = 'COMPLETED', result_payload = c.result,
                  cost = c.cost, lease_expires_at = NULL, updated_at = now()
              FROM c
-             WHERE j.job_id = c.job_id AND j.status = 'PROCESSING' AND j.attempts = c.attempts
+             WHERE j.job_id = c.job_id
+               AND CASE j.status WHEN 'PROCESSING' THEN j.attempts = c.attempts ELSE false END
              RETURNING j.job_id, j.callback_url, c.charge),
          parked AS (
              INSERT INTO billing_outbox (request_id, payload) SELECT job_id, charge FROM done

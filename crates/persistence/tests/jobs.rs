@@ -176,12 +176,12 @@ async fn one_batch_of_several_users_and_amounts_admits_what_one_by_one_would() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn concurrent_batches_never_admit_more_than_the_balance() {
+async fn concurrent_batches_and_calls_never_admit_more_than_the_balance_nor_deadlock() {
     let pool = common::migrated_pool().await;
     let model = image_model(&pool).await;
     let user = user_with_balance(&pool, "50").await;
     let other = user_with_balance(&pool, "7").await;
-    let tasks = (0..10).map(|i| {
+    let batches = (0..10).map(|i| {
         let pool = pool.clone();
         tokio::spawn(async move {
             let batch: Vec<Submission> = (0..20)
@@ -191,14 +191,30 @@ async fn concurrent_batches_never_admit_more_than_the_balance() {
             jobs::submit_many(&mut conn, &batch, 900).await.unwrap()
         })
     });
-    let admitted: usize = futures_util::future::join_all(tasks)
-        .await
+    // Single calls' holds on the same users at the same time (they update the same rows).
+    let calls = (0..20).map(|i| {
+        let pool = pool.clone();
+        tokio::spawn(async move {
+            let mut conn = pool.get().await.unwrap();
+            let who = if i % 2 == 0 { user } else { other };
+            billing::place_hold(&mut conn, who, Uuid::new_v4(), &money("1"), 900)
+                .await
+                .unwrap()
+                .is_some()
+        })
+    });
+    let (batches, calls) = tokio::join!(
+        futures_util::future::join_all(batches),
+        futures_util::future::join_all(calls)
+    );
+    let jobs_admitted: usize = batches
         .into_iter()
         .map(|r| r.unwrap().into_iter().filter(|a| *a).count())
         .sum();
-    assert_eq!(admitted, 57);
-    assert_eq!(job_count(&pool, user).await, 50);
-    assert_eq!(job_count(&pool, other).await, 7);
+    let calls_admitted = calls.into_iter().filter(|r| *r.as_ref().unwrap()).count();
+    assert_eq!(jobs_admitted + calls_admitted, 57);
+    assert_eq!(held(&pool, user).await, money("50"));
+    assert_eq!(held(&pool, other).await, money("7"));
     books_balance(&pool).await;
 }
 
@@ -266,4 +282,38 @@ async fn a_batched_claim_takes_a_job_once_however_often_it_is_named() {
         .await
         .unwrap();
     assert_eq!(left, 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_submission_does_not_wait_for_a_concurrent_insert_that_references_its_user() {
+    use diesel_async::AsyncConnection;
+    let pool = common::migrated_pool().await;
+    let model = image_model(&pool).await;
+    let (a, b) = (
+        user_with_balance(&pool, "10").await,
+        user_with_balance(&pool, "10").await,
+    );
+    let mut settling = pool.get().await.unwrap();
+    settling
+        .transaction::<_, persistence::StoreError, _>(async |conn| {
+            // What a settlement's usage-log insert takes on its user (the foreign key check);
+            // waiting for it while holding another user's row is how a deadlock starts.
+            diesel::sql_query("SELECT id FROM users WHERE id = $1 FOR KEY SHARE")
+                .bind::<diesel::sql_types::BigInt, _>(b)
+                .execute(conn)
+                .await?;
+            let mut submitting = pool.get().await.unwrap();
+            let batch = [submission(a, model, "1"), submission(b, model, "1")];
+            let admitted = tokio::time::timeout(
+                std::time::Duration::from_secs(5),
+                jobs::submit_many(&mut submitting, &batch, 900),
+            )
+            .await
+            .expect("the submission waited for the settlement's row lock")?;
+            assert_eq!(admitted, vec![true, true]);
+            Ok(())
+        })
+        .await
+        .unwrap();
+    books_balance(&pool).await;
 }

@@ -232,20 +232,23 @@ pub async fn sweep(pool: &Pool) -> Result<(usize, usize), StoreError> {
         let (taken, done) = conn
             .transaction::<_, StoreError, _>(async |conn| {
                 let rows = billing::outbox_take(conn, 100).await?;
-                let mut done = 0;
+                let mut charges = Vec::with_capacity(rows.len());
                 for (id, payload) in &rows {
                     let bytes = serde_json::to_vec(payload).unwrap_or_default();
                     match BillingMessage::from_json_slice(&bytes) {
-                        Ok(message) => {
-                            billing::settle_in(conn, &charge_of(&message)).await?;
-                            billing::outbox_delete(conn, *id).await?;
-                            done += 1;
-                        }
+                        Ok(message) => charges.push((*id, message)),
                         // Kept for an operator to inspect: dropping it would lose a charge.
                         Err(error) => tracing::error!(%error, id, "undecodable outbox charge"),
                     }
                 }
-                Ok((rows.len(), done))
+                // Users in id order, the order every other multi-user transaction locks them
+                // in (settlements, batched job submissions): otherwise they can deadlock.
+                charges.sort_by_key(|(id, message)| (message.user_id, *id));
+                for (id, message) in &charges {
+                    billing::settle_in(conn, &charge_of(message)).await?;
+                    billing::outbox_delete(conn, *id).await?;
+                }
+                Ok((rows.len(), charges.len()))
             })
             .await?;
         settled += done;

@@ -148,8 +148,11 @@ impl AppState {
             settings.calls.billing_publishes_in_flight,
             std::time::Duration::from_millis(settings.calls.billing_linger_ms),
         );
-        let job_submissions =
-            crate::core::jobs::start_submissions(pool.clone(), settings.calls.hold_ttl_seconds);
+        let job_submissions = crate::core::jobs::start_submissions(
+            &settings.database,
+            pool.clone(),
+            settings.calls.hold_ttl_seconds,
+        );
         AppState {
             pool,
             reservations,

@@ -377,7 +377,7 @@ impl Runner {
 }
 
 /// Statements at once per batcher (each holds a pooled connection), and requests per statement.
-const IN_FLIGHT: usize = 2;
+pub const IN_FLIGHT: usize = 2;
 const BATCH_MAX: usize = 256;
 
 /// Claims the deliveries in flight together (see `persistence::jobs::claim_many`).
@@ -407,7 +407,10 @@ pub fn start_completions(pool: Pool) -> Batcher<Completion, bool> {
 /// that delete only makes the sweeper settle them again, which changes nothing). A charge
 /// whose publish fails stays in the outbox for billing-worker's sweeper.
 pub fn start_charges(broker: Broker, relaxed: Pool) -> Batcher<BillingMessage, ()> {
-    Batcher::start(BATCH_MAX, IN_FLIGHT, move |charges: Vec<BillingMessage>| {
+    // One publish at once: charges that finish meanwhile share the next message, and each
+    // waits in the outbox only about one confirm (billing-worker's sweeper settles what it
+    // finds there in one transaction across users, which concurrent holds must wait for).
+    Batcher::start(BATCH_MAX, 1, move |charges: Vec<BillingMessage>| {
         let broker = broker.clone();
         let relaxed = relaxed.clone();
         async move {

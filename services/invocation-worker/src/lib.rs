@@ -157,10 +157,12 @@ impl Application {
             pool_max_size: 2,
             ..settings.database.clone()
         })?;
+        // Claims and completions: set statements planned with their real arrays.
+        let batches = persistence::build_batch_pool(&settings.database, 2 * jobs::IN_FLIGHT)?;
         let runner = Arc::new(Runner {
             pool: pool.clone(),
-            claims: jobs::start_claims(pool.clone(), settings.jobs.lease_seconds),
-            completions: jobs::start_completions(pool.clone()),
+            claims: jobs::start_claims(batches.clone(), settings.jobs.lease_seconds),
+            completions: jobs::start_completions(batches),
             charges: jobs::start_charges(broker.clone(), relaxed),
             broker: broker.clone(),
             routing,

@@ -136,11 +136,22 @@ pub async fn submit(
     Ok(job_id)
 }
 
-/// Submits a batch of jobs on a durable connection (see `persistence::jobs::submit_many`).
+/// Submits batches of jobs (see `persistence::jobs::submit_many`) on their own durable
+/// connections, one per statement in flight; on the shared pool if those cannot be set up
+/// (they come from the same settings, so that is unlikely). Unlike the worker's job
+/// statements they keep cached plans, saving a planning of the submission per batch: they
+/// find users by primary key, with no partial index to stray into.
 pub fn start_submissions(
-    pool: persistence::Pool,
+    database: &persistence::DatabaseSettings,
+    shared: persistence::Pool,
     hold_ttl_seconds: i64,
 ) -> Batcher<Submission, bool> {
+    let pool = persistence::build_pool(&persistence::DatabaseSettings {
+        pool_max_size: SUBMITS_IN_FLIGHT,
+        ..database.clone()
+    })
+    .inspect_err(|error| tracing::error!(%error, "job submission pool; using the shared one"))
+    .unwrap_or(shared);
     Batcher::start(
         SUBMIT_BATCH_MAX,
         SUBMITS_IN_FLIGHT,
