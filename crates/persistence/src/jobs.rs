@@ -1,6 +1,8 @@
 //! Asynchronous jobs: submission with its hold, the worker's claim with a lease, the terminal
 //! transitions (each with its money effect in the same transaction), and webhook deliveries.
 
+use std::collections::HashSet;
+
 use bigdecimal::BigDecimal;
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
@@ -13,7 +15,7 @@ use crate::prepared::Prepared;
 use crate::schema::{async_jobs, llm_models, webhook_deliveries};
 use crate::{Page, Paged, StoreError};
 
-#[derive(Debug, Clone, Queryable, Selectable)]
+#[derive(Debug, Clone, Queryable, QueryableByName, Selectable)]
 #[diesel(table_name = async_jobs)]
 pub struct Job {
     pub id: i64,
@@ -35,60 +37,124 @@ pub struct Job {
     pub published_at: Option<DateTime<Utc>>,
 }
 
-/// The `count(*) AS n` that the single-statement job steps answer with.
-#[derive(QueryableByName)]
-struct CountRow {
-    #[diesel(sql_type = diesel::sql_types::BigInt)]
-    n: i64,
-}
-
-/// A job to submit (see [`submit`]).
-#[derive(Debug)]
-pub struct NewJob<'a> {
+/// A job to submit (see [`submit_many`]).
+#[derive(Debug, Clone)]
+pub struct Submission {
     pub job_id: Uuid,
-    pub job_type: &'a str,
+    pub job_type: String,
     pub user_id: i64,
     pub access_key_id: Option<i64>,
     pub model_id: i64,
-    pub request_payload: &'a serde_json::Value,
-    pub callback_url: Option<&'a str>,
+    pub request_payload: serde_json::Value,
+    pub callback_url: Option<String>,
+    /// The hold: the most the job may cost.
+    pub amount: Money,
 }
 
-/// Holds `amount` for the job (request id = job id) and inserts it PENDING, in ONE statement
-/// (one round trip, one commit). `false` when the balance cannot cover the hold (nothing is
-/// written). Run it on a durable connection: the caller answers 202 with the job id right after.
-pub async fn submit(
+#[derive(QueryableByName)]
+struct JobIdRow {
+    #[diesel(sql_type = diesel::sql_types::Uuid)]
+    job_id: Uuid,
+}
+
+/// Submits many jobs in one transaction of two statements: each job is admitted only if its
+/// hold fits in its user's balance minus open holds, and then held (request id = job id) and
+/// inserted PENDING; answers, per job, whether it was admitted (nothing is written for the
+/// others). Several jobs of one user are admitted cheapest first while the running sum of
+/// their holds fits, which is what admitting them one by one in that order would do, so never
+/// more than the balance covers. Run it on a durable connection: the caller answers 202 with
+/// the job id right after.
+///
+/// The first statement locks the users' rows in id order (the order settlements lock them
+/// in), and only as strongly as updating `held` needs: NO KEY UPDATE, which does not wait for
+/// a concurrent insert that merely references a user (a usage log being settled). The second
+/// then reads balances no one else can change until the commit. Locking and updating in one
+/// statement would update from that statement's older snapshot, which re-locks a row another
+/// transaction changed meanwhile, and that can deadlock with a third one waiting for it.
+pub async fn submit_many(
     conn: &mut AsyncPgConnection,
-    new: NewJob<'_>,
-    amount: &Money,
+    jobs: &[Submission],
     hold_ttl_seconds: i64,
-) -> Result<bool, StoreError> {
-    use diesel::sql_types::{BigInt, Jsonb, Nullable, Numeric, Text, Uuid as SqlUuid};
+) -> Result<Vec<bool>, StoreError> {
+    use diesel::sql_types::{Array, BigInt, Jsonb, Nullable, Numeric, Text, Uuid as SqlUuid};
 
-    enum SubmitJob {}
-    let submitted: CountRow = Prepared::<SubmitJob>::new(concat!(
-        crate::billing::hold_cte!(),
-        ", job AS (
-             INSERT INTO async_jobs (job_id, job_type, user_id, access_key_id, model_id,
-                 request_payload, callback_url)
-             SELECT $2, $5, user_id, $6, $7, $8, $9 FROM held
-             RETURNING id)
-         SELECT count(*) AS n FROM job"
-    ))
-    .bind::<BigInt, _>(new.user_id)
-    .bind::<SqlUuid, _>(new.job_id)
-    .bind::<Numeric, _>(amount.as_decimal())
-    .bind::<BigInt, _>(hold_ttl_seconds)
-    .bind::<Text, _>(new.job_type)
-    .bind::<Nullable<BigInt>, _>(new.access_key_id)
-    .bind::<BigInt, _>(new.model_id)
-    .bind::<Jsonb, _>(new.request_payload)
-    .bind::<Nullable<Text>, _>(new.callback_url)
-    .get_result(conn)
-    .await?;
-    Ok(submitted.n == 1)
+    let mut users: Vec<i64> = jobs.iter().map(|j| j.user_id).collect();
+    users.sort_unstable();
+    users.dedup();
+    let admitted: Vec<JobIdRow> = conn
+        .transaction::<_, StoreError, _>(async |conn| {
+            // Both statements are sent at once (pipelined): one round trip, still in order.
+            let mut shared: &AsyncPgConnection = conn;
+            enum LockUsers {}
+            let lock = Prepared::<LockUsers>::new(
+                "SELECT id FROM users WHERE id = ANY($1) ORDER BY id FOR NO KEY UPDATE",
+            )
+            .bind::<Array<BigInt>, _>(&users)
+            .execute(&mut shared);
+            enum SubmitJobs {}
+            let submit = Prepared::<SubmitJobs>::new(
+                "WITH r AS (
+                     SELECT * FROM unnest($1::int8[], $2::uuid[], $3::int8[], $4::numeric[],
+                         $5::text[], $6::int8[], $7::int8[], $8::jsonb[], $9::text[])
+                         AS r(ord, job_id, user_id, amount, job_type, access_key_id, model_id,
+                             payload, callback_url)),
+                 running AS (
+                     SELECT r.*, u.balance - u.held AS available,
+                            sum(r.amount) OVER (PARTITION BY r.user_id ORDER BY r.amount, r.ord)
+                                AS upto
+                     FROM r JOIN users u ON u.id = r.user_id AND u.status = 'active'),
+                 admitted AS (SELECT * FROM running WHERE upto <= available),
+                 per_user AS (SELECT user_id, sum(amount) AS amount FROM admitted GROUP BY user_id),
+                 reserved AS (
+                     UPDATE users u SET held = u.held + p.amount FROM per_user p
+                     WHERE u.id = p.user_id),
+                 held AS (
+                     INSERT INTO balance_holds (request_id, user_id, amount, expires_at)
+                     SELECT job_id, user_id, amount, now() + make_interval(secs => $10)
+                     FROM admitted),
+                 job AS (
+                     INSERT INTO async_jobs (job_id, job_type, user_id, access_key_id, model_id,
+                         request_payload, callback_url)
+                     SELECT job_id, job_type, user_id, access_key_id, model_id, payload,
+                         callback_url
+                     FROM admitted ORDER BY ord
+                     RETURNING job_id)
+                 SELECT job_id FROM job",
+            )
+            .bind::<Array<BigInt>, _>((0..jobs.len() as i64).collect::<Vec<_>>())
+            .bind::<Array<SqlUuid>, _>(jobs.iter().map(|j| j.job_id).collect::<Vec<_>>())
+            .bind::<Array<BigInt>, _>(jobs.iter().map(|j| j.user_id).collect::<Vec<_>>())
+            .bind::<Array<Numeric>, _>(
+                jobs.iter()
+                    .map(|j| j.amount.as_decimal().clone())
+                    .collect::<Vec<_>>(),
+            )
+            .bind::<Array<Text>, _>(jobs.iter().map(|j| j.job_type.clone()).collect::<Vec<_>>())
+            .bind::<Array<Nullable<BigInt>>, _>(
+                jobs.iter().map(|j| j.access_key_id).collect::<Vec<_>>(),
+            )
+            .bind::<Array<BigInt>, _>(jobs.iter().map(|j| j.model_id).collect::<Vec<_>>())
+            .bind::<Array<Jsonb>, _>(
+                jobs.iter()
+                    .map(|j| j.request_payload.clone())
+                    .collect::<Vec<_>>(),
+            )
+            .bind::<Array<Nullable<Text>>, _>(
+                jobs.iter()
+                    .map(|j| j.callback_url.clone())
+                    .collect::<Vec<_>>(),
+            )
+            .bind::<BigInt, _>(hold_ttl_seconds)
+            .load::<JobIdRow>(&mut shared);
+            let (_, admitted) = futures_util::future::try_join(lock, submit).await?;
+            Ok(admitted)
+        })
+        .await?;
+    let admitted: HashSet<Uuid> = admitted.into_iter().map(|r| r.job_id).collect();
+    Ok(jobs.iter().map(|j| admitted.contains(&j.job_id)).collect())
 }
 
+/// Marks jobs whose message the broker confirmed (the sweeper's hint; see [`stranded`]).
 pub async fn mark_published(conn: &mut AsyncPgConnection, job_id: Uuid) -> Result<(), StoreError> {
     diesel::update(async_jobs::table.filter(async_jobs::job_id.eq(job_id)))
         .set(async_jobs::published_at.eq(diesel::dsl::now))
@@ -110,50 +176,85 @@ pub enum Claim {
     Missing,
 }
 
-/// Takes a job with ONE conditional update: PENDING, or PROCESSING whose lease expired (its
-/// worker died), becomes PROCESSING with a new lease and attempts + 1.
-pub async fn claim(
+/// Takes jobs with ONE conditional update (the deliveries a worker has in flight): each that
+/// is PENDING, or PROCESSING whose lease expired (its worker died), becomes PROCESSING with a
+/// new lease and attempts + 1; answers per requested id. A job named twice is claimed once:
+/// its first request gets it, the other sees it `Busy`.
+/// Claiming also records that the job's message arrived (`published_at`), so the submit path
+/// needs no write of its own for that.
+pub async fn claim_many(
     conn: &mut AsyncPgConnection,
-    job_id: Uuid,
+    job_ids: &[Uuid],
     lease_seconds: i64,
-) -> Result<Claim, StoreError> {
-    let lease = Utc::now() + chrono::Duration::seconds(lease_seconds);
-    let claimable = async_jobs::status
-        .eq(JobStatus::Pending.as_str())
-        .or(async_jobs::status
-            .eq(JobStatus::Processing.as_str())
-            .and(async_jobs::lease_expires_at.lt(Utc::now())));
-    let claimed: Option<Job> = diesel::update(
-        async_jobs::table
-            .filter(async_jobs::job_id.eq(job_id))
-            .filter(claimable),
+) -> Result<Vec<Claim>, StoreError> {
+    use diesel::sql_types::{Array, BigInt, Uuid as SqlUuid};
+    use std::collections::HashMap;
+
+    enum ClaimJobs {}
+    // A join with the ids rather than `= ANY($1)`, and the state test as a CASE, which the
+    // planner cannot match with the partial index of open jobs: otherwise it may scan every
+    // open job (and, before vacuum, every job ever finished) instead of looking each id up.
+    let claimed: Vec<Job> = Prepared::<ClaimJobs>::new(
+        "UPDATE async_jobs j SET status = 'PROCESSING', attempts = j.attempts + 1,
+             lease_expires_at = now() + make_interval(secs => $2), updated_at = now(),
+             published_at = COALESCE(j.published_at, now())
+         FROM (SELECT DISTINCT job_id FROM unnest($1::uuid[]) AS i(job_id)) i
+         WHERE j.job_id = i.job_id
+           AND CASE j.status WHEN 'PENDING' THEN true
+                             WHEN 'PROCESSING' THEN j.lease_expires_at < now()
+                             ELSE false END
+         RETURNING j.*",
     )
-    .set((
-        async_jobs::status.eq(JobStatus::Processing.as_str()),
-        async_jobs::attempts.eq(async_jobs::attempts + 1),
-        async_jobs::lease_expires_at.eq(Some(lease)),
-        async_jobs::updated_at.eq(diesel::dsl::now),
-    ))
-    .returning(Job::as_returning())
-    .get_result(conn)
-    .await
-    .optional()?;
-    if let Some(job) = claimed {
-        return Ok(Claim::Claimed(Box::new(job)));
+    .bind::<Array<SqlUuid>, _>(job_ids.to_vec())
+    .bind::<BigInt, _>(lease_seconds)
+    .load(conn)
+    .await?;
+    let mut claimed: HashMap<Uuid, Job> = claimed.into_iter().map(|j| (j.job_id, j)).collect();
+    let mut answers: Vec<Option<Claim>> = job_ids
+        .iter()
+        .map(|id| claimed.remove(id).map(|job| Claim::Claimed(Box::new(job))))
+        .collect();
+    let missed: Vec<Uuid> = job_ids
+        .iter()
+        .zip(&answers)
+        .filter(|(_, answer)| answer.is_none())
+        .map(|(id, _)| *id)
+        .collect();
+    if !missed.is_empty() {
+        // Rare: a duplicate message, a job held by another worker, or one already finished.
+        let current: HashMap<Uuid, (String, Option<DateTime<Utc>>)> = async_jobs::table
+            .filter(async_jobs::job_id.eq_any(&missed))
+            .select((
+                async_jobs::job_id,
+                async_jobs::status,
+                async_jobs::lease_expires_at,
+            ))
+            .load::<(Uuid, String, Option<DateTime<Utc>>)>(conn)
+            .await?
+            .into_iter()
+            .map(|(id, status, lease)| (id, (status, lease)))
+            .collect();
+        for (id, answer) in job_ids.iter().zip(answers.iter_mut()) {
+            if answer.is_some() {
+                continue;
+            }
+            *answer = Some(match current.get(id) {
+                None => Claim::Missing,
+                Some((status, lease)) if status == JobStatus::Processing.as_str() => Claim::Busy {
+                    lease_expires_at: lease.unwrap_or_else(Utc::now),
+                },
+                Some((status, _)) if status == JobStatus::Pending.as_str() => Claim::Busy {
+                    // Handed back meanwhile (a retry is scheduled): look again shortly.
+                    lease_expires_at: Utc::now(),
+                },
+                Some(_) => Claim::Finished,
+            });
+        }
     }
-    let current: Option<Job> = async_jobs::table
-        .filter(async_jobs::job_id.eq(job_id))
-        .select(Job::as_select())
-        .first(conn)
-        .await
-        .optional()?;
-    Ok(match current {
-        None => Claim::Missing,
-        Some(job) if job.status == JobStatus::Processing.as_str() => Claim::Busy {
-            lease_expires_at: job.lease_expires_at.unwrap_or_else(Utc::now),
-        },
-        Some(_) => Claim::Finished,
-    })
+    Ok(answers
+        .into_iter()
+        .map(|a| a.unwrap_or(Claim::Missing))
+        .collect())
 }
 
 /// The job, only while this attempt still holds it: PROCESSING with the attempt number it
@@ -186,47 +287,95 @@ async fn queue_webhook(conn: &mut AsyncPgConnection, job: &Job) -> Result<(), St
     Ok(())
 }
 
-/// COMPLETED with its result and cost, and the charge parked in the outbox (and the webhook
-/// queued, if the job has one), in ONE statement, so in one round trip and one commit: once
-/// the job says COMPLETED its charge cannot be lost (the caller then publishes it and, once
-/// confirmed, removes the outbox row; the sweeper settles it otherwise). Fenced by `attempts`:
-/// a worker whose lease was taken over changes nothing (`StateConflict`).
-pub async fn complete(
-    conn: &mut AsyncPgConnection,
-    job_id: Uuid,
-    attempts: i32,
-    result: &serde_json::Value,
-    cost: &Money,
-    charge: &serde_json::Value,
-) -> Result<(), StoreError> {
-    use diesel::sql_types::{Int4, Jsonb, Numeric, Uuid as SqlUuid};
+/// A successful attempt's outcome (see [`complete_many`]).
+#[derive(Debug, Clone)]
+pub struct Completion {
+    pub job_id: Uuid,
+    /// The attempt number it was claimed with (the fence).
+    pub attempts: i32,
+    pub result: serde_json::Value,
+    pub cost: Money,
+    /// The billing message, parked in the outbox with the result.
+    pub charge: serde_json::Value,
+}
 
-    enum CompleteJob {}
-    let done: CountRow = Prepared::<CompleteJob>::new(
-        "WITH done AS (
-             UPDATE async_jobs SET status = 'COMPLETED', result_payload = $3, cost = $4,
-                 lease_expires_at = NULL, updated_at = now()
-             WHERE job_id = $1 AND status = 'PROCESSING' AND attempts = $2
-             RETURNING job_id, callback_url),
+/// Marks jobs COMPLETED with their result and cost, and parks each charge in the outbox (and
+/// queues the webhook, if the job has one), in ONE statement, so in one round trip and one
+/// commit: once a job says COMPLETED its charge cannot be lost (the caller then publishes it
+/// and, once confirmed, removes the outbox row; the sweeper settles it otherwise). Fenced by
+/// `attempts`: answers, per job, whether this attempt still held it (`false`: its lease was
+/// taken over, and nothing was written for it).
+pub async fn complete_many(
+    conn: &mut AsyncPgConnection,
+    completions: &[Completion],
+) -> Result<Vec<bool>, StoreError> {
+    use diesel::sql_types::{Array, Int4, Jsonb, Numeric, Uuid as SqlUuid};
+
+    enum CompleteJobs {}
+    // The state test as a CASE for the same reason as in `claim_many`.
+    let done: Vec<JobIdRow> = Prepared::<CompleteJobs>::new(
+        "WITH c AS (
+             SELECT * FROM unnest($1::uuid[], $2::int4[], $3::jsonb[], $4::numeric[], $5::jsonb[])
+                 AS c(job_id, attempts, result, cost, charge)),
+         done AS (
+             UPDATE async_jobs j SET status = 'COMPLETED', result_payload = c.result,
+                 cost = c.cost, lease_expires_at = NULL, updated_at = now()
+             FROM c
+             WHERE j.job_id = c.job_id
+               AND CASE j.status WHEN 'PROCESSING' THEN j.attempts = c.attempts ELSE false END
+             RETURNING j.job_id, j.callback_url, c.charge),
          parked AS (
-             INSERT INTO billing_outbox (request_id, payload) SELECT job_id, $5 FROM done
+             INSERT INTO billing_outbox (request_id, payload) SELECT job_id, charge FROM done
              ON CONFLICT (request_id) DO NOTHING),
          hooked AS (
              INSERT INTO webhook_deliveries (job_id, url)
              SELECT job_id, callback_url FROM done WHERE callback_url IS NOT NULL
              ON CONFLICT (job_id) DO NOTHING)
-         SELECT count(*) AS n FROM done",
+         SELECT job_id FROM done",
     )
-    .bind::<SqlUuid, _>(job_id)
-    .bind::<Int4, _>(attempts)
-    .bind::<Jsonb, _>(result)
-    .bind::<Numeric, _>(cost.as_decimal())
-    .bind::<Jsonb, _>(charge)
-    .get_result(conn)
+    .bind::<Array<SqlUuid>, _>(completions.iter().map(|c| c.job_id).collect::<Vec<_>>())
+    .bind::<Array<Int4>, _>(completions.iter().map(|c| c.attempts).collect::<Vec<_>>())
+    .bind::<Array<Jsonb>, _>(
+        completions
+            .iter()
+            .map(|c| c.result.clone())
+            .collect::<Vec<_>>(),
+    )
+    .bind::<Array<Numeric>, _>(
+        completions
+            .iter()
+            .map(|c| c.cost.as_decimal().clone())
+            .collect::<Vec<_>>(),
+    )
+    .bind::<Array<Jsonb>, _>(
+        completions
+            .iter()
+            .map(|c| c.charge.clone())
+            .collect::<Vec<_>>(),
+    )
+    .load(conn)
     .await?;
-    if done.n == 0 {
-        return Err(lost_lease(job_id));
-    }
+    // Each completed job answers once, to its first request.
+    let mut done: HashSet<Uuid> = done.into_iter().map(|r| r.job_id).collect();
+    Ok(completions.iter().map(|c| done.remove(&c.job_id)).collect())
+}
+
+/// Removes the outbox rows of charges the broker confirmed; losing this (a relaxed commit)
+/// only makes the sweeper settle them again, which changes nothing.
+pub async fn forget_published_charges(
+    conn: &mut AsyncPgConnection,
+    request_ids: &[Uuid],
+) -> Result<(), StoreError> {
+    use diesel::sql_types::{Array, Uuid as SqlUuid};
+
+    enum ForgetCharges {}
+    Prepared::<ForgetCharges>::new(
+        "DELETE FROM billing_outbox o USING unnest($1::uuid[]) AS r(request_id)
+         WHERE o.request_id = r.request_id",
+    )
+    .bind::<Array<SqlUuid>, _>(request_ids.to_vec())
+    .execute(conn)
+    .await?;
     Ok(())
 }
 
@@ -277,8 +426,9 @@ pub async fn requeue(
     Ok(())
 }
 
-/// Jobs that may have no message in flight: PENDING and never published (or idle for
-/// `idle_seconds`), or PROCESSING with an expired lease. The sweeper re-publishes them.
+/// Jobs that may have no message in flight: PENDING and never claimed nor re-published (or
+/// idle for `idle_seconds`), or PROCESSING with an expired lease. The sweeper re-publishes
+/// them. (`published_at` is set by the first claim or a re-publish, not on submission.)
 pub async fn stranded(
     conn: &mut AsyncPgConnection,
     idle_seconds: i64,

@@ -66,6 +66,23 @@ pub fn build_reservation_pool(settings: &DatabaseSettings) -> Result<Pool, Store
     build_pool(&relaxed)
 }
 
+/// A pool of `size` connections for the batched set statements (see `batch`), which Postgres
+/// plans at each execution, with the real array lengths and table sizes: a plan it would
+/// otherwise cache on a connection while a table was still nearly empty (a fresh deployment,
+/// or tables not yet analyzed) can stay a scan of the whole table or of a partial index,
+/// which grows with the table, instead of one index lookup per element.
+pub fn build_batch_pool(settings: &DatabaseSettings, size: usize) -> Result<Pool, StoreError> {
+    let separator = if settings.url.contains('?') { '&' } else { '?' };
+    build_pool(&DatabaseSettings {
+        url: format!(
+            "{}{separator}options=-c%20plan_cache_mode%3Dforce_custom_plan",
+            settings.url
+        ),
+        pool_max_size: size.max(1),
+        ..settings.clone()
+    })
+}
+
 /// Readiness probe: one round trip through the pool.
 pub async fn ping(pool: &Pool) -> Result<(), StoreError> {
     let mut conn = pool.get().await?;

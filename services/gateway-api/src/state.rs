@@ -2,6 +2,8 @@
 
 use domain::Money;
 use jsonwebtoken::{DecodingKey, EncodingKey};
+use persistence::batch::Batcher;
+use persistence::jobs::Submission;
 use persistence::{Pool, PooledConnection};
 use secrecy::{ExposeSecret, SecretString};
 
@@ -40,6 +42,8 @@ pub struct AppState {
     pub charges: ChargeQueue,
     /// Recently checked access keys (see `auth::KeyCache`).
     pub key_cache: KeyCache,
+    /// Job submissions, batched into one statement (see `core::jobs::start_submissions`).
+    pub job_submissions: Batcher<Submission, bool>,
     /// To build each worker's `CallPath`.
     database: persistence::DatabaseSettings,
     upstream_settings: upstream::UpstreamSettings,
@@ -144,6 +148,11 @@ impl AppState {
             settings.calls.billing_publishes_in_flight,
             std::time::Duration::from_millis(settings.calls.billing_linger_ms),
         );
+        let job_submissions = crate::core::jobs::start_submissions(
+            &settings.database,
+            pool.clone(),
+            settings.calls.hold_ttl_seconds,
+        );
         AppState {
             pool,
             reservations,
@@ -167,6 +176,7 @@ impl AppState {
             key_cache: KeyCache::new(std::time::Duration::from_millis(
                 settings.calls.key_cache_ttl_ms,
             )),
+            job_submissions,
             database: settings.database.clone(),
             upstream_settings: settings.upstream.clone(),
         }

@@ -9,12 +9,14 @@ use std::time::Duration;
 
 use catalog::{Route, Routing, SecretBox};
 use chrono::Utc;
-use domain::{BillingMessage, InvocationMessage, JobView, Usage};
+use domain::{BillingBatch, BillingMessage, InvocationMessage, JobView, Usage};
 use messaging::{BILLING_LOG_QUEUE, Broker, Delivery, Handler, MODEL_INVOCATION_QUEUE, Outcome};
-use persistence::jobs::{self, Claim, Job};
+use persistence::batch::Batcher;
+use persistence::jobs::{self, Claim, Completion, Job};
 use persistence::{Pool, StoreError};
 use serde::Deserialize;
 use upstream::{Target, UpstreamClient, UpstreamError, with_failover};
+use uuid::Uuid;
 
 /// How jobs run, retry and report.
 #[derive(Debug, Clone, Deserialize)]
@@ -48,9 +50,12 @@ pub struct WebhookSettings {
 
 pub struct Runner {
     pub pool: Pool,
-    /// Commits that need not wait for the WAL flush (removing a published charge from the
-    /// outbox: if that is lost, the sweeper settles the charge again, which changes nothing).
-    pub relaxed: Pool,
+    /// Claims of the deliveries in flight, batched into one statement (see `start_claims`).
+    pub claims: Batcher<Uuid, Claim>,
+    /// Completions, batched into one statement (see `start_completions`).
+    pub completions: Batcher<Completion, bool>,
+    /// Charges of completed jobs on their way to billing-worker (see `start_charges`).
+    pub charges: Batcher<BillingMessage, ()>,
     pub broker: Broker,
     pub routing: Arc<Routing>,
     pub secrets: SecretBox,
@@ -112,11 +117,7 @@ impl Runner {
                 return Outcome::DeadLetter(format!("undecodable invocation message: {error}"));
             }
         };
-        let claim = match self.conn().await {
-            Ok(mut conn) => jobs::claim(&mut conn, message.job_id, self.jobs.lease_seconds).await,
-            Err(error) => Err(error),
-        };
-        match claim {
+        match self.claims.call(message.job_id).await {
             Ok(Claim::Claimed(job)) => {
                 if job.attempts == 1 {
                     // Submit → first pickup: how long jobs wait for a worker.
@@ -237,43 +238,32 @@ impl Runner {
             hold_id: None,
             occurred_at: Utc::now(),
         };
-        let bytes = charge.to_json_bytes();
-        let Ok(charge_json) = serde_json::from_slice::<serde_json::Value>(&bytes) else {
+        let Ok(charge_json) = serde_json::from_slice::<serde_json::Value>(&charge.to_json_bytes())
+        else {
             return Outcome::Retry(Duration::from_secs(1));
         };
-        let completed = match self.conn().await {
-            Ok(mut conn) => {
-                jobs::complete(
-                    &mut conn,
-                    job.job_id,
-                    job.attempts,
-                    &body,
-                    &cost,
-                    &charge_json,
-                )
-                .await
-            }
-            Err(error) => Err(error),
-        };
+        let completed = self
+            .completions
+            .call(Completion {
+                job_id: job.job_id,
+                attempts: job.attempts,
+                result: body,
+                cost,
+                charge: charge_json,
+            })
+            .await;
         match completed {
-            Ok(_) => {
+            Ok(true) => {
                 metrics::counter!("jobs_total", "status" => "COMPLETED").increment(1);
-                // The charge is safe in the outbox; publishing only makes billing faster.
-                let id = job.job_id.to_string();
-                let published = self
-                    .broker
-                    .publish_json(BILLING_LOG_QUEUE, &bytes, &id)
-                    .await;
-                if published.is_ok()
-                    && let Ok(mut conn) = self.relaxed.get().await
-                {
-                    let _ =
-                        persistence::billing::outbox_delete_request(&mut conn, job.job_id).await;
+                // The charge is safe in the outbox; publishing only makes billing faster, so
+                // the delivery is acked without waiting for it.
+                if !self.charges.send(charge) {
+                    tracing::warn!(job_id = %job.job_id, "charge publisher stopped; the outbox sweeper settles it");
                 }
                 Outcome::Ack
             }
             // Our lease was taken over: the other attempt owns the outcome.
-            Err(StoreError::StateConflict(_)) => Outcome::Ack,
+            Ok(false) => Outcome::Ack,
             Err(error) => {
                 tracing::warn!(%error, job_id = %job.job_id, "recording the result failed; retrying");
                 Outcome::Retry(Duration::from_secs(1))
@@ -384,6 +374,81 @@ impl Runner {
             Err(format!("webhook receiver answered {}", response.status()))
         }
     }
+}
+
+/// Statements at once per batcher (each holds a pooled connection), and requests per statement.
+pub const IN_FLIGHT: usize = 2;
+const BATCH_MAX: usize = 256;
+
+/// Claims the deliveries in flight together (see `persistence::jobs::claim_many`).
+pub fn start_claims(pool: Pool, lease_seconds: i64) -> Batcher<Uuid, Claim> {
+    Batcher::start(BATCH_MAX, IN_FLIGHT, move |job_ids: Vec<Uuid>| {
+        let pool = pool.clone();
+        async move {
+            let mut conn = pool.get().await?;
+            jobs::claim_many(&mut conn, &job_ids, lease_seconds).await
+        }
+    })
+}
+
+/// Records completions together (see `persistence::jobs::complete_many`).
+pub fn start_completions(pool: Pool) -> Batcher<Completion, bool> {
+    Batcher::start(BATCH_MAX, IN_FLIGHT, move |completions: Vec<Completion>| {
+        let pool = pool.clone();
+        async move {
+            let mut conn = pool.get().await?;
+            jobs::complete_many(&mut conn, &completions).await
+        }
+    })
+}
+
+/// Publishes completed jobs' charges, those that finished together as one message, then
+/// removes them from the outbox; `relaxed` commits without waiting for the WAL flush (losing
+/// that delete only makes the sweeper settle them again, which changes nothing). A charge
+/// whose publish fails stays in the outbox for billing-worker's sweeper.
+pub fn start_charges(broker: Broker, relaxed: Pool) -> Batcher<BillingMessage, ()> {
+    // One publish at once: charges that finish meanwhile share the next message, and each
+    // waits in the outbox only about one confirm (billing-worker's sweeper settles what it
+    // finds there in one transaction across users, which concurrent holds must wait for).
+    Batcher::start(BATCH_MAX, 1, move |charges: Vec<BillingMessage>| {
+        let broker = broker.clone();
+        let relaxed = relaxed.clone();
+        async move {
+            let count = charges.len();
+            let ids: Vec<Uuid> = charges.iter().map(|c| c.request_id).collect();
+            let (body, message_id) = match charges.as_slice() {
+                [one] => (one.to_json_bytes(), one.request_id.to_string()),
+                [first, ..] => (
+                    BillingBatch {
+                        charges: charges.clone(),
+                    }
+                    .to_json_bytes(),
+                    format!("{}+{}", first.request_id, count - 1),
+                ),
+                [] => return Ok(Vec::new()),
+            };
+            match broker
+                .publish_json(BILLING_LOG_QUEUE, &body, &message_id)
+                .await
+            {
+                Ok(()) => {
+                    metrics::counter!("billing_published_total", "path" => "broker")
+                        .increment(count as u64);
+                    let forgotten = match relaxed.get().await {
+                        Ok(mut conn) => jobs::forget_published_charges(&mut conn, &ids).await,
+                        Err(error) => Err(StoreError::from(error)),
+                    };
+                    if let Err(error) = forgotten {
+                        tracing::warn!(%error, count, "removing published charges from the outbox failed");
+                    }
+                }
+                Err(error) => {
+                    tracing::warn!(%error, %message_id, count, "billing publish failed; the outbox sweeper settles these");
+                }
+            }
+            Ok(vec![(); count])
+        }
+    })
 }
 
 /// The `model_invocation_queue` handler.

@@ -152,13 +152,18 @@ impl Application {
             &settings.upstream,
         )));
         routing.reload(&pool, &secrets).await?;
+        // One statement per published batch of charges, off the job's critical path.
+        let relaxed = persistence::build_reservation_pool(&persistence::DatabaseSettings {
+            pool_max_size: 2,
+            ..settings.database.clone()
+        })?;
+        // Claims and completions: set statements planned with their real arrays.
+        let batches = persistence::build_batch_pool(&settings.database, 2 * jobs::IN_FLIGHT)?;
         let runner = Arc::new(Runner {
             pool: pool.clone(),
-            // One statement per completed job, off the job's critical path: two connections.
-            relaxed: persistence::build_reservation_pool(&persistence::DatabaseSettings {
-                pool_max_size: 2,
-                ..settings.database.clone()
-            })?,
+            claims: jobs::start_claims(batches.clone(), settings.jobs.lease_seconds),
+            completions: jobs::start_completions(batches),
+            charges: jobs::start_charges(broker.clone(), relaxed),
             broker: broker.clone(),
             routing,
             secrets,

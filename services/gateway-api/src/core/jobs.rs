@@ -5,7 +5,8 @@ use std::sync::Arc;
 
 use domain::{InvocationMessage, JobView, ModelKind, Usage};
 use messaging::MODEL_INVOCATION_QUEUE;
-use persistence::jobs::{self, NewJob};
+use persistence::batch::Batcher;
+use persistence::jobs::{self, Submission};
 use persistence::{Page, Paged, StoreError};
 use serde::Deserialize;
 use serde_json::json;
@@ -18,6 +19,9 @@ use crate::state::AppState;
 
 const SIZES: &[&str] = &["256x256", "512x512", "1024x1024", "1024x1792", "1792x1024"];
 const MAX_PROMPT_CHARS: usize = 4000;
+/// Submissions per statement, and statements at once (each holds a pooled connection).
+const SUBMIT_BATCH_MAX: usize = 128;
+const SUBMITS_IN_FLIGHT: usize = 4;
 
 /// `POST /v1/jobs/image-generation`
 #[derive(Debug, Deserialize, ToSchema)]
@@ -104,58 +108,73 @@ pub async fn submit(
     }
 
     let job_id = Uuid::new_v4();
-    // The main pool: its commits wait for the WAL flush, and the 202 promises the job.
-    let mut conn = state.conn().await?;
-    let admitted = jobs::submit(
-        &mut conn,
-        NewJob {
+    // Batched with concurrent submissions into one durable statement (the 202 promises the
+    // job, so its commit waits for the WAL flush).
+    let admitted = state
+        .job_submissions
+        .call(Submission {
             job_id,
-            job_type: domain::jobs::IMAGE_GENERATION,
+            job_type: domain::jobs::IMAGE_GENERATION.to_owned(),
             user_id: holder.user_id,
             access_key_id: Some(holder.key_id),
             model_id: route.model_id,
-            request_payload: &payload,
-            callback_url: request.callback_url.as_deref(),
-        },
-        &hold,
-        state.hold_ttl_seconds,
-    )
-    .await?;
+            request_payload: payload,
+            callback_url: request.callback_url,
+            amount: hold.clone(),
+        })
+        .await?;
     if !admitted {
         return Err(ApiError::InsufficientBalance(format!(
             "this job may cost up to {hold}; top up first"
         )));
     }
-    drop(conn);
     // The job is committed: the 202 need not wait for the broker. A publish that fails (or a
-    // gateway that dies first) leaves the job unpublished, and the sweeper re-publishes it.
+    // gateway that dies first) leaves the job unclaimed, and the sweeper re-publishes it.
     let background = state.background.clone();
     background.spawn(async move { publish(&state, job_id).await });
     metrics::counter!("jobs_submitted_total").increment(1);
     Ok(job_id)
 }
 
+/// Submits batches of jobs (see `persistence::jobs::submit_many`) on their own durable
+/// connections, one per statement in flight; on the shared pool if those cannot be set up
+/// (they come from the same settings, so that is unlikely). Unlike the worker's job
+/// statements they keep cached plans, saving a planning of the submission per batch: they
+/// find users by primary key, with no partial index to stray into.
+pub fn start_submissions(
+    database: &persistence::DatabaseSettings,
+    shared: persistence::Pool,
+    hold_ttl_seconds: i64,
+) -> Batcher<Submission, bool> {
+    let pool = persistence::build_pool(&persistence::DatabaseSettings {
+        pool_max_size: SUBMITS_IN_FLIGHT,
+        ..database.clone()
+    })
+    .inspect_err(|error| tracing::error!(%error, "job submission pool; using the shared one"))
+    .unwrap_or(shared);
+    Batcher::start(
+        SUBMIT_BATCH_MAX,
+        SUBMITS_IN_FLIGHT,
+        move |batch: Vec<Submission>| {
+            let pool = pool.clone();
+            async move {
+                let mut conn = pool.get().await?;
+                jobs::submit_many(&mut conn, &batch, hold_ttl_seconds).await
+            }
+        },
+    )
+}
+
 async fn publish(state: &AppState, job_id: Uuid) {
     let message = InvocationMessage { job_id }.to_json_bytes();
-    match state
+    // No write after the confirm: the claim records that the message arrived, and the sweeper
+    // re-publishes a job left unclaimed (a second message changes nothing).
+    if let Err(error) = state
         .broker
         .publish_json(MODEL_INVOCATION_QUEUE, &message, &job_id.to_string())
         .await
     {
-        Ok(()) => {
-            // Only a hint for the sweeper (a job not marked is re-published, and a second
-            // message changes nothing), so it need not wait for the WAL flush.
-            let marked = match state.reservations.get().await {
-                Ok(mut conn) => jobs::mark_published(&mut conn, job_id).await,
-                Err(error) => Err(StoreError::from(error)),
-            };
-            if let Err(error) = marked {
-                tracing::warn!(%error, %job_id, "marking a job published failed");
-            }
-        }
-        Err(error) => {
-            tracing::warn!(%error, %job_id, "job publish failed; the sweeper will re-publish it")
-        }
+        tracing::warn!(%error, %job_id, "job publish failed; the sweeper will re-publish it")
     }
 }
 

@@ -1,0 +1,319 @@
+//! Jobs' batched statements against a real Postgres: submission never admits more than the
+//! balance covers, a job is claimed once however often it is named, completions are fenced.
+
+#![allow(clippy::unwrap_used)]
+
+use diesel::prelude::*;
+use diesel_async::RunQueryDsl;
+use domain::{LedgerKind, Money};
+use persistence::billing;
+use persistence::jobs::{self, Claim, Completion, Submission};
+use persistence::ledger::{self, BalanceChange};
+use persistence::schema::{async_jobs, billing_outbox, users};
+use uuid::Uuid;
+
+mod common;
+
+fn money(s: &str) -> Money {
+    Money::parse(s).unwrap()
+}
+
+async fn user_with_balance(pool: &persistence::Pool, balance: &str) -> i64 {
+    let mut conn = pool.get().await.unwrap();
+    let email = format!("{}@x.io", Uuid::new_v4().simple());
+    let user = persistence::users::insert(
+        &mut conn,
+        persistence::users::NewUser {
+            email: &email,
+            password_hash: "h",
+            role: "user",
+        },
+    )
+    .await
+    .unwrap();
+    ledger::apply(
+        &mut conn,
+        BalanceChange {
+            user_id: user.id,
+            delta: &money(balance),
+            kind: LedgerKind::Topup,
+            reference: &format!("seed-{}", user.id),
+            note: None,
+            actor_user_id: None,
+        },
+    )
+    .await
+    .unwrap();
+    user.id
+}
+
+async fn image_model(pool: &persistence::Pool) -> i64 {
+    use persistence::catalog::{self, NewModel, NewProvider};
+    let mut conn = pool.get().await.unwrap();
+    let name = format!("p-{}", Uuid::new_v4().simple());
+    let provider = catalog::insert_provider(
+        &mut conn,
+        NewProvider {
+            name: &name,
+            kind: "openai",
+            base_url: "http://127.0.0.1:1/v1",
+            enabled: true,
+        },
+    )
+    .await
+    .unwrap();
+    catalog::insert_model(
+        &mut conn,
+        NewModel {
+            name: &name,
+            provider_id: provider.id,
+            upstream_model: "img",
+            kind: "image",
+            pricing: serde_json::json!({"per_image": "1"}),
+            max_output_tokens: 1024,
+            enabled: true,
+        },
+    )
+    .await
+    .unwrap()
+    .id
+}
+
+fn submission(user_id: i64, model_id: i64, amount: &str) -> Submission {
+    Submission {
+        job_id: Uuid::new_v4(),
+        job_type: domain::jobs::IMAGE_GENERATION.to_owned(),
+        user_id,
+        access_key_id: None,
+        model_id,
+        request_payload: serde_json::json!({"prompt": "p"}),
+        callback_url: None,
+        amount: money(amount),
+    }
+}
+
+async fn books_balance(pool: &persistence::Pool) {
+    let mut conn = pool.get().await.unwrap();
+    let mismatches = billing::reconcile(&mut conn).await.unwrap();
+    assert!(
+        mismatches.is_empty(),
+        "books do not balance: {mismatches:?}"
+    );
+}
+
+async fn held(pool: &persistence::Pool, user_id: i64) -> Money {
+    let mut conn = pool.get().await.unwrap();
+    let held: bigdecimal::BigDecimal = users::table
+        .find(user_id)
+        .select(users::held)
+        .first(&mut conn)
+        .await
+        .unwrap();
+    Money::from_db(held)
+}
+
+async fn job_count(pool: &persistence::Pool, user_id: i64) -> i64 {
+    let mut conn = pool.get().await.unwrap();
+    async_jobs::table
+        .filter(async_jobs::user_id.eq(user_id))
+        .count()
+        .get_result(&mut conn)
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn one_batch_for_one_user_admits_exactly_what_the_balance_covers() {
+    let pool = common::migrated_pool().await;
+    let model = image_model(&pool).await;
+    let user = user_with_balance(&pool, "5").await;
+    let batch: Vec<Submission> = (0..20).map(|_| submission(user, model, "1")).collect();
+    let mut conn = pool.get().await.unwrap();
+    let admitted = jobs::submit_many(&mut conn, &batch, 900).await.unwrap();
+    assert_eq!(admitted.len(), 20);
+    assert_eq!(admitted.iter().filter(|a| **a).count(), 5);
+    assert_eq!(job_count(&pool, user).await, 5);
+    assert_eq!(held(&pool, user).await, money("5"));
+    // Nothing left: a lone submission is refused and writes nothing.
+    let more = jobs::submit_many(&mut conn, &[submission(user, model, "1")], 900)
+        .await
+        .unwrap();
+    assert_eq!(more, vec![false]);
+    assert_eq!(job_count(&pool, user).await, 5);
+    books_balance(&pool).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn one_batch_of_several_users_and_amounts_admits_what_one_by_one_would() {
+    let pool = common::migrated_pool().await;
+    let model = image_model(&pool).await;
+    let rich = user_with_balance(&pool, "100").await;
+    let poor = user_with_balance(&pool, "5").await;
+    let batch = vec![
+        submission(poor, model, "3"),
+        submission(rich, model, "40"),
+        submission(poor, model, "1"),
+        submission(poor, model, "3"),
+        submission(rich, model, "60"),
+        submission(poor, model, "1"),
+        submission(rich, model, "1"),
+        submission(poor, model, "1"),
+    ];
+    let mut conn = pool.get().await.unwrap();
+    let admitted = jobs::submit_many(&mut conn, &batch, 900).await.unwrap();
+    // poor: the three 1s fit (3 of 5), then a 3 would make 6; rich: 1 + 40 + 60 > 100, so
+    // the cheapest two.
+    assert_eq!(
+        admitted,
+        vec![false, true, true, false, false, true, true, true]
+    );
+    assert_eq!(held(&pool, poor).await, money("3"));
+    assert_eq!(held(&pool, rich).await, money("41"));
+    // Every refused job is dearer than what its user has left.
+    assert_eq!(job_count(&pool, poor).await, 3);
+    assert_eq!(job_count(&pool, rich).await, 2);
+    books_balance(&pool).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn concurrent_batches_and_calls_never_admit_more_than_the_balance_nor_deadlock() {
+    let pool = common::migrated_pool().await;
+    let model = image_model(&pool).await;
+    let user = user_with_balance(&pool, "50").await;
+    let other = user_with_balance(&pool, "7").await;
+    let batches = (0..10).map(|i| {
+        let pool = pool.clone();
+        tokio::spawn(async move {
+            let batch: Vec<Submission> = (0..20)
+                .map(|j| submission(if (i + j) % 3 == 0 { other } else { user }, model, "1"))
+                .collect();
+            let mut conn = pool.get().await.unwrap();
+            jobs::submit_many(&mut conn, &batch, 900).await.unwrap()
+        })
+    });
+    // Single calls' holds on the same users at the same time (they update the same rows).
+    let calls = (0..20).map(|i| {
+        let pool = pool.clone();
+        tokio::spawn(async move {
+            let mut conn = pool.get().await.unwrap();
+            let who = if i % 2 == 0 { user } else { other };
+            billing::place_hold(&mut conn, who, Uuid::new_v4(), &money("1"), 900)
+                .await
+                .unwrap()
+                .is_some()
+        })
+    });
+    let (batches, calls) = tokio::join!(
+        futures_util::future::join_all(batches),
+        futures_util::future::join_all(calls)
+    );
+    let jobs_admitted: usize = batches
+        .into_iter()
+        .map(|r| r.unwrap().into_iter().filter(|a| *a).count())
+        .sum();
+    let calls_admitted = calls.into_iter().filter(|r| *r.as_ref().unwrap()).count();
+    assert_eq!(jobs_admitted + calls_admitted, 57);
+    assert_eq!(held(&pool, user).await, money("50"));
+    assert_eq!(held(&pool, other).await, money("7"));
+    books_balance(&pool).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_batched_claim_takes_a_job_once_however_often_it_is_named() {
+    let pool = common::migrated_pool().await;
+    let model = image_model(&pool).await;
+    let user = user_with_balance(&pool, "10").await;
+    let (a, b) = (submission(user, model, "1"), submission(user, model, "1"));
+    let mut conn = pool.get().await.unwrap();
+    jobs::submit_many(&mut conn, &[a.clone(), b.clone()], 900)
+        .await
+        .unwrap();
+    let unknown = Uuid::new_v4();
+    let claims = jobs::claim_many(&mut conn, &[a.job_id, a.job_id, unknown, b.job_id], 60)
+        .await
+        .unwrap();
+    assert!(
+        matches!(&claims[0], Claim::Claimed(job) if job.job_id == a.job_id && job.attempts == 1)
+    );
+    assert!(matches!(claims[1], Claim::Busy { .. }), "{:?}", claims[1]);
+    assert!(matches!(claims[2], Claim::Missing), "{:?}", claims[2]);
+    assert!(matches!(&claims[3], Claim::Claimed(job) if job.job_id == b.job_id));
+    // Claimed, so their message arrived: the sweeper's hint is set by the claim.
+    let published: Vec<Option<chrono::DateTime<chrono::Utc>>> = async_jobs::table
+        .filter(async_jobs::user_id.eq(user))
+        .select(async_jobs::published_at)
+        .load(&mut conn)
+        .await
+        .unwrap();
+    assert!(published.iter().all(Option::is_some));
+
+    // A's attempt completes; B's is fenced out by a later attempt number.
+    let done = |job_id, attempts| Completion {
+        job_id,
+        attempts,
+        result: serde_json::json!({"data": []}),
+        cost: money("1"),
+        charge: serde_json::json!({"request_id": job_id}),
+    };
+    let completed = jobs::complete_many(&mut conn, &[done(a.job_id, 1), done(b.job_id, 2)])
+        .await
+        .unwrap();
+    assert_eq!(completed, vec![true, false]);
+    // A duplicate message for a finished job: nothing to claim, nothing to redo.
+    let again = jobs::claim_many(&mut conn, &[a.job_id], 60).await.unwrap();
+    assert!(matches!(again[0], Claim::Finished), "{:?}", again[0]);
+    // A completion repeated (e.g. retried after a lost answer) changes nothing more.
+    let repeated = jobs::complete_many(&mut conn, &[done(a.job_id, 1)])
+        .await
+        .unwrap();
+    assert_eq!(repeated, vec![false]);
+    let parked: Vec<Uuid> = billing_outbox::table
+        .select(billing_outbox::request_id)
+        .load(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(parked, vec![a.job_id]);
+    jobs::forget_published_charges(&mut conn, &[a.job_id, b.job_id])
+        .await
+        .unwrap();
+    let left: i64 = billing_outbox::table
+        .count()
+        .get_result(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(left, 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_submission_does_not_wait_for_a_concurrent_insert_that_references_its_user() {
+    use diesel_async::AsyncConnection;
+    let pool = common::migrated_pool().await;
+    let model = image_model(&pool).await;
+    let (a, b) = (
+        user_with_balance(&pool, "10").await,
+        user_with_balance(&pool, "10").await,
+    );
+    let mut settling = pool.get().await.unwrap();
+    settling
+        .transaction::<_, persistence::StoreError, _>(async |conn| {
+            // What a settlement's usage-log insert takes on its user (the foreign key check);
+            // waiting for it while holding another user's row is how a deadlock starts.
+            diesel::sql_query("SELECT id FROM users WHERE id = $1 FOR KEY SHARE")
+                .bind::<diesel::sql_types::BigInt, _>(b)
+                .execute(conn)
+                .await?;
+            let mut submitting = pool.get().await.unwrap();
+            let batch = [submission(a, model, "1"), submission(b, model, "1")];
+            let admitted = tokio::time::timeout(
+                std::time::Duration::from_secs(5),
+                jobs::submit_many(&mut submitting, &batch, 900),
+            )
+            .await
+            .expect("the submission waited for the settlement's row lock")?;
+            assert_eq!(admitted, vec![true, true]);
+            Ok(())
+        })
+        .await
+        .unwrap();
+    books_balance(&pool).await;
+}
