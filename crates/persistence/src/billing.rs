@@ -262,8 +262,9 @@ struct ChargedRow {
 /// Settles many charges with a fixed number of statements, whatever their count; run it inside
 /// a transaction. Same rules as [`settle_in`], charge by charge in the given order: a request
 /// id already logged (before, or earlier in this batch) is `AlreadySettled`. User rows are
-/// locked only by the last two statements, in id order, so calls being admitted for the same
-/// users wait as little as possible (the caller commits right after).
+/// locked only by the last statement (the `settle_charges` function), in id order, so calls
+/// being admitted for the same users wait as little as possible (the caller commits right
+/// after).
 pub async fn settle_many(
     conn: &mut AsyncPgConnection,
     charges: &[Charge<'_>],

@@ -3,6 +3,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use diesel_async::AsyncConnection;
@@ -10,8 +11,6 @@ use domain::{BillingBatch, BillingMessage};
 use messaging::{Delivery, Handler, Outcome};
 use persistence::billing::{self, Charge, Settlement};
 use persistence::{Pool, StoreError};
-use std::sync::Arc;
-
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
 /// Retry delay for a charge whose settlement hit a transient database error.
@@ -73,8 +72,8 @@ async fn run_batches(
     in_flight: usize,
     linger: Duration,
 ) {
-    // Concurrent batches cannot deadlock: each locks its users in id order, in its last
-    // statement (see `billing::settle_many`).
+    // Concurrent batches cannot deadlock: each locks its users in id order, in a statement of
+    // its own (see the `settle_charges` migration).
     let slots = Arc::new(Semaphore::new(in_flight));
     loop {
         // While every slot is busy, charges wait in the channel and form the next batch.
