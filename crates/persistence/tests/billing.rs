@@ -13,47 +13,7 @@ use uuid::Uuid;
 
 mod common;
 
-fn money(s: &str) -> Money {
-    Money::parse(s).unwrap()
-}
-
-async fn user_with_balance(pool: &persistence::Pool, balance: &str) -> i64 {
-    let mut conn = pool.get().await.unwrap();
-    let email = format!("{}@x.io", Uuid::new_v4().simple());
-    let user = persistence::users::insert(
-        &mut conn,
-        persistence::users::NewUser {
-            email: &email,
-            password_hash: "h",
-            role: "user",
-        },
-    )
-    .await
-    .unwrap();
-    ledger::apply(
-        &mut conn,
-        BalanceChange {
-            user_id: user.id,
-            delta: &money(balance),
-            kind: LedgerKind::Topup,
-            reference: &format!("seed-{}", user.id),
-            note: None,
-            actor_user_id: None,
-        },
-    )
-    .await
-    .unwrap();
-    user.id
-}
-
-async fn books_balance(pool: &persistence::Pool) {
-    let mut conn = pool.get().await.unwrap();
-    let mismatches = billing::reconcile(&mut conn).await.unwrap();
-    assert!(
-        mismatches.is_empty(),
-        "books do not balance: {mismatches:?}"
-    );
-}
+use common::{books_balance, money, user_with_balance};
 
 fn charge(request_id: Uuid, user_id: i64, cost: &Money) -> Charge<'_> {
     Charge {

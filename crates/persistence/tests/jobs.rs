@@ -5,47 +5,15 @@
 
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
-use domain::{LedgerKind, Money};
+use domain::Money;
 use persistence::billing;
 use persistence::jobs::{self, Claim, Completion, Submission};
-use persistence::ledger::{self, BalanceChange};
 use persistence::schema::{async_jobs, billing_outbox, users};
 use uuid::Uuid;
 
 mod common;
 
-fn money(s: &str) -> Money {
-    Money::parse(s).unwrap()
-}
-
-async fn user_with_balance(pool: &persistence::Pool, balance: &str) -> i64 {
-    let mut conn = pool.get().await.unwrap();
-    let email = format!("{}@x.io", Uuid::new_v4().simple());
-    let user = persistence::users::insert(
-        &mut conn,
-        persistence::users::NewUser {
-            email: &email,
-            password_hash: "h",
-            role: "user",
-        },
-    )
-    .await
-    .unwrap();
-    ledger::apply(
-        &mut conn,
-        BalanceChange {
-            user_id: user.id,
-            delta: &money(balance),
-            kind: LedgerKind::Topup,
-            reference: &format!("seed-{}", user.id),
-            note: None,
-            actor_user_id: None,
-        },
-    )
-    .await
-    .unwrap();
-    user.id
-}
+use common::{books_balance, money, user_with_balance};
 
 async fn image_model(pool: &persistence::Pool) -> i64 {
     use persistence::catalog::{self, NewModel, NewProvider};
@@ -90,15 +58,6 @@ fn submission(user_id: i64, model_id: i64, amount: &str) -> Submission {
         callback_url: None,
         amount: money(amount),
     }
-}
-
-async fn books_balance(pool: &persistence::Pool) {
-    let mut conn = pool.get().await.unwrap();
-    let mismatches = billing::reconcile(&mut conn).await.unwrap();
-    assert!(
-        mismatches.is_empty(),
-        "books do not balance: {mismatches:?}"
-    );
 }
 
 async fn held(pool: &persistence::Pool, user_id: i64) -> Money {
