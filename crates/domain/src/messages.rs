@@ -70,6 +70,20 @@ impl BillingBatch {
     /// The `schema_version` of the batch envelope this build writes and the only one it reads.
     pub const SCHEMA_VERSION: u32 = 1;
 
+    /// What to publish for charges that finished together: the body (the one-charge shape for
+    /// one charge, a batch for more) and a message id naming the first charge and how many
+    /// follow it. `None` for no charges.
+    pub fn publishable(charges: Vec<BillingMessage>) -> Option<(Vec<u8>, String)> {
+        match charges.as_slice() {
+            [] => None,
+            [one] => Some((one.to_json_bytes(), one.request_id.to_string())),
+            [first, rest @ ..] => {
+                let id = format!("{}+{}", first.request_id, rest.len());
+                Some((BillingBatch { charges }.to_json_bytes(), id))
+            }
+        }
+    }
+
     /// The JSON body to publish.
     pub fn to_json_bytes(&self) -> Vec<u8> {
         to_json_bytes(self)
@@ -349,6 +363,23 @@ mod tests {
         assert_eq!(value["charges"][0]["schema_version"], json!(1));
         assert_eq!(value["charges"][1]["cost"], json!("12.5"));
         assert_eq!(BillingBatch::from_json_slice(&bytes).unwrap(), batch);
+    }
+
+    #[test]
+    fn publishable_uses_the_one_charge_shape_for_one_and_a_batch_for_more() {
+        assert!(BillingBatch::publishable(Vec::new()).is_none());
+        let (body, id) = BillingBatch::publishable(vec![billing()]).unwrap();
+        assert_eq!(body, billing().to_json_bytes());
+        assert_eq!(id, billing().request_id.to_string());
+        let mut second = billing();
+        second.request_id = Uuid::parse_str("0190f0b2-6a1e-7c3d-9b5a-2f4e6d8c0a13").unwrap();
+        let charges = vec![billing(), second.clone(), second];
+        let (body, id) = BillingBatch::publishable(charges.clone()).unwrap();
+        assert_eq!(id, format!("{}+2", billing().request_id));
+        assert_eq!(
+            BillingBatch::from_json_slice(&body).unwrap().charges,
+            charges
+        );
     }
 
     #[test]

@@ -18,23 +18,6 @@ struct IdRow {
     id: i64,
 }
 
-/// The admission of a model call (DESIGN.md's first money rule), as the start of one
-/// statement: `$1` user, `$2` request id, `$3` amount, `$4` hold TTL in seconds. The CTE
-/// `held` has the new hold's `id` and `user_id`, or no row when the balance minus open holds
-/// cannot cover `$3` (then nothing is written).
-macro_rules! hold_cte {
-    () => {
-        "WITH admitted AS (
-             UPDATE users SET held = held + $3
-             WHERE id = $1 AND status = 'active' AND balance - held >= $3
-             RETURNING id),
-         held AS (
-             INSERT INTO balance_holds (request_id, user_id, amount, expires_at)
-             SELECT $2, id, $3, now() + make_interval(secs => $4) FROM admitted
-             RETURNING id, user_id)"
-    };
-}
-
 /// Reserves `amount` for one call in ONE conditional statement: admitted only if the user is
 /// active and `balance - held >= amount`; concurrent calls serialise on the user row, so the
 /// sum of admitted holds never exceeds the balance. `None` means "not enough balance".
@@ -46,13 +29,21 @@ pub async fn place_hold(
     ttl_seconds: i64,
 ) -> Result<Option<i64>, StoreError> {
     enum PlaceHold {}
-    let rows: Vec<IdRow> = Prepared::<PlaceHold>::new(concat!(hold_cte!(), " SELECT id FROM held"))
-        .bind::<BigInt, _>(user_id)
-        .bind::<SqlUuid, _>(request_id)
-        .bind::<Numeric, _>(amount.as_decimal())
-        .bind::<BigInt, _>(ttl_seconds)
-        .load(conn)
-        .await?;
+    let rows: Vec<IdRow> = Prepared::<PlaceHold>::new(
+        "WITH admitted AS (
+             UPDATE users SET held = held + $3
+             WHERE id = $1 AND status = 'active' AND balance - held >= $3
+             RETURNING id)
+         INSERT INTO balance_holds (request_id, user_id, amount, expires_at)
+         SELECT $2, id, $3, now() + make_interval(secs => $4) FROM admitted
+         RETURNING id",
+    )
+    .bind::<BigInt, _>(user_id)
+    .bind::<SqlUuid, _>(request_id)
+    .bind::<Numeric, _>(amount.as_decimal())
+    .bind::<BigInt, _>(ttl_seconds)
+    .load(conn)
+    .await?;
     Ok(rows.into_iter().next().map(|r| r.id))
 }
 
@@ -459,25 +450,22 @@ pub async fn outbox_take(
         .await?)
 }
 
-/// Removes settled outbox rows by id.
-pub async fn outbox_delete_many(
+/// Removes the outbox rows of these requests: settled by the sweeper, or confirmed by the
+/// broker (losing that delete only makes the sweeper settle them again, which changes nothing).
+pub async fn outbox_delete_requests(
     conn: &mut AsyncPgConnection,
-    ids: &[i64],
+    request_ids: &[Uuid],
 ) -> Result<(), StoreError> {
-    diesel::delete(billing_outbox::table.filter(billing_outbox::id.eq_any(ids)))
-        .execute(conn)
-        .await?;
-    Ok(())
-}
+    use diesel::sql_types::Array;
 
-/// Removes a request's outbox row once its message was confirmed by the broker.
-pub async fn outbox_delete_request(
-    conn: &mut AsyncPgConnection,
-    request_id: Uuid,
-) -> Result<(), StoreError> {
-    diesel::delete(billing_outbox::table.filter(billing_outbox::request_id.eq(request_id)))
-        .execute(conn)
-        .await?;
+    enum DeleteOutboxRequests {}
+    Prepared::<DeleteOutboxRequests>::new(
+        "DELETE FROM billing_outbox o USING unnest($1::uuid[]) AS r(request_id)
+         WHERE o.request_id = r.request_id",
+    )
+    .bind::<Array<SqlUuid>, _>(request_ids.to_vec())
+    .execute(conn)
+    .await?;
     Ok(())
 }
 

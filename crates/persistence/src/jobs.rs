@@ -360,25 +360,6 @@ pub async fn complete_many(
     Ok(completions.iter().map(|c| done.remove(&c.job_id)).collect())
 }
 
-/// Removes the outbox rows of charges the broker confirmed; losing this (a relaxed commit)
-/// only makes the sweeper settle them again, which changes nothing.
-pub async fn forget_published_charges(
-    conn: &mut AsyncPgConnection,
-    request_ids: &[Uuid],
-) -> Result<(), StoreError> {
-    use diesel::sql_types::{Array, Uuid as SqlUuid};
-
-    enum ForgetCharges {}
-    Prepared::<ForgetCharges>::new(
-        "DELETE FROM billing_outbox o USING unnest($1::uuid[]) AS r(request_id)
-         WHERE o.request_id = r.request_id",
-    )
-    .bind::<Array<SqlUuid>, _>(request_ids.to_vec())
-    .execute(conn)
-    .await?;
-    Ok(())
-}
-
 /// FAILED with a readable reason, and its hold released, in one transaction (fenced).
 pub async fn fail(
     conn: &mut AsyncPgConnection,

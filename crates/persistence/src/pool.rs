@@ -55,15 +55,7 @@ pub fn build_pool(settings: &DatabaseSettings) -> Result<Pool, StoreError> {
 /// settled durably by billing-worker. Waiting for the flush made every admission of one user
 /// wait for a disk sync.
 pub fn build_reservation_pool(settings: &DatabaseSettings) -> Result<Pool, StoreError> {
-    let separator = if settings.url.contains('?') { '&' } else { '?' };
-    let relaxed = DatabaseSettings {
-        url: format!(
-            "{}{separator}options=-c%20synchronous_commit%3Doff",
-            settings.url
-        ),
-        ..settings.clone()
-    };
-    build_pool(&relaxed)
+    build_pool(&with_session_setting(settings, "synchronous_commit%3Doff"))
 }
 
 /// A pool of `size` connections for the batched set statements (see `batch`), which Postgres
@@ -72,15 +64,19 @@ pub fn build_reservation_pool(settings: &DatabaseSettings) -> Result<Pool, Store
 /// or tables not yet analyzed) can stay a scan of the whole table or of a partial index,
 /// which grows with the table, instead of one index lookup per element.
 pub fn build_batch_pool(settings: &DatabaseSettings, size: usize) -> Result<Pool, StoreError> {
-    let separator = if settings.url.contains('?') { '&' } else { '?' };
     build_pool(&DatabaseSettings {
-        url: format!(
-            "{}{separator}options=-c%20plan_cache_mode%3Dforce_custom_plan",
-            settings.url
-        ),
         pool_max_size: size.max(1),
-        ..settings.clone()
+        ..with_session_setting(settings, "plan_cache_mode%3Dforce_custom_plan")
     })
+}
+
+/// `settings` with a server setting for every session of the pool (`name%3Dvalue`, URL-encoded).
+fn with_session_setting(settings: &DatabaseSettings, setting: &str) -> DatabaseSettings {
+    let separator = if settings.url.contains('?') { '&' } else { '?' };
+    DatabaseSettings {
+        url: format!("{}{separator}options=-c%20{setting}", settings.url),
+        ..settings.clone()
+    }
 }
 
 /// Readiness probe: one round trip through the pool.

@@ -232,7 +232,7 @@ async fn a_batched_claim_takes_a_job_once_however_often_it_is_named() {
         .await
         .unwrap();
     assert_eq!(parked, vec![a.job_id]);
-    jobs::forget_published_charges(&mut conn, &[a.job_id, b.job_id])
+    billing::outbox_delete_requests(&mut conn, &[a.job_id, b.job_id])
         .await
         .unwrap();
     let left: i64 = billing_outbox::table

@@ -258,14 +258,10 @@ pub async fn sweep(pool: &Pool) -> Result<(usize, usize), StoreError> {
             .transaction::<_, StoreError, _>(async |conn| {
                 let rows = billing::outbox_take(conn, 100).await?;
                 let mut messages = Vec::with_capacity(rows.len());
-                let mut done = Vec::with_capacity(rows.len());
                 for (id, payload) in &rows {
                     let bytes = serde_json::to_vec(payload).unwrap_or_default();
                     match BillingMessage::from_json_slice(&bytes) {
-                        Ok(message) => {
-                            messages.push(message);
-                            done.push(*id);
-                        }
+                        Ok(message) => messages.push(message),
                         // Kept for an operator to inspect: dropping it would lose a charge.
                         Err(error) => tracing::error!(%error, id, "undecodable outbox charge"),
                     }
@@ -274,8 +270,9 @@ pub async fn sweep(pool: &Pool) -> Result<(usize, usize), StoreError> {
                 // batch) cannot deadlock, as they could settling charge by charge.
                 let charges: Vec<Charge<'_>> = messages.iter().map(charge_of).collect();
                 billing::settle_many(conn, &charges).await?;
-                billing::outbox_delete_many(conn, &done).await?;
-                Ok((rows.len(), done.len()))
+                let ids: Vec<_> = messages.iter().map(|m| m.request_id).collect();
+                billing::outbox_delete_requests(conn, &ids).await?;
+                Ok((rows.len(), ids.len()))
             })
             .await?;
         settled += done;

@@ -416,16 +416,8 @@ pub fn start_charges(broker: Broker, relaxed: Pool) -> Batcher<BillingMessage, (
         async move {
             let count = charges.len();
             let ids: Vec<Uuid> = charges.iter().map(|c| c.request_id).collect();
-            let (body, message_id) = match charges.as_slice() {
-                [one] => (one.to_json_bytes(), one.request_id.to_string()),
-                [first, ..] => (
-                    BillingBatch {
-                        charges: charges.clone(),
-                    }
-                    .to_json_bytes(),
-                    format!("{}+{}", first.request_id, count - 1),
-                ),
-                [] => return Ok(Vec::new()),
+            let Some((body, message_id)) = BillingBatch::publishable(charges) else {
+                return Ok(Vec::new());
             };
             match broker
                 .publish_json(BILLING_LOG_QUEUE, &body, &message_id)
@@ -435,7 +427,9 @@ pub fn start_charges(broker: Broker, relaxed: Pool) -> Batcher<BillingMessage, (
                     metrics::counter!("billing_published_total", "path" => "broker")
                         .increment(count as u64);
                     let forgotten = match relaxed.get().await {
-                        Ok(mut conn) => jobs::forget_published_charges(&mut conn, &ids).await,
+                        Ok(mut conn) => {
+                            persistence::billing::outbox_delete_requests(&mut conn, &ids).await
+                        }
                         Err(error) => Err(StoreError::from(error)),
                     };
                     if let Err(error) = forgotten {

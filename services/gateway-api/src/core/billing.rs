@@ -154,13 +154,8 @@ impl Publisher {
     async fn deliver(&self, charges: Vec<BillingMessage>) {
         let count = charges.len() as u64;
         metrics::histogram!("billing_publish_batch_size").record(count as f64);
-        let (body, id) = match charges.as_slice() {
-            [one] => (one.to_json_bytes(), one.request_id.to_string()),
-            [first, ..] => {
-                let id = format!("{}+{}", first.request_id, count - 1);
-                (BillingBatch { charges }.to_json_bytes(), id)
-            }
-            [] => return,
+        let Some((body, id)) = BillingBatch::publishable(charges) else {
+            return;
         };
         match self
             .broker
