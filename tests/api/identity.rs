@@ -235,6 +235,48 @@ async fn role_guards_answer_401_and_403_and_follow_the_database() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_new_password_ends_the_sessions_opened_before_it() {
+    let app = spawn_app().await;
+    let (user_id, email) = app.register("old-password-1").await;
+    let before = app.login(&email, "old-password-1").await;
+    app.get("/v1/me", &before).await.assert_status(200);
+    // A role change keeps the session; a password reset (say, the account leaked) ends it.
+    app.patch(
+        &format!("/v1/admin/users/{user_id}"),
+        app.admin_token(),
+        json!({"role": "user"}),
+    )
+    .await
+    .assert_status(200);
+    app.get("/v1/me", &before).await.assert_status(200);
+    app.patch(
+        &format!("/v1/admin/users/{user_id}"),
+        app.admin_token(),
+        json!({"password": "new-password-2"}),
+    )
+    .await
+    .assert_status(200);
+    app.get("/v1/me", &before)
+        .await
+        .assert_error(401, "unauthorized");
+    app.post("/v1/me/access-keys", &before, json!({"name": "k"}))
+        .await
+        .assert_error(401, "unauthorized");
+    let after = app.login(&email, "new-password-2").await;
+    app.get("/v1/me", &after).await.assert_status(200);
+    // A token forged without the stamp, though signed with our secret, is refused.
+    let unstamped = forge(
+        "test-jwt-secret-that-is-long-enough-0123456789",
+        jsonwebtoken::Algorithm::HS256,
+        &user_id.to_string(),
+        3600,
+    );
+    app.get("/v1/me", &unstamped)
+        .await
+        .assert_error(401, "unauthorized");
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn bootstrap_admin_exists_once() {
     let app = spawn_app().await;
     let me = app.get("/v1/me", app.admin_token()).await;

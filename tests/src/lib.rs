@@ -290,18 +290,23 @@ impl TestApp {
             .to_owned()
     }
 
-    /// Registers a fresh user and returns (user id, token).
-    pub async fn new_user(&self) -> (i64, String) {
+    /// Registers a fresh user with `password` and returns (user id, email).
+    pub async fn register(&self, password: &str) -> (i64, String) {
         let email = format!("u{}@example.com", uuid::Uuid::new_v4().simple());
         let reply = self
             .send(
                 Method::POST,
                 "/v1/auth/register",
                 Credential::None,
-                Some(json!({"email": email, "password": "password-123"})),
+                Some(json!({"email": email, "password": password})),
             )
             .await;
-        let id = reply.assert_status(201)["user"]["id"].as_i64().unwrap();
+        (reply.assert_status(201)["user"]["id"].as_i64().unwrap(), email)
+    }
+
+    /// Registers a fresh user and returns (user id, token).
+    pub async fn new_user(&self) -> (i64, String) {
+        let (id, email) = self.register("password-123").await;
         (id, self.login(&email, "password-123").await)
     }
 

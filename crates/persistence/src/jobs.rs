@@ -57,20 +57,21 @@ struct JobIdRow {
     job_id: Uuid,
 }
 
-/// Submits many jobs in one transaction of two statements: each job is admitted only if its
-/// hold fits in its user's balance minus open holds, and then held (request id = job id) and
-/// inserted PENDING; answers, per job, whether it was admitted (nothing is written for the
-/// others). Several jobs of one user are admitted cheapest first while the running sum of
-/// their holds fits, which is what admitting them one by one in that order would do, so never
-/// more than the balance covers. Run it on a durable connection: the caller answers 202 with
-/// the job id right after.
+/// Submits many jobs in one call of the SQL function `submit_jobs` (one round trip, which
+/// also commits): each job is admitted only if its hold fits in its user's balance minus open
+/// holds, and then held (request id = job id) and inserted PENDING; answers, per job, whether
+/// it was admitted (nothing is written for the others). Several jobs of one user are admitted
+/// cheapest first while the running sum of their holds fits, which is what admitting them one
+/// by one in that order would do, so never more than the balance covers. Run it on a durable
+/// connection: the caller answers 202 with the job id right after.
 ///
-/// The first statement locks the users' rows in id order (the order settlements lock them
-/// in), and only as strongly as updating `held` needs: NO KEY UPDATE, which does not wait for
-/// a concurrent insert that merely references a user (a usage log being settled). The second
-/// then reads balances no one else can change until the commit. Locking and updating in one
-/// statement would update from that statement's older snapshot, which re-locks a row another
-/// transaction changed meanwhile, and that can deadlock with a third one waiting for it.
+/// The function locks the users' rows in id order (the order settlements lock them in) by a
+/// statement of its own, and only as strongly as updating `held` needs: NO KEY UPDATE, which
+/// does not wait for a concurrent insert that merely references a user (a usage log being
+/// settled). Its next statement then reads balances no one else can change until the commit.
+/// Locking and updating in one statement would update from that statement's older snapshot,
+/// which re-locks a row another transaction changed meanwhile, and that can deadlock with a
+/// third one waiting for it.
 pub async fn submit_many(
     conn: &mut AsyncPgConnection,
     jobs: &[Submission],
@@ -78,83 +79,40 @@ pub async fn submit_many(
 ) -> Result<Vec<bool>, StoreError> {
     use diesel::sql_types::{Array, BigInt, Jsonb, Nullable, Numeric, Text, Uuid as SqlUuid};
 
-    let mut users: Vec<i64> = jobs.iter().map(|j| j.user_id).collect();
-    users.sort_unstable();
-    users.dedup();
-    let admitted: Vec<JobIdRow> = conn
-        .transaction::<_, StoreError, _>(async |conn| {
-            // Both statements are sent at once (pipelined): one round trip, still in order.
-            let mut shared: &AsyncPgConnection = conn;
-            enum LockUsers {}
-            let lock = Prepared::<LockUsers>::new(
-                "SELECT id FROM users WHERE id = ANY($1) ORDER BY id FOR NO KEY UPDATE",
-            )
-            .bind::<Array<BigInt>, _>(&users)
-            .execute(&mut shared);
-            enum SubmitJobs {}
-            let submit = Prepared::<SubmitJobs>::new(
-                "WITH r AS (
-                     SELECT * FROM unnest($1::int8[], $2::uuid[], $3::int8[], $4::numeric[],
-                         $5::text[], $6::int8[], $7::int8[], $8::jsonb[], $9::text[])
-                         AS r(ord, job_id, user_id, amount, job_type, access_key_id, model_id,
-                             payload, callback_url)),
-                 running AS (
-                     SELECT r.*, u.balance - u.held AS available,
-                            sum(r.amount) OVER (PARTITION BY r.user_id ORDER BY r.amount, r.ord)
-                                AS upto
-                     FROM r JOIN users u ON u.id = r.user_id AND u.status = 'active'),
-                 admitted AS (SELECT * FROM running WHERE upto <= available),
-                 per_user AS (SELECT user_id, sum(amount) AS amount FROM admitted GROUP BY user_id),
-                 reserved AS (
-                     UPDATE users u SET held = u.held + p.amount FROM per_user p
-                     WHERE u.id = p.user_id),
-                 held AS (
-                     INSERT INTO balance_holds (request_id, user_id, amount, expires_at)
-                     SELECT job_id, user_id, amount, now() + make_interval(secs => $10)
-                     FROM admitted),
-                 job AS (
-                     INSERT INTO async_jobs (job_id, job_type, user_id, access_key_id, model_id,
-                         request_payload, callback_url)
-                     SELECT job_id, job_type, user_id, access_key_id, model_id, payload,
-                         callback_url
-                     FROM admitted ORDER BY ord
-                     RETURNING job_id)
-                 SELECT job_id FROM job",
-            )
-            .bind::<Array<BigInt>, _>((0..jobs.len() as i64).collect::<Vec<_>>())
-            .bind::<Array<SqlUuid>, _>(jobs.iter().map(|j| j.job_id).collect::<Vec<_>>())
-            .bind::<Array<BigInt>, _>(jobs.iter().map(|j| j.user_id).collect::<Vec<_>>())
-            .bind::<Array<Numeric>, _>(
-                jobs.iter()
-                    .map(|j| j.amount.as_decimal().clone())
-                    .collect::<Vec<_>>(),
-            )
-            .bind::<Array<Text>, _>(jobs.iter().map(|j| j.job_type.clone()).collect::<Vec<_>>())
-            .bind::<Array<Nullable<BigInt>>, _>(
-                jobs.iter().map(|j| j.access_key_id).collect::<Vec<_>>(),
-            )
-            .bind::<Array<BigInt>, _>(jobs.iter().map(|j| j.model_id).collect::<Vec<_>>())
-            .bind::<Array<Jsonb>, _>(
-                jobs.iter()
-                    .map(|j| j.request_payload.clone())
-                    .collect::<Vec<_>>(),
-            )
-            .bind::<Array<Nullable<Text>>, _>(
-                jobs.iter()
-                    .map(|j| j.callback_url.clone())
-                    .collect::<Vec<_>>(),
-            )
-            .bind::<BigInt, _>(hold_ttl_seconds)
-            .load::<JobIdRow>(&mut shared);
-            let (_, admitted) = futures_util::future::try_join(lock, submit).await?;
-            Ok(admitted)
-        })
-        .await?;
+    enum SubmitJobs {}
+    let admitted: Vec<JobIdRow> = Prepared::<SubmitJobs>::new(
+        "SELECT job_id FROM submit_jobs($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+    )
+    .bind::<Array<BigInt>, _>((0..jobs.len() as i64).collect::<Vec<_>>())
+    .bind::<Array<SqlUuid>, _>(jobs.iter().map(|j| j.job_id).collect::<Vec<_>>())
+    .bind::<Array<BigInt>, _>(jobs.iter().map(|j| j.user_id).collect::<Vec<_>>())
+    .bind::<Array<Numeric>, _>(
+        jobs.iter()
+            .map(|j| j.amount.as_decimal().clone())
+            .collect::<Vec<_>>(),
+    )
+    .bind::<Array<Text>, _>(jobs.iter().map(|j| j.job_type.clone()).collect::<Vec<_>>())
+    .bind::<Array<Nullable<BigInt>>, _>(jobs.iter().map(|j| j.access_key_id).collect::<Vec<_>>())
+    .bind::<Array<BigInt>, _>(jobs.iter().map(|j| j.model_id).collect::<Vec<_>>())
+    .bind::<Array<Jsonb>, _>(
+        jobs.iter()
+            .map(|j| j.request_payload.clone())
+            .collect::<Vec<_>>(),
+    )
+    .bind::<Array<Nullable<Text>>, _>(
+        jobs.iter()
+            .map(|j| j.callback_url.clone())
+            .collect::<Vec<_>>(),
+    )
+    .bind::<BigInt, _>(hold_ttl_seconds)
+    .load::<JobIdRow>(conn)
+    .await?;
     let admitted: HashSet<Uuid> = admitted.into_iter().map(|r| r.job_id).collect();
     Ok(jobs.iter().map(|j| admitted.contains(&j.job_id)).collect())
 }
 
-/// Marks jobs whose message the broker confirmed (the sweeper's hint; see [`stranded`]).
+/// Records that the sweeper re-published a job, so it waits a whole window before the next
+/// re-publish (see [`stranded`]).
 pub async fn mark_published(conn: &mut AsyncPgConnection, job_id: Uuid) -> Result<(), StoreError> {
     diesel::update(async_jobs::table.filter(async_jobs::job_id.eq(job_id)))
         .set(async_jobs::published_at.eq(diesel::dsl::now))
@@ -407,9 +365,11 @@ pub async fn requeue(
     Ok(())
 }
 
-/// Jobs that may have no message in flight: PENDING and never claimed nor re-published (or
-/// idle for `idle_seconds`), or PROCESSING with an expired lease. The sweeper re-publishes
-/// them. (`published_at` is set by the first claim or a re-publish, not on submission.)
+/// Jobs that may have no message in flight: PENDING with no change and no (re-)publish for
+/// `idle_seconds`, or PROCESSING with a lease that expired with no re-publish since (or
+/// none for `idle_seconds`). The sweeper re-publishes them and
+/// records it in `published_at` (which the first claim also sets; a submission does not), so
+/// a job waiting in a long queue gets one more message per `idle_seconds`, not one per sweep.
 pub async fn stranded(
     conn: &mut AsyncPgConnection,
     idle_seconds: i64,
@@ -420,15 +380,21 @@ pub async fn stranded(
         .filter(
             async_jobs::status
                 .eq(JobStatus::Pending.as_str())
+                .and(async_jobs::updated_at.lt(idle_since))
                 .and(
                     async_jobs::published_at
                         .is_null()
-                        .or(async_jobs::updated_at.lt(idle_since)),
+                        .or(async_jobs::published_at.lt(idle_since)),
                 )
-                .and(async_jobs::created_at.lt(idle_since))
                 .or(async_jobs::status
                     .eq(JobStatus::Processing.as_str())
-                    .and(async_jobs::lease_expires_at.lt(Utc::now()))),
+                    .and(async_jobs::lease_expires_at.lt(Utc::now()))
+                    .and(
+                        async_jobs::published_at
+                            .is_null()
+                            .or(async_jobs::published_at.lt(async_jobs::lease_expires_at))
+                            .or(async_jobs::published_at.lt(idle_since)),
+                    )),
         )
         .order(async_jobs::id)
         .limit(limit)

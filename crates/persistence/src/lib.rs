@@ -24,6 +24,6 @@ pub use diesel_async::AsyncPgConnection;
 pub use error::StoreError;
 pub use page::{Page, Paged};
 pub use pool::{
-    DatabaseSettings, Pool, PooledConnection, build_batch_pool, build_pool, build_reservation_pool,
-    ping, run_migrations,
+    DatabaseSettings, Pool, PooledConnection, build_batch_pool, build_pool,
+    build_relaxed_batch_pool, build_reservation_pool, ping, run_migrations,
 };

@@ -70,11 +70,44 @@ pub fn build_batch_pool(settings: &DatabaseSettings, size: usize) -> Result<Pool
     })
 }
 
+/// [`build_batch_pool`] whose commits do not wait for the WAL flush, for batched statements
+/// that are safe to lose in a Postgres crash (see [`build_reservation_pool`]): a job claim,
+/// whose loss sends the job back to the sweeper, while the completion fenced on that claim
+/// commits durably (and, the WAL being one sequence, makes the claim durable with it).
+pub fn build_relaxed_batch_pool(
+    settings: &DatabaseSettings,
+    size: usize,
+) -> Result<Pool, StoreError> {
+    build_batch_pool(
+        &with_session_setting(settings, "synchronous_commit%3Doff"),
+        size,
+    )
+}
+
 /// `settings` with a server setting for every session of the pool (`name%3Dvalue`, URL-encoded).
+/// Added to the URL's `options` parameter when it has one (a second one would replace it).
 fn with_session_setting(settings: &DatabaseSettings, setting: &str) -> DatabaseSettings {
-    let separator = if settings.url.contains('?') { '&' } else { '?' };
+    let url = &settings.url;
+    let existing = url
+        .find("?options=")
+        .or_else(|| url.find("&options="))
+        .map(|at| at + "?options=".len());
+    let url = match (existing, url.contains('?')) {
+        (Some(value_at), _) => {
+            let value_end = url[value_at..]
+                .find('&')
+                .map_or(url.len(), |e| value_at + e);
+            format!(
+                "{}%20-c%20{setting}{}",
+                &url[..value_end],
+                &url[value_end..]
+            )
+        }
+        (None, true) => format!("{url}&options=-c%20{setting}"),
+        (None, false) => format!("{url}?options=-c%20{setting}"),
+    };
     DatabaseSettings {
-        url: format!("{}{separator}options=-c%20{setting}", settings.url),
+        url,
         ..settings.clone()
     }
 }
@@ -86,12 +119,34 @@ pub async fn ping(pool: &Pool) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// Applies every pending embedded migration (needs the multi-thread tokio runtime).
+/// The session advisory lock that lets one migration run at a time ("aigwmigr").
+const MIGRATION_LOCK: i64 = 0x6169_6777_6d69_6772;
+
+/// Applies every pending embedded migration (needs the multi-thread tokio runtime). Runs
+/// started together (gateway replicas with `run_migrations`, the migration Job) take turns
+/// under an advisory lock: the later ones find nothing pending, instead of failing on a table
+/// the first one is creating.
 pub async fn run_migrations(pool: &Pool) -> Result<(), StoreError> {
-    let conn = pool.get().await?;
+    let mut conn = pool.get().await?;
+    sql_query("SELECT pg_advisory_lock($1)")
+        .bind::<diesel::sql_types::BigInt, _>(MIGRATION_LOCK)
+        .execute(&mut conn)
+        .await?;
     let mut harness = AsyncMigrationHarness::new(conn);
-    harness
+    let applied = harness
         .run_pending_migrations(MIGRATIONS)
-        .map_err(|e| StoreError::Migration(e.to_string()))?;
+        .map(drop)
+        .map_err(|e| StoreError::Migration(e.to_string()));
+    let mut conn = harness.into_inner();
+    let unlocked = sql_query("SELECT pg_advisory_unlock($1)")
+        .bind::<diesel::sql_types::BigInt, _>(MIGRATION_LOCK)
+        .execute(&mut conn)
+        .await;
+    if unlocked.is_err() {
+        // Closing the session releases the lock; never hand it back to the pool holding it.
+        drop(deadpool::managed::Object::take(conn));
+    }
+    applied?;
+    unlocked?;
     Ok(())
 }

@@ -276,3 +276,66 @@ async fn a_submission_does_not_wait_for_a_concurrent_insert_that_references_its_
         .unwrap();
     books_balance(&pool).await;
 }
+
+/// Sets a job's state and times `ago_seconds` in the past.
+async fn age_job(pool: &persistence::Pool, job_id: Uuid, status: &str, ago_seconds: i64) {
+    let mut conn = pool.get().await.unwrap();
+    diesel::sql_query(
+        "UPDATE async_jobs SET status = $2,
+             created_at = now() - make_interval(secs => $3),
+             updated_at = now() - make_interval(secs => $3),
+             lease_expires_at = CASE WHEN $2 = 'PROCESSING'
+                 THEN now() - make_interval(secs => $3) / 2 END
+         WHERE job_id = $1",
+    )
+    .bind::<diesel::sql_types::Uuid, _>(job_id)
+    .bind::<diesel::sql_types::Text, _>(status)
+    .bind::<diesel::sql_types::Double, _>(ago_seconds as f64)
+    .execute(&mut conn)
+    .await
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stranded_job_is_re_published_once_per_window_not_on_every_sweep() {
+    let pool = common::migrated_pool().await;
+    let model = image_model(&pool).await;
+    let user = user_with_balance(&pool, "10").await;
+    let batch: Vec<Submission> = (0..4).map(|_| submission(user, model, "1")).collect();
+    let mut conn = pool.get().await.unwrap();
+    jobs::submit_many(&mut conn, &batch, 900).await.unwrap();
+    let [fresh, pending, expired, leased] = [0, 1, 2, 3].map(|i| batch[i].job_id);
+    age_job(&pool, pending, "PENDING", 120).await;
+    age_job(&pool, expired, "PROCESSING", 120).await;
+    age_job(&pool, leased, "PROCESSING", 120).await;
+    diesel::sql_query(
+        "UPDATE async_jobs SET lease_expires_at = now() + interval '1 minute' WHERE job_id = $1",
+    )
+    .bind::<diesel::sql_types::Uuid, _>(leased)
+    .execute(&mut conn)
+    .await
+    .unwrap();
+
+    let sorted = |mut ids: Vec<Uuid>| {
+        ids.sort();
+        ids
+    };
+    let expected = sorted(vec![pending, expired]);
+    let first = sorted(jobs::stranded(&mut conn, 30, 10_000).await.unwrap());
+    assert_eq!(
+        first, expected,
+        "not the fresh job {fresh}, nor the leased one"
+    );
+    for id in &first {
+        jobs::mark_published(&mut conn, *id).await.unwrap();
+    }
+    // The next sweeps, within the window, leave them alone.
+    assert!(sorted(jobs::stranded(&mut conn, 30, 10_000).await.unwrap()).is_empty());
+    // A window later (their message lost too), they are re-published again.
+    let again = sorted(jobs::stranded(&mut conn, 0, 10_000).await.unwrap());
+    assert!(
+        again.contains(&pending) && again.contains(&expired),
+        "{again:?}"
+    );
+    assert!(!again.contains(&leased));
+}

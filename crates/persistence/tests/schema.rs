@@ -180,3 +180,77 @@ async fn only_the_reservation_pool_commits_without_waiting_for_the_flush() {
         "money moves wait for durability"
     );
 }
+
+#[derive(diesel::QueryableByName)]
+struct Settings {
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    synchronous_commit: String,
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    plan_cache_mode: String,
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    application_name: String,
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn batch_pools_plan_each_execution_and_only_the_relaxed_one_skips_the_flush() {
+    let (url, _pool) = persistence::testing::migrated_database(1).await.unwrap();
+    // The deployment's own options are kept beside the pools' settings.
+    let url = format!("{url}?options=-c%20application_name%3Dgw-test");
+    let settings = persistence::DatabaseSettings {
+        url,
+        pool_max_size: 2,
+        pool_wait_timeout_ms: 5000,
+        connect_timeout_ms: 5000,
+    };
+    let show = "SELECT current_setting('synchronous_commit') AS synchronous_commit,
+                       current_setting('plan_cache_mode') AS plan_cache_mode,
+                       current_setting('application_name') AS application_name";
+    for (pool, synchronous_commit) in [
+        (persistence::build_batch_pool(&settings, 1).unwrap(), "on"),
+        (
+            persistence::build_relaxed_batch_pool(&settings, 1).unwrap(),
+            "off",
+        ),
+    ] {
+        let mut conn = pool.get().await.unwrap();
+        let current: Settings = diesel::sql_query(show).get_result(&mut conn).await.unwrap();
+        assert_eq!(current.synchronous_commit, synchronous_commit);
+        assert_eq!(current.plan_cache_mode, "force_custom_plan");
+        assert_eq!(current.application_name, "gw-test");
+    }
+}
+
+#[derive(diesel::QueryableByName)]
+struct Count {
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    count: i64,
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn migration_runs_started_together_take_turns_and_all_succeed() {
+    let url = persistence::testing::create_database().await.unwrap();
+    let settings = persistence::DatabaseSettings {
+        url,
+        pool_max_size: 1,
+        pool_wait_timeout_ms: 30_000,
+        connect_timeout_ms: 5000,
+    };
+    let runs = (0..4).map(|_| {
+        let pool = persistence::build_pool(&settings).unwrap();
+        tokio::spawn(async move { persistence::run_migrations(&pool).await.map(|()| pool) })
+    });
+    // The pools stay open, so a lock left on their connections would still show.
+    let mut pools = Vec::new();
+    for run in futures_util::future::join_all(runs).await {
+        pools.push(run.unwrap().expect("every run succeeds"));
+    }
+    let mut conn = pools[0].get().await.unwrap();
+    let held: Count = diesel::sql_query(
+        "SELECT count(*) AS count FROM pg_locks l JOIN pg_database d ON d.oid = l.database
+         WHERE l.locktype = 'advisory' AND d.datname = current_database()",
+    )
+    .get_result(&mut conn)
+    .await
+    .unwrap();
+    assert_eq!(held.count, 0, "the migration lock was released");
+}

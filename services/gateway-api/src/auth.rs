@@ -28,6 +28,23 @@ pub struct Claims {
     pub iat: i64,
     pub exp: i64,
     pub iss: String,
+    /// The password the token was issued under (see [`password_stamp`]); a token without it,
+    /// or with another password's, is refused.
+    #[serde(default)]
+    pub pwd: Option<String>,
+}
+
+/// A short keyed digest of the user's password hash, carried in the session token: a new
+/// password (a new bcrypt hash, whose salt is random) ends every session opened before it.
+/// Keyed, so the token, which its holder can read, tells nothing about the hash.
+pub fn password_stamp(state: &AppState, password_hash: &str) -> String {
+    let mut stamp = domain::signature::sign(
+        &state.session_stamp_secret,
+        "session",
+        password_hash.as_bytes(),
+    );
+    stamp.truncate(32);
+    stamp
 }
 
 pub fn issue_token(state: &AppState, user: &User) -> Result<String, ApiError> {
@@ -38,21 +55,23 @@ pub fn issue_token(state: &AppState, user: &User) -> Result<String, ApiError> {
         iat: now,
         exp: now + state.jwt_ttl_seconds,
         iss: ISSUER.to_owned(),
+        pwd: Some(password_stamp(state, &user.password_hash)),
     };
     jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &state.jwt_encoding)
         .map_err(|e| ApiError::Internal(format!("signing a token: {e}")))
 }
 
 /// Verifies signature (HS256 only: `none` and every other algorithm are refused), expiry and
-/// issuer; returns the user id.
-fn verify_token(state: &AppState, token: &str) -> Result<i64, ApiError> {
+/// issuer; returns the claims, the user id parsed.
+fn verify_token(state: &AppState, token: &str) -> Result<(i64, Claims), ApiError> {
     let mut validation = Validation::new(Algorithm::HS256);
     validation.leeway = 5;
     validation.set_issuer(&[ISSUER]);
     validation.set_required_spec_claims(&["exp", "sub", "iss"]);
     let data = jsonwebtoken::decode::<Claims>(token, &state.jwt_decoding, &validation)
         .map_err(|_| invalid_token())?;
-    data.claims.sub.parse().map_err(|_| invalid_token())
+    let user_id = data.claims.sub.parse().map_err(|_| invalid_token())?;
+    Ok((user_id, data.claims))
 }
 
 fn invalid_token() -> ApiError {
@@ -72,7 +91,8 @@ fn state(req: &HttpRequest) -> Result<web::Data<AppState>, ApiError> {
 }
 
 /// A signed-in, active user (from a session token). The user row is read on every request, so
-/// disabling a user or changing a role takes effect at once, whatever the token says.
+/// disabling a user, changing a role or a password takes effect at once, whatever the token
+/// says.
 pub struct SessionUser(pub User);
 
 impl SessionUser {
@@ -92,7 +112,7 @@ impl FromRequest for SessionUser {
             let state = state?;
             let token = token
                 .ok_or_else(|| ApiError::Unauthorized("a bearer token is required".to_owned()))?;
-            let user_id = verify_token(&state, &token)?;
+            let (user_id, claims) = verify_token(&state, &token)?;
             let mut conn = state.conn().await?;
             let user = match persistence::users::find(&mut conn, user_id).await {
                 Ok(user) => user,
@@ -102,6 +122,12 @@ impl FromRequest for SessionUser {
             if user.status != "active" {
                 return Err(ApiError::Unauthorized(
                     "this account is disabled".to_owned(),
+                ));
+            }
+            let stamp = password_stamp(&state, &user.password_hash);
+            if claims.pwd.as_deref() != Some(stamp.as_str()) {
+                return Err(ApiError::Unauthorized(
+                    "the password changed since this token was issued; sign in again".to_owned(),
                 ));
             }
             Ok(SessionUser(user))

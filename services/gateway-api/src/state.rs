@@ -2,8 +2,6 @@
 
 use domain::Money;
 use jsonwebtoken::{DecodingKey, EncodingKey};
-use persistence::batch::Batcher;
-use persistence::jobs::Submission;
 use persistence::{Pool, PooledConnection};
 use secrecy::{ExposeSecret, SecretString};
 
@@ -23,6 +21,8 @@ pub struct AppState {
     pub jwt_encoding: EncodingKey,
     pub jwt_decoding: DecodingKey,
     pub jwt_ttl_seconds: i64,
+    /// Keys the password stamp in session tokens (see `auth::password_stamp`).
+    pub session_stamp_secret: Vec<u8>,
     pub bcrypt_cost: u32,
     /// A bcrypt hash of random bytes at the configured cost (see `core::identity::login`).
     pub dummy_password_hash: String,
@@ -42,8 +42,8 @@ pub struct AppState {
     pub charges: ChargeQueue,
     /// Recently checked access keys (see `auth::KeyCache`).
     pub key_cache: KeyCache,
-    /// Job submissions, batched into one statement (see `core::jobs::start_submissions`).
-    pub job_submissions: Batcher<Submission, bool>,
+    /// Job submissions, batched into one statement (see `core::jobs::Submissions`).
+    pub job_submissions: crate::core::jobs::Submissions,
     /// To build each worker's `CallPath`.
     database: persistence::DatabaseSettings,
     upstream_settings: upstream::UpstreamSettings,
@@ -148,7 +148,7 @@ impl AppState {
             settings.calls.billing_publishes_in_flight,
             std::time::Duration::from_millis(settings.calls.billing_linger_ms),
         );
-        let job_submissions = crate::core::jobs::start_submissions(
+        let job_submissions = crate::core::jobs::Submissions::start(
             &settings.database,
             pool.clone(),
             settings.calls.hold_ttl_seconds,
@@ -159,6 +159,7 @@ impl AppState {
             jwt_encoding: EncodingKey::from_secret(jwt_secret),
             jwt_decoding: DecodingKey::from_secret(jwt_secret),
             jwt_ttl_seconds: settings.auth.jwt_ttl_seconds,
+            session_stamp_secret: jwt_secret.to_vec(),
             bcrypt_cost: settings.auth.bcrypt_cost,
             dummy_password_hash,
             secret_box: SecretBox::new(master_key),

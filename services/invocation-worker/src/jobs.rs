@@ -380,7 +380,10 @@ impl Runner {
 pub const IN_FLIGHT: usize = 2;
 const BATCH_MAX: usize = 256;
 
-/// Claims the deliveries in flight together (see `persistence::jobs::claim_many`).
+/// Claims the deliveries in flight together (see `persistence::jobs::claim_many`), on a pool
+/// whose commits do not wait for the WAL flush: a claim lost to a Postgres crash leaves the
+/// job PENDING (or its old lease) for the sweeper to re-publish, and the completion, fenced on
+/// the claim's attempt, then changes nothing and is not charged.
 pub fn start_claims(pool: Pool, lease_seconds: i64) -> Batcher<Uuid, Claim> {
     Batcher::start(BATCH_MAX, IN_FLIGHT, move |job_ids: Vec<Uuid>| {
         let pool = pool.clone();

@@ -157,12 +157,14 @@ impl Application {
             pool_max_size: 2,
             ..settings.database.clone()
         })?;
-        // Claims and completions: set statements planned with their real arrays.
-        let batches = persistence::build_batch_pool(&settings.database, 2 * jobs::IN_FLIGHT)?;
+        // Claims and completions: set statements planned with their real arrays. A claim
+        // does not wait for the WAL flush (see `build_relaxed_batch_pool`); a completion does.
+        let claims = persistence::build_relaxed_batch_pool(&settings.database, jobs::IN_FLIGHT)?;
+        let completions = persistence::build_batch_pool(&settings.database, jobs::IN_FLIGHT)?;
         let runner = Arc::new(Runner {
             pool: pool.clone(),
-            claims: jobs::start_claims(batches.clone(), settings.jobs.lease_seconds),
-            completions: jobs::start_completions(batches),
+            claims: jobs::start_claims(claims, settings.jobs.lease_seconds),
+            completions: jobs::start_completions(completions),
             charges: jobs::start_charges(broker.clone(), relaxed),
             broker: broker.clone(),
             routing,

@@ -19,9 +19,10 @@ use crate::state::AppState;
 
 const SIZES: &[&str] = &["256x256", "512x512", "1024x1024", "1024x1792", "1792x1024"];
 const MAX_PROMPT_CHARS: usize = 4000;
-/// Submissions per statement, and statements at once (each holds a pooled connection).
+/// Submissions per statement, and shards of users (each runs one statement at a time on a
+/// pooled connection of its own).
 const SUBMIT_BATCH_MAX: usize = 128;
-const SUBMITS_IN_FLIGHT: usize = 4;
+const SUBMIT_SHARDS: usize = 2;
 
 /// `POST /v1/jobs/image-generation`
 #[derive(Debug, Deserialize, ToSchema)]
@@ -136,33 +137,57 @@ pub async fn submit(
     Ok(job_id)
 }
 
-/// Submits batches of jobs (see `persistence::jobs::submit_many`) on their own durable
-/// connections, one per statement in flight; on the shared pool if those cannot be set up
-/// (they come from the same settings, so that is unlikely). Unlike the worker's job
-/// statements they keep cached plans, saving a planning of the submission per batch: they
-/// find users by primary key, with no partial index to stray into.
-pub fn start_submissions(
-    database: &persistence::DatabaseSettings,
-    shared: persistence::Pool,
-    hold_ttl_seconds: i64,
-) -> Batcher<Submission, bool> {
-    let pool = persistence::build_pool(&persistence::DatabaseSettings {
-        pool_max_size: SUBMITS_IN_FLIGHT,
-        ..database.clone()
-    })
-    .inspect_err(|error| tracing::error!(%error, "job submission pool; using the shared one"))
-    .unwrap_or(shared);
-    Batcher::start(
-        SUBMIT_BATCH_MAX,
-        SUBMITS_IN_FLIGHT,
-        move |batch: Vec<Submission>| {
-            let pool = pool.clone();
-            async move {
-                let mut conn = pool.get().await?;
-                jobs::submit_many(&mut conn, &batch, hold_ttl_seconds).await
-            }
-        },
-    )
+/// Job submissions, batched (see `persistence::jobs::submit_many`). A user's submissions
+/// always go to the same shard, and a shard runs one statement at a time, so two batches in
+/// flight never hold the same user's row: a submission waits for the batch before it in its
+/// shard, not for another shard's commit.
+#[derive(Clone)]
+pub struct Submissions {
+    shards: Vec<Batcher<Submission, bool>>,
+}
+
+impl Submissions {
+    /// Starts the shards on their own durable connections (on the shared pool if those cannot
+    /// be set up; they come from the same settings, so that is unlikely). Unlike the worker's
+    /// job statements they keep cached plans, saving a planning of the submission per batch:
+    /// they find users by primary key, with no partial index to stray into.
+    pub fn start(
+        database: &persistence::DatabaseSettings,
+        shared: persistence::Pool,
+        hold_ttl_seconds: i64,
+    ) -> Submissions {
+        let pool = persistence::build_pool(&persistence::DatabaseSettings {
+            pool_max_size: SUBMIT_SHARDS,
+            ..database.clone()
+        })
+        .inspect_err(|error| tracing::error!(%error, "job submission pool; using the shared one"))
+        .unwrap_or(shared);
+        let shards = (0..SUBMIT_SHARDS)
+            .map(|_| {
+                let pool = pool.clone();
+                Batcher::start(SUBMIT_BATCH_MAX, 1, move |batch: Vec<Submission>| {
+                    let pool = pool.clone();
+                    async move {
+                        let mut conn = pool.get().await?;
+                        jobs::submit_many(&mut conn, &batch, hold_ttl_seconds).await
+                    }
+                })
+            })
+            .collect();
+        Submissions { shards }
+    }
+
+    /// Holds and inserts `submission`'s job; `false` when the balance does not cover it.
+    pub async fn call(&self, submission: Submission) -> Result<bool, StoreError> {
+        self.shards[shard_of(submission.user_id, self.shards.len())]
+            .call(submission)
+            .await
+    }
+}
+
+/// The shard of `user_id` among `shards` (at least one).
+fn shard_of(user_id: i64, shards: usize) -> usize {
+    (user_id.unsigned_abs() % shards.max(1) as u64) as usize
 }
 
 async fn publish(state: &AppState, job_id: Uuid) {
@@ -203,4 +228,25 @@ pub async fn list(
 ) -> Result<Paged<jobs::JobWithModel>, ApiError> {
     let mut conn = state.conn().await?;
     Ok(jobs::list(&mut conn, user_id, page).await?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::shard_of;
+
+    #[test]
+    fn a_user_always_lands_on_the_same_shard_and_users_spread_over_all() {
+        for shards in 1..=4 {
+            let mut seen = vec![0; shards];
+            for user_id in -8..64 {
+                let shard = shard_of(user_id, shards);
+                assert!(shard < shards);
+                assert_eq!(shard, shard_of(user_id, shards), "stable");
+                seen[shard] += 1;
+            }
+            assert!(seen.iter().all(|&n| n > 0), "every shard used: {seen:?}");
+        }
+        assert_eq!(shard_of(i64::MIN, 2), 0);
+        assert_eq!(shard_of(7, 0), 0, "no shards counts as one");
+    }
 }

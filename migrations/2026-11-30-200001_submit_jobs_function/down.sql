@@ -1,0 +1,2 @@
+DROP FUNCTION submit_jobs(BIGINT[], UUID[], BIGINT[], NUMERIC[], TEXT[], BIGINT[], BIGINT[], JSONB[],
+                          TEXT[], BIGINT);
