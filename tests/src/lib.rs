@@ -301,7 +301,10 @@ impl TestApp {
                 Some(json!({"email": email, "password": password})),
             )
             .await;
-        (reply.assert_status(201)["user"]["id"].as_i64().unwrap(), email)
+        (
+            reply.assert_status(201)["user"]["id"].as_i64().unwrap(),
+            email,
+        )
     }
 
     /// Registers a fresh user and returns (user id, token).

@@ -67,15 +67,24 @@ pub async fn release_hold(
 }
 
 /// Releases up to `limit` holds whose call never finished; returns how many.
+///
+/// A hold whose charge is known to be coming is kept past its expiry, so the user cannot
+/// spend that money meanwhile and the charge is not cut short when it settles: a hold with a
+/// charge waiting in the outbox, and the hold of a job, which the job releases when it fails
+/// and its charge settles when it completes, however long the job waited in the queue (a
+/// worker outage longer than the TTL used to release the holds of every queued job).
 pub async fn release_expired_holds(
     conn: &mut AsyncPgConnection,
     limit: i64,
 ) -> Result<usize, StoreError> {
     let released: Vec<IdRow> = diesel::sql_query(
         "WITH expired AS (
-             SELECT id FROM balance_holds
-             WHERE status = 'open' AND expires_at < now()
-             ORDER BY expires_at LIMIT $1 FOR UPDATE SKIP LOCKED),
+             SELECT h.id FROM balance_holds h
+             WHERE h.status = 'open' AND h.expires_at < now()
+               AND NOT EXISTS (SELECT 1 FROM billing_outbox o WHERE o.request_id = h.request_id)
+               AND NOT EXISTS (SELECT 1 FROM async_jobs j
+                               WHERE j.job_id = h.request_id AND j.status <> 'FAILED')
+             ORDER BY h.expires_at LIMIT $1 FOR UPDATE OF h SKIP LOCKED),
          released AS (
              UPDATE balance_holds h SET status = 'released', closed_at = now()
              FROM expired e WHERE h.id = e.id

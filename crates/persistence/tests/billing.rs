@@ -150,18 +150,8 @@ async fn released_and_expired_holds_cost_nothing() {
         .unwrap()
         .unwrap();
     tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    assert_eq!(
-        billing::release_expired_holds(&mut conn, 100)
-            .await
-            .unwrap(),
-        1
-    );
-    assert_eq!(
-        billing::release_expired_holds(&mut conn, 100)
-            .await
-            .unwrap(),
-        0
-    );
+    assert_eq!(common::release_expired(&mut conn).await, 1);
+    assert_eq!(common::release_expired(&mut conn).await, 0);
     let u = persistence::users::find(&mut conn, user).await.unwrap();
     assert_eq!(u.balance, BigDecimal::from(1));
     assert_eq!(u.held, BigDecimal::from(0));

@@ -339,3 +339,40 @@ async fn a_stranded_job_is_re_published_once_per_window_not_on_every_sweep() {
     );
     assert!(!again.contains(&leased));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_expired_hold_stays_while_its_job_runs_or_its_charge_waits_in_the_outbox() {
+    let pool = common::migrated_pool().await;
+    let model = image_model(&pool).await;
+    let user = user_with_balance(&pool, "10").await;
+    let mut conn = pool.get().await.unwrap();
+    // A job, and a call whose charge is parked in the outbox, both past their holds' TTL.
+    let job = submission(user, model, "3");
+    assert_eq!(
+        jobs::submit_many(&mut conn, std::slice::from_ref(&job), 0)
+            .await
+            .unwrap(),
+        vec![true]
+    );
+    let call = Uuid::new_v4();
+    billing::place_hold(&mut conn, user, call, &money("2"), 0)
+        .await
+        .unwrap()
+        .unwrap();
+    billing::outbox_insert(&mut conn, call, &serde_json::json!({"request_id": call}))
+        .await
+        .unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+
+    // A worker outage or a broker outage longer than the TTL: both holds are kept.
+    assert_eq!(common::release_expired(&mut conn).await, 0);
+    assert_eq!(held(&pool, user).await, money("5"));
+    // Once the charge has left the outbox (published), the call's hold expires as before; the
+    // job's stays until the job ends.
+    billing::outbox_delete_requests(&mut conn, &[call])
+        .await
+        .unwrap();
+    assert_eq!(common::release_expired(&mut conn).await, 1);
+    assert_eq!(held(&pool, user).await, money("3"));
+    books_balance(&pool).await;
+}
