@@ -366,10 +366,10 @@ pub async fn requeue(
 }
 
 /// Jobs that may have no message in flight: PENDING with no change and no (re-)publish for
-/// `idle_seconds`, or PROCESSING with a lease that expired with no re-publish since (or
-/// none for `idle_seconds`). The sweeper re-publishes them and
-/// records it in `published_at` (which the first claim also sets; a submission does not), so
-/// a job waiting in a long queue gets one more message per `idle_seconds`, not one per sweep.
+/// `idle_seconds`, or PROCESSING with a lease that expired with no re-publish since (or none
+/// for `idle_seconds`). The sweeper re-publishes them and records it in `published_at` (which
+/// the first claim also sets; a submission does not), so a job waiting in a long queue gets
+/// one more message per `idle_seconds`, not one per sweep.
 pub async fn stranded(
     conn: &mut AsyncPgConnection,
     idle_seconds: i64,

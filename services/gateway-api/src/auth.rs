@@ -28,10 +28,10 @@ pub struct Claims {
     pub iat: i64,
     pub exp: i64,
     pub iss: String,
-    /// The password the token was issued under (see [`password_stamp`]); a token without it,
-    /// or with another password's, is refused.
+    /// Stamp of the password the token was issued under (see [`password_stamp`]); a token
+    /// without it, or with another password's, is refused.
     #[serde(default)]
-    pub pwd: Option<String>,
+    pub stamp: Option<String>,
 }
 
 /// A short keyed digest of the user's password hash, carried in the session token: a new
@@ -55,7 +55,7 @@ pub fn issue_token(state: &AppState, user: &User) -> Result<String, ApiError> {
         iat: now,
         exp: now + state.jwt_ttl_seconds,
         iss: ISSUER.to_owned(),
-        pwd: Some(password_stamp(state, &user.password_hash)),
+        stamp: Some(password_stamp(state, &user.password_hash)),
     };
     jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &state.jwt_encoding)
         .map_err(|e| ApiError::Internal(format!("signing a token: {e}")))
@@ -125,7 +125,7 @@ impl FromRequest for SessionUser {
                 ));
             }
             let stamp = password_stamp(&state, &user.password_hash);
-            if claims.pwd.as_deref() != Some(stamp.as_str()) {
+            if claims.stamp.as_deref() != Some(stamp.as_str()) {
                 return Err(ApiError::Unauthorized(
                     "the password changed since this token was issued; sign in again".to_owned(),
                 ));
