@@ -132,6 +132,12 @@ where
                 }
                 return;
             }
+            Err(StoreError::Busy) => {
+                for reply in replies.into_iter().flatten() {
+                    let _ = reply.send(Err(StoreError::Busy));
+                }
+                return;
+            }
             Err(error) => {
                 tracing::warn!(%error, size, "batched statement failed; running its requests one by one");
             }

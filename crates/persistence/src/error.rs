@@ -25,6 +25,10 @@ pub enum StoreError {
     Database(#[source] DieselError),
     #[error("connection pool: {0}")]
     Pool(String),
+    /// Every connection of the pool stayed in use for the whole wait timeout: the database is
+    /// reachable but the service is past its capacity.
+    #[error("every database connection is busy")]
+    Busy,
     #[error("migration failed: {0}")]
     Migration(String),
 }
@@ -49,6 +53,10 @@ impl From<DieselError> for StoreError {
 
 impl<E: std::fmt::Display> From<deadpool::managed::PoolError<E>> for StoreError {
     fn from(error: deadpool::managed::PoolError<E>) -> Self {
-        StoreError::Pool(error.to_string())
+        use deadpool::managed::{PoolError, TimeoutType};
+        match error {
+            PoolError::Timeout(TimeoutType::Wait) => StoreError::Busy,
+            other => StoreError::Pool(other.to_string()),
+        }
     }
 }

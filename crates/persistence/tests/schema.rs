@@ -254,3 +254,34 @@ async fn migration_runs_started_together_take_turns_and_all_succeed() {
     .unwrap();
     assert_eq!(held.count, 0, "the migration lock was released");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_pool_whose_connections_stay_in_use_answers_busy_not_unavailable() {
+    let (url, _pool) = persistence::testing::migrated_database(1).await.unwrap();
+    let pool = persistence::build_pool(&persistence::DatabaseSettings {
+        url,
+        pool_max_size: 1,
+        pool_wait_timeout_ms: 100,
+        connect_timeout_ms: 5000,
+    })
+    .unwrap();
+    let held = pool.get().await.unwrap();
+    assert!(matches!(
+        persistence::ping(&pool).await,
+        Err(persistence::StoreError::Busy)
+    ));
+    drop(held);
+    persistence::ping(&pool).await.unwrap();
+    // A database that cannot be reached is an outage, not a busy pool.
+    let down = persistence::build_pool(&persistence::DatabaseSettings {
+        url: "postgres://postgres@127.0.0.1:1/none".to_owned(),
+        pool_max_size: 1,
+        pool_wait_timeout_ms: 100,
+        connect_timeout_ms: 1000,
+    })
+    .unwrap();
+    assert!(matches!(
+        persistence::ping(&down).await,
+        Err(persistence::StoreError::Pool(_))
+    ));
+}

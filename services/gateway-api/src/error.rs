@@ -171,6 +171,11 @@ impl From<StoreError> for ApiError {
                 tracing::error!(%cause, "database pool");
                 ApiError::Unavailable("the database is unavailable, retry later".to_owned())
             }
+            // Overload, not an outage: counted, not logged per request.
+            StoreError::Busy => {
+                metrics::counter!("db_pool_busy_total").increment(1);
+                ApiError::Unavailable("every database connection is busy, retry shortly".to_owned())
+            }
             other => ApiError::Internal(other.to_string()),
         }
     }
@@ -190,5 +195,19 @@ fn unique_message(constraint: &str) -> String {
 impl From<domain::MoneyError> for ApiError {
     fn from(error: domain::MoneyError) -> Self {
         ApiError::InvalidRequest(error.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_busy_pool_answers_503_and_names_the_overload() {
+        let error = ApiError::from(StoreError::Busy);
+        assert_eq!(error.status_code(), StatusCode::SERVICE_UNAVAILABLE);
+        assert!(error.public_message().contains("busy"), "{error}");
+        let down = ApiError::from(StoreError::Pool("refused".to_owned()));
+        assert!(down.public_message().contains("unavailable"), "{down}");
     }
 }

@@ -25,16 +25,42 @@ pub async fn healthz() -> HttpResponse {
 #[utoipa::path(get, path = "/readyz", tag = "operations",
     responses((status = 200), (status = 503, body = crate::error::ErrorBody)))]
 pub async fn readyz(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
-    persistence::ping(&state.pool).await.map_err(|e| {
-        tracing::warn!(error = %e, "readiness: database");
-        ApiError::Unavailable("database unreachable".to_owned())
-    })?;
+    let database = database_state(persistence::ping(&state.pool).await)?;
     let broker = if state.broker.is_connected() {
         "connected"
     } else {
         "disconnected (charges use the outbox)"
     };
-    Ok(HttpResponse::Ok().json(json!({"status": "ready", "database": "ok", "broker": broker})))
+    Ok(HttpResponse::Ok().json(json!({"status": "ready", "database": database, "broker": broker})))
+}
+
+/// Readiness as the database decides it. Every connection in use means the database answers
+/// and this replica is only busy: taking it out of the Service would push its load onto the
+/// others, so it stays ready.
+fn database_state(ping: Result<(), persistence::StoreError>) -> Result<&'static str, ApiError> {
+    match ping {
+        Ok(()) => Ok("ok"),
+        Err(persistence::StoreError::Busy) => Ok("busy"),
+        Err(error) => {
+            tracing::warn!(%error, "readiness: database");
+            Err(ApiError::Unavailable("database unreachable".to_owned()))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::database_state;
+    use actix_web::ResponseError;
+    use persistence::StoreError;
+
+    #[test]
+    fn a_busy_pool_stays_ready_and_an_unreachable_database_does_not() {
+        assert_eq!(database_state(Ok(())).ok(), Some("ok"));
+        assert_eq!(database_state(Err(StoreError::Busy)).ok(), Some("busy"));
+        let down = database_state(Err(StoreError::Pool("connection refused".to_owned())));
+        assert_eq!(down.err().map(|e| e.status_code().as_u16()), Some(503));
+    }
 }
 
 /// Prometheus text exposition.
