@@ -8,6 +8,7 @@
 
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
@@ -46,11 +47,27 @@ where
         F: Fn(Vec<Req>) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<Vec<Resp>, StoreError>> + Send + 'static,
     {
+        Self::start_lingering(batch_max, in_flight, Duration::ZERO, run)
+    }
+
+    /// [`Batcher::start`], but once a slot is free and the first request is in, the batch
+    /// waits up to `linger` for more (fewer, larger statements, for a little latency).
+    pub fn start_lingering<F, Fut>(
+        batch_max: usize,
+        in_flight: usize,
+        linger: Duration,
+        run: F,
+    ) -> Self
+    where
+        F: Fn(Vec<Req>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<Vec<Resp>, StoreError>> + Send + 'static,
+    {
         let (sender, receiver) = mpsc::unbounded_channel();
         tokio::spawn(drive(
             receiver,
             batch_max.max(1),
             Arc::new(Semaphore::new(in_flight.max(1))),
+            linger,
             Arc::new(run),
         ));
         Batcher { sender }
@@ -75,6 +92,7 @@ async fn drive<Req, Resp, F, Fut>(
     mut receiver: mpsc::UnboundedReceiver<(Req, Option<Reply<Resp>>)>,
     batch_max: usize,
     slots: Arc<Semaphore>,
+    linger: Duration,
     run: Arc<F>,
 ) where
     Req: Clone + Send + 'static,
@@ -91,10 +109,19 @@ async fn drive<Req, Resp, F, Fut>(
             return;
         };
         let mut batch = vec![first];
+        let deadline = tokio::time::Instant::now() + linger;
         while batch.len() < batch_max {
-            match receiver.try_recv() {
-                Ok(next) => batch.push(next),
-                Err(_) => break,
+            let next = if linger.is_zero() {
+                receiver.try_recv().ok()
+            } else {
+                tokio::time::timeout_at(deadline, receiver.recv())
+                    .await
+                    .ok()
+                    .flatten()
+            };
+            match next {
+                Some(next) => batch.push(next),
+                None => break,
             }
         }
         let run = Arc::clone(&run);
@@ -158,7 +185,6 @@ where
 mod tests {
     use super::*;
     use std::sync::Mutex;
-    use std::time::Duration;
 
     /// Doubles each number after a pause; refuses a whole batch holding a negative one.
     fn doubler(sizes: Arc<Mutex<Vec<usize>>>) -> Batcher<i64, i64> {
@@ -192,6 +218,34 @@ mod tests {
         assert!(sizes.len() < 20, "no batching happened: {sizes:?}");
         // A lone request later runs at once, by itself.
         assert_eq!(batcher.call(21).await.expect("answered"), 42);
+    }
+
+    #[tokio::test]
+    async fn a_lingering_batch_waits_for_requests_that_arrive_soon_after_the_first() {
+        let sizes = Arc::new(Mutex::new(Vec::new()));
+        let recorded = Arc::clone(&sizes);
+        let batcher =
+            Batcher::start_lingering(64, 1, Duration::from_millis(300), move |batch: Vec<i64>| {
+                let sizes = Arc::clone(&recorded);
+                async move {
+                    sizes.lock().map_err(|_| stopped())?.push(batch.len());
+                    Ok(batch)
+                }
+            });
+        let mut calls = Vec::new();
+        for n in 0..3 {
+            let batcher = batcher.clone();
+            calls.push(tokio::spawn(async move { batcher.call(n).await }));
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        for (n, call) in (0..3).zip(calls) {
+            assert_eq!(call.await.expect("task").expect("answered"), n);
+        }
+        assert_eq!(
+            *sizes.lock().expect("sizes"),
+            vec![3],
+            "one batch of all three"
+        );
     }
 
     #[tokio::test]

@@ -3,53 +3,45 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use diesel_async::AsyncConnection;
 use domain::{BillingBatch, BillingMessage};
 use messaging::{Delivery, Handler, Outcome};
+use persistence::batch::Batcher;
 use persistence::billing::{self, Charge, Settlement};
 use persistence::{Pool, StoreError};
-use tokio::sync::{Semaphore, mpsc, oneshot};
 
 /// Retry delay for a charge whose settlement hit a transient database error.
 const RETRY_AFTER: Duration = Duration::from_secs(2);
 
-type Reply = oneshot::Sender<Result<Settlement, StoreError>>;
-
 /// Settles a decoded charge, in a batch with whatever else arrived at the same time.
 #[derive(Clone)]
 pub struct Settler {
-    sender: mpsc::Sender<(BillingMessage, Reply)>,
+    batches: Batcher<BillingMessage, Settlement>,
 }
 
 impl Settler {
     /// Starts the batching task: up to `batch_max` charges per transaction, up to `in_flight`
     /// transactions at once, waiting at most `linger` for a batch to fill once the first
-    /// charge arrived.
+    /// charge arrived. Concurrent batches cannot deadlock: each locks its users in id order,
+    /// in a statement of its own (see the `settle_charges` migration). A batch that fails is
+    /// settled again charge by charge, so one bad charge cannot hold up the rest.
     pub fn start(pool: Pool, batch_max: usize, in_flight: usize, linger: Duration) -> Settler {
-        let batch_max = batch_max.max(1);
-        let (sender, receiver) = mpsc::channel(batch_max * 4);
-        tokio::spawn(run_batches(
-            pool,
-            receiver,
+        let batches = Batcher::start_lingering(
             batch_max,
-            in_flight.max(1),
+            in_flight,
             linger,
-        ));
-        Settler { sender }
+            move |messages: Vec<BillingMessage>| {
+                let pool = pool.clone();
+                async move { settle_batch(&pool, messages).await }
+            },
+        );
+        Settler { batches }
     }
 
     pub async fn settle(&self, message: BillingMessage) -> Result<Settlement, StoreError> {
-        let (reply, answer) = oneshot::channel();
-        self.sender
-            .send((message, reply))
-            .await
-            .map_err(|_| StoreError::Pool("the settlement task stopped".into()))?;
-        answer
-            .await
-            .map_err(|_| StoreError::Pool("the settlement task stopped".into()))?
+        self.batches.call(message).await
     }
 }
 
@@ -65,81 +57,31 @@ fn charge_of(message: &BillingMessage) -> Charge<'_> {
     }
 }
 
-async fn run_batches(
-    pool: Pool,
-    mut receiver: mpsc::Receiver<(BillingMessage, Reply)>,
-    batch_max: usize,
-    in_flight: usize,
-    linger: Duration,
-) {
-    // Concurrent batches cannot deadlock: each locks its users in id order, in a statement of
-    // its own (see the `settle_charges` migration).
-    let slots = Arc::new(Semaphore::new(in_flight));
-    loop {
-        // While every slot is busy, charges wait in the channel and form the next batch.
-        let Ok(slot) = Arc::clone(&slots).acquire_owned().await else {
-            return;
-        };
-        let Some(first) = receiver.recv().await else {
-            return;
-        };
-        let mut batch = vec![first];
-        let deadline = tokio::time::Instant::now() + linger;
-        while batch.len() < batch_max {
-            match tokio::time::timeout_at(deadline, receiver.recv()).await {
-                Ok(Some(next)) => batch.push(next),
-                _ => break,
-            }
-        }
-        let pool = pool.clone();
-        tokio::spawn(async move {
-            settle_batch(&pool, batch).await;
-            drop(slot);
-        });
-    }
-}
-
 /// One transaction for the whole batch, with a fixed number of statements (see
-/// `billing::settle_many`); if it fails, each charge is settled alone so one bad charge cannot
-/// hold up the rest.
-async fn settle_batch(pool: &Pool, batch: Vec<(BillingMessage, Reply)>) {
+/// `billing::settle_many`); a lone charge (also each one of a failed batch, run again alone)
+/// is settled by itself.
+async fn settle_batch(
+    pool: &Pool,
+    messages: Vec<BillingMessage>,
+) -> Result<Vec<Settlement>, StoreError> {
     let started = Instant::now();
-    let size = batch.len();
-    let together = match pool.get().await {
-        Ok(mut conn) => {
-            let charges: Vec<Charge<'_>> = batch.iter().map(|(m, _)| charge_of(m)).collect();
+    let mut conn = pool.get().await?;
+    let results = match messages.as_slice() {
+        [message] => vec![billing::settle(&mut conn, &charge_of(message)).await?],
+        _ => {
+            let charges: Vec<Charge<'_>> = messages.iter().map(charge_of).collect();
             conn.transaction::<_, StoreError, _>(async |conn| {
                 billing::settle_many(conn, &charges).await
             })
-            .await
+            .await?
         }
-        Err(error) => Err(StoreError::from(error)),
     };
-    match together {
-        Ok(results) => {
-            for ((message, reply), result) in batch.into_iter().zip(results) {
-                record(&message, &result);
-                let _ = reply.send(Ok(result));
-            }
-        }
-        Err(error) => {
-            if size > 1 {
-                tracing::warn!(%error, size, "batch settlement failed; settling one by one");
-            }
-            for (message, reply) in batch {
-                let result = match pool.get().await {
-                    Ok(mut conn) => billing::settle(&mut conn, &charge_of(&message)).await,
-                    Err(error) => Err(StoreError::from(error)),
-                };
-                if let Ok(settlement) = &result {
-                    record(&message, settlement);
-                }
-                let _ = reply.send(result);
-            }
-        }
+    for (message, result) in messages.iter().zip(&results) {
+        record(message, result);
     }
-    metrics::histogram!("billing_batch_size").record(size as f64);
+    metrics::histogram!("billing_batch_size").record(messages.len() as f64);
     metrics::histogram!("billing_batch_seconds").record(started.elapsed().as_secs_f64());
+    Ok(results)
 }
 
 fn record(message: &BillingMessage, result: &Settlement) {
