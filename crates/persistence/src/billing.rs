@@ -3,9 +3,9 @@
 
 use bigdecimal::BigDecimal;
 use diesel::prelude::*;
-use diesel::sql_types::{BigInt, Int4, Nullable, Numeric, Text, Uuid as SqlUuid};
+use diesel::sql_types::{BigInt, Int4, Numeric, Text, Uuid as SqlUuid};
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
-use domain::{LedgerKind, Money, Usage};
+use domain::{Money, Usage};
 use uuid::Uuid;
 
 use crate::StoreError;
@@ -122,119 +122,8 @@ pub enum Settlement {
     AlreadySettled,
 }
 
-#[derive(QueryableByName)]
-struct SettledRow {
-    #[diesel(sql_type = Numeric)]
-    balance_after: BigDecimal,
-    #[diesel(sql_type = Numeric)]
-    charged: BigDecimal,
-}
-
-#[derive(QueryableByName)]
-struct AmountRow {
-    #[diesel(sql_type = Numeric)]
-    amount: BigDecimal,
-}
-
 fn tokens(value: u64) -> i64 {
     i64::try_from(value).unwrap_or(i64::MAX)
-}
-
-/// Locks the users' rows for a settlement, in id order (two settling workers cannot deadlock),
-/// in a statement of its own; call in a transaction. The statement that then charges them reads
-/// them with a fresh snapshot: when one statement both locks rows and updates them, its update
-/// re-locks rows that changed after its snapshot, and queued waiters deadlock with it. FOR NO
-/// KEY UPDATE (what an UPDATE takes), not FOR UPDATE, which would also wait for the key-share
-/// locks that usage-log foreign keys of a concurrent settlement hold on the same users.
-async fn lock_users(conn: &mut AsyncPgConnection, mut ids: Vec<i64>) -> Result<(), StoreError> {
-    use diesel::sql_types::Array;
-    enum LockUsers {}
-    ids.sort_unstable();
-    ids.dedup();
-    Prepared::<LockUsers>::new(
-        "SELECT id FROM users WHERE id = ANY($1) ORDER BY id FOR NO KEY UPDATE",
-    )
-    .bind::<Array<BigInt>, _>(ids)
-    .execute(conn)
-    .await?;
-    Ok(())
-}
-
-/// Settles one charge; run it inside a transaction (see `settle`). The usage log's unique
-/// request id makes it idempotent: a redelivered charge finds its log and changes nothing.
-/// Otherwise: the hold is closed, the balance debited (never below zero), the ledger written.
-pub async fn settle_in(
-    conn: &mut AsyncPgConnection,
-    charge: &Charge<'_>,
-) -> Result<Settlement, StoreError> {
-    let logged: Vec<IdRow> = diesel::sql_query(
-        "INSERT INTO usage_logs (request_id, user_id, access_key_id, model_id, model_name,
-             prompt_tokens, completion_tokens, cached_prompt_tokens, images, cost)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
-         ON CONFLICT (request_id) DO NOTHING
-         RETURNING id",
-    )
-    .bind::<SqlUuid, _>(charge.request_id)
-    .bind::<BigInt, _>(charge.user_id)
-    .bind::<Nullable<BigInt>, _>(charge.access_key_id)
-    .bind::<Nullable<BigInt>, _>(charge.model_id)
-    .bind::<Text, _>(charge.model_name)
-    .bind::<BigInt, _>(tokens(charge.usage.prompt_tokens))
-    .bind::<BigInt, _>(tokens(charge.usage.completion_tokens))
-    .bind::<BigInt, _>(tokens(charge.usage.cached_prompt_tokens))
-    .bind::<Int4, _>(i32::try_from(charge.usage.images).unwrap_or(i32::MAX))
-    .bind::<Numeric, _>(charge.cost.as_decimal())
-    .load(conn)
-    .await?;
-    if logged.is_empty() {
-        return Ok(Settlement::AlreadySettled);
-    }
-    let hold: Vec<AmountRow> = diesel::sql_query(
-        "UPDATE balance_holds SET status = 'settled', closed_at = now()
-         WHERE request_id = $1 AND closed_at IS NULL RETURNING amount",
-    )
-    .bind::<SqlUuid, _>(charge.request_id)
-    .load(conn)
-    .await?;
-    let held = hold
-        .into_iter()
-        .next()
-        .map_or_else(|| BigDecimal::from(0), |h| h.amount);
-    lock_users(conn, vec![charge.user_id]).await?;
-    let row: SettledRow = diesel::sql_query(
-        "WITH before AS (SELECT id, balance FROM users WHERE id = $1)
-         UPDATE users u SET balance = u.balance - LEAST($2, b.balance), held = u.held - $3,
-             updated_at = now()
-         FROM before b WHERE u.id = b.id
-         RETURNING u.balance AS balance_after, LEAST($2, b.balance) AS charged",
-    )
-    .bind::<BigInt, _>(charge.user_id)
-    .bind::<Numeric, _>(charge.cost.as_decimal())
-    .bind::<Numeric, _>(&held)
-    .get_result(conn)
-    .await?;
-    let charged = Money::from_db(row.charged);
-    if charged.is_positive() {
-        diesel::sql_query(
-            "INSERT INTO balance_ledger (user_id, delta, balance_after, kind, reference)
-             VALUES ($1, $2, $3, $4, $5)",
-        )
-        .bind::<BigInt, _>(charge.user_id)
-        .bind::<Numeric, _>(charged.neg().as_decimal())
-        .bind::<Numeric, _>(&row.balance_after)
-        .bind::<Text, _>(LedgerKind::Charge.as_str())
-        .bind::<Text, _>(charge.request_id.to_string())
-        .execute(conn)
-        .await?;
-    }
-    if charged < *charge.cost {
-        tracing::warn!(request_id = %charge.request_id, cost = %charge.cost, %charged,
-            "balance could not cover the whole charge");
-    }
-    Ok(Settlement::Settled {
-        charged,
-        balance_after: Money::from_db(row.balance_after),
-    })
 }
 
 #[derive(QueryableByName)]
@@ -260,8 +149,10 @@ struct ChargedRow {
 }
 
 /// Settles many charges with a fixed number of statements, whatever their count; run it inside
-/// a transaction. Same rules as [`settle_in`], charge by charge in the given order: a request
-/// id already logged (before, or earlier in this batch) is `AlreadySettled`. User rows are
+/// a transaction. Charge by charge in the given order: a request id already logged (before,
+/// or earlier in this batch; the usage log's request id is unique) is `AlreadySettled` and
+/// changes nothing; otherwise the usage is logged, the hold closed, the balance debited
+/// (never below zero) and the ledger written. User rows are
 /// locked only by the last statement (the `settle_charges` function), in id order, so calls
 /// being admitted for the same users wait as little as possible (the caller commits right
 /// after).
@@ -417,13 +308,17 @@ pub async fn settle_many(
         .collect()
 }
 
-/// Settles one charge in its own transaction.
+/// Settles one charge in its own transaction (see [`settle_many`]).
 pub async fn settle(
     conn: &mut AsyncPgConnection,
     charge: &Charge<'_>,
 ) -> Result<Settlement, StoreError> {
-    conn.transaction::<_, StoreError, _>(async |conn| settle_in(conn, charge).await)
-        .await
+    let mut settled = conn
+        .transaction::<_, StoreError, _>(async |conn| {
+            settle_many(conn, std::slice::from_ref(charge)).await
+        })
+        .await?;
+    settled.pop().ok_or(StoreError::NotFound)
 }
 
 /// Keeps a charge the broker could not take; settled later by billing-worker's sweeper.

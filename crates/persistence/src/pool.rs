@@ -58,17 +58,37 @@ pub fn build_reservation_pool(settings: &DatabaseSettings) -> Result<Pool, Store
     build_pool(&with_session_setting(settings, "synchronous_commit%3Doff"))
 }
 
-/// A pool of `size` connections for the batched set statements (see `batch`), which Postgres
-/// plans at each execution, with the real array lengths and table sizes: a plan it would
-/// otherwise cache on a connection while a table was still nearly empty (a fresh deployment,
-/// or tables not yet analyzed) can stay a scan of the whole table or of a partial index,
-/// which grows with the table, instead of one index lookup per element.
+/// A pool of `size` connections for the hot batched statements (see `batch`): the worker's
+/// claims and completions, the settlement of charges, job submissions. Their plans are
+/// pinned to what they must be at any table size, an index lookup per element of the batch
+/// (a nested loop over the ids), and cached: Postgres plans each such statement once per
+/// connection, not at every execution.
+///
+/// Left to itself Postgres would do neither. A statement taking an array is planned at every
+/// execution (the plan for the real array length always looks cheaper than a generic one), and
+/// a plan made while a table was still nearly empty (a fresh deployment, or a table not yet
+/// analyzed) may be a scan of the whole table or a hash join, which grow with the table. With
+/// sequential scans, hash joins and merge joins disabled for the session, the one plan left is
+/// the lookup, whatever the statistics say. Use this pool only for statements that find their
+/// rows by key; a report over a whole table belongs on the ordinary pool.
 pub fn build_batch_pool(settings: &DatabaseSettings, size: usize) -> Result<Pool, StoreError> {
+    let mut pinned = settings.clone();
+    for setting in PINNED_PLAN_SETTINGS {
+        pinned = with_session_setting(&pinned, setting);
+    }
     build_pool(&DatabaseSettings {
         pool_max_size: size.max(1),
-        ..with_session_setting(settings, "plan_cache_mode%3Dforce_custom_plan")
+        ..pinned
     })
 }
+
+/// The session settings of [`build_batch_pool`] (URL-encoded `name=value`).
+const PINNED_PLAN_SETTINGS: [&str; 4] = [
+    "plan_cache_mode%3Dforce_generic_plan",
+    "enable_seqscan%3Doff",
+    "enable_hashjoin%3Doff",
+    "enable_mergejoin%3Doff",
+];
 
 /// [`build_batch_pool`] whose commits do not wait for the WAL flush, for batched statements
 /// that are safe to lose in a Postgres crash (see [`build_reservation_pool`]): a job claim,

@@ -188,11 +188,13 @@ struct Settings {
     #[diesel(sql_type = diesel::sql_types::Text)]
     plan_cache_mode: String,
     #[diesel(sql_type = diesel::sql_types::Text)]
+    pinned: String,
+    #[diesel(sql_type = diesel::sql_types::Text)]
     application_name: String,
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn batch_pools_plan_each_execution_and_only_the_relaxed_one_skips_the_flush() {
+async fn batch_pools_pin_and_cache_their_plans_and_only_the_relaxed_one_skips_the_flush() {
     let (url, _pool) = persistence::testing::migrated_database(1).await.unwrap();
     // The deployment's own options are kept beside the pools' settings.
     let url = format!("{url}?options=-c%20application_name%3Dgw-test");
@@ -204,6 +206,9 @@ async fn batch_pools_plan_each_execution_and_only_the_relaxed_one_skips_the_flus
     };
     let show = "SELECT current_setting('synchronous_commit') AS synchronous_commit,
                        current_setting('plan_cache_mode') AS plan_cache_mode,
+                       concat_ws(' ', current_setting('enable_seqscan'),
+                                 current_setting('enable_hashjoin'),
+                                 current_setting('enable_mergejoin')) AS pinned,
                        current_setting('application_name') AS application_name";
     for (pool, synchronous_commit) in [
         (persistence::build_batch_pool(&settings, 1).unwrap(), "on"),
@@ -215,8 +220,128 @@ async fn batch_pools_plan_each_execution_and_only_the_relaxed_one_skips_the_flus
         let mut conn = pool.get().await.unwrap();
         let current: Settings = diesel::sql_query(show).get_result(&mut conn).await.unwrap();
         assert_eq!(current.synchronous_commit, synchronous_commit);
-        assert_eq!(current.plan_cache_mode, "force_custom_plan");
+        assert_eq!(current.plan_cache_mode, "force_generic_plan");
+        assert_eq!(current.pinned, "off off off");
         assert_eq!(current.application_name, "gw-test");
+    }
+}
+
+#[derive(diesel::QueryableByName)]
+struct PreparedStatement {
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    name: String,
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    statement: String,
+    #[diesel(sql_type = diesel::sql_types::Integer)]
+    parameters: i32,
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    custom_plans: i64,
+}
+
+#[derive(diesel::QueryableByName)]
+struct PlanLine {
+    #[diesel(sql_type = diesel::sql_types::Text, column_name = "QUERY PLAN")]
+    line: String,
+}
+
+/// The hot batched statements, run once on a batch-pool connection of a fresh database (the
+/// case where Postgres' own choice is a scan of the whole table and a hash join, which it
+/// would then keep in the cached plan while the table grows), are planned generically and find
+/// their rows by index.
+#[tokio::test(flavor = "multi_thread")]
+async fn batched_statements_cache_index_lookup_plans_even_on_empty_tables() {
+    use diesel_async::AsyncConnection;
+    use persistence::{billing, jobs};
+
+    let (url, shared) = persistence::testing::migrated_database(1).await.unwrap();
+    let user = common::user_with_balance(&shared, "10").await;
+    let settings = persistence::DatabaseSettings {
+        url,
+        pool_max_size: 1,
+        pool_wait_timeout_ms: 5000,
+        connect_timeout_ms: 5000,
+    };
+    let pool = persistence::build_batch_pool(&settings, 1).unwrap();
+    let mut conn = pool.get().await.unwrap();
+    let job = uuid::Uuid::new_v4();
+    jobs::claim_many(&mut conn, &[job], 60).await.unwrap();
+    let completion = jobs::Completion {
+        job_id: job,
+        attempts: 1,
+        result: serde_json::json!({}),
+        cost: common::money("1"),
+        charge: serde_json::json!({}),
+    };
+    jobs::complete_many(&mut conn, &[completion]).await.unwrap();
+    billing::outbox_delete_requests(&mut conn, &[job])
+        .await
+        .unwrap();
+    let cost = common::money("1");
+    let charge = billing::Charge {
+        request_id: job,
+        user_id: user,
+        access_key_id: None,
+        model_id: None,
+        model_name: "m",
+        usage: domain::Usage::default(),
+        cost: &cost,
+    };
+    conn.transaction::<_, StoreError, _>(async |conn| {
+        billing::settle_many(conn, std::slice::from_ref(&charge)).await
+    })
+    .await
+    .unwrap();
+
+    let statements: Vec<PreparedStatement> = diesel::sql_query(
+        "SELECT name, statement, cardinality(parameter_types) AS parameters, custom_plans
+         FROM pg_prepared_statements
+         WHERE statement ~ 'unnest' AND statement !~ 'pg_prepared_statements'",
+    )
+    .load(&mut conn)
+    .await
+    .unwrap();
+    let mut checked = Vec::new();
+    for statement in &statements {
+        let text = statement
+            .statement
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ");
+        assert_eq!(statement.custom_plans, 0, "planned per execution: {text}");
+        // A generic plan does not depend on the values: NULL for every parameter.
+        let arguments = match statement.parameters {
+            0 => String::new(),
+            n => format!("({})", vec!["NULL"; n as usize].join(", ")),
+        };
+        let plan: Vec<PlanLine> =
+            diesel::sql_query(format!("EXPLAIN EXECUTE {}{arguments}", statement.name))
+                .load(&mut conn)
+                .await
+                .unwrap();
+        let plan: Vec<String> = plan.into_iter().map(|l| l.line).collect();
+        let plan = plan.join("\n");
+        for scan in ["Seq Scan", "Hash Join", "Merge Join"] {
+            assert!(
+                !plan.contains(scan),
+                "{scan} in the plan of {text}:\n{plan}"
+            );
+        }
+        checked.push((text, plan));
+    }
+    for fragment in [
+        "UPDATE async_jobs j SET status = 'PROCESSING'",
+        "UPDATE async_jobs j SET status = 'COMPLETED'",
+        "DELETE FROM billing_outbox",
+        "UPDATE balance_holds h SET status = 'settled'",
+    ] {
+        let (text, plan) = checked
+            .iter()
+            .find(|(text, _)| text.contains(fragment))
+            .unwrap_or_else(|| panic!("{fragment} was not checked; checked: {checked:#?}"));
+        assert!(
+            plan.contains("Index Scan"),
+            "no index lookup: {text}:\n{plan}"
+        );
     }
 }
 

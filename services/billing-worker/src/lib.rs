@@ -80,9 +80,6 @@ impl Settings {
                 "billing.batch_max, billing.batches_in_flight and billing.sweep_interval_ms must be at least 1",
             );
         }
-        if self.billing.batches_in_flight >= self.database.pool_max_size {
-            return invalid("billing.batches_in_flight must be below database.pool_max_size");
-        }
         if self.shutdown_grace_seconds == 0 {
             return invalid("shutdown_grace_seconds must be at least 1");
         }
@@ -134,7 +131,10 @@ impl Application {
             settings.broker.prefetch,
             Arc::new(BillingHandler {
                 settler: Settler::start(
-                    pool.clone(),
+                    persistence::build_batch_pool(
+                        &settings.database,
+                        settings.billing.batches_in_flight,
+                    )?,
                     settings.billing.batch_max,
                     settings.billing.batches_in_flight,
                     Duration::from_millis(settings.billing.batch_linger_ms),

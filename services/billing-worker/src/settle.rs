@@ -58,24 +58,18 @@ fn charge_of(message: &BillingMessage) -> Charge<'_> {
 }
 
 /// One transaction for the whole batch, with a fixed number of statements (see
-/// `billing::settle_many`); a lone charge (also each one of a failed batch, run again alone)
-/// is settled by itself.
+/// `billing::settle_many`), also for a lone charge (and for each charge of a failed batch, run
+/// again alone).
 async fn settle_batch(
     pool: &Pool,
     messages: Vec<BillingMessage>,
 ) -> Result<Vec<Settlement>, StoreError> {
     let started = Instant::now();
     let mut conn = pool.get().await?;
-    let results = match messages.as_slice() {
-        [message] => vec![billing::settle(&mut conn, &charge_of(message)).await?],
-        _ => {
-            let charges: Vec<Charge<'_>> = messages.iter().map(charge_of).collect();
-            conn.transaction::<_, StoreError, _>(async |conn| {
-                billing::settle_many(conn, &charges).await
-            })
-            .await?
-        }
-    };
+    let charges: Vec<Charge<'_>> = messages.iter().map(charge_of).collect();
+    let results = conn
+        .transaction::<_, StoreError, _>(async |conn| billing::settle_many(conn, &charges).await)
+        .await?;
     for (message, result) in messages.iter().zip(&results) {
         record(message, result);
     }

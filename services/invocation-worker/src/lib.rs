@@ -153,12 +153,10 @@ impl Application {
         )));
         routing.reload(&pool, &secrets).await?;
         // One statement per published batch of charges, off the job's critical path.
-        let relaxed = persistence::build_reservation_pool(&persistence::DatabaseSettings {
-            pool_max_size: 2,
-            ..settings.database.clone()
-        })?;
-        // Claims and completions: set statements planned with their real arrays. A claim
-        // does not wait for the WAL flush (see `build_relaxed_batch_pool`); a completion does.
+        let relaxed = persistence::build_relaxed_batch_pool(&settings.database, 2)?;
+        // Claims and completions: batched statements with pinned, cached plans (see
+        // `build_batch_pool`). A claim does not wait for the WAL flush (see
+        // `build_relaxed_batch_pool`); a completion does.
         let claims = persistence::build_relaxed_batch_pool(&settings.database, jobs::IN_FLIGHT)?;
         let completions = persistence::build_batch_pool(&settings.database, jobs::IN_FLIGHT)?;
         let runner = Arc::new(Runner {

@@ -147,21 +147,19 @@ pub struct Submissions {
 }
 
 impl Submissions {
-    /// Starts the shards on their own durable connections (on the shared pool if those cannot
-    /// be set up; they come from the same settings, so that is unlikely). Unlike the worker's
-    /// job statements they keep cached plans, saving a planning of the submission per batch:
-    /// they find users by primary key, with no partial index to stray into.
+    /// Starts the shards on their own durable connections, with pinned, cached plans (see
+    /// `persistence::build_batch_pool`); on the shared pool if those cannot be set up (they
+    /// come from the same settings, so that is unlikely).
     pub fn start(
         database: &persistence::DatabaseSettings,
         shared: persistence::Pool,
         hold_ttl_seconds: i64,
     ) -> Submissions {
-        let pool = persistence::build_pool(&persistence::DatabaseSettings {
-            pool_max_size: SUBMIT_SHARDS,
-            ..database.clone()
-        })
-        .inspect_err(|error| tracing::error!(%error, "job submission pool; using the shared one"))
-        .unwrap_or(shared);
+        let pool = persistence::build_batch_pool(database, SUBMIT_SHARDS)
+            .inspect_err(
+                |error| tracing::error!(%error, "job submission pool; using the shared one"),
+            )
+            .unwrap_or(shared);
         let shards = (0..SUBMIT_SHARDS)
             .map(|_| {
                 let pool = pool.clone();
