@@ -491,6 +491,78 @@ async fn calls_succeed_while_billing_worker_is_down_and_settle_when_it_returns()
     worker.stop().await;
 }
 
+/// Every billing-worker down for longer than the hold TTL: the call's hold expires while its
+/// charge waits in the queue. The sweeper keeps that hold until the queue is drained (the user
+/// cannot spend the money meanwhile, and the charge is not cut down to what is left), and still
+/// releases a hold whose charge never comes once it has seen the queue empty twice.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_expired_hold_is_kept_while_charges_wait_in_the_queue() {
+    use diesel_async::RunQueryDsl;
+
+    let app = spawn_app().await;
+    let setup = app
+        .chat_setup(mock(MockConfig::default()).await, &[("good-key", 1)], "10")
+        .await;
+    app.send(
+        Method::POST,
+        "/v1/chat/completions",
+        Credential::Bearer(&setup.access_key),
+        Some(chat(&setup.model, "one two")),
+    )
+    .await
+    .assert_status(200);
+    let mut conn = app.pool.get().await.unwrap();
+    diesel::sql_query(
+        "UPDATE balance_holds SET expires_at = now() - interval '1 minute' WHERE user_id = $1",
+    )
+    .bind::<diesel::sql_types::BigInt, _>(setup.user_id)
+    .execute(&mut conn)
+    .await
+    .unwrap();
+
+    let broker = messaging::Broker::connect(app.settings.broker.clone())
+        .await
+        .unwrap();
+    let mut sweeper = billing_worker::Sweeper::new(app.pool.clone(), broker.clone());
+    for _ in 0..3 {
+        let (released, _) = sweeper.pass().await.unwrap();
+        assert_eq!(released, 0, "released while its charge waits in the queue");
+    }
+    assert_eq!(app.open_holds(setup.user_id).await, 1);
+
+    let worker = BillingWorker::start(&app).await;
+    let rows = eventually(15, || async {
+        let rows = app.usage_of(setup.user_id).await;
+        (rows.len() == 1).then_some(rows)
+    })
+    .await;
+    worker.stop().await;
+    assert_eq!(rows[0].2, expected_cost(2, 16));
+    assert_eq!(
+        app.balance_and_ledger_sum(setup.user_id).await.0,
+        dec("10") - expected_cost(2, 16),
+        "charged in full"
+    );
+    assert_eq!(app.open_holds(setup.user_id).await, 0);
+
+    // A hold whose charge never comes (its gateway died mid-call).
+    persistence::billing::place_hold(
+        &mut conn,
+        setup.user_id,
+        uuid::Uuid::new_v4(),
+        &Money::parse("1").unwrap(),
+        0,
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(sweeper.pass().await.unwrap().0, 0, "the first empty look");
+    assert_eq!(sweeper.pass().await.unwrap().0, 1);
+    assert_eq!(app.open_holds(setup.user_id).await, 0);
+    app.assert_books_balance().await;
+    broker.close().await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_redelivered_billing_message_charges_nothing_more() {
     let app = spawn_app().await;

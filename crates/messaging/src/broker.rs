@@ -5,7 +5,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use amqprs::channel::{BasicPublishArguments, Channel, ConfirmSelectArguments};
+use amqprs::channel::{
+    BasicPublishArguments, Channel, ConfirmSelectArguments, QueueDeclareArguments,
+};
 use amqprs::connection::{Connection, OpenConnectionArguments};
 use amqprs::{BasicProperties, DELIVERY_MODE_PERSISTENT, FieldTable, FieldValue};
 use tokio::sync::{Mutex, watch};
@@ -157,6 +159,30 @@ impl Broker {
             })
             .await?;
         Ok(channel)
+    }
+
+    /// Messages waiting to be delivered (ready) in a work queue and in its retry queue: a
+    /// passive declare of each, on a channel of its own. Messages delivered but not yet acked
+    /// are not counted.
+    pub async fn waiting(&self, queue: &str) -> Result<u64, MessagingError> {
+        let set = self.resolve(queue)?;
+        let channel = self.open_channel().await?;
+        let mut waiting = 0;
+        for name in [&set.work, &set.retry] {
+            let declared = channel
+                .queue_declare(QueueDeclareArguments::new(name).passive(true).finish())
+                .await;
+            match declared {
+                Ok(Some((_, ready, _))) => waiting += u64::from(ready),
+                Ok(None) => {}
+                Err(error) => {
+                    // A failed passive declare closes the channel already.
+                    return Err(error.into());
+                }
+            }
+        }
+        let _ = channel.close().await;
+        Ok(waiting)
     }
 
     /// Drops the current connection; the supervisor opens a new one (with backoff) and

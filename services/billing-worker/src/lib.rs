@@ -175,7 +175,10 @@ impl Application {
     pub async fn run_until(self, shutdown: impl Future<Output = ()>) -> Result<(), WorkerError> {
         let ops = self.ops_server.handle();
         let ops_task = tokio::spawn(self.ops_server);
-        let sweeper = tokio::spawn(sweep_forever(self.pool.clone(), self.sweep_every));
+        let sweeper = tokio::spawn(sweep_forever(
+            Sweeper::new(self.pool.clone(), self.broker.clone()),
+            self.sweep_every,
+        ));
         let consumed = self.consumer.run(shutdown).await;
         sweeper.abort();
         // Probes need no goodbye: stop at once rather than wait for idle keep-alives.
@@ -189,13 +192,44 @@ impl Application {
     }
 }
 
-/// The sweeper: releases holds of calls that never finished and settles charges parked in the
-/// outbox while the broker was down. Safe to run in every replica (rows are locked SKIP LOCKED).
-async fn sweep_forever(pool: Pool, every: Duration) {
+/// The sweeper: releases holds of calls that never finished (once no charge waits in the
+/// queue, see `settle::HoldRelease`) and settles charges parked in the outbox while the broker
+/// was down. Safe to run in every replica (rows are locked SKIP LOCKED).
+pub struct Sweeper {
+    pool: Pool,
+    broker: Broker,
+    hold_release: settle::HoldRelease,
+}
+
+impl Sweeper {
+    pub fn new(pool: Pool, broker: Broker) -> Sweeper {
+        Sweeper {
+            pool,
+            broker,
+            hold_release: settle::HoldRelease::default(),
+        }
+    }
+
+    /// One pass (see `settle::sweep`): (holds released, outbox charges settled).
+    pub async fn pass(&mut self) -> Result<(usize, usize), StoreError> {
+        let waiting = match self.broker.waiting(BILLING_LOG_QUEUE).await {
+            Ok(waiting) => Some(waiting),
+            Err(error) => {
+                tracing::debug!(%error, "cannot count the waiting charges");
+                None
+            }
+        };
+        let release_holds = self.hold_release.observe(waiting);
+        metrics::gauge!("billing_hold_release_paused").set(if release_holds { 0.0 } else { 1.0 });
+        settle::sweep(&self.pool, release_holds).await
+    }
+}
+
+async fn sweep_forever(mut sweeper: Sweeper, every: Duration) {
     let mut ticks = tokio::time::interval(every);
     loop {
         ticks.tick().await;
-        match settle::sweep(&pool).await {
+        match sweeper.pass().await {
             Ok((_, settled)) if settled > 0 => tracing::info!(settled, "settled outbox charges"),
             Ok(_) => {}
             Err(error) => tracing::warn!(%error, "sweep failed; retrying next tick"),

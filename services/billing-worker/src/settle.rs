@@ -177,13 +177,44 @@ fn outcome_of(charges: Vec<ChargeOutcome>) -> Outcome {
     }
 }
 
-/// One pass of the sweeper: release expired holds, settle charges parked in the outbox (each
-/// settled and deleted in one transaction, so a charge is settled once even if two sweepers run)
-/// and vacuum the balance rows (see `billing::vacuum_balances`).
-/// Returns (holds released, outbox charges settled).
-pub async fn sweep(pool: &Pool) -> Result<(usize, usize), StoreError> {
+/// When the sweeper may release expired holds.
+///
+/// A hold expires when its call's charge has not settled within the hold TTL. That charge may
+/// still be on its way: published to `billing_log_queue` while every billing-worker was down,
+/// or behind a backlog, for longer than the TTL. Releasing its hold then would let the user
+/// spend that money before the charge settles, and the charge would be cut down to what is
+/// left of the balance (the operator's loss). So expired holds are released only once the queue
+/// and its retry queue were seen empty at two sweeps in a row: every charge published before
+/// the first of them has been delivered by the second and, a batch settling in milliseconds,
+/// settled. While the broker cannot tell, nothing is released. (Charges parked in the outbox
+/// keep their holds anyway, see `billing::release_expired_holds`.)
+#[derive(Debug, Default)]
+pub struct HoldRelease {
+    drained_before: bool,
+}
+
+impl HoldRelease {
+    /// Records what this sweep found waiting in the queue (`None`: the broker could not be
+    /// asked); answers whether expired holds may be released now.
+    pub fn observe(&mut self, waiting: Option<u64>) -> bool {
+        let drained = waiting == Some(0);
+        let open = drained && self.drained_before;
+        self.drained_before = drained;
+        open
+    }
+}
+
+/// One pass of the sweeper: release expired holds (when `release_holds`, see [`HoldRelease`]),
+/// settle charges parked in the outbox (each settled and deleted in one transaction, so a
+/// charge is settled once even if two sweepers run) and vacuum the balance rows (see
+/// `billing::vacuum_balances`). Returns (holds released, outbox charges settled).
+pub async fn sweep(pool: &Pool, release_holds: bool) -> Result<(usize, usize), StoreError> {
     let mut conn = pool.get().await?;
-    let released = billing::release_expired_holds(&mut conn, 1000).await?;
+    let released = if release_holds {
+        billing::release_expired_holds(&mut conn, 1000).await?
+    } else {
+        0
+    };
     if released > 0 {
         metrics::counter!("billing_holds_expired_total").increment(released as u64);
         tracing::info!(released, "released expired holds");
@@ -229,6 +260,19 @@ pub async fn sweep(pool: &Pool) -> Result<(usize, usize), StoreError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn expired_holds_are_released_only_after_two_sweeps_found_the_queue_empty() {
+        let mut gate = HoldRelease::default();
+        assert!(!gate.observe(Some(0)), "one empty look is not enough");
+        assert!(gate.observe(Some(0)));
+        assert!(gate.observe(Some(0)));
+        assert!(!gate.observe(Some(3)), "charges are waiting");
+        assert!(!gate.observe(Some(0)));
+        assert!(!gate.observe(None), "the broker could not tell");
+        assert!(!gate.observe(Some(0)));
+        assert!(gate.observe(Some(0)));
+    }
 
     #[test]
     fn a_body_is_acked_only_when_every_charge_settled() {

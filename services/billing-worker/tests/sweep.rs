@@ -91,7 +91,7 @@ async fn concurrent_sweepers_settle_every_parked_charge_exactly_once() {
     });
     let sweeps = (0..4).map(|_| {
         let pool = pool.clone();
-        tokio::spawn(async move { billing_worker::settle::sweep(&pool).await })
+        tokio::spawn(async move { billing_worker::settle::sweep(&pool, true).await })
     });
     let (admitted, swept) = tokio::join!(
         futures_util::future::join_all(admissions),
