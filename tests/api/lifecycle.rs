@@ -39,8 +39,9 @@ async fn a_killed_workers_job_is_taken_over_and_ends_once_billed_once() {
     let mut doomed = integration_tests::spawn_invocation_worker_process(&app);
 
     let job_id = submit_slow_job(&app, &s.access_key).await;
+    // Claimed and its provider call under way (PROCESSING alone may still be before the call).
     eventually(20, || async {
-        (job_status(&app, job_id).await == "PROCESSING").then_some(())
+        (s.mock.calls() == 1 && job_status(&app, job_id).await == "PROCESSING").then_some(())
     })
     .await;
     doomed.kill().unwrap(); // SIGKILL, mid-call

@@ -18,9 +18,71 @@ struct IdRow {
     id: i64,
 }
 
+/// One call to admit: hold `amount` for `request_id` against `user_id`'s balance.
+#[derive(Debug, Clone)]
+pub struct HoldRequest {
+    pub user_id: i64,
+    pub request_id: Uuid,
+    pub amount: Money,
+}
+
+#[derive(QueryableByName)]
+struct HeldRow {
+    #[diesel(sql_type = SqlUuid)]
+    request_id: Uuid,
+    #[diesel(sql_type = BigInt)]
+    hold_id: i64,
+}
+
+/// Admits many calls in ONE conditional statement (the SQL function `place_holds`, one round
+/// trip that also commits): each is held only if its user is active and the hold fits in
+/// `balance - held`; calls of one user are admitted cheapest first while the running sum of
+/// their holds fits, so the admitted holds never exceed the balance, also with concurrent
+/// batches (each locks its users, in id order, before reading their balances). Answers, per
+/// request, its hold id, or `None` when its balance does not cover it (nothing is written
+/// for it). A lone request runs as [`place_hold`].
+pub async fn place_holds(
+    conn: &mut AsyncPgConnection,
+    requests: &[HoldRequest],
+    ttl_seconds: i64,
+) -> Result<Vec<Option<i64>>, StoreError> {
+    use diesel::sql_types::Array;
+    use std::collections::HashMap;
+
+    if let [one] = requests {
+        let held = place_hold(conn, one.user_id, one.request_id, &one.amount, ttl_seconds).await?;
+        return Ok(vec![held]);
+    }
+    enum PlaceHolds {}
+    let held: Vec<HeldRow> = Prepared::<PlaceHolds>::new(
+        "SELECT request_id, hold_id FROM place_holds($1, $2, $3, $4, $5)",
+    )
+    .bind::<Array<BigInt>, _>((0..requests.len() as i64).collect::<Vec<_>>())
+    .bind::<Array<BigInt>, _>(requests.iter().map(|r| r.user_id).collect::<Vec<_>>())
+    .bind::<Array<SqlUuid>, _>(requests.iter().map(|r| r.request_id).collect::<Vec<_>>())
+    .bind::<Array<Numeric>, _>(
+        requests
+            .iter()
+            .map(|r| r.amount.as_decimal().clone())
+            .collect::<Vec<_>>(),
+    )
+    .bind::<BigInt, _>(ttl_seconds)
+    .load(conn)
+    .await?;
+    let mut held: HashMap<Uuid, i64> = held
+        .into_iter()
+        .map(|h| (h.request_id, h.hold_id))
+        .collect();
+    Ok(requests
+        .iter()
+        .map(|r| held.remove(&r.request_id))
+        .collect())
+}
+
 /// Reserves `amount` for one call in ONE conditional statement: admitted only if the user is
 /// active and `balance - held >= amount`; concurrent calls serialise on the user row, so the
-/// sum of admitted holds never exceeds the balance. `None` means "not enough balance".
+/// sum of admitted holds never exceeds the balance. `None` means "not enough balance". (A
+/// lone call costs less this way than through the batch function of [`place_holds`].)
 pub async fn place_hold(
     conn: &mut AsyncPgConnection,
     user_id: i64,

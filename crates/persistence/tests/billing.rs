@@ -31,6 +31,61 @@ fn charge(request_id: Uuid, user_id: i64, cost: &Money) -> Charge<'_> {
     }
 }
 
+/// One batch of calls of several users, and concurrent batches of the same user: each call is
+/// held only while its user's holds fit in the balance; nothing is written for the others.
+#[tokio::test(flavor = "multi_thread")]
+async fn batched_holds_admit_what_each_balance_covers_cheapest_first() {
+    use billing::HoldRequest;
+
+    let pool = common::migrated_pool().await;
+    let alice = user_with_balance(&pool, "1").await;
+    let bob = user_with_balance(&pool, "0.5").await;
+    let request = |user_id, amount: &str| HoldRequest {
+        user_id,
+        request_id: Uuid::new_v4(),
+        amount: money(amount),
+    };
+    // Alice's (balance 1), one by one from the cheapest: 0.2, 0.3, 0.4 fit (0.9), 0.7 does not.
+    // Bob's (balance 0.5): 0.5 fits, 0.6 does not.
+    let batch = vec![
+        request(alice, "0.7"),
+        request(bob, "0.6"),
+        request(alice, "0.4"),
+        request(alice, "0.2"),
+        request(bob, "0.5"),
+        request(alice, "0.3"),
+    ];
+    let mut conn = pool.get().await.unwrap();
+    let held = billing::place_holds(&mut conn, &batch, 600).await.unwrap();
+    let admitted: Vec<bool> = held.iter().map(Option::is_some).collect();
+    assert_eq!(admitted, [false, false, true, true, true, true]);
+    let ids: std::collections::HashSet<i64> = held.iter().flatten().copied().collect();
+    assert_eq!(ids.len(), 4, "one hold id per admitted call");
+    let alice_row = persistence::users::find(&mut conn, alice).await.unwrap();
+    assert_eq!(alice_row.held, BigDecimal::from_str("0.9").unwrap());
+    let bob_row = persistence::users::find(&mut conn, bob).await.unwrap();
+    assert_eq!(bob_row.held, BigDecimal::from_str("0.5").unwrap());
+
+    // Concurrent batches of the same user never hold more than what is left (0.1 of Alice's).
+    let batches = (0..8).map(|_| {
+        let pool = pool.clone();
+        tokio::spawn(async move {
+            let mut conn = pool.get().await.unwrap();
+            let batch: Vec<HoldRequest> = (0..10).map(|_| request(alice, "0.01")).collect();
+            billing::place_holds(&mut conn, &batch, 600).await.unwrap()
+        })
+    });
+    let admitted: usize = futures_util::future::join_all(batches)
+        .await
+        .into_iter()
+        .map(|held| held.unwrap().iter().flatten().count())
+        .sum();
+    assert_eq!(admitted, 10);
+    let alice_row = persistence::users::find(&mut conn, alice).await.unwrap();
+    assert_eq!(alice_row.held, BigDecimal::from(1));
+    books_balance(&pool).await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn two_hundred_concurrent_holds_admit_exactly_what_the_balance_covers() {
     let pool = common::migrated_pool().await;

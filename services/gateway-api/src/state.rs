@@ -2,6 +2,8 @@
 
 use domain::Money;
 use jsonwebtoken::{DecodingKey, EncodingKey};
+use persistence::batch::Batcher;
+use persistence::billing::HoldRequest;
 use persistence::{Pool, PooledConnection};
 use secrecy::{ExposeSecret, SecretString};
 
@@ -100,8 +102,15 @@ impl Background {
 /// provider round trip (each wake-up costs more than the work it hands over).
 pub struct CallPath {
     pub reservations: Pool,
+    /// Admissions of this worker's calls: the calls that arrive while earlier admissions are
+    /// being written are held together, in one statement (see
+    /// `persistence::billing::place_holds`).
+    pub holds: Batcher<HoldRequest, Option<i64>>,
     pub upstream: upstream::UpstreamClient,
 }
+
+/// Calls admitted in one statement at most.
+const HOLD_BATCH_MAX: usize = 64;
 
 impl AppState {
     /// A new `CallPath` for the calling worker thread, one of `workers`; the shared pool and
@@ -115,9 +124,22 @@ impl AppState {
             pool_max_size: per_worker,
             ..self.database.clone()
         };
-        let reservations = persistence::build_reservation_pool(&settings)
+        let reservations = persistence::build_relaxed_batch_pool(&settings, per_worker)
             .inspect_err(|error| tracing::error!(%error, "worker pool; using the shared one"))
             .unwrap_or_else(|_| self.reservations.clone());
+        let hold_ttl_seconds = self.hold_ttl_seconds;
+        let pool = reservations.clone();
+        let holds = Batcher::start(
+            HOLD_BATCH_MAX,
+            per_worker,
+            move |batch: Vec<HoldRequest>| {
+                let pool = pool.clone();
+                async move {
+                    let mut conn = pool.get().await?;
+                    persistence::billing::place_holds(&mut conn, &batch, hold_ttl_seconds).await
+                }
+            },
+        );
         let upstream = upstream::UpstreamClient::new(&self.upstream_settings)
             .inspect_err(
                 |error| tracing::error!(%error, "worker HTTP client; using the shared one"),
@@ -125,6 +147,7 @@ impl AppState {
             .unwrap_or_else(|_| self.upstream.clone());
         CallPath {
             reservations,
+            holds,
             upstream,
         }
     }

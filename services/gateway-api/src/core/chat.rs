@@ -151,20 +151,14 @@ pub async fn complete(
         .map_err(|_| invalid("the request is too large to be priced"))?;
 
     let request_id = Uuid::new_v4();
-    let mut conn = call_path
-        .reservations
-        .get()
-        .await
-        .map_err(persistence::StoreError::from)?;
-    let hold = persistence::billing::place_hold(
-        &mut conn,
-        holder.user_id,
-        request_id,
-        &max_cost,
-        state.hold_ttl_seconds,
-    )
-    .await?;
-    drop(conn);
+    let hold = call_path
+        .holds
+        .call(persistence::billing::HoldRequest {
+            user_id: holder.user_id,
+            request_id,
+            amount: max_cost.clone(),
+        })
+        .await?;
     if hold.is_none() {
         return Err(ApiError::InsufficientBalance(format!(
             "this call may cost up to {max_cost}; top up or lower max_tokens"
