@@ -214,10 +214,9 @@ struct ChargedRow {
 /// a transaction. Charge by charge in the given order: a request id already logged (before,
 /// or earlier in this batch; the usage log's request id is unique) is `AlreadySettled` and
 /// changes nothing; otherwise the usage is logged, the hold closed, the balance debited
-/// (never below zero) and the ledger written. User rows are
-/// locked only by the last statement (the `settle_charges` function), in id order, so calls
-/// being admitted for the same users wait as little as possible (the caller commits right
-/// after).
+/// (never below zero) and the ledger written. User rows are locked only by the last statement
+/// (the `settle_charges` function), in id order, so calls being admitted for the same users
+/// wait as little as possible (the caller commits right after).
 pub async fn settle_many(
     conn: &mut AsyncPgConnection,
     charges: &[Charge<'_>],
