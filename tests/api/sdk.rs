@@ -1,4 +1,5 @@
-//! The official OpenAI SDKs (Python from PyPI, Node from npm) call the gateway unchanged.
+//! The official OpenAI SDKs (Python from PyPI, Node from npm) call the gateway unchanged, for
+//! a model behind an OpenAI-compatible provider and one behind an Anthropic provider.
 //! `make test` installs them (`make sdk-deps`) into .run/sdk-venv and tests/sdk/node_modules.
 
 use std::path::PathBuf;
@@ -11,13 +12,16 @@ fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
-async fn run_sdk(program: &str, args: &[&str], what: &str) {
+/// Runs an SDK script against a model of a provider of `kind` (the mock LLM speaking its API).
+async fn run_sdk(kind: &str, program: &str, args: &[&str], what: &str) {
     let app = spawn_app().await;
     let worker = BillingWorker::start(&app).await;
     let mock = mock_llm::start(MockConfig::default(), "127.0.0.1", 0)
         .await
         .unwrap();
-    let setup = app.chat_setup(mock, &[("good-key", 1)], "10").await;
+    let setup = app
+        .chat_setup_of_kind(kind, mock, &[("good-key", 1)], "10")
+        .await;
     let base_url = format!("{}/v1", app.address);
     let (key, model) = (setup.access_key.clone(), setup.model.clone());
     let (program, args) = (
@@ -58,12 +62,15 @@ async fn the_official_python_sdk_works_unchanged() {
         python.exists(),
         "the Python SDK is not installed: run `make sdk-deps`"
     );
-    run_sdk(
-        python.to_str().unwrap(),
-        &["tests/sdk/openai_python.py"],
-        "the OpenAI Python SDK",
-    )
-    .await;
+    for kind in ["openai", "anthropic"] {
+        run_sdk(
+            kind,
+            python.to_str().unwrap(),
+            &["tests/sdk/openai_python.py"],
+            &format!("the OpenAI Python SDK against an {kind} provider"),
+        )
+        .await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -72,10 +79,13 @@ async fn the_official_node_sdk_works_unchanged() {
         repo().join("tests/sdk/node_modules/openai").exists(),
         "the Node SDK is not installed: run `make sdk-deps`"
     );
-    run_sdk(
-        "node",
-        &["tests/sdk/openai_node.mjs"],
-        "the OpenAI Node SDK",
-    )
-    .await;
+    for kind in ["openai", "anthropic"] {
+        run_sdk(
+            kind,
+            "node",
+            &["tests/sdk/openai_node.mjs"],
+            &format!("the OpenAI Node SDK against an {kind} provider"),
+        )
+        .await;
+    }
 }

@@ -592,12 +592,24 @@ impl TestApp {
         keys: &[(&str, i32)],
         balance: &str,
     ) -> ChatSetup {
+        self.chat_setup_of_kind("openai", mock, keys, balance).await
+    }
+
+    /// [`Self::chat_setup`] with the mock registered as a provider of `kind` (`anthropic`
+    /// providers get no image model).
+    pub async fn chat_setup_of_kind(
+        &self,
+        kind: &str,
+        mock: mock_llm::MockServer,
+        keys: &[(&str, i32)],
+        balance: &str,
+    ) -> ChatSetup {
         let admin = self.admin_token().to_owned();
         let provider = self
             .post(
                 "/v1/admin/providers",
                 &admin,
-                json!({"name": "mock", "kind": "openai", "base_url": mock.base_url()}),
+                json!({"name": "mock", "kind": kind, "base_url": mock.base_url()}),
             )
             .await;
         let provider_id = provider.assert_status(201)["id"].as_i64().unwrap();
@@ -610,16 +622,18 @@ impl TestApp {
             .await
             .assert_status(201);
         }
-        self.post(
-            "/v1/admin/models",
-            &admin,
-            json!({
-                "name": "demo-image", "provider_id": provider_id, "upstream_model": "mock-image",
-                "kind": "image", "pricing": {"per_image": PER_IMAGE}
-            }),
-        )
-        .await
-        .assert_status(201);
+        if kind == "openai" {
+            self.post(
+                "/v1/admin/models",
+                &admin,
+                json!({
+                    "name": "demo-image", "provider_id": provider_id, "upstream_model": "mock-image",
+                    "kind": "image", "pricing": {"per_image": PER_IMAGE}
+                }),
+            )
+            .await
+            .assert_status(201);
+        }
         let model = "demo-chat".to_owned();
         self.post(
             "/v1/admin/models",

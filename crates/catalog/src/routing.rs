@@ -4,9 +4,9 @@
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
-use domain::{ModelKind, Pricing};
+use domain::{ModelKind, Pricing, ProviderKind};
 use persistence::Pool;
-use upstream::{KeyPool, ProviderKey};
+use upstream::{KeyPool, ProviderKey, Target};
 
 use persistence::StoreError;
 
@@ -22,7 +22,21 @@ pub struct Route {
     pub pricing: Pricing,
     pub max_output_tokens: u32,
     pub provider_id: i64,
+    pub provider_kind: ProviderKind,
     pub base_url: String,
+}
+
+impl Route {
+    /// Where a call of this model goes with the provider key `secret`.
+    pub fn target(&self, secret: &str) -> Target {
+        Target {
+            kind: self.provider_kind,
+            base_url: self.base_url.clone(),
+            api_key: secret.to_owned(),
+            upstream_model: self.upstream_model.clone(),
+            public_model: self.name.clone(),
+        }
+    }
 }
 
 /// Routes by public name and by model id, swapped whole on each reload.
@@ -74,13 +88,18 @@ impl Routing {
             if !model.enabled || !provider.enabled {
                 continue;
             }
-            let (Ok(kind), Ok(pricing)) = (
+            let (Ok(kind), Ok(pricing), Ok(provider_kind)) = (
                 model.kind.parse::<ModelKind>(),
                 serde_json::from_value::<Pricing>(model.pricing.clone()),
+                provider.kind.parse::<ProviderKind>(),
             ) else {
                 tracing::error!(model = %model.name, "unreadable kind or pricing; model skipped");
                 continue;
             };
+            if !provider_kind.serves(kind) {
+                tracing::error!(model = %model.name, %provider_kind, %kind, "provider cannot serve the model; model skipped");
+                continue;
+            }
             let route = Arc::new(Route {
                 model_id: model.id,
                 name: model.name,
@@ -89,6 +108,7 @@ impl Routing {
                 pricing,
                 max_output_tokens: u32::try_from(model.max_output_tokens).unwrap_or(1),
                 provider_id: provider.id,
+                provider_kind,
                 base_url: provider.base_url,
             });
             routes.by_id.insert(route.model_id, Arc::clone(&route));

@@ -44,6 +44,7 @@ pub mod ledger;
 pub mod messages;
 pub mod money;
 pub mod pricing;
+pub mod provider;
 pub mod signature;
 pub mod status;
 
@@ -53,4 +54,5 @@ pub use ledger::LedgerKind;
 pub use messages::{BillingBatch, BillingMessage, InvocationMessage};
 pub use money::{Money, MoneyError};
 pub use pricing::{ModelKind, Pricing, PricingError, Usage};
+pub use provider::ProviderKind;
 pub use status::{JobStatus, OrderStatus, Role, UnknownVariant, UserStatus};

@@ -13,6 +13,7 @@ use crate::config::MockConfig;
 use crate::error::MockError;
 use crate::faults::{self, Directives};
 use crate::stream;
+use crate::words::{self, Length, Lorem, PromptTokens};
 
 /// The fields the mock reads; everything else (temperature, tools, ...) is accepted and ignored.
 /// Strings borrow from the request body.
@@ -114,6 +115,8 @@ pub(crate) struct Answer {
     pub id: Uuid,
     pub created: u64,
     pub prompt_tokens: u32,
+    /// Of the prompt tokens, those `[[cached:K]]` says were read from a cache.
+    pub cached_tokens: Option<u32>,
     pub completion_tokens: u32,
     pub finish_reason: &'static str,
 }
@@ -124,6 +127,9 @@ impl Answer {
             prompt_tokens: self.prompt_tokens,
             completion_tokens: self.completion_tokens,
             total_tokens: self.prompt_tokens.saturating_add(self.completion_tokens),
+            prompt_tokens_details: self
+                .cached_tokens
+                .map(|cached_tokens| PromptTokensDetails { cached_tokens }),
         }
     }
 }
@@ -150,25 +156,25 @@ pub(crate) async fn complete(
     }
     directives.apply().await?;
 
-    let mut prompt_words = 0usize;
+    let mut prompt_tokens = PromptTokens::default();
     for message in &request.messages {
         message
             .content
-            .for_each_text(|text| prompt_words += text.split_whitespace().count());
+            .for_each_text(|text| prompt_tokens.add(text));
     }
-    let wanted = directives.tokens.unwrap_or(config.completion_tokens);
-    let cap = request.max_completion_tokens.or(request.max_tokens);
-    let completion_tokens = cap.map_or(wanted, |cap| wanted.min(cap));
+    let prompt_tokens = prompt_tokens.total();
+    let length = Length::new(
+        config,
+        &directives,
+        request.max_completion_tokens.or(request.max_tokens),
+    );
     let answer = Answer {
         id: Uuid::new_v4(),
         created: unix_now(),
-        prompt_tokens: u32::try_from(prompt_words).unwrap_or(u32::MAX),
-        completion_tokens,
-        finish_reason: if completion_tokens < wanted {
-            "length"
-        } else {
-            "stop"
-        },
+        prompt_tokens,
+        cached_tokens: words::cached_tokens(&directives, prompt_tokens),
+        completion_tokens: length.tokens,
+        finish_reason: if length.capped { "length" } else { "stop" },
     };
 
     if request.stream == Some(true) {
@@ -241,6 +247,14 @@ pub(crate) struct Usage {
     pub prompt_tokens: u32,
     pub completion_tokens: u32,
     pub total_tokens: u32,
+    /// Only when `[[cached:K]]` asked for it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prompt_tokens_details: Option<PromptTokensDetails>,
+}
+
+#[derive(Debug, Clone, Copy, Serialize)]
+pub(crate) struct PromptTokensDetails {
+    pub cached_tokens: u32,
 }
 
 /// `chatcmpl-<uuid>`, written without an intermediate `String`.
@@ -250,54 +264,6 @@ pub(crate) struct CompletionId(pub Uuid);
 impl Serialize for CompletionId {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         serializer.collect_str(&format_args!("chatcmpl-{}", self.0.simple()))
-    }
-}
-
-const WORDS: [&str; 8] = [
-    "lorem",
-    "ipsum",
-    "dolor",
-    "sit",
-    "amet",
-    "consectetur",
-    "adipiscing",
-    "elit",
-];
-/// The same words as stream deltas: every delta after the first starts with its space, so the
-/// deltas concatenate to the non-streamed content.
-const SPACED_WORDS: [&str; 8] = [
-    " lorem",
-    " ipsum",
-    " dolor",
-    " sit",
-    " amet",
-    " consectetur",
-    " adipiscing",
-    " elit",
-];
-
-/// The delta text of word `index` (0-based) of an answer.
-pub(crate) fn word(index: u32) -> &'static str {
-    let slot = index as usize % WORDS.len();
-    if index == 0 {
-        WORDS[slot]
-    } else {
-        SPACED_WORDS[slot]
-    }
-}
-
-/// An answer of N words, serialized without building the string first.
-struct Lorem(u32);
-
-impl fmt::Display for Lorem {
-    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
-        (0..self.0).try_for_each(|index| formatter.write_str(word(index)))
-    }
-}
-
-impl Serialize for Lorem {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.collect_str(self)
     }
 }
 
@@ -314,22 +280,10 @@ mod tests {
             {"role":"assistant","content":null,"tool_calls":[]},
             {"role":"user","content":"escaped \"quote\" here"}]}"#;
         let request: ChatRequest = serde_json::from_slice(body).unwrap();
-        let mut words = 0;
+        let mut words = PromptTokens::default();
         for message in &request.messages {
-            message
-                .content
-                .for_each_text(|text| words += text.split_whitespace().count());
+            message.content.for_each_text(|text| words.add(text));
         }
-        assert_eq!(words, 2 + 2 + 3);
-    }
-
-    #[test]
-    fn lorem_has_exactly_n_words() {
-        for n in [0, 1, 8, 9, 100] {
-            let text = Lorem(n).to_string();
-            assert_eq!(text.split_whitespace().count(), n as usize);
-            assert_eq!(text.split(' ').count(), (n as usize).max(1));
-        }
-        assert_eq!(Lorem(3).to_string(), "lorem ipsum dolor");
+        assert_eq!(words.total(), 2 + 2 + 3);
     }
 }

@@ -1,4 +1,4 @@
-//! Every non-2xx answer, rendered in OpenAI's error shape.
+//! Every non-2xx answer, rendered in OpenAI's error shape, or Anthropic's on `/v1/messages`.
 
 use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, ResponseError};
@@ -80,6 +80,71 @@ impl ResponseError for MockError {
                 kind,
                 param: (),
                 code,
+            },
+        })
+    }
+}
+
+/// A [`MockError`] on the Anthropic route: `{"type":"error","error":{"type":..,"message":..}}`.
+#[derive(Debug, thiserror::Error)]
+#[error(transparent)]
+pub(crate) struct AnthropicError(#[from] pub MockError);
+
+impl AnthropicError {
+    /// Anthropic's error `type` for a status.
+    fn kind(status: StatusCode) -> &'static str {
+        match status.as_u16() {
+            401 => "authentication_error",
+            403 => "permission_error",
+            404 => "not_found_error",
+            413 => "request_too_large",
+            429 => "rate_limit_error",
+            529 => "overloaded_error",
+            500..=599 => "api_error",
+            _ => "invalid_request_error",
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct AnthropicErrorBody<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    error: AnthropicErrorDetail<'a>,
+}
+
+#[derive(Serialize)]
+struct AnthropicErrorDetail<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    message: &'a str,
+}
+
+impl ResponseError for AnthropicError {
+    fn status_code(&self) -> StatusCode {
+        self.0.status_code()
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let status = self.status_code();
+        let kind = Self::kind(status);
+        let message = match &self.0 {
+            MockError::MissingKey => "x-api-key header is required".to_owned(),
+            // 529 has no canonical reason phrase: name the error type instead.
+            MockError::Injected(status) => {
+                format!("mock-llm injected fault: {} {kind}", status.as_u16())
+            }
+            other => other.to_string(),
+        };
+        let mut response = HttpResponse::build(status);
+        if status == StatusCode::TOO_MANY_REQUESTS {
+            response.insert_header(("retry-after", "1"));
+        }
+        response.json(AnthropicErrorBody {
+            kind: "error",
+            error: AnthropicErrorDetail {
+                kind,
+                message: &message,
             },
         })
     }

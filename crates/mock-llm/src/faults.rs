@@ -1,4 +1,4 @@
-//! Failure injection: the faults a bearer key or a prompt asks for, and applying them.
+//! Failure injection: the faults a key or a prompt asks for, and applying them.
 
 use std::time::Duration;
 
@@ -45,6 +45,8 @@ pub(crate) struct Directives {
     pub cut_after: Option<u32>,
     /// Answer length overriding the configured one.
     pub tokens: Option<u32>,
+    /// Prompt tokens reported as read from a cache.
+    pub cached: Option<u32>,
 }
 
 impl Directives {
@@ -64,6 +66,7 @@ impl Directives {
             Some(("sleep", ms)) => self.sleep_ms = ms.parse().unwrap_or(self.sleep_ms),
             Some(("cut", n)) => self.cut_after = n.parse().ok().or(self.cut_after),
             Some(("tokens", n)) => self.tokens = n.parse().ok().or(self.tokens),
+            Some(("cached", n)) => self.cached = n.parse().ok().or(self.cached),
             None if directive == "reject" => self.reject = true,
             _ => {}
         }
@@ -95,7 +98,9 @@ mod tests {
 
     #[test]
     fn every_directive_is_read() {
-        let found = scan("hi [[status:503]] [[reject]][[sleep:1500]] [[cut:5]] x[[tokens:100]]y");
+        let found = scan(
+            "hi [[status:503]] [[reject]][[sleep:1500]] [[cut:5]] x[[tokens:100]]y[[cached:12]]",
+        );
         assert_eq!(
             found,
             Directives {
@@ -104,6 +109,7 @@ mod tests {
                 sleep_ms: 1500,
                 cut_after: Some(5),
                 tokens: Some(100),
+                cached: Some(12),
             }
         );
     }
@@ -112,7 +118,7 @@ mod tests {
     fn plain_and_malformed_text_asks_for_nothing() {
         for text in [
             "hello world",
-            "[[status:200]] [[status:abc]] [[tokens:-1]] [[rejected]]",
+            "[[status:200]] [[status:abc]] [[tokens:-1]] [[rejected]] [[cached:x]]",
             "[[cut:5",
             "]] [[",
             "[[]]",

@@ -1,4 +1,4 @@
-//! `mock-llm`: serves the mock OpenAI API until Ctrl-C or SIGTERM.
+//! `mock-llm`: serves the mock OpenAI API (and Anthropic's Messages API) until Ctrl-C or SIGTERM.
 
 use std::process::ExitCode;
 

@@ -1,4 +1,5 @@
-//! The HTTP server: routes, bearer-key check, call counters, and the handle tests hold.
+//! The HTTP server: routes, key checks (bearer, or `x-api-key` on Anthropic's route), call
+//! counters, and the handle tests hold.
 
 use std::collections::HashMap;
 use std::io;
@@ -12,8 +13,8 @@ use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
 use tokio::task::JoinHandle;
 
 use crate::config::MockConfig;
-use crate::error::MockError;
-use crate::{chat, images};
+use crate::error::{AnthropicError, MockError};
+use crate::{chat, images, messages};
 
 /// Workers of a server started by [`start`]: enough for tests, few threads per test.
 const TEST_WORKERS: usize = 2;
@@ -77,6 +78,7 @@ fn routes(config: &mut web::ServiceConfig) {
             web::scope("/v1")
                 .route("/chat/completions", web::post().to(chat_completions))
                 .route("/images/generations", web::post().to(image_generations))
+                .route("/messages", web::post().to(anthropic_messages))
                 .route("/models", web::get().to(models)),
         );
 }
@@ -87,9 +89,8 @@ struct State {
 }
 
 impl State {
-    /// Counts a model call and returns its bearer key.
-    fn admit<'r>(&self, request: &'r HttpRequest) -> Result<&'r str, MockError> {
-        let key = bearer_key(request);
+    /// Counts a model call made with `key` (read from the route's header) and returns the key.
+    fn admit<'r>(&self, key: Option<&'r str>) -> Result<&'r str, MockError> {
         self.counters.record(key);
         key.ok_or(MockError::MissingKey)
     }
@@ -100,7 +101,7 @@ async fn chat_completions(
     body: web::Bytes,
     state: web::Data<State>,
 ) -> Result<HttpResponse, MockError> {
-    let key = state.admit(&request)?;
+    let key = state.admit(bearer_key(&request))?;
     chat::complete(&state.config, key, &body).await
 }
 
@@ -109,8 +110,22 @@ async fn image_generations(
     body: web::Bytes,
     state: web::Data<State>,
 ) -> Result<HttpResponse, MockError> {
-    let key = state.admit(&request)?;
+    let key = state.admit(bearer_key(&request))?;
     images::generate(&state.config, key, &body).await
+}
+
+/// Anthropic's Messages API: the key comes from `x-api-key`, errors have Anthropic's shape.
+async fn anthropic_messages(
+    request: HttpRequest,
+    body: web::Bytes,
+    state: web::Data<State>,
+) -> Result<HttpResponse, AnthropicError> {
+    let key = state.admit(api_key(&request))?;
+    let version = request
+        .headers()
+        .get("anthropic-version")
+        .and_then(|version| version.to_str().ok());
+    messages::create(&state.config, key, version, &body).await
 }
 
 const MODELS: &str = r#"{"object":"list","data":[
@@ -135,7 +150,12 @@ fn bearer_key(request: &HttpRequest) -> Option<&str> {
     (!key.is_empty()).then_some(key)
 }
 
-/// Model calls served, in total and per bearer key.
+fn api_key(request: &HttpRequest) -> Option<&str> {
+    let key = request.headers().get("x-api-key")?.to_str().ok()?.trim();
+    (!key.is_empty()).then_some(key)
+}
+
+/// Model calls served, in total and per key (bearer or `x-api-key`).
 #[derive(Default)]
 struct Counters {
     calls: AtomicU64,
@@ -201,17 +221,19 @@ impl MockServer {
         self.addr
     }
 
-    /// The OpenAI base URL, e.g. `http://127.0.0.1:9200/v1`.
+    /// The OpenAI base URL, e.g. `http://127.0.0.1:9200/v1`; Anthropic's Messages API is
+    /// `POST {base_url}/messages`.
     pub fn base_url(&self) -> String {
         format!("http://{}/v1", self.addr)
     }
 
-    /// Requests received on the model endpoints (chat, images), whatever their outcome.
+    /// Requests received on the model endpoints (chat, images, messages), whatever their outcome.
     pub fn calls(&self) -> u64 {
         self.state.counters.calls.load(Ordering::Relaxed)
     }
 
-    /// Requests received on the model endpoints with `Authorization: Bearer <key>`.
+    /// Requests received on the model endpoints with `Authorization: Bearer <key>` (or, on
+    /// `/v1/messages`, `x-api-key: <key>`).
     pub fn calls_with_key(&self, key: &str) -> u64 {
         self.state.counters.with_key(key)
     }

@@ -1,4 +1,5 @@
-//! The SSE form of a chat answer: one `chat.completion.chunk` per word, written as produced.
+//! Server-sent events: pacing and cutting any streamed answer, and the SSE form of a chat answer
+//! (one `chat.completion.chunk` per word, written as produced).
 
 use std::io;
 use std::time::Duration;
@@ -8,8 +9,65 @@ use actix_web::web::Bytes;
 use futures_util::stream;
 use serde::Serialize;
 
-use crate::chat::{self, Answer, CompletionId, Usage};
+use crate::chat::{Answer, CompletionId, Usage};
 use crate::config::MockConfig;
+use crate::words;
+
+/// The events of an SSE answer, each rendered only when the client is ready for it.
+pub(crate) trait Events: 'static {
+    fn total(&self) -> u32;
+    fn render(&self, index: u32) -> io::Result<Bytes>;
+}
+
+/// Sends `events` lazily, pausing the configured delay between two, and closes the connection
+/// abruptly after `cut_after` events (`[[cut:N]]`).
+pub(crate) fn paced(
+    config: &MockConfig,
+    events: impl Events,
+    cut_after: Option<u32>,
+) -> HttpResponse {
+    let pacer = Pacer {
+        total: events.total(),
+        events,
+        cut_after,
+        delay: Duration::from_millis(config.stream_chunk_delay_ms),
+        next: 0,
+    };
+    let body = stream::unfold(pacer, |mut pacer| async move {
+        if pacer.next == pacer.total {
+            return None;
+        }
+        if pacer.cut_after == Some(pacer.next) {
+            // Let the dispatcher flush what was sent, then fail the body: actix closes the
+            // connection without the final chunk, like an upstream dying mid-stream.
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            pacer.next = pacer.total;
+            let cut = io::Error::new(
+                io::ErrorKind::ConnectionAborted,
+                "mock-llm [[cut]] fault: stream cut on purpose",
+            );
+            return Some((Err(cut), pacer));
+        }
+        if pacer.next > 0 && !pacer.delay.is_zero() {
+            tokio::time::sleep(pacer.delay).await;
+        }
+        let event = pacer.events.render(pacer.next);
+        pacer.next += 1;
+        Some((event, pacer))
+    });
+    HttpResponse::Ok()
+        .content_type("text/event-stream")
+        .insert_header(("cache-control", "no-cache"))
+        .streaming(body)
+}
+
+struct Pacer<E> {
+    events: E,
+    total: u32,
+    cut_after: Option<u32>,
+    delay: Duration,
+    next: u32,
+}
 
 /// Events: the words (at least one, carrying `role` first), the `finish_reason` chunk, the usage
 /// chunk when asked, then `[DONE]`.
@@ -21,56 +79,29 @@ pub(crate) fn respond(
     cut_after: Option<u32>,
 ) -> HttpResponse {
     let words = answer.completion_tokens.max(1);
-    let events = Events {
+    let chunks = Chunks {
         answer,
         model: model.into(),
         include_usage,
         words,
         total: words + 2 + u32::from(include_usage),
-        cut_after,
-        delay: Duration::from_millis(config.stream_chunk_delay_ms),
-        next: 0,
     };
-    let body = stream::unfold(events, |mut events| async move {
-        if events.next == events.total {
-            return None;
-        }
-        if events.cut_after == Some(events.next) {
-            // Let the dispatcher flush what was sent, then fail the body: actix closes the
-            // connection without the final chunk, like an upstream dying mid-stream.
-            tokio::time::sleep(Duration::from_millis(10)).await;
-            events.next = events.total;
-            let cut = io::Error::new(
-                io::ErrorKind::ConnectionAborted,
-                "mock-llm [[cut]] fault: stream cut on purpose",
-            );
-            return Some((Err(cut), events));
-        }
-        if events.next > 0 && !events.delay.is_zero() {
-            tokio::time::sleep(events.delay).await;
-        }
-        let event = events.render(events.next);
-        events.next += 1;
-        Some((event, events))
-    });
-    HttpResponse::Ok()
-        .content_type("text/event-stream")
-        .insert_header(("cache-control", "no-cache"))
-        .streaming(body)
+    paced(config, chunks, cut_after)
 }
 
-struct Events {
+struct Chunks {
     answer: Answer,
     model: Box<str>,
     include_usage: bool,
     words: u32,
     total: u32,
-    cut_after: Option<u32>,
-    delay: Duration,
-    next: u32,
 }
 
-impl Events {
+impl Events for Chunks {
+    fn total(&self) -> u32 {
+        self.total
+    }
+
     fn render(&self, index: u32) -> io::Result<Bytes> {
         if index + 1 == self.total {
             return Ok(Bytes::from_static(b"data: [DONE]\n\n"));
@@ -81,7 +112,7 @@ impl Events {
             let content = if self.answer.completion_tokens == 0 {
                 ""
             } else {
-                chat::word(index)
+                words::word(index)
             };
             word_choice = [ChunkChoice::delta(Delta {
                 role: (index == 0).then_some("assistant"),

@@ -136,6 +136,31 @@ async fn max_tokens_cut_the_answer_and_tokens_directive_sets_its_length() {
 }
 
 #[tokio::test]
+async fn the_cached_directive_reports_cached_prompt_tokens() {
+    let server = spawn(MockConfig::default()).await;
+    let body: Value = chat(&server, "sk-test", ask("[[cached:2]] three more words"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        body["usage"],
+        json!({
+            "prompt_tokens": 4,
+            "completion_tokens": 16,
+            "total_tokens": 20,
+            "prompt_tokens_details": {"cached_tokens": 2}
+        })
+    );
+    let body: Value = chat(&server, "sk-test", ask("[[cached:99]]"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(body["usage"]["prompt_tokens_details"]["cached_tokens"], 1);
+}
+
+#[tokio::test]
 async fn a_stream_sends_one_chunk_per_word_then_done() {
     let server = spawn(MockConfig {
         completion_tokens: 5,

@@ -4,11 +4,12 @@ use std::fmt;
 use std::time::Duration;
 
 use bytes::Bytes;
-use domain::Usage;
+use domain::{ProviderKind, Usage};
 use futures_util::StreamExt;
 use reqwest::header::ACCEPT;
 use serde_json::{Map, Value};
 
+use crate::anthropic;
 use crate::error::UpstreamError;
 use crate::settings::UpstreamSettings;
 use crate::sse::ChatStream;
@@ -16,12 +17,14 @@ use crate::sse::ChatStream;
 /// The most of an error response body kept for the caller.
 const ERROR_BODY_LIMIT: usize = 64 * 1024;
 
-/// Where one call goes: the provider's base URL and key, and the model's names on both sides.
+/// Where one call goes: the provider's API and key, and the model's names on both sides.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Target {
+    /// The API the provider speaks.
+    pub kind: ProviderKind,
     /// The provider's API root, e.g. `https://api.openai.com/v1` (a trailing slash is fine).
     pub base_url: String,
-    /// The provider key's secret, sent as `Authorization: Bearer`.
+    /// The provider key's secret, sent as `Authorization: Bearer` (OpenAI) or `x-api-key` (Anthropic).
     pub api_key: String,
     /// The model name the provider knows.
     pub upstream_model: String,
@@ -43,6 +46,7 @@ impl Target {
 impl fmt::Debug for Target {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Target")
+            .field("kind", &self.kind)
             .field("base_url", &self.base_url)
             .field("api_key", &"<redacted>")
             .field("upstream_model", &self.upstream_model)
@@ -113,6 +117,18 @@ impl UpstreamClient {
     #[tracing::instrument(skip_all, fields(model = %target.public_model))]
     pub async fn chat(&self, target: &Target, body: Value) -> Result<ChatResponse, UpstreamError> {
         let mut request = into_object(body)?;
+        if target.kind == ProviderKind::Anthropic {
+            let request = anthropic::translate_request(request, &target.upstream_model, false)?;
+            let bytes = self.post_json(target, "messages", &request).await?;
+            let (answer, usage) =
+                anthropic::translate_response(&parse_object(&bytes)?, &target.public_model);
+            let body = serde_json::to_vec(&answer)
+                .map_err(|error| UpstreamError::Protocol(error.to_string()))?;
+            return Ok(ChatResponse {
+                body: Bytes::from(body),
+                usage,
+            });
+        }
         request.insert(
             "model".to_owned(),
             Value::String(target.upstream_model.clone()),
@@ -144,6 +160,16 @@ impl UpstreamClient {
         client_wants_usage: bool,
     ) -> Result<ChatStream, UpstreamError> {
         let mut request = into_object(body)?;
+        if target.kind == ProviderKind::Anthropic {
+            let request = anthropic::translate_request(request, &target.upstream_model, true)?;
+            let events = self.open_stream(target, "messages", &request).await?;
+            return Ok(ChatStream::new(
+                anthropic::EventStream::new(events),
+                target.public_model.clone(),
+                client_wants_usage,
+                self.first_byte_timeout,
+            ));
+        }
         request.insert(
             "model".to_owned(),
             Value::String(target.upstream_model.clone()),
@@ -160,24 +186,9 @@ impl UpstreamClient {
             options.insert("include_usage".to_owned(), Value::Bool(true));
         }
 
-        let send = async {
-            let response = self
-                .http
-                .post(target.endpoint("chat/completions"))
-                .bearer_auth(&target.api_key)
-                .header(ACCEPT, "text/event-stream")
-                .json(&request)
-                .send()
-                .await
-                .map_err(UpstreamError::from_reqwest)?;
-            ensure_success(response).await
-        };
-        let response = tokio::time::timeout(self.first_byte_timeout, send)
-            .await
-            .map_err(|_| UpstreamError::Timeout)??;
-        let events = response
-            .bytes_stream()
-            .map(|chunk| chunk.map_err(UpstreamError::from_reqwest));
+        let events = self
+            .open_stream(target, "chat/completions", &request)
+            .await?;
         Ok(ChatStream::new(
             events,
             target.public_model.clone(),
@@ -193,6 +204,15 @@ impl UpstreamClient {
         target: &Target,
         body: Value,
     ) -> Result<ImagesResponse, UpstreamError> {
+        if !target.kind.serves(domain::ModelKind::Image) {
+            return Err(UpstreamError::BadRequest {
+                status: 400,
+                body: serde_json::json!({"error": {
+                    "message": format!("a provider of kind {} generates no images", target.kind)
+                }})
+                .to_string(),
+            });
+        }
         let mut request = into_object(body)?;
         request.insert(
             "model".to_owned(),
@@ -221,6 +241,51 @@ impl UpstreamClient {
         })
     }
 
+    /// A POST of `request` to `path`, authenticated as the provider's kind expects.
+    fn post(
+        &self,
+        target: &Target,
+        path: &str,
+        request: &Map<String, Value>,
+    ) -> reqwest::RequestBuilder {
+        let builder = self.http.post(target.endpoint(path));
+        match target.kind {
+            ProviderKind::OpenAi => builder.bearer_auth(&target.api_key),
+            ProviderKind::Anthropic => builder
+                .header("x-api-key", &target.api_key)
+                .header("anthropic-version", anthropic::API_VERSION),
+        }
+        .json(request)
+    }
+
+    /// POSTs a streaming request; returns its body's chunks once the upstream answered 2xx
+    /// within the first-byte timeout.
+    async fn open_stream(
+        &self,
+        target: &Target,
+        path: &str,
+        request: &Map<String, Value>,
+    ) -> Result<
+        impl futures_util::Stream<Item = Result<Bytes, UpstreamError>> + Send + 'static,
+        UpstreamError,
+    > {
+        let send = async {
+            let response = self
+                .post(target, path, request)
+                .header(ACCEPT, "text/event-stream")
+                .send()
+                .await
+                .map_err(UpstreamError::from_reqwest)?;
+            ensure_success(response).await
+        };
+        let response = tokio::time::timeout(self.first_byte_timeout, send)
+            .await
+            .map_err(|_| UpstreamError::Timeout)??;
+        Ok(response
+            .bytes_stream()
+            .map(|chunk| chunk.map_err(UpstreamError::from_reqwest)))
+    }
+
     /// POSTs JSON and reads the whole 2xx body, all within the total timeout.
     async fn post_json(
         &self,
@@ -230,10 +295,7 @@ impl UpstreamClient {
     ) -> Result<Bytes, UpstreamError> {
         let exchange = async {
             let response = self
-                .http
-                .post(target.endpoint(path))
-                .bearer_auth(&target.api_key)
-                .json(request)
+                .post(target, path, request)
                 .send()
                 .await
                 .map_err(UpstreamError::from_reqwest)?;
@@ -324,6 +386,7 @@ mod tests {
 
     fn target(base_url: &str) -> Target {
         Target {
+            kind: ProviderKind::OpenAi,
             base_url: base_url.to_owned(),
             api_key: "sk-secret".to_owned(),
             upstream_model: "up".to_owned(),

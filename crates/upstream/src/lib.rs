@@ -1,5 +1,6 @@
 //! Calls to model providers: one pooled HTTP client, the OpenAI-compatible adapter (chat, streaming
-//! chat over SSE, image generation), error classification, and weighted provider-key failover.
+//! chat over SSE, image generation), the Anthropic Messages adapter (chat and streaming chat,
+//! translated to and from OpenAI's shapes), error classification, and weighted provider-key failover.
 //!
 //! A typical call:
 //! ```ignore
@@ -12,6 +13,7 @@
 //! .await?;
 //! ```
 
+pub mod anthropic;
 mod client;
 pub mod egress;
 mod error;

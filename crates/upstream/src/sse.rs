@@ -146,20 +146,7 @@ impl ChatStream {
         let Ok(text) = std::str::from_utf8(&event) else {
             return Some(event);
         };
-        let mut data: Option<String> = None;
-        for line in text.lines() {
-            if let Some(value) = line.strip_prefix("data:") {
-                let value = value.strip_prefix(' ').unwrap_or(value);
-                match &mut data {
-                    Some(data) => {
-                        data.push('\n');
-                        data.push_str(value);
-                    }
-                    None => data = Some(value.to_owned()),
-                }
-            }
-        }
-        let Some(data) = data else {
+        let Some(data) = event_data(text) else {
             return Some(event); // comments, keep-alives
         };
         if data.trim() == "[DONE]" {
@@ -327,9 +314,27 @@ impl fmt::Debug for ChatStream {
     }
 }
 
+/// The `data` of one SSE event (its `data:` lines joined by newlines); `None` when it has none.
+pub(crate) fn event_data(event: &str) -> Option<String> {
+    let mut data: Option<String> = None;
+    for line in event.lines() {
+        if let Some(value) = line.strip_prefix("data:") {
+            let value = value.strip_prefix(' ').unwrap_or(value);
+            match &mut data {
+                Some(data) => {
+                    data.push('\n');
+                    data.push_str(value);
+                }
+                None => data = Some(value.to_owned()),
+            }
+        }
+    }
+    data
+}
+
 /// The end (exclusive) of the first complete event: the first blank line, with `\n` or `\r\n`
 /// line endings. Only bytes from `from` on are new; the look-back covers boundaries split across chunks.
-fn event_end(buffer: &[u8], from: usize) -> Option<usize> {
+pub(crate) fn event_end(buffer: &[u8], from: usize) -> Option<usize> {
     (from..buffer.len()).find_map(|i| {
         let blank_line = buffer[i] == b'\n'
             && ((i >= 1 && buffer[i - 1] == b'\n') || (i >= 2 && &buffer[i - 2..i] == b"\n\r"));

@@ -15,7 +15,7 @@ use persistence::batch::Batcher;
 use persistence::jobs::{self, Claim, Completion, Job};
 use persistence::{Pool, StoreError};
 use serde::Deserialize;
-use upstream::{Target, UpstreamClient, UpstreamError, with_failover};
+use upstream::{UpstreamClient, UpstreamError, with_failover};
 use uuid::Uuid;
 
 /// How jobs run, retry and report.
@@ -156,12 +156,7 @@ impl Runner {
             route.provider_id,
             self.max_failover_attempts,
             |key| {
-                let target = Target {
-                    base_url: route.base_url.clone(),
-                    api_key: key.secret().to_owned(),
-                    upstream_model: route.upstream_model.clone(),
-                    public_model: route.name.clone(),
-                };
+                let target = route.target(key.secret());
                 let client = self.upstream.clone();
                 let body = job.request_payload.clone();
                 async move { client.images(&target, body).await }

@@ -1,5 +1,6 @@
 //! Tests of the upstream crate against mock providers (wiremock, or a hand-written slow SSE server).
 
+mod anthropic;
 mod failover;
 mod openai;
 mod slow_server;
@@ -7,6 +8,7 @@ mod streaming;
 
 use std::time::Duration;
 
+use domain::ProviderKind;
 use upstream::{Target, UpstreamClient, UpstreamSettings};
 
 pub const UPSTREAM_MODEL: &str = "gpt-upstream-2024";
@@ -32,6 +34,7 @@ pub fn client() -> UpstreamClient {
 /// `base` is the server's URI; the provider's API root is under `/v1`.
 pub fn target(base: &str, api_key: &str) -> Target {
     Target {
+        kind: ProviderKind::OpenAi,
         base_url: format!("{base}/v1"),
         api_key: api_key.to_owned(),
         upstream_model: UPSTREAM_MODEL.to_owned(),

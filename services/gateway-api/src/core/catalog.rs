@@ -1,6 +1,6 @@
 //! The admin catalog: providers, provider keys (encrypted at rest) and priced models.
 
-use domain::{ModelKind, Pricing};
+use domain::{ModelKind, Pricing, ProviderKind};
 use persistence::catalog::{
     self, Model, ModelChanges, NewModel, NewProvider, NewProviderKey, Provider, ProviderChanges,
     ProviderKey, ProviderKeyChanges,
@@ -10,8 +10,6 @@ use persistence::{Page, Paged, StoreError};
 use crate::error::ApiError;
 use crate::state::AppState;
 use ::catalog::key_hint;
-
-const PROVIDER_KINDS: &[&str] = &["openai"];
 
 fn not_found(what: &'static str) -> impl Fn(StoreError) -> ApiError {
     move |e| match e {
@@ -84,6 +82,23 @@ fn pricing_json(pricing: &Pricing, kind: ModelKind) -> Result<serde_json::Value,
     serde_json::to_value(pricing).map_err(|e| ApiError::Internal(format!("pricing json: {e}")))
 }
 
+/// A model of `kind` may only be sold through a provider that can serve it.
+fn check_provider_serves(provider: &Provider, kind: ModelKind) -> Result<(), ApiError> {
+    let provider_kind: ProviderKind = provider.kind.parse().map_err(|_| {
+        ApiError::Internal(format!(
+            "provider {} has kind {}",
+            provider.id, provider.kind
+        ))
+    })?;
+    if !provider_kind.serves(kind) {
+        return Err(ApiError::InvalidRequest(format!(
+            "provider {} is of kind {provider_kind}, which serves no {kind} models",
+            provider.id
+        )));
+    }
+    Ok(())
+}
+
 // ---- providers
 
 pub struct ProviderInput {
@@ -95,12 +110,10 @@ pub struct ProviderInput {
 
 pub async fn create_provider(state: &AppState, input: ProviderInput) -> Result<Provider, ApiError> {
     check_text("name", &input.name, 100)?;
-    if !PROVIDER_KINDS.contains(&input.kind.as_str()) {
-        return Err(ApiError::InvalidRequest(format!(
-            "kind must be one of: {}",
-            PROVIDER_KINDS.join(", ")
-        )));
-    }
+    input
+        .kind
+        .parse::<ProviderKind>()
+        .map_err(|e| ApiError::InvalidRequest(format!("kind: {e}")))?;
     check_base_url(&input.base_url)?;
     let mut conn = state.conn().await?;
     Ok(catalog::insert_provider(
@@ -270,9 +283,10 @@ pub async fn create_model(state: &AppState, input: ModelInput) -> Result<Model, 
     check_max_output_tokens(input.max_output_tokens)?;
     let pricing = pricing_json(&input.pricing, input.kind)?;
     let mut conn = state.conn().await?;
-    catalog::find_provider(&mut conn, input.provider_id)
+    let provider = catalog::find_provider(&mut conn, input.provider_id)
         .await
         .map_err(not_found("provider"))?;
+    check_provider_serves(&provider, input.kind)?;
     Ok(catalog::insert_model(
         &mut conn,
         NewModel {
@@ -327,20 +341,19 @@ pub async fn update_model(
     let current = catalog::find_model(&mut conn, id)
         .await
         .map_err(not_found("model"))?;
+    let kind: ModelKind = current
+        .kind
+        .parse()
+        .map_err(|_| ApiError::Internal(format!("model {id} has kind {}", current.kind)))?;
     let pricing = match &update.pricing {
-        Some(pricing) => {
-            let kind: ModelKind = current
-                .kind
-                .parse()
-                .map_err(|_| ApiError::Internal(format!("model {id} has kind {}", current.kind)))?;
-            Some(pricing_json(pricing, kind)?)
-        }
+        Some(pricing) => Some(pricing_json(pricing, kind)?),
         None => None,
     };
     if let Some(provider_id) = update.provider_id {
-        catalog::find_provider(&mut conn, provider_id)
+        let provider = catalog::find_provider(&mut conn, provider_id)
             .await
             .map_err(not_found("provider"))?;
+        check_provider_serves(&provider, kind)?;
     }
     let changes = ModelChanges {
         name: update.name,

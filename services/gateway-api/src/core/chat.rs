@@ -7,10 +7,10 @@ use std::task::{Context, Poll};
 
 use actix_web::HttpResponse;
 use actix_web::web::Bytes;
-use domain::{ModelKind, Usage};
+use domain::{ModelKind, ProviderKind, Usage};
 use futures_util::Stream;
 use serde_json::Value;
-use upstream::{ChatStream, StreamUsage, Target, UpstreamError, with_failover};
+use upstream::{ChatStream, StreamUsage, UpstreamError, with_failover};
 use uuid::Uuid;
 
 use crate::auth::KeyHolder;
@@ -139,6 +139,10 @@ pub async fn complete(
             .filter(|n| (1..=16).contains(n))
             .ok_or_else(|| invalid("n must be an integer between 1 and 16"))?,
     };
+    if route.provider_kind == ProviderKind::Anthropic {
+        // Refused before the hold: what cannot be translated costs nothing and writes nothing.
+        upstream::anthropic::check_request(&body).map_err(ApiError::InvalidRequest)?;
+    }
     let prompt_text = tokens::prompt_text(&body);
     let worst_case = Usage {
         prompt_tokens: tokens::prompt_upper_bound(&body, &prompt_text),
@@ -201,15 +205,6 @@ pub async fn complete(
         .body(body))
 }
 
-fn target(route: &Route, secret: &str) -> Target {
-    Target {
-        base_url: route.base_url.clone(),
-        api_key: secret.to_owned(),
-        upstream_model: route.upstream_model.clone(),
-        public_model: route.name.clone(),
-    }
-}
-
 /// The non-streaming call: the provider's answer body, already billed.
 async fn forward(
     state: &Arc<AppState>,
@@ -223,7 +218,7 @@ async fn forward(
         route.provider_id,
         state.max_failover_attempts,
         |key| {
-            let target = target(route, key.secret());
+            let target = route.target(key.secret());
             let client = call_path.upstream.clone();
             let body = body.clone();
             async move { client.chat(&target, body).await }
@@ -287,7 +282,7 @@ async fn forward_stream(
         route.provider_id,
         state.max_failover_attempts,
         |key| {
-            let target = target(route, key.secret());
+            let target = route.target(key.secret());
             let client = call_path.upstream.clone();
             let body = body.clone();
             async move { client.chat_stream(&target, body, client_wants_usage).await }
