@@ -57,7 +57,7 @@ cat <<INFO
     Docs:     http://$HOST:$PORT/docs/
     OpenAPI:  http://$HOST:$PORT/openapi.json
     Admin:    $ADMIN_EMAIL / $ADMIN_PASSWORD  (only created when no admin exists yet)
-    Mock LLM: http://127.0.0.1:${MOCK_PORT:-9200}/v1 (registered as provider mock-llm; models demo-chat, demo-image)
+    Mock LLM: http://127.0.0.1:${MOCK_PORT:-9200}/v1 (providers mock-llm: demo-chat, demo-image; mock-anthropic: demo-claude)
     Workers:  invocation-worker http://127.0.0.1:9101/healthz, billing-worker http://127.0.0.1:9102/healthz
 
 INFO

@@ -35,12 +35,19 @@ def main():
         return 1
     token = login["access_token"]
     _, providers = call("GET", "/v1/admin/providers?limit=200", token)
-    provider = next((p for p in providers["data"] if p["name"] == "mock-llm"), None)
-    if provider is None:
-        _, provider = call("POST", "/v1/admin/providers", token,
-                           {"name": "mock-llm", "kind": "openai", "base_url": MOCK_URL})
-        call("POST", f"/v1/admin/providers/{provider['id']}/keys", token,
-             {"api_key": "sk-mock-local", "name": "local mock", "weight": 1})
+
+    def provider_of(name, kind):
+        found = next((p for p in providers["data"] if p["name"] == name), None)
+        if found is None:
+            _, found = call("POST", "/v1/admin/providers", token,
+                            {"name": name, "kind": kind, "base_url": MOCK_URL})
+            call("POST", f"/v1/admin/providers/{found['id']}/keys", token,
+                 {"api_key": "sk-mock-local", "name": "local mock", "weight": 1})
+        return found
+
+    provider = provider_of("mock-llm", "openai")
+    # The same mock, spoken to through Anthropic's Messages API (POST /v1/messages).
+    anthropic = provider_of("mock-anthropic", "anthropic")
     _, models = call("GET", "/v1/admin/models?limit=200", token)
     names = {m["name"] for m in models["data"]}
     if "demo-chat" not in names:
@@ -52,7 +59,13 @@ def main():
         call("POST", "/v1/admin/models", token, {
             "name": "demo-image", "provider_id": provider["id"], "upstream_model": "mock-image",
             "kind": "image", "pricing": {"per_image": "0.04"}})
-    print("  Demo:     provider mock-llm with models demo-chat and demo-image")
+    if "demo-claude" not in names:
+        call("POST", "/v1/admin/models", token, {
+            "name": "demo-claude", "provider_id": anthropic["id"], "upstream_model": "mock-claude",
+            "kind": "chat", "max_output_tokens": 1024,
+            "pricing": {"input_per_million": "3", "output_per_million": "15",
+                        "cached_input_per_million": "0.3"}})
+    print("  Demo:     providers mock-llm (demo-chat, demo-image) and mock-anthropic (demo-claude)")
     return 0
 
 

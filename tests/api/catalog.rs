@@ -517,7 +517,7 @@ async fn providers_crud_with_validation_and_conflicts() {
         .await
         .assert_error(409, "conflict");
     for body in [
-        json!({"name": "p", "kind": "anthropic", "base_url": "https://api.example.com"}),
+        json!({"name": "p", "kind": "gemini", "base_url": "https://api.example.com"}),
         json!({"name": "p", "kind": "", "base_url": "https://api.example.com"}),
         json!({"name": "p", "kind": "openai", "base_url": "not a url"}),
         json!({"name": "p", "kind": "openai", "base_url": "ftp://api.example.com"}),

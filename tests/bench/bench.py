@@ -153,9 +153,11 @@ def login(base, email, password):
 
 def cmd_seed(a):
     admin = login(a.api, os.environ["ADMIN_EMAIL"], os.environ["ADMIN_PASSWORD"])
-    for name, url, model in (("mock-llm", a.mock_url, "demo-chat"), ("mock-stream", a.stream_mock_url, "bench-stream")):
+    for name, kind, url, model in (("mock-llm", "openai", a.mock_url, "demo-chat"),
+                                   ("mock-stream", "openai", a.stream_mock_url, "bench-stream"),
+                                   ("mock-anthropic", "anthropic", a.mock_url, "bench-claude")):
         provider = api(a.api, "POST", "/v1/admin/providers", admin,
-                       {"name": name, "kind": "openai", "base_url": url})
+                       {"name": name, "kind": kind, "base_url": url})
         api(a.api, "POST", f"/v1/admin/providers/{provider['id']}/keys", admin,
             {"api_key": "sk-mock-bench", "name": "bench", "weight": 1})
         api(a.api, "POST", "/v1/admin/models", admin, {
@@ -181,7 +183,7 @@ def cmd_seed(a):
     while True:
         listed = api(a.api, "GET", "/v1/models", keys[0])
         names = {m["id"] for m in listed["data"]}
-        if {"demo-chat", "bench-stream"} <= names:
+        if {"demo-chat", "bench-stream", "bench-claude"} <= names:
             break
         if time.monotonic() > deadline:
             raise SystemExit(f"seed: the gateway does not route the bench models yet: {names}")
@@ -189,7 +191,7 @@ def cmd_seed(a):
     status = chat_once(a.api, keys[0])
     if status != 200:
         raise SystemExit(f"seed: a first chat call through the gateway answered {status}")
-    print(f"seeded {a.users} users with access keys; models demo-chat and bench-stream routed")
+    print(f"seeded {a.users} users with access keys; models demo-chat, bench-stream and bench-claude routed")
 
 
 def chat_once(base, key):
@@ -893,13 +895,15 @@ def cmd_report(a):
     w("")
     w("| target | req/s (median) | each round | p50 / p99 ms (median) | errors | other CPU |")
     w("|---|---|---|---|---|---|")
-    for t in ("direct", "nginx", "gateway", "gateway-1key", "gateway-noworker"):
+    for t in ("direct", "nginx", "gateway", "gateway-1key", "gateway-noworker", "gateway-anthropic"):
         rs = by(kind="throughput", target=t)
         if not rs:
             continue
         thr_t = median([r["rps"] for r in rs])
         label = {"gateway-1key": "gateway, one access key for all requests (diagnostic, 1 run)",
-                 "gateway-noworker": "gateway, billing-worker stopped (diagnostic, 1 run)"}.get(t, t)
+                 "gateway-noworker": "gateway, billing-worker stopped (diagnostic, 1 run)",
+                 "gateway-anthropic": "gateway, model on an Anthropic provider: request, answer and usage "
+                                      "translated, the mock's `/v1/messages` (diagnostic, 1 run)"}.get(t, t)
         w(f"| {label} | **{fmt(thr_t)}** | {', '.join(fmt(r['rps']) for r in rs)} | "
           f"{fmt(median([r['p50_ms'] for r in rs]), 2)} / {fmt(median([r['p99_ms'] for r in rs]), 2)} | "
           f"{sum(r['errors'] for r in rs)} | {other(rs)}% |")

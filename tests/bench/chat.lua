@@ -1,6 +1,8 @@
 -- wrk script of `make bench`: POSTs the small chat request, rotating over the access keys listed
 -- (one per line) in the file named by BENCH_KEYS_FILE, and prints a JSON summary line at the end.
-local body = '{"model":"demo-chat","messages":[{"role":"user","content":"hello"}],"max_tokens":16}'
+-- BENCH_MODEL picks the model (default demo-chat).
+local body = '{"model":"' .. (os.getenv("BENCH_MODEL") or "demo-chat") ..
+  '","messages":[{"role":"user","content":"hello"}],"max_tokens":16}'
 local requests = {}
 local next_request = 1
 

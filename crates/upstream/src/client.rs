@@ -6,7 +6,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use domain::{ProviderKind, Usage};
 use futures_util::StreamExt;
-use reqwest::header::ACCEPT;
+use reqwest::header::{ACCEPT, HeaderValue};
 use serde_json::{Map, Value};
 
 use crate::anthropic;
@@ -251,9 +251,18 @@ impl UpstreamClient {
         let builder = self.http.post(target.endpoint(path));
         match target.kind {
             ProviderKind::OpenAi => builder.bearer_auth(&target.api_key),
-            ProviderKind::Anthropic => builder
-                .header("x-api-key", &target.api_key)
-                .header("anthropic-version", anthropic::API_VERSION),
+            ProviderKind::Anthropic => {
+                // Marked sensitive like bearer_auth's header, so no debug output shows it; a key
+                // that is no valid header value fails at send, as a configuration error.
+                let builder = match HeaderValue::from_str(&target.api_key) {
+                    Ok(mut key) => {
+                        key.set_sensitive(true);
+                        builder.header("x-api-key", key)
+                    }
+                    Err(_) => builder.header("x-api-key", target.api_key.as_str()),
+                };
+                builder.header("anthropic-version", anthropic::API_VERSION)
+            }
         }
         .json(request)
     }

@@ -9,6 +9,9 @@ use tiktoken_rs::CoreBPE;
 /// Per-message and per-request framing tokens that chat formats add around the text.
 const PER_MESSAGE_OVERHEAD: u64 = 8;
 const PER_REQUEST_OVERHEAD: u64 = 16;
+/// The system prompt a provider adds, unseen, when tools are offered (Anthropic documents up to
+/// 346 tokens for it), so a tiny prompt with a tool is still held for in full.
+const TOOLS_OVERHEAD: u64 = 512;
 
 /// The text a chat request sends: every string `content`, text part, name and tool payload.
 pub fn prompt_text(body: &Value) -> String {
@@ -50,13 +53,21 @@ fn collect_text(content: Option<&Value>, out: &mut String) {
 }
 
 /// An upper bound of the prompt's tokens without tokenizing: byte-level BPE never makes more
-/// tokens than bytes, plus the framing overhead. Used only to size the hold.
+/// tokens than bytes, plus the framing overhead (and the tools' hidden prompt). Used only to
+/// size the hold.
 pub fn prompt_upper_bound(body: &Value, text: &str) -> u64 {
     let messages = body
         .get("messages")
         .and_then(Value::as_array)
         .map_or(0, Vec::len) as u64;
-    text.len() as u64 + messages * PER_MESSAGE_OVERHEAD + PER_REQUEST_OVERHEAD
+    let tools = body
+        .get("tools")
+        .and_then(Value::as_array)
+        .is_some_and(|tools| !tools.is_empty());
+    text.len() as u64
+        + messages * PER_MESSAGE_OVERHEAD
+        + PER_REQUEST_OVERHEAD
+        + if tools { TOOLS_OVERHEAD } else { 0 }
 }
 
 fn tokenizer() -> Option<&'static CoreBPE> {
@@ -106,6 +117,24 @@ mod tests {
                 "{content}"
             );
         }
+    }
+
+    #[test]
+    fn offered_tools_raise_the_bound_by_their_hidden_prompt() {
+        let plain = json!({"messages": [{"role": "user", "content": "hi"}]});
+        let mut with_tools = plain.clone();
+        with_tools["tools"] = json!([{"type": "function", "function": {"name": "f"}}]);
+        let text = prompt_text(&plain);
+        assert_eq!(
+            prompt_upper_bound(&with_tools, &text) - prompt_upper_bound(&plain, &text),
+            TOOLS_OVERHEAD
+        );
+        const { assert!(TOOLS_OVERHEAD >= 346) };
+        with_tools["tools"] = json!([]);
+        assert_eq!(
+            prompt_upper_bound(&with_tools, &text),
+            prompt_upper_bound(&plain, &text)
+        );
     }
 
     #[test]
