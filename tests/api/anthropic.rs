@@ -6,6 +6,7 @@ use std::str::FromStr;
 
 use bigdecimal::BigDecimal;
 use domain::{Money, Pricing, Usage};
+use futures_util::StreamExt;
 use integration_tests::{BillingWorker, Credential, TestApp, eventually, spawn_app};
 use mock_llm::MockConfig;
 use reqwest::Method;
@@ -316,4 +317,54 @@ async fn what_anthropic_cannot_do_is_refused_before_any_hold_or_call() {
     assert_eq!(setup.mock.calls(), 0);
     let (balance, _) = app.balance_and_ledger_sum(setup.user_id).await;
     assert_eq!(balance, BigDecimal::from(10));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_that_leaves_an_anthropic_stream_pays_the_providers_prompt_count() {
+    let app = spawn_app().await;
+    let worker = BillingWorker::start(&app).await;
+    let slow = MockConfig {
+        stream_chunk_delay_ms: 100,
+        completion_tokens: 50,
+        ..MockConfig::default()
+    };
+    let setup = setup(&app, slow, &[("ant-key", 1)]).await;
+    let body = json!({
+        "model": MODEL, "max_tokens": 50, "stream": true,
+        "messages": [{"role": "user", "content": "tell me a long story please"}]
+    });
+    let response = app
+        .client
+        .post(format!("{}/v1/chat/completions", app.address))
+        .bearer_auth(&setup.access_key)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let mut stream = response.bytes_stream();
+    let mut received = 0;
+    while received < 5 {
+        let chunk = stream.next().await.unwrap().unwrap();
+        received += String::from_utf8_lossy(&chunk).matches("data: ").count();
+    }
+    drop(stream);
+
+    let rows = eventually(15, || async {
+        let rows = app.usage_of(setup.user_id).await;
+        (rows.len() == 1).then_some(rows)
+    })
+    .await;
+    let (prompt, completion, billed) = rows[0].clone();
+    // Anthropic told the prompt count (the mock's 6 words) in its first event; the offline
+    // estimate adds framing tokens (6 more) and would not match.
+    assert_eq!(prompt, 6);
+    assert!(
+        (3..50).contains(&completion),
+        "billed {completion} completion tokens of a stream left after ~5 chunks"
+    );
+    assert_eq!(billed, cost(6, completion as u64, 0));
+    assert_eq!(app.open_holds(setup.user_id).await, 0);
+    app.assert_books_balance().await;
+    worker.stop().await;
 }

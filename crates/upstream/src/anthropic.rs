@@ -18,7 +18,7 @@ use futures_util::Stream;
 use serde_json::{Map, Value, json};
 
 use crate::error::UpstreamError;
-use crate::sse::{event_data, event_end};
+use crate::sse::{StreamUsage, event_data, event_end};
 
 /// The API version every request names (`anthropic-version`).
 pub(crate) const API_VERSION: &str = "2023-06-01";
@@ -454,6 +454,8 @@ pub(crate) struct EventStream {
 /// What the events so far told about the message.
 #[derive(Default)]
 struct Translation {
+    /// Where the counts known before the end are noted, for a stream cut short.
+    recorder: StreamUsage,
     id: Value,
     model: Value,
     created: u64,
@@ -463,14 +465,17 @@ struct Translation {
 }
 
 impl EventStream {
+    /// Translates `source`; the counts Anthropic reports before the end go to `recorder`.
     pub(crate) fn new(
         source: impl Stream<Item = Result<Bytes, UpstreamError>> + Send + 'static,
+        recorder: StreamUsage,
     ) -> Self {
         Self {
             source: Box::pin(source),
             buffer: BytesMut::new(),
             scanned: 0,
             state: Translation {
+                recorder,
                 created: unix_now(),
                 ..Translation::default()
             },
@@ -504,6 +509,9 @@ impl Translation {
                 self.id = message.get("id").cloned().unwrap_or(Value::Null);
                 self.model = message.get("model").cloned().unwrap_or(Value::Null);
                 self.usage = message.get("usage").and_then(parse_usage);
+                if let Some(usage) = self.usage {
+                    self.recorder.set_partial(usage);
+                }
                 self.chunk(out, json!({"role": "assistant", "content": ""}), None);
             }
             Some("content_block_start") => {
@@ -564,6 +572,7 @@ impl Translation {
                         usage.cached_prompt_tokens = delta_usage.cached_prompt_tokens;
                     }
                     self.usage = Some(usage);
+                    self.recorder.set_partial(usage);
                 }
                 let reason = finish_reason(
                     data.get("delta")
@@ -868,7 +877,7 @@ mod tests {
 
     async fn collect(chunks: Vec<Vec<u8>>) -> String {
         let source = stream::iter(chunks.into_iter().map(|chunk| Ok(Bytes::from(chunk))));
-        let parts: Vec<Bytes> = EventStream::new(source)
+        let parts: Vec<Bytes> = EventStream::new(source, StreamUsage::default())
             .map(|part| part.expect("no error"))
             .collect()
             .await;
@@ -967,6 +976,29 @@ mod tests {
         assert_eq!(chunks[1]["error"]["type"], "overloaded_error");
         assert_eq!(chunks[1]["error"]["message"], "Overloaded");
         assert!(!out.contains("[DONE]"));
+    }
+
+    #[tokio::test]
+    async fn a_stream_cut_short_still_tells_the_prompt_tokens() {
+        let cut = EVENTS.find("event: content_block_delta").unwrap() + 300;
+        let source = stream::iter(vec![
+            Ok(Bytes::copy_from_slice(&EVENTS.as_bytes()[..cut])),
+            Err(UpstreamError::Connect("cut".to_owned())),
+        ]);
+        let recorder = StreamUsage::default();
+        let out: Vec<_> = EventStream::new(source, recorder.clone()).collect().await;
+        assert!(matches!(out.last(), Some(Err(UpstreamError::Connect(_)))));
+        let seen = recorder.snapshot();
+        assert_eq!(seen.usage, None, "the final usage never came");
+        assert_eq!(
+            seen.partial_usage,
+            Some(Usage {
+                prompt_tokens: 15,
+                completion_tokens: 1,
+                cached_prompt_tokens: 3,
+                images: 0
+            })
+        );
     }
 
     #[test]

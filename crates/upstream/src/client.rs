@@ -12,7 +12,7 @@ use serde_json::{Map, Value};
 use crate::anthropic;
 use crate::error::UpstreamError;
 use crate::settings::UpstreamSettings;
-use crate::sse::ChatStream;
+use crate::sse::{ChatStream, StreamUsage};
 
 /// The most of an error response body kept for the caller.
 const ERROR_BODY_LIMIT: usize = 64 * 1024;
@@ -163,8 +163,10 @@ impl UpstreamClient {
         if target.kind == ProviderKind::Anthropic {
             let request = anthropic::translate_request(request, &target.upstream_model, true)?;
             let events = self.open_stream(target, "messages", &request).await?;
-            return Ok(ChatStream::new(
-                anthropic::EventStream::new(events),
+            let usage = StreamUsage::default();
+            return Ok(ChatStream::with_usage(
+                anthropic::EventStream::new(events, usage.clone()),
+                usage,
                 target.public_model.clone(),
                 client_wants_usage,
                 self.first_byte_timeout,

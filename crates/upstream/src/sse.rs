@@ -31,6 +31,9 @@ pub struct StreamUsage(Arc<Mutex<StreamUsageSnapshot>>);
 pub struct StreamUsageSnapshot {
     /// The upstream's reported usage (the last one seen).
     pub usage: Option<Usage>,
+    /// Counts the upstream reported before its final usage, when it reports them early
+    /// (Anthropic sends the prompt tokens first): what a stream cut short can still bill by.
+    pub partial_usage: Option<Usage>,
     /// Content, reasoning and tool-call argument deltas received, concatenated.
     pub generated_text: String,
     /// Characters (not bytes) in `generated_text`.
@@ -68,6 +71,10 @@ impl StreamUsage {
 
     pub fn snapshot(&self) -> StreamUsageSnapshot {
         self.lock().clone()
+    }
+
+    pub(crate) fn set_partial(&self, usage: Usage) {
+        self.lock().partial_usage = Some(usage);
     }
 }
 
@@ -107,13 +114,31 @@ impl ChatStream {
         client_wants_usage: bool,
         idle_timeout: Duration,
     ) -> Self {
+        Self::with_usage(
+            source,
+            StreamUsage::default(),
+            public_model,
+            client_wants_usage,
+            idle_timeout,
+        )
+    }
+
+    /// [`Self::new`] recording into `usage`, which the source may also write (a translating
+    /// source notes early counts there).
+    pub(crate) fn with_usage(
+        source: impl Stream<Item = Result<Bytes, UpstreamError>> + Send + 'static,
+        usage: StreamUsage,
+        public_model: String,
+        client_wants_usage: bool,
+        idle_timeout: Duration,
+    ) -> Self {
         Self {
             source: Box::pin(source),
             buffer: BytesMut::new(),
             scanned: 0,
             public_model,
             client_wants_usage,
-            usage: StreamUsage::default(),
+            usage,
             idle_timeout,
             idle: Box::pin(tokio::time::sleep(idle_timeout)),
             reading: false,

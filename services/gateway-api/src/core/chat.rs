@@ -334,10 +334,20 @@ impl StreamEnd {
                 });
                 return;
             }
-            None => Usage {
-                prompt_tokens: self.call.counted_prompt_tokens(),
-                completion_tokens: tokens::count(&seen.generated_text),
-                ..Usage::default()
+            // The provider told its prompt count before the stream was cut (Anthropic does):
+            // that count, and the larger of its output count and what was generated.
+            None => match seen.partial_usage {
+                Some(partial) => Usage {
+                    completion_tokens: partial
+                        .completion_tokens
+                        .max(tokens::count(&seen.generated_text)),
+                    ..partial
+                },
+                None => Usage {
+                    prompt_tokens: self.call.counted_prompt_tokens(),
+                    completion_tokens: tokens::count(&seen.generated_text),
+                    ..Usage::default()
+                },
             },
         };
         bill(&self.state, &self.call, usage);
