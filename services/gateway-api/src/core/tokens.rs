@@ -12,6 +12,10 @@ const PER_REQUEST_OVERHEAD: u64 = 16;
 /// The system prompt a provider adds, unseen, when tools are offered (Anthropic documents up to
 /// 346 tokens for it), so a tiny prompt with a tool is still held for in full.
 const TOOLS_OVERHEAD: u64 = 512;
+/// What one image part of a prompt may cost in prompt tokens: Anthropic resizes images to at
+/// most about 1,600 tokens, OpenAI's GPT-4o class bills at most 1,445 (high detail). Models that
+/// bill images as many more tokens (OpenAI's mini models) are held for less than they cost.
+const IMAGE_PART_TOKENS: u64 = 1_600;
 
 /// The text a chat request sends: every string `content`, text part, name and tool payload.
 pub fn prompt_text(body: &Value) -> String {
@@ -68,6 +72,19 @@ pub fn prompt_upper_bound(body: &Value, text: &str) -> u64 {
         + messages * PER_MESSAGE_OVERHEAD
         + PER_REQUEST_OVERHEAD
         + if tools { TOOLS_OVERHEAD } else { 0 }
+        + image_parts(body) * IMAGE_PART_TOKENS
+}
+
+/// The image parts of a chat request's messages (their bytes are no measure of their tokens).
+fn image_parts(body: &Value) -> u64 {
+    let messages = body.get("messages").and_then(Value::as_array);
+    messages
+        .into_iter()
+        .flatten()
+        .filter_map(|message| message.get("content").and_then(Value::as_array))
+        .flatten()
+        .filter(|part| part.get("type").and_then(Value::as_str) == Some("image_url"))
+        .count() as u64
 }
 
 fn tokenizer() -> Option<&'static CoreBPE> {
@@ -134,6 +151,23 @@ mod tests {
         assert_eq!(
             prompt_upper_bound(&with_tools, &text),
             prompt_upper_bound(&plain, &text)
+        );
+    }
+
+    #[test]
+    fn each_image_part_is_held_for_as_a_large_image() {
+        let text_only = json!({"messages": [{"role": "user", "content": [{"type": "text", "text": "what is this?"}]}]});
+        let mut with_images = text_only.clone();
+        let image = json!({"type": "image_url", "image_url": {"url": "https://example.com/a.png"}});
+        with_images["messages"][0]["content"]
+            .as_array_mut()
+            .unwrap()
+            .extend([image.clone(), image]);
+        let text = prompt_text(&text_only);
+        assert_eq!(prompt_text(&with_images), text);
+        assert_eq!(
+            prompt_upper_bound(&with_images, &text) - prompt_upper_bound(&text_only, &text),
+            2 * IMAGE_PART_TOKENS
         );
     }
 
