@@ -293,6 +293,39 @@ async fn what_anthropic_cannot_do_is_refused_before_any_hold_or_call() {
         .await;
     image.assert_error(400, "invalid_request");
     assert!(image.text.contains("anthropic"), "{}", image.text);
+    assert_eq!(app.snapshot().await, before);
+    // Nor moved there from a provider that generates images.
+    let openai = app
+        .post(
+            "/v1/admin/providers",
+            &admin,
+            json!({"name": "images", "kind": "openai", "base_url": setup.mock.base_url()}),
+        )
+        .await;
+    let openai_id = openai.assert_status(201)["id"].as_i64().unwrap();
+    let model = app
+        .post(
+            "/v1/admin/models",
+            &admin,
+            json!({
+                "name": "some-image", "provider_id": openai_id, "upstream_model": "x",
+                "kind": "image", "pricing": {"per_image": "0.04"}
+            }),
+        )
+        .await;
+    let model_id = model.assert_status(201)["id"].as_i64().unwrap();
+    let before = app.snapshot().await;
+    app.patch(
+        &format!("/v1/admin/models/{model_id}"),
+        &admin,
+        json!({"provider_id": setup.provider_id}),
+    )
+    .await
+    .assert_error(400, "invalid_request");
+    let unchanged = app
+        .get(&format!("/v1/admin/models/{model_id}"), &admin)
+        .await;
+    assert_eq!(unchanged.assert_status(200)["provider_id"], openai_id);
     // Nor an unknown provider kind.
     app.post(
         "/v1/admin/providers",
