@@ -6,8 +6,7 @@ use std::str::FromStr;
 
 use bigdecimal::BigDecimal;
 use domain::{Money, Pricing, Usage};
-use futures_util::StreamExt;
-use integration_tests::{BillingWorker, Credential, TestApp, eventually, spawn_app};
+use integration_tests::{BillingWorker, ChatSetup, Credential, TestApp, eventually, spawn_app};
 use mock_llm::MockConfig;
 use reqwest::Method;
 use serde_json::{Value, json};
@@ -24,66 +23,25 @@ fn pricing() -> Pricing {
     }
 }
 
-struct Setup {
-    mock: mock_llm::MockServer,
-    provider_id: i64,
-    user_id: i64,
-    access_key: String,
-}
-
-/// The mock as an Anthropic provider with `keys`, one priced chat model, and a user with 10.
-async fn setup(app: &TestApp, config: MockConfig, keys: &[(&str, i32)]) -> Setup {
+/// The mock as an Anthropic provider with `keys` and a user with 10 (the shared chat set-up),
+/// plus a model priced with a cached-input price.
+async fn setup(app: &TestApp, config: MockConfig, keys: &[(&str, i32)]) -> ChatSetup {
     let mock = mock_llm::start(config, "127.0.0.1", 0).await.unwrap();
-    let admin = app.admin_token().to_owned();
-    let provider = app
-        .post(
-            "/v1/admin/providers",
-            &admin,
-            json!({"name": "claude", "kind": "anthropic", "base_url": mock.base_url()}),
-        )
-        .await;
-    let provider_id = provider.assert_status(201)["id"].as_i64().unwrap();
-    assert_eq!(provider.json["kind"], "anthropic");
-    for (key, weight) in keys {
-        app.post(
-            &format!("/v1/admin/providers/{provider_id}/keys"),
-            &admin,
-            json!({"api_key": key, "weight": weight}),
-        )
-        .await
-        .assert_status(201);
-    }
+    let setup = app.chat_setup_of_kind("anthropic", mock, keys, "10").await;
     app.post(
         "/v1/admin/models",
-        &admin,
+        app.admin_token(),
         json!({
-            "name": MODEL, "provider_id": provider_id, "upstream_model": "claude-up",
+            "name": MODEL, "provider_id": setup.provider_id, "upstream_model": "claude-up",
             "kind": "chat", "pricing": pricing(), "max_output_tokens": 64
         }),
     )
     .await
     .assert_status(201);
-    let (user_id, token) = app.new_user().await;
-    app.post(
-        &format!("/v1/admin/users/{user_id}/balance-adjustments"),
-        &admin,
-        json!({"amount": "10", "reason": "test credit"}),
-    )
-    .await
-    .assert_status(200);
-    let key = app
-        .post("/v1/me/access-keys", &token, json!({"name": "test"}))
-        .await;
-    let access_key = key.assert_status(201)["key"].as_str().unwrap().to_owned();
-    Setup {
-        mock,
-        provider_id,
-        user_id,
-        access_key,
-    }
+    setup
 }
 
-async fn call(app: &TestApp, setup: &Setup, body: Value) -> integration_tests::Reply {
+async fn call(app: &TestApp, setup: &ChatSetup, body: Value) -> integration_tests::Reply {
     app.send(
         Method::POST,
         "/v1/chat/completions",
@@ -123,6 +81,10 @@ async fn an_openai_call_to_an_anthropic_model_is_translated_and_billed_with_cach
     .await;
     let body = reply.assert_status(200);
     assert_eq!(body["object"], "chat.completion");
+    assert!(
+        body["id"].as_str().unwrap().starts_with("msg_"),
+        "answered through the Messages API: {body}"
+    );
     assert_eq!(body["model"], MODEL, "the public name, not claude-up");
     assert_eq!(body["choices"][0]["finish_reason"], "length");
     let text = body["choices"][0]["message"]["content"].as_str().unwrap();
@@ -366,22 +328,7 @@ async fn a_client_that_leaves_an_anthropic_stream_pays_the_providers_prompt_coun
         "model": MODEL, "max_tokens": 50, "stream": true,
         "messages": [{"role": "user", "content": "tell me a long story please"}]
     });
-    let response = app
-        .client
-        .post(format!("{}/v1/chat/completions", app.address))
-        .bearer_auth(&setup.access_key)
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200);
-    let mut stream = response.bytes_stream();
-    let mut received = 0;
-    while received < 5 {
-        let chunk = stream.next().await.unwrap().unwrap();
-        received += String::from_utf8_lossy(&chunk).matches("data: ").count();
-    }
-    drop(stream);
+    app.stream_then_leave(&setup.access_key, &body, 5).await;
 
     let rows = eventually(15, || async {
         let rows = app.usage_of(setup.user_id).await;

@@ -5,7 +5,6 @@ use std::str::FromStr;
 
 use bigdecimal::BigDecimal;
 use domain::{Money, Pricing, Usage};
-use futures_util::StreamExt;
 use integration_tests::{
     BillingWorker, Credential, INPUT_PER_MILLION, OUTPUT_PER_MILLION, eventually, spawn_app,
 };
@@ -420,22 +419,7 @@ async fn a_client_that_disconnects_mid_stream_is_billed_for_what_was_generated()
     let mut body = chat(&setup.model, "tell me a long story");
     body["max_tokens"] = json!(50);
     body["stream"] = json!(true);
-    let response = app
-        .client
-        .post(format!("{}/v1/chat/completions", app.address))
-        .bearer_auth(&setup.access_key)
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200);
-    let mut stream = response.bytes_stream();
-    let mut received = 0;
-    while received < 5 {
-        let chunk = stream.next().await.unwrap().unwrap();
-        received += String::from_utf8_lossy(&chunk).matches("data: ").count();
-    }
-    drop(stream);
+    app.stream_then_leave(&setup.access_key, &body, 5).await;
 
     let rows = eventually(15, || async {
         let rows = app.usage_of(setup.user_id).await;

@@ -670,6 +670,27 @@ impl TestApp {
         }
     }
 
+    /// Starts a streaming chat call with `access_key` and hangs up once at least `events`
+    /// `data:` events have arrived, like a client that leaves mid-stream.
+    pub async fn stream_then_leave(&self, access_key: &str, body: &Value, events: usize) {
+        use futures_util::StreamExt;
+        let response = self
+            .client
+            .post(format!("{}/v1/chat/completions", self.address))
+            .bearer_auth(access_key)
+            .json(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        let mut stream = response.bytes_stream();
+        let mut received = 0;
+        while received < events {
+            let chunk = stream.next().await.unwrap().unwrap();
+            received += String::from_utf8_lossy(&chunk).matches("data: ").count();
+        }
+    }
+
     /// Messages waiting in one of this test's queues (e.g. a dead-letter queue).
     pub async fn queue_depth(&self, broker: &messaging::Broker, queue: &str) -> u32 {
         let channel = broker.open_channel().await.unwrap();

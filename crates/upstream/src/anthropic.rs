@@ -23,13 +23,9 @@ use crate::sse::{StreamUsage, event_data, event_end};
 /// The API version every request names (`anthropic-version`).
 pub(crate) const API_VERSION: &str = "2023-06-01";
 
-/// A request Anthropic cannot serve, worded for our client.
-fn refused(message: impl Into<String>) -> UpstreamError {
-    let message = message.into();
-    UpstreamError::BadRequest {
-        status: 400,
-        body: json!({"error": {"message": message, "type": "invalid_request_error"}}).to_string(),
-    }
+/// Why a request cannot go to Anthropic, worded for our client.
+fn refused(message: impl Into<String>) -> String {
+    message.into()
 }
 
 /// Checks an OpenAI chat request can be translated, without keeping the translation; the
@@ -38,22 +34,28 @@ pub fn check_request(body: &Value) -> Result<(), String> {
     let Value::Object(body) = body else {
         return Err("the body must be a JSON object".to_owned());
     };
-    match translate_request(body.clone(), "model", false) {
-        Ok(_) => Ok(()),
-        Err(UpstreamError::BadRequest { body, .. }) => Err(serde_json::from_str::<Value>(&body)
-            .ok()
-            .and_then(|v| v["error"]["message"].as_str().map(str::to_owned))
-            .unwrap_or(body)),
-        Err(other) => Err(other.to_string()),
-    }
+    translate(body.clone(), "model", false).map(|_| ())
 }
 
-/// An OpenAI chat completions request as a Messages request for `upstream_model`.
+/// [`translate`], a refusal being the client's error (400, in OpenAI's error shape).
 pub(crate) fn translate_request(
-    mut body: Map<String, Value>,
+    body: Map<String, Value>,
     upstream_model: &str,
     stream: bool,
 ) -> Result<Map<String, Value>, UpstreamError> {
+    translate(body, upstream_model, stream).map_err(|message| UpstreamError::BadRequest {
+        status: 400,
+        body: json!({"error": {"message": message, "type": "invalid_request_error"}}).to_string(),
+    })
+}
+
+/// An OpenAI chat completions request as a Messages request for `upstream_model`, or why it
+/// cannot be one.
+fn translate(
+    mut body: Map<String, Value>,
+    upstream_model: &str,
+    stream: bool,
+) -> Result<Map<String, Value>, String> {
     if body.get("n").and_then(Value::as_u64).is_some_and(|n| n > 1) {
         return Err(refused("n > 1 is not supported by this model's provider"));
     }
@@ -121,7 +123,7 @@ pub(crate) fn translate_request(
 
 /// The system blocks and the conversation: system/developer text goes to `system`, tool results
 /// become user turns, and consecutive turns of one role are merged into one.
-fn translate_messages(messages: Vec<Value>) -> Result<(Vec<Value>, Vec<Value>), UpstreamError> {
+fn translate_messages(messages: Vec<Value>) -> Result<(Vec<Value>, Vec<Value>), String> {
     let mut system = Vec::new();
     let mut turns: Vec<(String, Vec<Value>)> = Vec::new();
     for (at, message) in messages.into_iter().enumerate() {
@@ -187,7 +189,7 @@ fn translate_messages(messages: Vec<Value>) -> Result<(Vec<Value>, Vec<Value>), 
 }
 
 /// A message's content (a string, parts, or null) as content blocks; images only where allowed.
-fn content_blocks(content: Value, at: usize, images: bool) -> Result<Vec<Value>, UpstreamError> {
+fn content_blocks(content: Value, at: usize, images: bool) -> Result<Vec<Value>, String> {
     match content {
         Value::Null => Ok(Vec::new()),
         Value::String(text) if text.is_empty() => Ok(Vec::new()),
@@ -229,7 +231,7 @@ fn content_blocks(content: Value, at: usize, images: bool) -> Result<Vec<Value>,
 }
 
 /// An image part: a `data:` URL becomes base64 source, anything else a URL source.
-fn image_block(url: &str, at: usize) -> Result<Value, UpstreamError> {
+fn image_block(url: &str, at: usize) -> Result<Value, String> {
     let Some(inline) = url.strip_prefix("data:") else {
         return Ok(json!({"type": "image", "source": {"type": "url", "url": url}}));
     };
@@ -243,7 +245,7 @@ fn image_block(url: &str, at: usize) -> Result<Value, UpstreamError> {
 }
 
 /// An assistant's OpenAI tool call as a `tool_use` block (arguments are a JSON object in text).
-fn tool_use_block(call: &Value, at: usize) -> Result<Value, UpstreamError> {
+fn tool_use_block(call: &Value, at: usize) -> Result<Value, String> {
     let id = call.get("id").and_then(Value::as_str);
     let name = call.pointer("/function/name").and_then(Value::as_str);
     let (Some(id), Some(name)) = (id, name) else {
@@ -270,7 +272,7 @@ fn tool_use_block(call: &Value, at: usize) -> Result<Value, UpstreamError> {
     Ok(json!({"type": "tool_use", "id": id, "name": name, "input": input}))
 }
 
-fn translate_tools(tools: Value) -> Result<Value, UpstreamError> {
+fn translate_tools(tools: Value) -> Result<Value, String> {
     let Value::Array(tools) = tools else {
         return Err(refused("tools must be an array"));
     };
@@ -305,7 +307,7 @@ fn translate_tools(tools: Value) -> Result<Value, UpstreamError> {
 fn translate_tool_choice(
     choice: Option<Value>,
     parallel: Option<bool>,
-) -> Result<Option<Value>, UpstreamError> {
+) -> Result<Option<Value>, String> {
     let mut out = match choice {
         None | Some(Value::Null) => {
             if parallel != Some(false) {
@@ -675,12 +677,7 @@ mod tests {
         let Value::Object(body) = body else {
             panic!("object expected")
         };
-        translate_request(body, "claude-up", false)
-            .map(Value::Object)
-            .map_err(|error| match error {
-                UpstreamError::BadRequest { body, .. } => body,
-                other => other.to_string(),
-            })
+        super::translate(body, "claude-up", false).map(Value::Object)
     }
 
     #[test]
