@@ -324,20 +324,26 @@ async fn two_hundred_concurrent_calls_against_a_balance_for_fifty() {
     let body = json!({"model": setup.model, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 16});
     let one_hold = {
         // What the gateway reserves for this body: prompt upper bound + max_tokens, priced.
-        let reply = app
-            .send(
-                Method::POST,
-                "/v1/chat/completions",
-                Credential::Bearer(&setup.access_key),
-                Some(body.clone()),
-            )
-            .await;
+        // Read while the call is open: a settled hold is deleted.
+        let call = app.send(
+            Method::POST,
+            "/v1/chat/completions",
+            Credential::Bearer(&setup.access_key),
+            Some(body.clone()),
+        );
+        let held = eventually(10, || open_hold_amount(&app, setup.user_id));
+        let (reply, held) = tokio::join!(call, held);
         reply.assert_status(200);
         eventually(10, || async {
             (app.usage_of(setup.user_id).await.len() == 1).then_some(())
         })
         .await;
-        hold_amount(&app, setup.user_id).await
+        assert_eq!(
+            app.count("balance_holds").await,
+            0,
+            "the settled hold is deleted"
+        );
+        held
     };
     // Set the balance to exactly 50 holds.
     let (balance, _) = app.balance_and_ledger_sum(setup.user_id).await;
@@ -389,18 +395,19 @@ async fn two_hundred_concurrent_calls_against_a_balance_for_fifty() {
     worker.stop().await;
 }
 
-/// The amount the gateway held for the user's latest call.
-async fn hold_amount(app: &integration_tests::TestApp, user_id: i64) -> BigDecimal {
-    use diesel::{ExpressionMethods, QueryDsl};
+/// The amount the gateway holds for the user's open call, if one is open.
+async fn open_hold_amount(app: &integration_tests::TestApp, user_id: i64) -> Option<BigDecimal> {
+    use diesel::{ExpressionMethods, OptionalExtension, QueryDsl};
     use diesel_async::RunQueryDsl;
     use persistence::schema::balance_holds;
     let mut conn = app.pool.get().await.unwrap();
     balance_holds::table
         .filter(balance_holds::user_id.eq(user_id))
-        .order(balance_holds::id.desc())
+        .filter(balance_holds::status.eq("open"))
         .select(balance_holds::amount)
         .first(&mut conn)
         .await
+        .optional()
         .unwrap()
 }
 

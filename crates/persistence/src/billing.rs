@@ -213,7 +213,7 @@ struct ChargedRow {
 /// Settles many charges with a fixed number of statements, whatever their count; run it inside
 /// a transaction. Charge by charge in the given order: a request id already logged (before,
 /// or earlier in this batch; the usage log's request id is unique) is `AlreadySettled` and
-/// changes nothing; otherwise the usage is logged, the hold closed, the balance debited
+/// changes nothing; otherwise the usage is logged, the hold deleted, the balance debited
 /// (never below zero) and the ledger written. User rows are locked only by the last statement
 /// (the `settle_charges` function), in id order, so calls being admitted for the same users
 /// wait as little as possible (the caller commits right after).
@@ -281,14 +281,19 @@ pub async fn settle_many(
     }
     let fresh_ids: Vec<Uuid> = fresh.iter().copied().collect();
     enum CloseHolds {}
+    // A settled hold is deleted, not kept with a status: the usage log and the ledger row
+    // already record the call, one row per call would otherwise pile up for ever, and a
+    // delete writes no new row version and no index entries (a status update is never HOT:
+    // the status is in the partial indexes' predicates). Released holds (failed calls, expired
+    // holds) stay: they are the only trace of those.
     // A join with the ids rather than `= ANY($1)`: the generic plan Postgres settles on for a
     // prepared `= ANY` scans the whole open-holds index; this one looks up each id. And
     // `closed_at IS NULL` (the same as status 'open', a CHECK says so) rather than the status:
     // a plan made while the table was small otherwise picked the open-holds partial index and
     // walked every entry it ever had (it keeps dead ones until a vacuum).
     let holds: Vec<HoldRow> = Prepared::<CloseHolds>::new(
-        "UPDATE balance_holds h SET status = 'settled', closed_at = now()
-         FROM unnest($1::uuid[]) AS r(request_id)
+        "DELETE FROM balance_holds h
+         USING unnest($1::uuid[]) AS r(request_id)
          WHERE h.request_id = r.request_id AND h.closed_at IS NULL
          RETURNING h.request_id, h.amount",
     )

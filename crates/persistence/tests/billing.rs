@@ -140,6 +140,16 @@ async fn settlement_charges_once_and_replaces_the_hold() {
     let u = persistence::users::find(&mut conn, user).await.unwrap();
     assert_eq!(u.balance, BigDecimal::from_str("0.87654322").unwrap());
     assert_eq!(u.held, BigDecimal::from(0));
+    // The settled hold is gone (the usage log and the ledger record the call).
+    use diesel::{ExpressionMethods, QueryDsl};
+    use persistence::schema::balance_holds;
+    let holds: i64 = balance_holds::table
+        .filter(balance_holds::request_id.eq(request))
+        .count()
+        .get_result(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(holds, 0);
     drop(conn);
     books_balance(&pool).await;
 }

@@ -332,7 +332,7 @@ async fn batched_statements_cache_index_lookup_plans_even_on_empty_tables() {
         "UPDATE async_jobs j SET status = 'PROCESSING'",
         "UPDATE async_jobs j SET status = 'COMPLETED'",
         "DELETE FROM billing_outbox",
-        "UPDATE balance_holds h SET status = 'settled'",
+        "DELETE FROM balance_holds h",
     ] {
         let (text, plan) = checked
             .iter()
