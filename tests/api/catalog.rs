@@ -830,6 +830,7 @@ async fn models_crud_with_exact_pricing_validated_per_kind() {
     assert_eq!(chat["upstream_model"], "gpt-4o-mini");
     assert_eq!(chat["kind"], "chat");
     assert_eq!(chat["max_output_tokens"], 4096);
+    assert_eq!(chat["image_input_tokens"], 1600);
     assert_eq!(chat["enabled"], true);
     assert!(chat["created_at"].is_string());
     // Decimal strings, exact; trailing zeros are not significant ("0.60" is 0.6).
@@ -986,6 +987,12 @@ async fn models_crud_with_exact_pricing_validated_per_kind() {
         json!({"name": "m1", "provider_id": provider_id, "kind": "chat",
             "pricing": {"input_per_million": "1", "output_per_million": "1"}, "max_output_tokens": 0}),
         json!({"name": "m1", "provider_id": provider_id, "kind": "chat",
+            "pricing": {"input_per_million": "1", "output_per_million": "1"}, "image_input_tokens": 0}),
+        json!({"name": "m1", "provider_id": provider_id, "kind": "chat",
+            "pricing": {"input_per_million": "1", "output_per_million": "1"}, "image_input_tokens": 1000001}),
+        json!({"name": "m1", "provider_id": provider_id, "kind": "chat",
+            "pricing": {"input_per_million": "1", "output_per_million": "1"}, "image_input_tokens": "many"}),
+        json!({"name": "m1", "provider_id": provider_id, "kind": "chat",
             "pricing": {"input_per_million": "1", "output_per_million": "1"}, "secret": "x"}),
     ] {
         let reply = app.post("/v1/admin/models", admin, body.clone()).await;
@@ -1032,6 +1039,7 @@ async fn models_crud_with_exact_pricing_validated_per_kind() {
         (&chat_path, json!({"kind": "image"})),
         (&chat_path, json!({"name": "bad name!"})),
         (&chat_path, json!({"max_output_tokens": 0})),
+        (&chat_path, json!({"image_input_tokens": -5})),
     ] {
         let reply = app.patch(path, admin, body.clone()).await;
         assert_eq!(reply.status, 400, "{body} -> {}", reply.text);
@@ -1061,7 +1069,8 @@ async fn models_crud_with_exact_pricing_validated_per_kind() {
             &chat_path,
             admin,
             json!({"pricing": {"input_per_million": "2.50", "output_per_million": "10", "cached_input_per_million": "1.25"},
-                "upstream_model": "gpt-4o-mini-2024-07-18", "max_output_tokens": 16384}),
+                "upstream_model": "gpt-4o-mini-2024-07-18", "max_output_tokens": 16384,
+                "image_input_tokens": 36835}),
         )
         .await;
     let repriced = repriced.assert_status(200).clone();
@@ -1069,6 +1078,7 @@ async fn models_crud_with_exact_pricing_validated_per_kind() {
     assert_eq!(repriced["pricing"], new_pricing);
     assert_eq!(repriced["upstream_model"], "gpt-4o-mini-2024-07-18");
     assert_eq!(repriced["max_output_tokens"], 16384);
+    assert_eq!(repriced["image_input_tokens"], 36835);
     assert_eq!(repriced["name"], "gpt-4o-mini");
     assert_eq!(repriced["kind"], "chat");
     assert_eq!(

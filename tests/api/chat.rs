@@ -809,3 +809,89 @@ async fn a_client_that_hangs_up_during_a_plain_call_is_still_billed() {
     app.assert_books_balance().await;
     worker.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_image_part_is_held_for_the_models_image_allowance() {
+    let app = spawn_app().await;
+    let worker = BillingWorker::start(&app).await;
+    // Slow enough to read each call's hold while it is open.
+    let slow = MockConfig {
+        latency_ms: 400,
+        ..MockConfig::default()
+    };
+    let setup = app
+        .chat_setup(mock(slow).await, &[("good-key", 1)], "0.1")
+        .await;
+    let admin = app.admin_token().to_owned();
+    let model_path = format!("/v1/admin/models/{}", setup.model_id);
+    let mut body = chat(&setup.model, "what is in this picture?");
+    body["messages"][0]["content"] = json!([
+        {"type": "text", "text": "what is in this picture?"},
+        {"type": "image_url", "image_url": {"url": "https://example.com/cat.png"}}
+    ]);
+    let held_for = |body: Value| {
+        let app = &app;
+        let setup = &setup;
+        async move {
+            let call = app.send(
+                Method::POST,
+                "/v1/chat/completions",
+                Credential::Bearer(&setup.access_key),
+                Some(body),
+            );
+            let held = eventually(10, || open_hold_amount(app, setup.user_id));
+            let (reply, held) = tokio::join!(call, held);
+            reply.assert_status(200);
+            eventually(10, || async {
+                (app.open_holds(setup.user_id).await == 0).then_some(())
+            })
+            .await;
+            held
+        }
+    };
+
+    // The default allowance, then the one an admin set for a model that bills images as more
+    // tokens: the hold grows by exactly the difference, priced at the input price.
+    let default_hold = held_for(body.clone()).await;
+    app.patch(&model_path, &admin, json!({"image_input_tokens": 36_835}))
+        .await
+        .assert_status(200);
+    let larger_hold = held_for(body.clone()).await;
+    let per_token = dec(INPUT_PER_MILLION) / dec("1000000");
+    assert_eq!(
+        larger_hold - default_hold,
+        per_token * BigDecimal::from(36_835 - 1_600)
+    );
+
+    // An allowance the balance cannot cover refuses the call with nothing written; a call
+    // without images is not affected.
+    app.patch(
+        &model_path,
+        &admin,
+        json!({"image_input_tokens": 1_000_000}),
+    )
+    .await
+    .assert_status(200);
+    let before = (
+        app.count("balance_holds").await,
+        app.usage_of(setup.user_id).await.len(),
+    );
+    app.send(
+        Method::POST,
+        "/v1/chat/completions",
+        Credential::Bearer(&setup.access_key),
+        Some(body),
+    )
+    .await
+    .assert_error(402, "insufficient_balance");
+    assert_eq!(
+        (
+            app.count("balance_holds").await,
+            app.usage_of(setup.user_id).await.len()
+        ),
+        before
+    );
+    held_for(chat(&setup.model, "no picture")).await;
+    app.assert_books_balance().await;
+    worker.stop().await;
+}

@@ -572,6 +572,7 @@ pub struct ChatSetup {
     pub mock: mock_llm::MockServer,
     pub provider_id: i64,
     pub model: String,
+    pub model_id: i64,
     pub user_id: i64,
     pub token: String,
     pub access_key: String,
@@ -635,17 +636,18 @@ impl TestApp {
             .assert_status(201);
         }
         let model = "demo-chat".to_owned();
-        self.post(
-            "/v1/admin/models",
-            &admin,
-            json!({
-                "name": model, "provider_id": provider_id, "upstream_model": "mock-gpt", "kind": "chat",
-                "pricing": {"input_per_million": INPUT_PER_MILLION, "output_per_million": OUTPUT_PER_MILLION},
-                "max_output_tokens": 256
-            }),
-        )
-        .await
-        .assert_status(201);
+        let created = self
+            .post(
+                "/v1/admin/models",
+                &admin,
+                json!({
+                    "name": model, "provider_id": provider_id, "upstream_model": "mock-gpt", "kind": "chat",
+                    "pricing": {"input_per_million": INPUT_PER_MILLION, "output_per_million": OUTPUT_PER_MILLION},
+                    "max_output_tokens": 256
+                }),
+            )
+            .await;
+        let model_id = created.assert_status(201)["id"].as_i64().unwrap();
         let (user_id, token) = self.new_user().await;
         if balance != "0" {
             self.post(
@@ -664,6 +666,7 @@ impl TestApp {
             mock,
             provider_id,
             model,
+            model_id,
             user_id,
             token,
             access_key,

@@ -21,6 +21,8 @@ pub struct Route {
     pub kind: ModelKind,
     pub pricing: Pricing,
     pub max_output_tokens: u32,
+    /// Prompt tokens one image part may cost (sizes the hold).
+    pub image_input_tokens: u32,
     pub provider_id: i64,
     pub provider_kind: ProviderKind,
     pub base_url: String,
@@ -107,6 +109,7 @@ impl Routing {
                 kind,
                 pricing,
                 max_output_tokens: u32::try_from(model.max_output_tokens).unwrap_or(1),
+                image_input_tokens: u32::try_from(model.image_input_tokens).unwrap_or(1),
                 provider_id: provider.id,
                 provider_kind,
                 base_url: provider.base_url,

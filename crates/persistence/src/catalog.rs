@@ -84,6 +84,8 @@ pub struct Model {
     pub enabled: bool,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    /// Prompt tokens one image part of a chat prompt may cost (sizes the hold).
+    pub image_input_tokens: i32,
 }
 
 #[derive(Debug, Insertable)]
@@ -96,6 +98,7 @@ pub struct NewModel<'a> {
     pub pricing: serde_json::Value,
     pub max_output_tokens: i32,
     pub enabled: bool,
+    pub image_input_tokens: i32,
 }
 
 #[derive(Debug, Default, AsChangeset)]
@@ -107,6 +110,7 @@ pub struct ModelChanges {
     pub pricing: Option<serde_json::Value>,
     pub max_output_tokens: Option<i32>,
     pub enabled: Option<bool>,
+    pub image_input_tokens: Option<i32>,
     pub updated_at: Option<DateTime<Utc>>,
 }
 

@@ -52,6 +52,7 @@ diesel::table! {
         enabled -> Bool,
         created_at -> Timestamptz,
         updated_at -> Timestamptz,
+        image_input_tokens -> Int4,
     }
 }
 

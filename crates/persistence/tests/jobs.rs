@@ -39,6 +39,7 @@ async fn image_model(pool: &persistence::Pool) -> i64 {
             kind: "image",
             pricing: serde_json::json!({"per_image": "1"}),
             max_output_tokens: 1024,
+            image_input_tokens: 1600,
             enabled: true,
         },
     )

@@ -136,6 +136,9 @@ pub struct ModelView {
     #[schema(value_type = PricingSchema)]
     pub pricing: Pricing,
     pub max_output_tokens: i32,
+    /// Prompt tokens one image part of a chat prompt may cost; sizes the hold.
+    #[schema(example = 1600)]
+    pub image_input_tokens: i32,
     pub enabled: bool,
     pub created_at: DateTime<Utc>,
 }
@@ -166,6 +169,7 @@ impl TryFrom<Model> for ModelView {
             kind: m.kind,
             pricing,
             max_output_tokens: m.max_output_tokens,
+            image_input_tokens: m.image_input_tokens,
             enabled: m.enabled,
             created_at: m.created_at,
         })

@@ -75,6 +75,19 @@ fn check_max_output_tokens(tokens: i32) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// What a model's image part is held for unless its admin says otherwise (Anthropic's
+/// largest image, above GPT-4o's 1,445; the column's default too).
+pub const DEFAULT_IMAGE_INPUT_TOKENS: i32 = 1_600;
+
+fn check_image_input_tokens(tokens: i32) -> Result<(), ApiError> {
+    if !(1..=1_000_000).contains(&tokens) {
+        return Err(ApiError::InvalidRequest(
+            "image_input_tokens must be between 1 and 1000000".to_owned(),
+        ));
+    }
+    Ok(())
+}
+
 fn pricing_json(pricing: &Pricing, kind: ModelKind) -> Result<serde_json::Value, ApiError> {
     pricing
         .validate(kind)
@@ -274,6 +287,7 @@ pub struct ModelInput {
     pub kind: ModelKind,
     pub pricing: Pricing,
     pub max_output_tokens: i32,
+    pub image_input_tokens: i32,
     pub enabled: bool,
 }
 
@@ -281,6 +295,7 @@ pub async fn create_model(state: &AppState, input: ModelInput) -> Result<Model, 
     check_model_name(&input.name)?;
     check_text("upstream_model", &input.upstream_model, 256)?;
     check_max_output_tokens(input.max_output_tokens)?;
+    check_image_input_tokens(input.image_input_tokens)?;
     let pricing = pricing_json(&input.pricing, input.kind)?;
     let mut conn = state.conn().await?;
     let provider = catalog::find_provider(&mut conn, input.provider_id)
@@ -296,6 +311,7 @@ pub async fn create_model(state: &AppState, input: ModelInput) -> Result<Model, 
             kind: input.kind.as_str(),
             pricing,
             max_output_tokens: input.max_output_tokens,
+            image_input_tokens: input.image_input_tokens,
             enabled: input.enabled,
         },
     )
@@ -320,6 +336,7 @@ pub struct ModelUpdate {
     pub upstream_model: Option<String>,
     pub pricing: Option<Pricing>,
     pub max_output_tokens: Option<i32>,
+    pub image_input_tokens: Option<i32>,
     pub enabled: Option<bool>,
 }
 
@@ -336,6 +353,9 @@ pub async fn update_model(
     }
     if let Some(tokens) = update.max_output_tokens {
         check_max_output_tokens(tokens)?;
+    }
+    if let Some(tokens) = update.image_input_tokens {
+        check_image_input_tokens(tokens)?;
     }
     let mut conn = state.conn().await?;
     let current = catalog::find_model(&mut conn, id)
@@ -361,6 +381,7 @@ pub async fn update_model(
         upstream_model: update.upstream_model,
         pricing,
         max_output_tokens: update.max_output_tokens,
+        image_input_tokens: update.image_input_tokens,
         enabled: update.enabled,
         updated_at: None,
     };

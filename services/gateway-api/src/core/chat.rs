@@ -145,7 +145,11 @@ pub async fn complete(
     }
     let prompt_text = tokens::prompt_text(&body);
     let worst_case = Usage {
-        prompt_tokens: tokens::prompt_upper_bound(&body, &prompt_text),
+        prompt_tokens: tokens::prompt_upper_bound(
+            &body,
+            &prompt_text,
+            u64::from(route.image_input_tokens),
+        ),
         completion_tokens: u64::from(completion_limit) * choices,
         ..Usage::default()
     };

@@ -12,11 +12,6 @@ const PER_REQUEST_OVERHEAD: u64 = 16;
 /// The system prompt a provider adds, unseen, when tools are offered (Anthropic documents up to
 /// 346 tokens for it), so a tiny prompt with a tool is still held for in full.
 const TOOLS_OVERHEAD: u64 = 512;
-/// What one image part of a prompt may cost in prompt tokens: Anthropic resizes images to at
-/// most about 1,600 tokens, OpenAI's GPT-4o class bills at most 1,445 (high detail). Models that
-/// bill images as many more tokens (OpenAI's mini models) are held for less than they cost.
-const IMAGE_PART_TOKENS: u64 = 1_600;
-
 /// The text a chat request sends: every string `content`, text part, name and tool payload.
 pub fn prompt_text(body: &Value) -> String {
     let mut text = String::new();
@@ -57,9 +52,10 @@ fn collect_text(content: Option<&Value>, out: &mut String) {
 }
 
 /// An upper bound of the prompt's tokens without tokenizing: byte-level BPE never makes more
-/// tokens than bytes, plus the framing overhead (and the tools' hidden prompt). Used only to
-/// size the hold.
-pub fn prompt_upper_bound(body: &Value, text: &str) -> u64 {
+/// tokens than bytes, plus the framing overhead (and the tools' hidden prompt), plus
+/// `image_tokens` per image part (the model's `image_input_tokens`: an image URL's bytes say
+/// nothing of its tokens). Used only to size the hold.
+pub fn prompt_upper_bound(body: &Value, text: &str, image_tokens: u64) -> u64 {
     let messages = body
         .get("messages")
         .and_then(Value::as_array)
@@ -72,7 +68,7 @@ pub fn prompt_upper_bound(body: &Value, text: &str) -> u64 {
         + messages * PER_MESSAGE_OVERHEAD
         + PER_REQUEST_OVERHEAD
         + if tools { TOOLS_OVERHEAD } else { 0 }
-        + image_parts(body) * IMAGE_PART_TOKENS
+        + image_parts(body) * image_tokens
 }
 
 /// The image parts of a chat request's messages (their bytes are no measure of their tokens).
@@ -130,7 +126,7 @@ mod tests {
             let body = json!({"messages": [{"role": "user", "content": content}]});
             let text = prompt_text(&body);
             assert!(
-                prompt_upper_bound(&body, &text) >= count_prompt(&text, 1),
+                prompt_upper_bound(&body, &text, 1_600) >= count_prompt(&text, 1),
                 "{content}"
             );
         }
@@ -143,19 +139,20 @@ mod tests {
         with_tools["tools"] = json!([{"type": "function", "function": {"name": "f"}}]);
         let text = prompt_text(&plain);
         assert_eq!(
-            prompt_upper_bound(&with_tools, &text) - prompt_upper_bound(&plain, &text),
+            prompt_upper_bound(&with_tools, &text, 1_600)
+                - prompt_upper_bound(&plain, &text, 1_600),
             TOOLS_OVERHEAD
         );
         const { assert!(TOOLS_OVERHEAD >= 346) };
         with_tools["tools"] = json!([]);
         assert_eq!(
-            prompt_upper_bound(&with_tools, &text),
-            prompt_upper_bound(&plain, &text)
+            prompt_upper_bound(&with_tools, &text, 1_600),
+            prompt_upper_bound(&plain, &text, 1_600)
         );
     }
 
     #[test]
-    fn each_image_part_is_held_for_as_a_large_image() {
+    fn each_image_part_is_held_for_the_models_image_allowance() {
         let text_only = json!({"messages": [{"role": "user", "content": [{"type": "text", "text": "what is this?"}]}]});
         let mut with_images = text_only.clone();
         let image = json!({"type": "image_url", "image_url": {"url": "https://example.com/a.png"}});
@@ -165,10 +162,13 @@ mod tests {
             .extend([image.clone(), image]);
         let text = prompt_text(&text_only);
         assert_eq!(prompt_text(&with_images), text);
-        assert_eq!(
-            prompt_upper_bound(&with_images, &text) - prompt_upper_bound(&text_only, &text),
-            2 * IMAGE_PART_TOKENS
-        );
+        for per_image in [1_600, 36_835] {
+            assert_eq!(
+                prompt_upper_bound(&with_images, &text, per_image)
+                    - prompt_upper_bound(&text_only, &text, per_image),
+                2 * per_image
+            );
+        }
     }
 
     #[test]

@@ -428,6 +428,9 @@ pub struct CreateModel {
     pub pricing: Pricing,
     /// Default 4096.
     pub max_output_tokens: Option<i32>,
+    /// Prompt tokens one image part of a chat prompt may cost on this model (1..1000000),
+    /// used to size the hold of calls with images. Default 1600.
+    pub image_input_tokens: Option<i32>,
     pub enabled: Option<bool>,
 }
 
@@ -440,6 +443,7 @@ pub struct UpdateModel {
     #[schema(value_type = Option<crate::views::PricingSchema>)]
     pub pricing: Option<Pricing>,
     pub max_output_tokens: Option<i32>,
+    pub image_input_tokens: Option<i32>,
     pub enabled: Option<bool>,
 }
 
@@ -475,6 +479,9 @@ pub async fn create_model(
             kind: body.kind,
             pricing: body.pricing,
             max_output_tokens: body.max_output_tokens.unwrap_or(4096),
+            image_input_tokens: body
+                .image_input_tokens
+                .unwrap_or(catalog::DEFAULT_IMAGE_INPUT_TOKENS),
             enabled: body.enabled.unwrap_or(true),
         },
     )
@@ -508,6 +515,7 @@ pub async fn update_model(
         upstream_model: body.upstream_model,
         pricing: body.pricing,
         max_output_tokens: body.max_output_tokens,
+        image_input_tokens: body.image_input_tokens,
         enabled: body.enabled,
     };
     let model = catalog::update_model(&state, *id, update).await?;

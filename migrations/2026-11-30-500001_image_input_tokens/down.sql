@@ -1,0 +1,1 @@
+ALTER TABLE llm_models DROP COLUMN image_input_tokens;
