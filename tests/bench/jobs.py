@@ -19,7 +19,7 @@ import urllib.error
 import urllib.request
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
-BIN = os.path.join(ROOT, "target", "release")
+BIN = os.path.join(os.environ.get("CARGO_TARGET_DIR") or os.path.join(ROOT, "target"), "release")
 DB = "ai_gateway_bench_jobs"
 PREFIX = "benchjobs_"
 GATEWAY, MOCK, OPS1, OPS2, BILLING_OPS = 18280, 19390, 19111, 19112, 19113

@@ -48,7 +48,7 @@ RESULTS=$WORK/results.jsonl
 NOTES=$WORK/notes.txt
 : >"$RESULTS"
 : >"$NOTES"
-BIN=$ROOT/target/release
+BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release
 PY="python3 $HERE/bench.py"
 declare -A PIDS=()
 

@@ -37,17 +37,17 @@ async fn get(client: &reqwest::Client, url: &str) -> (u16, String) {
 
 /// The ops server is stopped without waiting for its worker thread, which may answer on an
 /// open connection for a moment after `run_until` returned: each look uses a new connection,
-/// and the server must refuse within a second.
+/// and the server must refuse within a few seconds (a loaded CI machine is slow to switch).
 async fn assert_ops_server_stops(base: &str) {
     let fresh = reqwest::Client::builder()
         .pool_max_idle_per_host(0)
         .build()
         .expect("client");
-    let deadline = Instant::now() + Duration::from_secs(1);
+    let deadline = Instant::now() + Duration::from_secs(3);
     while fresh.get(format!("{base}/healthz")).send().await.is_ok() {
         assert!(
             Instant::now() < deadline,
-            "ops server still serving 1 s after shutdown"
+            "ops server still serving 3 s after shutdown"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
