@@ -964,7 +964,7 @@ def cmd_report(a):
               f"{', '.join(fmt(r['tps']) for r in pg_runs)} | | {other(pg_runs)}% |")
         w("")
         w("Batched mode settles a whole batch (up to 64) in one transaction of three set-based, prepared "
-          "statements (INSERT the usage logs, close the holds, then one call of the SQL function "
+          "statements (INSERT the usage logs, delete the settled holds, then one call of the SQL function "
           "`settle_charges`, which locks the users in id order, debits them and writes the ledger rows, "
           "right before the commit); single mode (`BATCH_MAX=1`) settles each charge in its own "
           "transaction.")
