@@ -193,6 +193,19 @@ def pickup_p50(port):
     return float("nan")
 
 
+def pickup_from_db(after_id):
+    """Exact submit → pickup percentiles (p50, p99, in ms) of the jobs with id > after_id: from
+    `created_at` (the start of the submitting transaction) to `published_at`, which the first
+    claim sets (a submission leaves it empty; only the stranded-job sweeper, idle for 30 s, also
+    sets it). Both are Postgres clock readings, so no clock skew enters."""
+    row = psql("SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY d) || ' ' || "
+               "percentile_cont(0.99) WITHIN GROUP (ORDER BY d) FROM ("
+               "SELECT extract(epoch FROM published_at - created_at) * 1000 AS d FROM async_jobs "
+               f"WHERE id > {int(after_id)} AND published_at IS NOT NULL) s")
+    p50, p99 = (float(v) for v in row.split())
+    return p50, p99
+
+
 def terminal():
     return int(psql("SELECT count(*) FROM async_jobs WHERE status IN ('COMPLETED','FAILED')"))
 
@@ -220,12 +233,14 @@ def main():
 
     submit_runs, pickups = [], []
     for _ in range(REPEATS):
+        last_id = int(psql("SELECT coalesce(max(id), 0) FROM async_jobs"))
         latencies, failures, achieved = asyncio.run(fixed_rate(keys, RATE, SECONDS))
         submit_runs.append((pct(latencies, 50), pct(latencies, 99), achieved, failures))
         deadline = time.time() + 120
         while terminal() < int(psql("SELECT count(*) FROM async_jobs")) and time.time() < deadline:
             time.sleep(0.5)
-    pickups.append(pickup_p50(OPS1))
+        pickups.append(pickup_from_db(last_id))
+    histogram_pickup = pickup_p50(OPS1)
 
     throughput = {}
     for workers in (1, 2):
@@ -249,7 +264,8 @@ def main():
     p99 = statistics.median(r[1] for r in submit_runs)
     achieved = statistics.median(r[2] for r in submit_runs)
     failures = sum(r[3] for r in submit_runs)
-    pickup = statistics.median(pickups)
+    pickup = statistics.median(p[0] for p in pickups)
+    pickup_p99 = statistics.median(p[1] for p in pickups)
     verdict = lambda ok: "PASS" if ok else "MISS"
     section = f"""
 ## Asynchronous jobs
@@ -260,9 +276,15 @@ Measured by `tests/bench/jobs.py` (its own stack: release binaries, database `{D
 | measure | result | target | |
 |---|---|---|---|
 | submit latency at {RATE} submits/s, p50 / p99 (achieved {achieved:.0f}/s, {failures} non-202) | {p50:.2f} / {p99:.2f} ms | p99 <= 10 ms | {verdict(p99 <= 10)} |
-| submit → pickup by the worker, p50 (`job_pickup_seconds`) | {pickup:.1f} ms | p50 <= 5 ms | {verdict(pickup <= 5)} |
+| submit → pickup by the worker, p50 (p99 {pickup_p99:.1f} ms; each run's p50: {", ".join(f"{p[0]:.1f}" for p in pickups)}) | {pickup:.1f} ms | p50 <= 5 ms | {verdict(pickup <= 5)} |
 | end to end, {BURST} queued jobs, 1 invocation-worker | {throughput[1]:.0f} jobs/s | >= 1000 jobs/s | {verdict(throughput[1] >= 1000)} |
 | end to end, {BURST} queued jobs, 2 invocation-workers | {throughput[2]:.0f} jobs/s | >= 1000 jobs/s | {verdict(throughput[2] >= 1000)} |
+
+Submit → pickup is exact, per job, from Postgres: from the job's `created_at` (the start of the
+transaction that inserted it) to its `published_at`, which the worker's first claim sets; both are
+Postgres clock readings. (The worker's `job_pickup_seconds` histogram, interpolated linearly
+within its bucket, bucket bounds 1, 2.5, 5, 10, 25 ms, gave a median of {histogram_pickup:.1f} ms
+over the same runs.)
 
 End to end means: the jobs were submitted with no worker running, then the workers were started
 and the clock ran until every job was COMPLETED or FAILED in Postgres (claim, provider call,
