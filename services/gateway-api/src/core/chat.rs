@@ -40,35 +40,35 @@ fn invalid(message: &str) -> ApiError {
     ApiError::InvalidRequest(message.to_owned())
 }
 
-/// `max_completion_tokens` (or the older `max_tokens`), at most the model's limit; the
-/// model's limit when absent. The upstream receives the same bound, so the hold covers it.
+/// The most tokens each choice may generate: `max_completion_tokens` and the older
+/// `max_tokens`, each at most the model's limit, and the larger of the two when both are sent
+/// (providers differ in which one they honour, so the hold covers either); the model's limit
+/// when neither is, which the upstream then receives as `max_tokens`.
 fn completion_limit(body: &mut Value, route: &Route) -> Result<u32, ApiError> {
-    let requested = ["max_completion_tokens", "max_tokens"]
-        .iter()
-        .find_map(|field| {
-            body.get(*field)
-                .filter(|v| !v.is_null())
-                .map(|v| (*field, v.clone()))
-        });
-    match requested {
-        Some((field, value)) => {
-            let limit = value
-                .as_u64()
-                .filter(|n| *n >= 1)
-                .ok_or_else(|| invalid(&format!("{field} must be a positive integer")))?;
-            if limit > u64::from(route.max_output_tokens) {
-                return Err(invalid(&format!(
+    let mut limit: Option<u32> = None;
+    for field in ["max_completion_tokens", "max_tokens"] {
+        let Some(value) = body.get(field).filter(|v| !v.is_null()) else {
+            continue;
+        };
+        let requested = value
+            .as_u64()
+            .filter(|n| *n >= 1)
+            .ok_or_else(|| invalid(&format!("{field} must be a positive integer")))?;
+        let requested = u32::try_from(requested)
+            .ok()
+            .filter(|n| *n <= route.max_output_tokens)
+            .ok_or_else(|| {
+                invalid(&format!(
                     "{field} must be at most {} for model {}",
                     route.max_output_tokens, route.name
-                )));
-            }
-            Ok(limit as u32)
-        }
-        None => {
-            body["max_tokens"] = Value::from(route.max_output_tokens);
-            Ok(route.max_output_tokens)
-        }
+                ))
+            })?;
+        limit = Some(limit.map_or(requested, |other| other.max(requested)));
     }
+    Ok(limit.unwrap_or_else(|| {
+        body["max_tokens"] = Value::from(route.max_output_tokens);
+        route.max_output_tokens
+    }))
 }
 
 fn upstream_error(error: UpstreamError) -> ApiError {
@@ -381,6 +381,75 @@ impl Drop for BilledStream {
     fn drop(&mut self) {
         if let Some(end) = self.on_end.take() {
             end.finish();
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use domain::Pricing;
+    use serde_json::json;
+
+    use super::*;
+
+    fn route(max_output_tokens: u32) -> Route {
+        Route {
+            model_id: 1,
+            name: "m".to_owned(),
+            upstream_model: "m".to_owned(),
+            kind: ModelKind::Chat,
+            pricing: Pricing::default(),
+            max_output_tokens,
+            image_input_tokens: 1_600,
+            provider_id: 1,
+            provider_kind: ProviderKind::OpenAi,
+            base_url: "http://127.0.0.1:1/v1".to_owned(),
+        }
+    }
+
+    fn limit(body: Value) -> (Result<u32, ApiError>, Value) {
+        let mut body = body;
+        let limit = completion_limit(&mut body, &route(100));
+        (limit, body)
+    }
+
+    #[test]
+    fn the_completion_limit_covers_every_limit_field_sent() {
+        assert_eq!(limit(json!({"max_tokens": 7})).0.unwrap(), 7);
+        assert_eq!(limit(json!({"max_completion_tokens": 9})).0.unwrap(), 9);
+        // Both: a provider may honour either, so the hold covers the larger.
+        for body in [
+            json!({"max_completion_tokens": 7, "max_tokens": 9}),
+            json!({"max_completion_tokens": 9, "max_tokens": 7}),
+            json!({"max_completion_tokens": 9, "max_tokens": null}),
+        ] {
+            let (result, sent) = limit(body.clone());
+            assert_eq!(result.unwrap(), 9, "{body}");
+            assert_eq!(sent, body, "a limit the client sent is passed on unchanged");
+        }
+        // Neither: the model's limit, sent upstream as max_tokens.
+        let (result, sent) = limit(json!({"messages": []}));
+        assert_eq!(result.unwrap(), 100);
+        assert_eq!(sent["max_tokens"], 100);
+    }
+
+    #[test]
+    fn each_limit_field_is_checked_against_the_model() {
+        for body in [
+            json!({"max_tokens": 101}),
+            json!({"max_completion_tokens": 5, "max_tokens": 101}),
+            json!({"max_completion_tokens": 101, "max_tokens": 5}),
+            json!({"max_tokens": 0}),
+            json!({"max_tokens": -1}),
+            json!({"max_tokens": 1.5}),
+            json!({"max_completion_tokens": "10"}),
+            json!({"max_tokens": u64::MAX}),
+        ] {
+            assert!(
+                matches!(limit(body.clone()).0, Err(ApiError::InvalidRequest(_))),
+                "{body}"
+            );
         }
     }
 }
