@@ -6,3 +6,5 @@ pub mod metrics;
 pub mod ops;
 pub mod shutdown;
 pub mod telemetry;
+#[cfg(feature = "testing")]
+pub mod testing;

@@ -27,24 +27,6 @@ async fn get(client: &reqwest::Client, url: &str) -> (u16, String) {
     (status, response.text().await.expect("body"))
 }
 
-/// The ops server is stopped without waiting for its worker thread, which may answer on an
-/// open connection for a moment after `run_until` returned: each look uses a new connection,
-/// and the server must refuse within a few seconds (a loaded CI machine is slow to switch).
-async fn assert_ops_server_stops(base: &str) {
-    let fresh = reqwest::Client::builder()
-        .pool_max_idle_per_host(0)
-        .build()
-        .expect("client");
-    let deadline = Instant::now() + Duration::from_secs(3);
-    while fresh.get(format!("{base}/healthz")).send().await.is_ok() {
-        assert!(
-            Instant::now() < deadline,
-            "ops server still serving 3 s after shutdown"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serves_probes_and_metrics_consumes_and_stops_promptly() {
     let settings = test_settings();
@@ -52,7 +34,8 @@ async fn serves_probes_and_metrics_consumes_and_stops_promptly() {
     let app = Application::build(settings.clone())
         .await
         .expect("build (needs Postgres on 5432 and RabbitMQ on 5672)");
-    let base = format!("http://127.0.0.1:{}", app.ops_port());
+    let ops_port = app.ops_port();
+    let base = format!("http://127.0.0.1:{ops_port}");
     let (stop, stopped) = oneshot::channel::<()>();
     let running = tokio::spawn(app.run_until(async {
         let _ = stopped.await;
@@ -121,7 +104,7 @@ async fn serves_probes_and_metrics_consumes_and_stops_promptly() {
         .expect("worker task")
         .expect("worker result");
     assert!(started.elapsed() < Duration::from_secs(5));
-    assert_ops_server_stops(&base).await;
+    runtime::testing::assert_port_closes(ops_port, Duration::from_secs(3)).await;
 
     delete_topology(&channel, &names).await.expect("cleanup");
     producer.close().await;
