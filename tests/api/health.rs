@@ -104,3 +104,18 @@ async fn every_response_carries_a_request_id_and_unknown_routes_are_json_404() {
         wrong_method.text
     );
 }
+
+#[test]
+fn settings_out_of_range_are_refused_at_start() {
+    let valid = integration_tests::test_settings("postgres://unused".to_owned());
+    assert!(valid.validate().is_ok());
+    for holds_in_flight in [0, 65] {
+        let mut settings = valid.clone();
+        settings.calls.holds_in_flight = holds_in_flight;
+        let error = settings.validate().unwrap_err().to_string();
+        assert!(error.contains("calls.holds_in_flight"), "{error}");
+    }
+    let mut settings = valid.clone();
+    settings.calls.holds_in_flight = 64;
+    assert!(settings.validate().is_ok());
+}

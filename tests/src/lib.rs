@@ -94,6 +94,7 @@ pub fn test_settings(database_url: String) -> Settings {
             billing_publishes_in_flight: 4,
             billing_linger_ms: 10,
             key_cache_ttl_ms: 1000,
+            holds_in_flight: 1,
         },
     }
 }

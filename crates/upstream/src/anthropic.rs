@@ -90,8 +90,15 @@ fn translate(
         out.insert("system".to_owned(), Value::Array(system));
     }
     out.insert("messages".to_owned(), Value::Array(messages));
+    // OpenAI accepts a temperature up to 2, Anthropic up to 1: refused here, with the reason,
+    // rather than by the provider after the call was admitted.
     for field in ["temperature", "top_p"] {
         if let Some(value) = body.remove(field).filter(|v| !v.is_null()) {
+            if !value.as_f64().is_some_and(|v| (0.0..=1.0).contains(&v)) {
+                return Err(refused(format!(
+                    "{field} must be a number between 0 and 1 for this model's provider"
+                )));
+            }
             out.insert(field.to_owned(), value);
         }
     }
@@ -762,6 +769,14 @@ mod tests {
             ),
             ("logprobs", json!(true), "logprobs"),
             ("stop", json!(5), "stop must be"),
+            (
+                "temperature",
+                json!(1.5),
+                "temperature must be a number between 0 and 1",
+            ),
+            ("temperature", json!(-0.1), "temperature must be"),
+            ("temperature", json!("hot"), "temperature must be"),
+            ("top_p", json!(2), "top_p must be a number between 0 and 1"),
             ("tools", json!([{"type": "retrieval"}]), "type function"),
             ("tool_choice", json!("sometimes"), "tool_choice"),
         ];
@@ -788,6 +803,16 @@ mod tests {
         let mut one = base();
         one["n"] = json!(1);
         assert!(check_request(&one).is_ok());
+        for (temperature, top_p) in [
+            (json!(0), json!(1)),
+            (json!(1.0), json!(0.0)),
+            (json!(null), json!(null)),
+        ] {
+            let mut edge = base();
+            edge["temperature"] = temperature;
+            edge["top_p"] = top_p;
+            assert!(check_request(&edge).is_ok(), "{edge}");
+        }
     }
 
     #[test]

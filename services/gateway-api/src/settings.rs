@@ -44,6 +44,7 @@ allow_private_callbacks = false
 billing_batch_max = 256
 billing_publishes_in_flight = 4
 billing_linger_ms = 10
+holds_in_flight = 1
 key_cache_ttl_ms = 1000
 "#;
 
@@ -89,6 +90,11 @@ pub struct CallSettings {
     /// working within this. The replica that handles the revocation forgets the key at once.
     /// 0 = look every key up on every call.
     pub key_cache_ttl_ms: u64,
+    /// Hold statements each server worker thread runs at once. The calls that arrive while
+    /// they run are admitted together by the next one (one statement for many calls), so a low
+    /// number means fewer, larger statements: less Postgres work per call under load, and a
+    /// lone call still goes at once.
+    pub holds_in_flight: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -192,6 +198,9 @@ impl Settings {
         }
         if self.calls.billing_linger_ms > 1_000 {
             return invalid("calls.billing_linger_ms must be at most 1000");
+        }
+        if !(1..=64).contains(&self.calls.holds_in_flight) {
+            return invalid("calls.holds_in_flight must be between 1 and 64");
         }
         if self.calls.key_cache_ttl_ms > 60_000 {
             return invalid("calls.key_cache_ttl_ms must be at most 60000");

@@ -36,6 +36,8 @@ pub struct AppState {
     pub upstream: upstream::UpstreamClient,
     pub routing: Routing,
     pub hold_ttl_seconds: i64,
+    /// Hold statements per worker thread at once (`calls.holds_in_flight`).
+    pub holds_in_flight: usize,
     pub max_failover_attempts: u32,
     pub allow_private_callbacks: bool,
     /// Work that outlives its request (billing deliveries, hold releases).
@@ -116,8 +118,9 @@ impl AppState {
     /// A new `CallPath` for the calling worker thread, one of `workers`; the shared pool and
     /// client if one cannot be built (they were built from the same settings at start, so
     /// that is unlikely). The workers share half of `database.pool_max_size` for holds (a
-    /// hold is one short statement), so a replica opens at most 1.5 times that many
-    /// connections.
+    /// hold is one short statement, and a failed call's release another), so a replica opens
+    /// at most 1.5 times that many connections; at most `calls.holds_in_flight` of a worker's
+    /// run hold statements at once.
     pub fn call_path(&self, workers: usize) -> CallPath {
         let per_worker = (self.database.pool_max_size / 2 / workers.max(1)).max(1);
         let settings = persistence::DatabaseSettings {
@@ -131,7 +134,7 @@ impl AppState {
         let pool = reservations.clone();
         let holds = Batcher::start(
             HOLD_BATCH_MAX,
-            per_worker,
+            self.holds_in_flight.min(per_worker),
             move |batch: Vec<HoldRequest>| {
                 let pool = pool.clone();
                 async move {
@@ -193,6 +196,7 @@ impl AppState {
             upstream,
             routing: Routing::new(upstream::KeyPool::new(&settings.upstream)),
             hold_ttl_seconds: settings.calls.hold_ttl_seconds,
+            holds_in_flight: settings.calls.holds_in_flight,
             max_failover_attempts: settings.upstream.max_failover_attempts,
             allow_private_callbacks: settings.calls.allow_private_callbacks,
             background,
