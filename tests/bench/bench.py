@@ -107,6 +107,32 @@ def cmd_quiet(a):
               file=sys.stderr)
 
 
+# The processes whose CPU the throughput runs account per request, by the name the kernel gives
+# them (/proc/PID/stat, at most 15 characters), and the label they get in the report.
+CPU_ACCOUNTED = (("mock-llm", "mock"), ("nginx", "nginx"), ("gateway-api", "gateway-api"),
+                 ("postgres", "PostgreSQL"), ("beam.smp", "RabbitMQ"), ("billing-worker", "billing-worker"))
+
+
+def cmd_cpu_snap(a):
+    """Writes the CPU ticks of every process now (by PID), for `wrk-json --cpu-before`."""
+    with open(a.out, "w") as out:
+        json.dump({"ticks": proc_ticks(), "hz": os.sysconf("SC_CLK_TCK")}, out)
+
+
+def cpu_since(path):
+    """CPU seconds used since the snapshot in `path`, by accounted process name (a process that
+    started since then counts in full; one that ended is lost, which the long-lived services
+    never do)."""
+    with open(path) as f:
+        snap = json.load(f)
+    before, hz = snap["ticks"], snap["hz"]
+    used = {name: 0 for name, _ in CPU_ACCOUNTED}
+    for pid, (name, t) in proc_ticks().items():
+        if name in used:
+            used[name] += t - before[pid][1] if pid in before and before[pid][0] == name else t
+    return {name: ticks / hz for name, ticks in used.items()}
+
+
 def load_cpu_log(path):
     samples = []
     if path and os.path.exists(path):
@@ -225,6 +251,8 @@ def cmd_wrk_json(a):
         "p50_ms": s["p50_us"] / 1000, "p99_ms": s["p99_us"] / 1000,
         "t0": a.window[0], "t1": a.window[1],
     }
+    if a.cpu_before:
+        result["cpu_s"] = cpu_since(a.cpu_before)
     print(json.dumps(result))
 
 
@@ -913,6 +941,28 @@ def cmd_report(a):
           f"{fmt(thr['gateway'] / thr['direct'] * 100 if thr['direct'] else float('nan'), 1)}%.")
         w("")
 
+    cpu_rows = [(t, rs) for t in ("direct", "nginx", "gateway", "gateway-anthropic")
+                for rs in [[r for r in by(kind="throughput", target=t) if r.get("cpu_s")]] if rs]
+    if cpu_rows:
+        w("## CPU per request at saturation")
+        w("")
+        w("Microseconds of CPU per answered request, by process, in the throughput runs above (medians "
+          "of the rounds): each process's CPU time from the start of the run until, for the gateway, "
+          "billing-worker had settled every call of the run, divided by the requests answered. wrk, "
+          "the load generator, is not counted. *Ceiling* is what the counted processes alone would "
+          "allow on this machine: 2 cores = 2,000,000 µs of CPU per second, divided by the total.")
+        w("")
+        names = [(n, label) for n, label in CPU_ACCOUNTED
+                 if any(r["cpu_s"].get(n, 0) > 0 for _, rs in cpu_rows for r in rs)]
+        w("| target | " + " | ".join(label for _, label in names) + " | total | ceiling req/s |")
+        w("|---|" + "---|" * (len(names) + 2))
+        for t, rs in cpu_rows:
+            per = {n: median([r["cpu_s"].get(n, 0) / r["requests"] * 1e6 for r in rs]) for n, _ in names}
+            total = median([sum(r["cpu_s"].values()) / r["requests"] * 1e6 for r in rs])
+            w(f"| {t} | " + " | ".join(fmt(per[n]) for n, _ in names) +
+              f" | **{fmt(total)}** | {fmt(2e6 / total if total else float('nan'))} |")
+        w("")
+
     if lat:
         w("## Latency at fixed rates")
         w("")
@@ -1031,7 +1081,11 @@ def main():
     s.add_argument("--window", type=float, nargs=2, default=[0, 0])
     s.add_argument("--target", required=True)
     s.add_argument("--repeat", type=int, default=0)
+    s.add_argument("--cpu-before", help="a cpu-snap file: account the CPU used since, per request")
     s.set_defaults(func=cmd_wrk_json)
+    s = sub.add_parser("cpu-snap")
+    s.add_argument("--out", required=True)
+    s.set_defaults(func=cmd_cpu_snap)
     s = sub.add_parser("hey-json")
     s.add_argument("--window", type=float, nargs=2, default=[0, 0])
     s.add_argument("--target", required=True)

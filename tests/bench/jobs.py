@@ -19,6 +19,8 @@ import urllib.error
 import urllib.request
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench import proc_ticks  # noqa: E402  (the CPU accounting of the main benchmark)
 BIN = os.path.join(os.environ.get("CARGO_TARGET_DIR") or os.path.join(ROOT, "target"), "release")
 DB = "ai_gateway_bench_jobs"
 PREFIX = "benchjobs_"
@@ -206,6 +208,22 @@ def pickup_from_db(after_id):
     return p50, p99
 
 
+# Processes whose CPU is accounted per job (kernel names, at most 15 characters), and labels.
+CPU_ACCOUNTED = (("postgres", "PostgreSQL"), ("beam.smp", "RabbitMQ"), ("gateway-api", "gateway-api"),
+                 ("invocation-work", "invocation-worker"), ("billing-worker", "billing-worker"),
+                 ("mock-llm", "mock"))
+
+
+def cpu_seconds(before, after):
+    """CPU seconds by accounted name between two `proc_ticks` snapshots."""
+    hz = os.sysconf("SC_CLK_TCK")
+    used = {name: 0 for name, _ in CPU_ACCOUNTED}
+    for pid, (name, t) in after.items():
+        if name in used:
+            used[name] += t - before[pid][1] if pid in before and before[pid][0] == name else t
+    return {name: ticks / hz for name, ticks in used.items()}
+
+
 def terminal():
     return int(psql("SELECT count(*) FROM async_jobs WHERE status IN ('COMPLETED','FAILED')"))
 
@@ -231,14 +249,19 @@ def main():
     keys = seed()
     start_workers(1)
 
-    submit_runs, pickups = [], []
+    submit_runs, pickups, cpu_runs = [], [], []
     for _ in range(REPEATS):
         last_id = int(psql("SELECT coalesce(max(id), 0) FROM async_jobs"))
+        before = proc_ticks()
         latencies, failures, achieved = asyncio.run(fixed_rate(keys, RATE, SECONDS))
         submit_runs.append((pct(latencies, 50), pct(latencies, 99), achieved, failures))
         deadline = time.time() + 120
         while terminal() < int(psql("SELECT count(*) FROM async_jobs")) and time.time() < deadline:
             time.sleep(0.5)
+        # Every job of the run has ended; its charges are settled a moment later.
+        time.sleep(1)
+        cpu_runs.append({name: used / max(len(latencies), 1) * 1e6
+                         for name, used in cpu_seconds(before, proc_ticks()).items()})
         pickups.append(pickup_from_db(last_id))
     histogram_pickup = pickup_p50(OPS1)
 
@@ -266,6 +289,9 @@ def main():
     failures = sum(r[3] for r in submit_runs)
     pickup = statistics.median(p[0] for p in pickups)
     pickup_p99 = statistics.median(p[1] for p in pickups)
+    cpu = {name: statistics.median(run[name] for run in cpu_runs) for name, _ in CPU_ACCOUNTED}
+    cpu_total = statistics.median(sum(run.values()) for run in cpu_runs)
+    cpu_line = ", ".join(f"{label} {cpu[name]:,.0f}" for name, label in CPU_ACCOUNTED)
     verdict = lambda ok: "PASS" if ok else "MISS"
     section = f"""
 ## Asynchronous jobs
@@ -285,6 +311,15 @@ transaction that inserted it) to its `published_at`, which the worker's first cl
 Postgres clock readings. (The worker's `job_pickup_seconds` histogram, interpolated linearly
 within its bucket, bucket bounds 1, 2.5, 5, 10, 25 ms, gave a median of {histogram_pickup:.1f} ms
 over the same runs.)
+
+CPU per job at {RATE} submits/s (µs of CPU per submitted job, from the start of a run until
+its jobs had ended and been billed, median of the runs; the load generator not counted):
+
+{cpu_line}; **{cpu_total:,.0f} in all**.
+
+On 2 cores (2,000,000 µs of CPU per second) these processes alone would allow at most
+{2e6 / cpu_total if cpu_total else float("nan"):,.0f} jobs/s at this rate, where each statement and message carries only a few jobs (the burst runs below
+batch far more per statement).
 
 End to end means: the jobs were submitted with no worker running, then the workers were started
 and the clock ran until every job was COMPLETED or FAILED in Postgres (claim, provider call,
