@@ -86,20 +86,36 @@ async fn job_count(pool: &persistence::Pool, user_id: i64) -> i64 {
 async fn one_batch_for_one_user_admits_exactly_what_the_balance_covers() {
     let pool = common::migrated_pool().await;
     let model = image_model(&pool).await;
-    let user = user_with_balance(&pool, "5").await;
-    let batch: Vec<Submission> = (0..20).map(|_| submission(user, model, "1")).collect();
+    let user = user_with_balance(&pool, "6").await;
     let mut conn = pool.get().await.unwrap();
+    // A lone submission (the single-statement path) is held and inserted PENDING.
+    let lone = submission(user, model, "1");
+    let admitted = jobs::submit_many(&mut conn, std::slice::from_ref(&lone), 900)
+        .await
+        .unwrap();
+    assert_eq!(admitted, vec![true]);
+    let (status, job_user): (String, i64) = async_jobs::table
+        .filter(async_jobs::job_id.eq(lone.job_id))
+        .select((async_jobs::status, async_jobs::user_id))
+        .first(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!((status.as_str(), job_user), ("PENDING", user));
+    assert_eq!(held(&pool, user).await, money("1"));
+
+    let batch: Vec<Submission> = (0..20).map(|_| submission(user, model, "1")).collect();
     let admitted = jobs::submit_many(&mut conn, &batch, 900).await.unwrap();
     assert_eq!(admitted.len(), 20);
     assert_eq!(admitted.iter().filter(|a| **a).count(), 5);
-    assert_eq!(job_count(&pool, user).await, 5);
-    assert_eq!(held(&pool, user).await, money("5"));
+    assert_eq!(job_count(&pool, user).await, 6);
+    assert_eq!(held(&pool, user).await, money("6"));
     // Nothing left: a lone submission is refused and writes nothing.
     let more = jobs::submit_many(&mut conn, &[submission(user, model, "1")], 900)
         .await
         .unwrap();
     assert_eq!(more, vec![false]);
-    assert_eq!(job_count(&pool, user).await, 5);
+    assert_eq!(job_count(&pool, user).await, 6);
+    assert_eq!(held(&pool, user).await, money("6"));
     books_balance(&pool).await;
 }
 
@@ -163,12 +179,25 @@ async fn concurrent_batches_and_calls_never_admit_more_than_the_balance_nor_dead
                 .is_some()
         })
     });
-    let (batches, calls) = tokio::join!(
+    // And lone submissions (the single-statement path), also at the same time.
+    let lone = (0..20).map(|i| {
+        let pool = pool.clone();
+        tokio::spawn(async move {
+            let who = if i % 2 == 0 { other } else { user };
+            let mut conn = pool.get().await.unwrap();
+            jobs::submit_many(&mut conn, &[submission(who, model, "1")], 900)
+                .await
+                .unwrap()
+        })
+    });
+    let (batches, calls, lone) = tokio::join!(
         futures_util::future::join_all(batches),
-        futures_util::future::join_all(calls)
+        futures_util::future::join_all(calls),
+        futures_util::future::join_all(lone)
     );
     let jobs_admitted: usize = batches
         .into_iter()
+        .chain(lone)
         .map(|r| r.unwrap().into_iter().filter(|a| *a).count())
         .sum();
     let calls_admitted = calls.into_iter().filter(|r| *r.as_ref().unwrap()).count();
