@@ -116,21 +116,26 @@ CPU_ACCOUNTED = (("mock-llm", "mock"), ("nginx", "nginx"), ("gateway-api", "gate
 def cmd_cpu_snap(a):
     """Writes the CPU ticks of every process now (by PID), for `wrk-json --cpu-before`."""
     with open(a.out, "w") as out:
-        json.dump({"ticks": proc_ticks(), "hz": os.sysconf("SC_CLK_TCK")}, out)
+        json.dump({"ticks": proc_ticks()}, out)
+
+
+def cpu_used(before, after, names):
+    """CPU seconds of the processes named `names` between two `proc_ticks` snapshots (a process
+    that started in between counts in full; one that ended is lost, which the long-lived
+    services never do)."""
+    used = {name: 0 for name in names}
+    for pid, (name, t) in after.items():
+        if name in used:
+            used[name] += t - before[pid][1] if pid in before and before[pid][0] == name else t
+    hz = os.sysconf("SC_CLK_TCK")
+    return {name: ticks / hz for name, ticks in used.items()}
 
 
 def cpu_since(path):
-    """CPU seconds used since the snapshot in `path`, by accounted process name (a process that
-    started since then counts in full; one that ended is lost, which the long-lived services
-    never do)."""
+    """CPU seconds used since the `cpu-snap` snapshot in `path`, by accounted process name."""
     with open(path) as f:
         snap = json.load(f)
-    before, hz = snap["ticks"], snap["hz"]
-    used = {name: 0 for name, _ in CPU_ACCOUNTED}
-    for pid, (name, t) in proc_ticks().items():
-        if name in used:
-            used[name] += t - before[pid][1] if pid in before and before[pid][0] == name else t
-    return {name: ticks / hz for name, ticks in used.items()}
+    return cpu_used(snap["ticks"], proc_ticks(), [name for name, _ in CPU_ACCOUNTED])
 
 
 def load_cpu_log(path):

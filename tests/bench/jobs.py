@@ -20,7 +20,7 @@ import urllib.request
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench import proc_ticks  # noqa: E402  (the CPU accounting of the main benchmark)
+from bench import cpu_used, proc_ticks  # noqa: E402  (the main benchmark's CPU accounting)
 BIN = os.path.join(os.environ.get("CARGO_TARGET_DIR") or os.path.join(ROOT, "target"), "release")
 DB = "ai_gateway_bench_jobs"
 PREFIX = "benchjobs_"
@@ -214,16 +214,6 @@ CPU_ACCOUNTED = (("postgres", "PostgreSQL"), ("beam.smp", "RabbitMQ"), ("gateway
                  ("mock-llm", "mock"))
 
 
-def cpu_seconds(before, after):
-    """CPU seconds by accounted name between two `proc_ticks` snapshots."""
-    hz = os.sysconf("SC_CLK_TCK")
-    used = {name: 0 for name, _ in CPU_ACCOUNTED}
-    for pid, (name, t) in after.items():
-        if name in used:
-            used[name] += t - before[pid][1] if pid in before and before[pid][0] == name else t
-    return {name: ticks / hz for name, ticks in used.items()}
-
-
 def terminal():
     return int(psql("SELECT count(*) FROM async_jobs WHERE status IN ('COMPLETED','FAILED')"))
 
@@ -261,7 +251,7 @@ def main():
         # Every job of the run has ended; its charges are settled a moment later.
         time.sleep(1)
         cpu_runs.append({name: used / max(len(latencies), 1) * 1e6
-                         for name, used in cpu_seconds(before, proc_ticks()).items()})
+                         for name, used in cpu_used(before, proc_ticks(), [n for n, _ in CPU_ACCOUNTED]).items()})
         pickups.append(pickup_from_db(last_id))
     histogram_pickup = pickup_p50(OPS1)
 
