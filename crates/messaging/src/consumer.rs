@@ -2,6 +2,7 @@
 //! committed), delayed retry, dead-lettering, re-subscription after reconnects and a
 //! graceful stop that finishes in-flight work.
 
+use std::collections::{BTreeSet, HashMap};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -14,7 +15,7 @@ use amqprs::channel::{
 };
 use amqprs::{FieldTable, FieldValue};
 use tokio::sync::mpsc::UnboundedReceiver;
-use tokio::task::{JoinHandle, JoinSet};
+use tokio::task::{Id, JoinError, JoinHandle, JoinSet};
 
 use crate::broker::{RETRY_COUNT_HEADER, Session};
 use crate::confirms::ConsumerCallback;
@@ -194,7 +195,7 @@ impl Consumer {
         self.status.set(true, queue);
         tracing::info!(queue, %consumer_tag, prefetch = self.prefetch, "consuming");
 
-        let mut in_flight = JoinSet::new();
+        let mut in_flight = InFlight::new(channel.clone(), queue);
         loop {
             tokio::select! {
                 biased;
@@ -203,25 +204,33 @@ impl Consumer {
                     self.stop(&channel, &consumer_tag, &mut deliveries, &mut in_flight).await;
                     return Ok(Served::Shutdown);
                 }
-                Some(joined) = in_flight.join_next(), if !in_flight.is_empty() => {
-                    if let Err(error) = joined {
-                        tracing::error!(queue, %error, "message task failed");
+                Some(joined) = in_flight.tasks.join_next_with_id(), if !in_flight.tasks.is_empty() => {
+                    in_flight.finished(joined);
+                    // Handlers that finished meanwhile are acknowledged together.
+                    while let Some(joined) = in_flight.tasks.try_join_next_with_id() {
+                        in_flight.finished(joined);
                     }
+                    in_flight.send_acks().await;
                 }
                 message = deliveries.recv() => match message {
                     Some(message) => {
-                        in_flight.spawn(process(
+                        let Some(tag) = message.deliver.as_ref().map(|d| d.delivery_tag()) else {
+                            tracing::error!(queue, "delivery without a tag from amqprs");
+                            continue;
+                        };
+                        let task = in_flight.tasks.spawn(process(
                             message,
                             channel.clone(),
                             self.broker.clone(),
                             self.queues.clone(),
                             Arc::clone(&self.handler),
                         ));
+                        in_flight.started(task.id(), tag);
                     }
                     None => {
                         // Channel or connection closed, or the broker cancelled us.
                         self.status.set(false, queue);
-                        drain(&mut in_flight, self.drain_timeout, queue).await;
+                        in_flight.drain(self.drain_timeout).await;
                         return Ok(Served::Lost);
                     }
                 },
@@ -234,10 +243,14 @@ impl Consumer {
         channel: &Channel,
         consumer_tag: &str,
         deliveries: &mut UnboundedReceiver<ConsumerMessage>,
-        in_flight: &mut JoinSet<()>,
+        in_flight: &mut InFlight,
     ) {
         let queue = self.queues.work.as_str();
-        tracing::info!(queue, in_flight = in_flight.len(), "stopping consumer");
+        tracing::info!(
+            queue,
+            in_flight = in_flight.tasks.len(),
+            "stopping consumer"
+        );
         match tokio::time::timeout(
             STOP_STEP_TIMEOUT,
             channel.basic_cancel(BasicCancelArguments::new(consumer_tag)),
@@ -258,7 +271,7 @@ impl Consumer {
                 }
             }
         }
-        drain(in_flight, self.drain_timeout, queue).await;
+        in_flight.drain(self.drain_timeout).await;
         match tokio::time::timeout(STOP_STEP_TIMEOUT, channel.clone().close()).await {
             Ok(Ok(())) => {}
             Ok(Err(error)) => tracing::debug!(queue, %error, "closing the consumer channel"),
@@ -268,28 +281,157 @@ impl Consumer {
     }
 }
 
-/// Waits for in-flight handlers, abandoning them after `timeout` if given.
-async fn drain(in_flight: &mut JoinSet<()>, timeout: Option<Duration>, queue: &str) {
-    let all = async {
-        while let Some(joined) = in_flight.join_next().await {
-            if let Err(error) = joined {
-                tracing::error!(queue, %error, "message task failed");
+/// The deliveries of one channel whose handlers run, and the acks they are owed.
+struct InFlight {
+    channel: Channel,
+    queue: String,
+    tasks: JoinSet<Settled>,
+    /// Delivery tag of each running task, to keep its message unacknowledged if it dies.
+    tags: HashMap<Id, u64>,
+    acks: PendingAcks,
+}
+
+impl InFlight {
+    fn new(channel: Channel, queue: &str) -> Self {
+        Self {
+            channel,
+            queue: queue.to_owned(),
+            tasks: JoinSet::new(),
+            tags: HashMap::new(),
+            acks: PendingAcks::default(),
+        }
+    }
+
+    fn started(&mut self, task: Id, tag: u64) {
+        self.tags.insert(task, tag);
+        self.acks.delivered(tag);
+    }
+
+    fn finished(&mut self, joined: Result<(Id, Settled), JoinError>) {
+        match joined {
+            Ok((task, settled)) => {
+                self.tags.remove(&task);
+                match settled {
+                    Settled::Ack(tag) => self.acks.finished(tag),
+                    Settled::Done(tag) => self.acks.settled_otherwise(tag),
+                }
+            }
+            Err(error) => {
+                // Its message stays unacknowledged (a later multiple ack stops before it) and
+                // comes back when the channel closes.
+                self.tags.remove(&error.id());
+                if !error.is_cancelled() {
+                    tracing::error!(queue = %self.queue, %error, "message task failed");
+                }
             }
         }
-    };
-    match timeout {
-        None => all.await,
-        Some(timeout) => {
-            if tokio::time::timeout(timeout, all).await.is_err() {
-                tracing::warn!(
-                    queue,
-                    abandoned = in_flight.len(),
-                    "handlers still running after the drain timeout; their messages will be redelivered"
-                );
-                in_flight.abort_all();
-                while in_flight.join_next().await.is_some() {}
+    }
+
+    /// Acknowledges the finished deliveries: those after which no earlier one is still running
+    /// with one `basic.ack(multiple)`, the others one by one (never held back: unacked
+    /// deliveries count against the prefetch).
+    async fn send_acks(&mut self) {
+        for (tag, multiple) in self.acks.take() {
+            metrics::counter!("messaging_ack_frames_total", "queue" => self.queue.clone())
+                .increment(1);
+            if let Err(error) = self
+                .channel
+                .basic_ack(BasicAckArguments::new(tag, multiple))
+                .await
+            {
+                // The channel is gone; the broker redelivers the messages to the next consumer.
+                tracing::warn!(queue = %self.queue, tag, %error, "acknowledging deliveries failed");
             }
         }
+    }
+
+    /// Waits for the running handlers, abandoning them after `timeout` if given (their
+    /// messages stay unacked and are redelivered), and acknowledges those that finished.
+    async fn drain(&mut self, timeout: Option<Duration>) {
+        let all = async {
+            while let Some(joined) = self.tasks.join_next_with_id().await {
+                self.finished(joined);
+            }
+        };
+        let completed = match timeout {
+            None => {
+                all.await;
+                true
+            }
+            Some(timeout) => tokio::time::timeout(timeout, all).await.is_ok(),
+        };
+        if !completed {
+            tracing::warn!(
+                queue = %self.queue,
+                abandoned = self.tasks.len(),
+                "handlers still running after the drain timeout; their messages will be redelivered"
+            );
+            self.tasks.abort_all();
+            while let Some(joined) = self.tasks.join_next_with_id().await {
+                self.finished(joined);
+            }
+        }
+        self.send_acks().await;
+    }
+}
+
+/// How a delivery's task left it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Settled {
+    /// Handled: to be acknowledged (by the consumer loop, together with others).
+    Ack(u64),
+    /// Already rejected or returned to the queue by the task itself.
+    Done(u64),
+}
+
+/// The acknowledgement state of one channel's deliveries. Every delivery is `delivered` once,
+/// then either `finished` (to be acked) or `settled_otherwise` (rejected or requeued by its
+/// task); a delivery that is neither stays outstanding and is never covered by an ack.
+#[derive(Debug, Default)]
+struct PendingAcks {
+    /// Delivered and not yet settled, in delivery order.
+    outstanding: BTreeSet<u64>,
+    /// Handled, not yet acknowledged.
+    finished: BTreeSet<u64>,
+}
+
+impl PendingAcks {
+    fn delivered(&mut self, tag: u64) {
+        self.outstanding.insert(tag);
+    }
+
+    fn finished(&mut self, tag: u64) {
+        if self.outstanding.contains(&tag) {
+            self.finished.insert(tag);
+        }
+    }
+
+    fn settled_otherwise(&mut self, tag: u64) {
+        self.outstanding.remove(&tag);
+        self.finished.remove(&tag);
+    }
+
+    /// The acks to send now, as `(tag, multiple)`: one multiple ack for the longest run of
+    /// finished deliveries at the front (no unsettled delivery before it, so the broker's
+    /// "every unacked tag up to this one" means exactly them), then each other finished one.
+    fn take(&mut self) -> Vec<(u64, bool)> {
+        let mut acks = Vec::new();
+        let mut front = None;
+        while let Some(&first) = self.outstanding.first() {
+            if !self.finished.remove(&first) {
+                break;
+            }
+            self.outstanding.pop_first();
+            front = Some(first);
+        }
+        if let Some(last) = front {
+            acks.push((last, true));
+        }
+        for tag in std::mem::take(&mut self.finished) {
+            self.outstanding.remove(&tag);
+            acks.push((tag, false));
+        }
+        acks
     }
 }
 
@@ -309,15 +451,24 @@ async fn process(
     broker: Broker,
     queues: QueueSet,
     handler: Arc<dyn Handler>,
-) {
+) -> Settled {
     let queue = queues.work.as_str();
+    // The consumer loop only starts deliveries that carry their tag.
+    let Some(tag) = message.deliver.as_ref().map(|d| d.delivery_tag()) else {
+        return Settled::Done(0);
+    };
     let (Some(deliver), Some(properties), Some(body)) =
         (message.deliver, message.basic_properties, message.content)
     else {
-        tracing::error!(queue, "incomplete delivery from amqprs");
-        return;
+        tracing::error!(queue, "incomplete delivery from amqprs; dead-lettering it");
+        if let Err(error) = channel
+            .basic_reject(BasicRejectArguments::new(tag, false))
+            .await
+        {
+            tracing::warn!(queue, %error, "rejecting an incomplete delivery failed");
+        }
+        return Settled::Done(tag);
     };
-    let tag = deliver.delivery_tag();
     let headers = properties.headers();
     let delivery = Delivery {
         body,
@@ -351,10 +502,10 @@ async fn process(
     metrics::histogram!("messaging_handler_duration_seconds", "queue" => queue.to_owned(), "outcome" => label)
         .record(started.elapsed().as_secs_f64());
 
-    let settled = match outcome {
+    let returned = match outcome {
         Ok(Outcome::Ack) => {
             metrics::counter!("messaging_acked_total", "queue" => queue.to_owned()).increment(1);
-            channel.basic_ack(BasicAckArguments::new(tag, false)).await
+            return Settled::Ack(tag);
         }
         Ok(Outcome::Retry(delay)) => {
             match broker
@@ -365,7 +516,7 @@ async fn process(
                     tracing::info!(queue, %message_id, ?delay, retry = retry_count + 1, "retry scheduled");
                     metrics::counter!("messaging_retried_total", "queue" => queue.to_owned())
                         .increment(1);
-                    channel.basic_ack(BasicAckArguments::new(tag, false)).await
+                    return Settled::Ack(tag);
                 }
                 Err(error) => {
                     // Back at once instead; x-delivery-limit bounds this path.
@@ -394,10 +545,11 @@ async fn process(
                 .await
         }
     };
-    if let Err(error) = settled {
+    if let Err(error) = returned {
         // The channel is gone; the broker redelivers the message to the next consumer.
         tracing::warn!(queue, %message_id, %error, "settling the delivery failed");
     }
+    Settled::Done(tag)
 }
 
 fn header_i64(headers: &FieldTable, name: &str) -> Option<i64> {
@@ -417,6 +569,70 @@ fn header_i64(headers: &FieldTable, name: &str) -> Option<i64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn pending(tags: std::ops::RangeInclusive<u64>) -> PendingAcks {
+        let mut acks = PendingAcks::default();
+        tags.for_each(|tag| acks.delivered(tag));
+        acks
+    }
+
+    #[test]
+    fn deliveries_finished_together_at_the_front_take_one_multiple_ack() {
+        let mut acks = pending(1..=5);
+        for tag in [3, 1, 2] {
+            acks.finished(tag);
+        }
+        assert_eq!(acks.take(), vec![(3, true)]);
+        assert_eq!(acks.take(), vec![], "nothing is acked twice");
+        acks.finished(5);
+        acks.finished(4);
+        assert_eq!(acks.take(), vec![(5, true)]);
+        assert!(acks.outstanding.is_empty());
+    }
+
+    #[test]
+    fn a_running_delivery_is_never_covered_and_later_ones_are_acked_alone() {
+        let mut acks = pending(1..=6);
+        acks.finished(1);
+        acks.finished(4);
+        acks.finished(6);
+        // 2 still runs: the multiple ack stops at 1; 4 and 6 go one by one, not held back.
+        assert_eq!(acks.take(), vec![(1, true), (4, false), (6, false)]);
+        acks.finished(2);
+        acks.finished(3);
+        // 5 still runs, and 4 is acked already: 2 and 3 form the new front.
+        assert_eq!(acks.take(), vec![(3, true)]);
+        assert_eq!(
+            acks.outstanding.iter().copied().collect::<Vec<_>>(),
+            vec![5]
+        );
+    }
+
+    #[test]
+    fn rejected_or_requeued_deliveries_leave_the_front_without_an_ack() {
+        let mut acks = pending(1..=4);
+        acks.settled_otherwise(1);
+        acks.finished(2);
+        acks.settled_otherwise(3);
+        acks.finished(4);
+        assert_eq!(acks.take(), vec![(4, true)]);
+        assert!(acks.outstanding.is_empty());
+    }
+
+    #[test]
+    fn an_unknown_or_dead_task_is_never_acked() {
+        let mut acks = pending(1..=3);
+        // A tag never delivered on this channel (e.g. one from before a reconnect).
+        acks.finished(9);
+        // 1's task died: it stays outstanding, so nothing after it may be acked as multiple.
+        acks.finished(2);
+        acks.finished(3);
+        assert_eq!(acks.take(), vec![(2, false), (3, false)]);
+        assert_eq!(
+            acks.outstanding.iter().copied().collect::<Vec<_>>(),
+            vec![1]
+        );
+    }
 
     #[test]
     fn integer_headers_of_any_width_are_read() {

@@ -455,3 +455,83 @@ async fn eventually(condition: impl Fn() -> bool) {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// The first delivery runs until every other one has finished; one in the middle is
+/// dead-lettered; the rest are acked.
+struct FirstWaitsForTheRest {
+    calls: AtomicUsize,
+    finished: AtomicUsize,
+    total: usize,
+}
+
+impl Handler for FirstWaitsForTheRest {
+    fn handle(&self, delivery: Delivery) -> Pin<Box<dyn Future<Output = Outcome> + Send + '_>> {
+        Box::pin(async move {
+            let call = self.calls.fetch_add(1, Ordering::SeqCst);
+            if call == 0 {
+                let deadline = Instant::now() + WAIT;
+                while self.finished.load(Ordering::SeqCst) < self.total - 1
+                    && Instant::now() < deadline
+                {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            }
+            self.finished.fetch_add(1, Ordering::SeqCst);
+            if delivery.message_id.as_deref() == Some("m5") {
+                Outcome::DeadLetter("poison".into())
+            } else {
+                Outcome::Ack
+            }
+        })
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acks_of_deliveries_behind_a_slow_one_are_not_held_back_and_each_is_acked_once() {
+    // Deliveries that finish together are acked by one multiple ack, but never past one that
+    // still runs: the acks behind it go one by one. Held back, they would fill the prefetch
+    // window (4) and the consumer would stall while the first delivery waits for the rest.
+    let broker = connect().await;
+    let total = 24;
+    for n in 0..total {
+        broker
+            .publish_json("billing_log_queue", b"{}", &format!("m{n}"))
+            .await
+            .expect("confirmed publish");
+    }
+    let handler = Arc::new(FirstWaitsForTheRest {
+        calls: AtomicUsize::new(0),
+        finished: AtomicUsize::new(0),
+        total,
+    });
+    let consumer =
+        Consumer::new(&broker, "billing_log_queue", 4, handler.clone()).expect("consumer");
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(consumer.run(stopped));
+    let started = Instant::now();
+    eventually(|| handler.finished.load(Ordering::SeqCst) == total).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "the first delivery waited for the deadline: the others stalled behind it"
+    );
+
+    let channel = broker.open_channel().await.expect("channel");
+    let set = &broker.queue_names().billing_log;
+    // Acked (not merely in flight): the queue empties while the consumer still runs.
+    let deadline = Instant::now() + WAIT;
+    while message_count(&channel, &set.work).await > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "some deliveries were never acked"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let _ = stop.send(());
+    task.await.expect("consumer task").expect("consumer result");
+    assert_eq!(handler.calls.load(Ordering::SeqCst), total, "no redelivery");
+    assert_eq!(message_count(&channel, &set.work).await, 0);
+    let (_, body) = eventually_get(&channel, &set.dead_letter).await;
+    assert_eq!(body, b"{}");
+    assert!(get(&channel, &set.dead_letter).await.is_none(), "only m5");
+    cleanup(&broker).await;
+}

@@ -33,6 +33,11 @@ pub struct JobSettings {
     pub stranded_after_seconds: i64,
     pub sweep_interval_ms: u64,
     pub catalog_refresh_ms: u64,
+    /// Once a completed job's charge waits to be published, how long more charges may join
+    /// its message to `billing_log_queue` (billing lag only: the job already says COMPLETED and
+    /// its charge is safe in the outbox). Each message costs the broker a replicated write and
+    /// billing-worker a transaction, so fewer, fuller messages cost less.
+    pub billing_linger_ms: u64,
 }
 
 /// Signed webhooks of terminal jobs.
@@ -400,15 +405,20 @@ pub fn start_completions(pool: Pool) -> Batcher<Completion, bool> {
     })
 }
 
-/// Publishes completed jobs' charges, those that finished together as one message, then
-/// removes them from the outbox; `relaxed` commits without waiting for the WAL flush (losing
-/// that delete only makes the sweeper settle them again, which changes nothing). A charge
-/// whose publish fails stays in the outbox for billing-worker's sweeper.
-pub fn start_charges(broker: Broker, relaxed: Pool) -> Batcher<BillingMessage, ()> {
+/// Publishes completed jobs' charges, those that finished within `linger` of each other as one
+/// message, then removes them from the outbox; `relaxed` commits without waiting for the WAL
+/// flush (losing that delete only makes the sweeper settle them again, which changes nothing).
+/// A charge whose publish fails stays in the outbox for billing-worker's sweeper.
+pub fn start_charges(
+    broker: Broker,
+    relaxed: Pool,
+    linger: Duration,
+) -> Batcher<BillingMessage, ()> {
     // One publish at once: charges that finish meanwhile share the next message, and each
-    // waits in the outbox only about one confirm (billing-worker's sweeper settles what it
-    // finds there in one transaction across users, which concurrent holds must wait for).
-    Batcher::start(BATCH_MAX, 1, move |charges: Vec<BillingMessage>| {
+    // waits in the outbox only about one confirm plus `linger` (billing-worker's sweeper
+    // settles what it finds there in one transaction across users, which concurrent holds
+    // must wait for).
+    Batcher::start_lingering(BATCH_MAX, 1, linger, move |charges: Vec<BillingMessage>| {
         let broker = broker.clone();
         let relaxed = relaxed.clone();
         async move {

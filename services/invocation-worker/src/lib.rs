@@ -99,6 +99,9 @@ impl Settings {
         if self.jobs.max_attempts < 1 || self.jobs.sweep_interval_ms == 0 {
             return invalid("jobs.max_attempts and jobs.sweep_interval_ms must be at least 1");
         }
+        if self.jobs.billing_linger_ms > 1_000 {
+            return invalid("jobs.billing_linger_ms must be at most 1000");
+        }
         if self.shutdown_grace_seconds == 0 {
             return invalid("shutdown_grace_seconds must be at least 1");
         }
@@ -163,7 +166,11 @@ impl Application {
             pool: pool.clone(),
             claims: jobs::start_claims(claims, settings.jobs.lease_seconds),
             completions: jobs::start_completions(completions),
-            charges: jobs::start_charges(broker.clone(), relaxed),
+            charges: jobs::start_charges(
+                broker.clone(),
+                relaxed,
+                Duration::from_millis(settings.jobs.billing_linger_ms),
+            ),
             broker: broker.clone(),
             routing,
             secrets,
@@ -269,5 +276,8 @@ mod tests {
         assert_eq!(settings.ops.port, 9101);
         assert_eq!(settings.ops.host.to_string(), "127.0.0.1");
         assert_eq!(settings.broker.queue_prefix, "");
+        assert_eq!(settings.jobs.billing_linger_ms, 25);
+        settings.jobs.billing_linger_ms = 1_001;
+        assert!(settings.validate().is_err(), "a linger over a second");
     }
 }
