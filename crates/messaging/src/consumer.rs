@@ -331,7 +331,14 @@ impl InFlight {
     /// with one `basic.ack(multiple)`, the others one by one (never held back: unacked
     /// deliveries count against the prefetch).
     async fn send_acks(&mut self) {
-        for (tag, multiple) in self.acks.take() {
+        let acks = self.acks.take();
+        if !acks.is_empty() && !self.channel.is_open() {
+            // Gone with the channel: the broker redelivers them to the next consumer (each
+            // handler is idempotent), so there is nothing to send them on.
+            tracing::debug!(queue = %self.queue, count = acks.len(), "channel closed; acks dropped");
+            return;
+        }
+        for (tag, multiple) in acks {
             metrics::counter!("messaging_ack_frames_total", "queue" => self.queue.clone())
                 .increment(1);
             if let Err(error) = self
