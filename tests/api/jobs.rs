@@ -433,6 +433,41 @@ async fn webhooks_are_signed_retried_and_verifiable() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_webhook_goes_out_as_soon_as_its_job_ends_not_at_the_next_sweep() {
+    let app = spawn_app().await;
+    let mut settings = integration_tests::invocation_settings(&app);
+    // A sweep would come only after the test gave up: the webhooks must not wait for it.
+    settings.jobs.sweep_interval_ms = 60_000;
+    let worker = InvocationWorker::start_with(settings).await;
+    let s = setup(&app, "1").await;
+    let receiver = WebhookReceiver::start(0).await;
+    for prompt in ["a quick hook", "forbidden [[reject]]"] {
+        let reply = submit(
+            &app,
+            &s.access_key,
+            json!({"model": "demo-image", "prompt": prompt, "callback_url": receiver.url}),
+        )
+        .await;
+        reply.assert_status(202);
+    }
+    let received = eventually(10, || async {
+        let got = receiver.received();
+        (got.len() == 2).then_some(got)
+    })
+    .await;
+    let mut statuses: Vec<String> = received
+        .iter()
+        .map(|hook| {
+            let job: Value = serde_json::from_slice(&hook.body).unwrap();
+            job["status"].as_str().unwrap().to_owned()
+        })
+        .collect();
+    statuses.sort();
+    assert_eq!(statuses, ["COMPLETED", "FAILED"], "both terminal states");
+    worker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_thousand_jobs_submitted_at_once_all_end() {
     let app = spawn_app().await;
     let billing = BillingWorker::start(&app).await;

@@ -69,6 +69,9 @@ pub struct Runner {
     pub webhooks: WebhookSettings,
     pub max_failover_attempts: u32,
     pub http: reqwest::Client,
+    /// Woken when a job with a `callback_url` ends, so its webhook goes out at once rather
+    /// than at the next sweep (see `deliver_webhooks_forever`).
+    pub webhooks_due: tokio::sync::Notify,
 }
 
 fn backoff(base_ms: u64, max_ms: u64, attempt: i32) -> Duration {
@@ -255,6 +258,7 @@ impl Runner {
         match completed {
             Ok(true) => {
                 metrics::counter!("jobs_total", "status" => "COMPLETED").increment(1);
+                self.webhook_due(job);
                 // The charge is safe in the outbox; publishing only makes billing faster, so
                 // the delivery is acked without waiting for it.
                 if !self.charges.send(charge) {
@@ -279,6 +283,7 @@ impl Runner {
         match failed {
             Ok(_) => {
                 metrics::counter!("jobs_total", "status" => "FAILED").increment(1);
+                self.webhook_due(job);
                 tracing::info!(job_id = %job.job_id, reason, "job failed");
                 Outcome::Ack
             }
@@ -287,6 +292,13 @@ impl Runner {
                 tracing::warn!(%error, job_id = %job.job_id, "recording the failure failed; retrying");
                 Outcome::Retry(Duration::from_secs(1))
             }
+        }
+    }
+
+    /// A terminal job's webhook is queued (in the same transaction as its state): send it now.
+    fn webhook_due(&self, job: &Job) {
+        if job.callback_url.is_some() {
+            self.webhooks_due.notify_one();
         }
     }
 
@@ -317,20 +329,26 @@ impl Runner {
         Ok(published)
     }
 
-    /// Sends due webhooks: the Job object, signed `X-Signature: t=<unix>,v1=<hex HMAC-SHA256
-    /// of "t.body">`; a failure is retried with backoff up to `max_attempts`.
-    pub async fn deliver_webhooks(&self) -> Result<usize, StoreError> {
+    /// Sends up to [`WEBHOOK_BATCH`] due webhooks: the Job object, signed `X-Signature:
+    /// t=<unix>,v1=<hex HMAC-SHA256 of "t.body">`; a failure is retried with backoff up to
+    /// `max_attempts`. Answers (attempted, delivered).
+    pub async fn deliver_webhooks(&self) -> Result<(usize, usize), StoreError> {
         let Some(secret) = self.webhooks.secret.clone() else {
-            return Ok(0);
+            return Ok((0, 0));
         };
         let mut conn = self.conn().await?;
         // Claimed for twice the delivery timeout: a parallel sweeper skips them meanwhile.
         let claim_seconds = i64::try_from(self.webhooks.timeout_ms / 500)
             .unwrap_or(60)
             .max(1);
-        let due =
-            jobs::claim_due_webhooks(&mut conn, self.webhooks.max_attempts, 50, claim_seconds)
-                .await?;
+        let due = jobs::claim_due_webhooks(
+            &mut conn,
+            self.webhooks.max_attempts,
+            WEBHOOK_BATCH,
+            claim_seconds,
+        )
+        .await?;
+        let attempted = due.len();
         let mut delivered = 0;
         for webhook in due {
             let (job, model) = jobs::find(&mut conn, webhook.job_id).await?;
@@ -351,7 +369,7 @@ impl Runner {
             .await?;
             metrics::counter!("webhooks_total", "outcome" => if outcome.is_ok() { "delivered" } else { "failed" }).increment(1);
         }
-        Ok(delivered)
+        Ok((attempted, delivered))
     }
 
     async fn post_webhook(&self, url: &str, secret: &str, view: &JobView) -> Result<(), String> {
@@ -375,6 +393,9 @@ impl Runner {
         }
     }
 }
+
+/// Webhooks claimed and sent per pass.
+pub const WEBHOOK_BATCH: i64 = 50;
 
 /// Statements at once per batcher (each holds a pooled connection), and requests per statement.
 pub const IN_FLIGHT: usize = 2;
@@ -462,7 +483,28 @@ impl Handler for InvocationHandler {
     }
 }
 
-/// Reloads routes, re-publishes stranded jobs and delivers webhooks, forever.
+/// Delivers webhooks, forever: as soon as a job with a `callback_url` ends, and at every sweep
+/// interval (retries of failed deliveries come due in between). A full pass is followed by
+/// another at once.
+pub async fn deliver_webhooks_forever(runner: Arc<Runner>) {
+    let every = Duration::from_millis(runner.jobs.sweep_interval_ms);
+    loop {
+        // A wake-up that came while a pass ran is kept (a permit), so none is lost.
+        let _ = tokio::time::timeout(every, runner.webhooks_due.notified()).await;
+        loop {
+            match runner.deliver_webhooks().await {
+                Ok((attempted, _)) if attempted as i64 >= WEBHOOK_BATCH => continue,
+                Ok(_) => break,
+                Err(error) => {
+                    tracing::warn!(%error, "delivering webhooks failed");
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// Reloads routes and re-publishes stranded jobs, forever.
 pub async fn sweep_forever(runner: Arc<Runner>) {
     let mut ticks = tokio::time::interval(Duration::from_millis(runner.jobs.sweep_interval_ms));
     let mut last_reload = std::time::Instant::now();
@@ -476,9 +518,6 @@ pub async fn sweep_forever(runner: Arc<Runner>) {
         }
         if let Err(error) = runner.republish_stranded().await {
             tracing::warn!(%error, "re-publishing stranded jobs failed");
-        }
-        if let Err(error) = runner.deliver_webhooks().await {
-            tracing::warn!(%error, "delivering webhooks failed");
         }
     }
 }

@@ -183,6 +183,7 @@ impl Application {
                 .redirect(reqwest::redirect::Policy::none())
                 .build()
                 .map_err(|e| WorkerError::InvalidSettings(e.to_string()))?,
+            webhooks_due: tokio::sync::Notify::new(),
         });
         let consumer = Consumer::new(
             &broker,
@@ -224,8 +225,10 @@ impl Application {
         let ops = self.ops_server.handle();
         let ops_task = tokio::spawn(self.ops_server);
         let sweeper = tokio::spawn(jobs::sweep_forever(Arc::clone(&self.runner)));
+        let webhooks = tokio::spawn(jobs::deliver_webhooks_forever(Arc::clone(&self.runner)));
         let consumed = self.consumer.run(shutdown).await;
         sweeper.abort();
+        webhooks.abort();
         // Probes need no goodbye: stop at once rather than wait for idle keep-alives.
         ops.stop(false).await;
         if let Err(error) = ops_task.await {
