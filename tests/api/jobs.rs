@@ -525,6 +525,47 @@ async fn count_terminal(app: &TestApp) -> i64 {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn jobs_submitted_while_the_broker_is_away_start_once_it_is_back_without_the_sweeper() {
+    let mut outage = integration_tests::BrokerOutage::start().await;
+    let url = outage.url();
+    let app = integration_tests::spawn_app_with(|settings| {
+        settings.broker.url = url;
+        settings.broker.publish_confirm_timeout_ms = 1000;
+    })
+    .await;
+    let mut settings = integration_tests::invocation_settings(&app);
+    // The sweeper would re-publish these only after the test gave up.
+    settings.jobs.stranded_after_seconds = 3600;
+    let worker = InvocationWorker::start_with(settings).await;
+    let s = setup(&app, "10").await;
+    outage.cut().await;
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        let reply = submit(
+            &app,
+            &s.access_key,
+            json!({"model": "demo-image", "prompt": format!("while away {i}")}),
+        )
+        .await;
+        ids.push(
+            reply.assert_status(202)["job_id"]
+                .as_str()
+                .unwrap()
+                .to_owned(),
+        );
+    }
+    // Their first publish fails while the broker is away.
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    outage.restore().await;
+    for id in &ids {
+        let job = poll_terminal(&app, &s.access_key, id).await;
+        assert_eq!(job["status"], "COMPLETED", "{job}");
+    }
+    assert_eq!(s.mock.calls(), 5, "each job called the provider once");
+    worker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn with_the_broker_down_during_a_burst_no_job_is_lost_or_stuck() {
     let mut outage = integration_tests::BrokerOutage::start().await;
     let url = outage.url();

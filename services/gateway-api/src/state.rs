@@ -48,6 +48,8 @@ pub struct AppState {
     pub key_cache: KeyCache,
     /// Job submissions, batched into one statement (see `core::jobs::Submissions`).
     pub job_submissions: crate::core::jobs::Submissions,
+    /// Job messages whose publish failed, published again once the broker takes them.
+    pub job_republisher: crate::core::jobs::Republisher,
     /// To build each worker's `CallPath`.
     database: persistence::DatabaseSettings,
     upstream_settings: upstream::UpstreamSettings,
@@ -179,6 +181,7 @@ impl AppState {
             pool.clone(),
             settings.calls.hold_ttl_seconds,
         );
+        let job_republisher = crate::core::jobs::Republisher::start(broker.clone(), &background);
         AppState {
             pool,
             reservations,
@@ -205,6 +208,7 @@ impl AppState {
                 settings.calls.key_cache_ttl_ms,
             )),
             job_submissions,
+            job_republisher,
             database: settings.database.clone(),
             upstream_settings: settings.upstream.clone(),
         }

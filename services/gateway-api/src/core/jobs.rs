@@ -1,21 +1,25 @@
 //! Asynchronous jobs as the API sees them: submission (validate, hold, insert, publish) and
 //! polling.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
+use std::time::Duration;
 
 use domain::{InvocationMessage, JobView, ModelKind, Usage};
-use messaging::MODEL_INVOCATION_QUEUE;
+use messaging::{Broker, MODEL_INVOCATION_QUEUE};
 use persistence::batch::Batcher;
 use persistence::jobs::{self, Submission};
 use persistence::{Page, Paged, StoreError};
 use serde::Deserialize;
 use serde_json::json;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::auth::KeyHolder;
 use crate::error::ApiError;
-use crate::state::AppState;
+use crate::state::{AppState, Background};
 
 const SIZES: &[&str] = &["256x256", "512x512", "1024x1024", "1024x1792", "1792x1024"];
 const MAX_PROMPT_CHARS: usize = 4000;
@@ -197,7 +201,90 @@ async fn publish(state: &AppState, job_id: Uuid) {
         .publish_json(MODEL_INVOCATION_QUEUE, &message, &job_id.to_string())
         .await
     {
-        tracing::warn!(%error, %job_id, "job publish failed; the sweeper will re-publish it")
+        tracing::warn!(%error, %job_id, "job publish failed; publishing it again once the broker takes it");
+        state.job_republisher.add(job_id);
+    }
+}
+
+/// Job messages waiting to be published again here: the most a gateway keeps (beyond that,
+/// and for a gateway that stops first, the invocation worker's sweeper re-publishes jobs still
+/// unclaimed after `jobs.stranded_after_seconds`).
+const REPUBLISH_MAX: usize = 100_000;
+const REPUBLISH_BACKOFF_START: Duration = Duration::from_millis(100);
+const REPUBLISH_BACKOFF_MAX: Duration = Duration::from_secs(2);
+
+/// Publishes again, in order, the job messages whose publish failed (broker down or slow to
+/// confirm), as soon as the broker takes them: after a broker outage the jobs submitted during
+/// it start within moments of its end rather than at the sweeper's next look. A message that
+/// was in fact queued the first time is then a duplicate, which changes nothing.
+#[derive(Clone)]
+pub struct Republisher {
+    sender: mpsc::UnboundedSender<Uuid>,
+}
+
+impl Republisher {
+    pub fn start(broker: Broker, background: &Background) -> Republisher {
+        let (sender, receiver) = mpsc::unbounded_channel();
+        background.spawn(republish(broker, receiver, background.closing()));
+        Republisher { sender }
+    }
+
+    pub fn add(&self, job_id: Uuid) {
+        if self.sender.send(job_id).is_err() {
+            tracing::warn!(%job_id, "the re-publisher stopped; the sweeper will re-publish it");
+        }
+    }
+}
+
+async fn republish(
+    broker: Broker,
+    mut receiver: mpsc::UnboundedReceiver<Uuid>,
+    closing: CancellationToken,
+) {
+    let mut waiting = VecDeque::new();
+    let mut backoff = REPUBLISH_BACKOFF_START;
+    loop {
+        if waiting.is_empty() {
+            tokio::select! {
+                biased;
+                () = closing.cancelled() => return,
+                next = receiver.recv() => match next {
+                    Some(job_id) => waiting.push_back(job_id),
+                    None => return,
+                },
+            }
+        }
+        while let Ok(job_id) = receiver.try_recv() {
+            if waiting.len() < REPUBLISH_MAX {
+                waiting.push_back(job_id);
+            } else {
+                metrics::counter!("jobs_republish_dropped_total").increment(1);
+            }
+        }
+        metrics::gauge!("jobs_republish_waiting").set(waiting.len() as f64);
+        let Some(&job_id) = waiting.front() else {
+            continue;
+        };
+        let message = InvocationMessage { job_id }.to_json_bytes();
+        match broker
+            .publish_json(MODEL_INVOCATION_QUEUE, &message, &job_id.to_string())
+            .await
+        {
+            Ok(()) => {
+                waiting.pop_front();
+                backoff = REPUBLISH_BACKOFF_START;
+                metrics::counter!("jobs_republished_total").increment(1);
+            }
+            Err(_) => {
+                // Shutdown leaves the rest to the sweeper.
+                tokio::select! {
+                    biased;
+                    () = closing.cancelled() => return,
+                    () = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(REPUBLISH_BACKOFF_MAX);
+            }
+        }
     }
 }
 
