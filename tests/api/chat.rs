@@ -713,12 +713,7 @@ async fn a_billing_batch_settles_each_charge_once_and_a_bad_charge_dead_letters_
 #[tokio::test(flavor = "multi_thread")]
 async fn with_the_broker_down_during_calls_no_charge_is_lost_and_none_doubled() {
     let mut outage = integration_tests::BrokerOutage::start().await;
-    let url = outage.url();
-    let app = integration_tests::spawn_app_with(|settings| {
-        settings.broker.url = url;
-        settings.broker.publish_confirm_timeout_ms = 1000;
-    })
-    .await;
+    let app = outage.spawn_app_behind().await;
     let worker = BillingWorker::start(&app).await;
     let setup = app
         .chat_setup(mock(MockConfig::default()).await, &[("good-key", 1)], "10")

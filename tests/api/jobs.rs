@@ -33,6 +33,15 @@ async fn submit(app: &TestApp, key: &str, body: Value) -> Reply {
     .await
 }
 
+/// Submits a one-image job of `prompt`; answers its id.
+async fn submit_image(app: &TestApp, key: &str, prompt: &str) -> String {
+    let reply = submit(app, key, json!({"model": "demo-image", "prompt": prompt})).await;
+    reply.assert_status(202)["job_id"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
 async fn poll_terminal(app: &TestApp, key: &str, job_id: &str) -> Value {
     eventually(30, || async {
         let reply = app
@@ -527,12 +536,7 @@ async fn count_terminal(app: &TestApp) -> i64 {
 #[tokio::test(flavor = "multi_thread")]
 async fn jobs_submitted_while_the_broker_is_away_start_once_it_is_back_without_the_sweeper() {
     let mut outage = integration_tests::BrokerOutage::start().await;
-    let url = outage.url();
-    let app = integration_tests::spawn_app_with(|settings| {
-        settings.broker.url = url;
-        settings.broker.publish_confirm_timeout_ms = 1000;
-    })
-    .await;
+    let app = outage.spawn_app_behind().await;
     let mut settings = integration_tests::invocation_settings(&app);
     // The sweeper would re-publish these only after the test gave up.
     settings.jobs.stranded_after_seconds = 3600;
@@ -541,18 +545,7 @@ async fn jobs_submitted_while_the_broker_is_away_start_once_it_is_back_without_t
     outage.cut().await;
     let mut ids = Vec::new();
     for i in 0..5 {
-        let reply = submit(
-            &app,
-            &s.access_key,
-            json!({"model": "demo-image", "prompt": format!("while away {i}")}),
-        )
-        .await;
-        ids.push(
-            reply.assert_status(202)["job_id"]
-                .as_str()
-                .unwrap()
-                .to_owned(),
-        );
+        ids.push(submit_image(&app, &s.access_key, &format!("while away {i}")).await);
     }
     // Their first publish fails while the broker is away.
     tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
@@ -568,12 +561,7 @@ async fn jobs_submitted_while_the_broker_is_away_start_once_it_is_back_without_t
 #[tokio::test(flavor = "multi_thread")]
 async fn with_the_broker_down_during_a_burst_no_job_is_lost_or_stuck() {
     let mut outage = integration_tests::BrokerOutage::start().await;
-    let url = outage.url();
-    let app = integration_tests::spawn_app_with(|settings| {
-        settings.broker.url = url;
-        settings.broker.publish_confirm_timeout_ms = 1000;
-    })
-    .await;
+    let app = outage.spawn_app_behind().await;
     let worker = InvocationWorker::start(&app).await;
     let s = setup(&app, "10").await;
     let mut ids = Vec::new();
@@ -584,18 +572,7 @@ async fn with_the_broker_down_during_a_burst_no_job_is_lost_or_stuck() {
         if i == 30 {
             outage.restore().await;
         }
-        let reply = submit(
-            &app,
-            &s.access_key,
-            json!({"model": "demo-image", "prompt": format!("burst {i}")}),
-        )
-        .await;
-        ids.push(
-            reply.assert_status(202)["job_id"]
-                .as_str()
-                .unwrap()
-                .to_owned(),
-        );
+        ids.push(submit_image(&app, &s.access_key, &format!("burst {i}")).await);
     }
     for id in &ids {
         let job = poll_terminal(&app, &s.access_key, id).await;

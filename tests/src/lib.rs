@@ -775,6 +775,17 @@ impl BrokerOutage {
         format!("amqp://guest:guest@127.0.0.1:{}/%2f", self.port)
     }
 
+    /// A gateway that reaches the broker through this proxy, and gives up on a publish
+    /// confirm after a second.
+    pub async fn spawn_app_behind(&self) -> TestApp {
+        let url = self.url();
+        spawn_app_with(|settings| {
+            settings.broker.url = url;
+            settings.broker.publish_confirm_timeout_ms = 1000;
+        })
+        .await
+    }
+
     /// Drops every proxied connection and refuses new ones, as a stopped broker would.
     pub async fn cut(&mut self) {
         if let Some(running) = self.running.take() {
