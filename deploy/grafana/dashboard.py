@@ -176,9 +176,11 @@ ts("Job duration p50 / p95 / p99",
    [(q(0.5, "job_duration_seconds", "status"), "p50 {{status}}"),
     (q(0.95, "job_duration_seconds", "status"), "p95 {{status}}"),
     (q(0.99, "job_duration_seconds", "status"), "p99 {{status}}")], "s")
-ts("Job retries and webhooks",
+ts("Job retries, re-publishes and webhooks",
    [(f'sum(rate(jobs_retried_total{{{SEL}}}{R}))', "retried"),
-    (f'sum by (outcome) (rate(webhooks_total{{{SEL}}}{R}))', "webhook {{outcome}}")], "ops")
+    (f'sum(rate(jobs_republished_total{{{SEL}}}{R}))', "re-published by the gateway"),
+    (f'sum by (outcome) (rate(webhooks_total{{{SEL}}}{R}))', "webhook {{outcome}}")], "ops",
+   description="re-published: job messages the broker did not confirm at submission, published again by the gateway once the broker was back (jobs_republished_total).")
 end_row()
 
 dashboard = {
