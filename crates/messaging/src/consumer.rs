@@ -2,7 +2,7 @@
 //! committed), delayed retry, dead-lettering, re-subscription after reconnects and a
 //! graceful stop that finishes in-flight work.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -15,7 +15,7 @@ use amqprs::channel::{
 };
 use amqprs::{FieldTable, FieldValue};
 use tokio::sync::mpsc::UnboundedReceiver;
-use tokio::task::{Id, JoinError, JoinHandle, JoinSet};
+use tokio::task::{JoinError, JoinHandle, JoinSet};
 
 use crate::broker::{RETRY_COUNT_HEADER, Session};
 use crate::confirms::ConsumerCallback;
@@ -204,10 +204,10 @@ impl Consumer {
                     self.stop(&channel, &consumer_tag, &mut deliveries, &mut in_flight).await;
                     return Ok(Served::Shutdown);
                 }
-                Some(joined) = in_flight.tasks.join_next_with_id(), if !in_flight.tasks.is_empty() => {
+                Some(joined) = in_flight.tasks.join_next(), if !in_flight.tasks.is_empty() => {
                     in_flight.finished(joined);
                     // Handlers that finished meanwhile are acknowledged together.
-                    while let Some(joined) = in_flight.tasks.try_join_next_with_id() {
+                    while let Some(joined) = in_flight.tasks.try_join_next() {
                         in_flight.finished(joined);
                     }
                     in_flight.send_acks().await;
@@ -218,14 +218,14 @@ impl Consumer {
                             tracing::error!(queue, "delivery without a tag from amqprs");
                             continue;
                         };
-                        let task = in_flight.tasks.spawn(process(
+                        in_flight.acks.delivered(tag);
+                        in_flight.tasks.spawn(process(
                             message,
                             channel.clone(),
                             self.broker.clone(),
                             self.queues.clone(),
                             Arc::clone(&self.handler),
                         ));
-                        in_flight.started(task.id(), tag);
                     }
                     None => {
                         // Channel or connection closed, or the broker cancelled us.
@@ -286,8 +286,6 @@ struct InFlight {
     channel: Channel,
     queue: String,
     tasks: JoinSet<Settled>,
-    /// Delivery tag of each running task, to keep its message unacknowledged if it dies.
-    tags: HashMap<Id, u64>,
     acks: PendingAcks,
 }
 
@@ -297,29 +295,17 @@ impl InFlight {
             channel,
             queue: queue.to_owned(),
             tasks: JoinSet::new(),
-            tags: HashMap::new(),
             acks: PendingAcks::default(),
         }
     }
 
-    fn started(&mut self, task: Id, tag: u64) {
-        self.tags.insert(task, tag);
-        self.acks.delivered(tag);
-    }
-
-    fn finished(&mut self, joined: Result<(Id, Settled), JoinError>) {
+    fn finished(&mut self, joined: Result<Settled, JoinError>) {
         match joined {
-            Ok((task, settled)) => {
-                self.tags.remove(&task);
-                match settled {
-                    Settled::Ack(tag) => self.acks.finished(tag),
-                    Settled::Done(tag) => self.acks.settled_otherwise(tag),
-                }
-            }
+            Ok(Settled::Ack(tag)) => self.acks.finished(tag),
+            Ok(Settled::Done(tag)) => self.acks.settled_otherwise(tag),
             Err(error) => {
-                // Its message stays unacknowledged (a later multiple ack stops before it) and
-                // comes back when the channel closes.
-                self.tags.remove(&error.id());
+                // Its delivery stays outstanding, so no multiple ack covers it: the message
+                // stays unacknowledged and comes back when the channel closes.
                 if !error.is_cancelled() {
                     tracing::error!(queue = %self.queue, %error, "message task failed");
                 }
@@ -356,7 +342,7 @@ impl InFlight {
     /// messages stay unacked and are redelivered), and acknowledges those that finished.
     async fn drain(&mut self, timeout: Option<Duration>) {
         let all = async {
-            while let Some(joined) = self.tasks.join_next_with_id().await {
+            while let Some(joined) = self.tasks.join_next().await {
                 self.finished(joined);
             }
         };
@@ -374,7 +360,7 @@ impl InFlight {
                 "handlers still running after the drain timeout; their messages will be redelivered"
             );
             self.tasks.abort_all();
-            while let Some(joined) = self.tasks.join_next_with_id().await {
+            while let Some(joined) = self.tasks.join_next().await {
                 self.finished(joined);
             }
         }
