@@ -208,6 +208,19 @@ def pickup_from_db(after_id):
     return p50, p99
 
 
+def billing_lag_from_db(after_id):
+    """Percentiles (p50, p99, in ms) of completion → settlement of the COMPLETED jobs with
+    id > after_id: from the job's last update (the transaction that marked it COMPLETED and
+    parked its charge) to its usage log's `created_at` (the settling transaction)."""
+    row = psql("SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY d) || ' ' || "
+               "percentile_cont(0.99) WITHIN GROUP (ORDER BY d) FROM ("
+               "SELECT extract(epoch FROM u.created_at - j.updated_at) * 1000 AS d "
+               "FROM async_jobs j JOIN usage_logs u ON u.request_id = j.job_id "
+               f"WHERE j.id > {int(after_id)} AND j.status = 'COMPLETED') s")
+    p50, p99 = (float(v) for v in row.split())
+    return p50, p99
+
+
 # Processes whose CPU is accounted per job (kernel names, at most 15 characters), and labels.
 CPU_ACCOUNTED = (("postgres", "PostgreSQL"), ("beam.smp", "RabbitMQ"), ("gateway-api", "gateway-api"),
                  ("invocation-work", "invocation-worker"), ("billing-worker", "billing-worker"),
@@ -239,7 +252,7 @@ def main():
     keys = seed()
     start_workers(1)
 
-    submit_runs, pickups, cpu_runs = [], [], []
+    submit_runs, pickups, cpu_runs, lags = [], [], [], []
     for _ in range(REPEATS):
         last_id = int(psql("SELECT coalesce(max(id), 0) FROM async_jobs"))
         before = proc_ticks()
@@ -253,6 +266,7 @@ def main():
         cpu_runs.append({name: used / max(len(latencies), 1) * 1e6
                          for name, used in cpu_used(before, proc_ticks(), [n for n, _ in CPU_ACCOUNTED]).items()})
         pickups.append(pickup_from_db(last_id))
+        lags.append(billing_lag_from_db(last_id))
     histogram_pickup = pickup_p50(OPS1)
 
     throughput = {}
@@ -279,6 +293,8 @@ def main():
     failures = sum(r[3] for r in submit_runs)
     pickup = statistics.median(p[0] for p in pickups)
     pickup_p99 = statistics.median(p[1] for p in pickups)
+    lag_p50 = statistics.median(lag[0] for lag in lags)
+    lag_p99 = statistics.median(lag[1] for lag in lags)
     cpu = {name: statistics.median(run[name] for run in cpu_runs) for name, _ in CPU_ACCOUNTED}
     cpu_total = statistics.median(sum(run.values()) for run in cpu_runs)
     cpu_line = ", ".join(f"{label} {cpu[name]:,.0f}" for name, label in CPU_ACCOUNTED)
@@ -301,6 +317,12 @@ transaction that inserted it) to its `published_at`, which the worker's first cl
 Postgres clock readings. (The worker's `job_pickup_seconds` histogram, interpolated linearly
 within its bucket, bucket bounds 1, 2.5, 5, 10, 25 ms, gave a median of {histogram_pickup:.1f} ms
 over the same runs.)
+
+Billing lag at {RATE} submits/s (not a target): a COMPLETED job's charge was settled (usage
+log written, balance debited, hold closed) p50 {lag_p50:.1f} ms / p99 {lag_p99:.1f} ms after the
+transaction that completed the job; it includes `APP__JOBS__BILLING_LINGER_MS`, the time a
+charge waits for others to share its message to `billing_log_queue`. Until then the job's hold
+keeps covering the amount.
 
 CPU per job at {RATE} submits/s (µs of CPU per submitted job, from the start of a run until
 its jobs had ended and been billed, median of the runs; the load generator not counted):
