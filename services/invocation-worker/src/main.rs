@@ -5,9 +5,13 @@ use invocation_worker::{Application, Settings};
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-#[tokio::main]
-async fn main() -> Result<(), Box<dyn std::error::Error>> {
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    // Loaded first: it says which runtime to build.
     let settings = Settings::load()?;
+    settings.runtime()?.block_on(run(settings))
+}
+
+async fn run(settings: Settings) -> Result<(), Box<dyn std::error::Error>> {
     runtime::telemetry::init("invocation-worker", settings.log_format);
     runtime::metrics::install()?;
     let grace = settings.shutdown_grace();
