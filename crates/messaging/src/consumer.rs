@@ -221,6 +221,7 @@ impl Consumer {
                         in_flight.acks.delivered(tag);
                         in_flight.tasks.spawn(process(
                             message,
+                            tag,
                             channel.clone(),
                             self.broker.clone(),
                             self.queues.clone(),
@@ -440,16 +441,13 @@ impl<T> Drop for AbortOnDrop<T> {
 /// Runs the handler for one delivery and settles it on the channel it came from.
 async fn process(
     message: ConsumerMessage,
+    tag: u64,
     channel: Channel,
     broker: Broker,
     queues: QueueSet,
     handler: Arc<dyn Handler>,
 ) -> Settled {
     let queue = queues.work.as_str();
-    // The consumer loop only starts deliveries that carry their tag.
-    let Some(tag) = message.deliver.as_ref().map(|d| d.delivery_tag()) else {
-        return Settled::Done(0);
-    };
     let (Some(deliver), Some(properties), Some(body)) =
         (message.deliver, message.basic_properties, message.content)
     else {

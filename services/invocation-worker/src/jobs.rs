@@ -331,10 +331,10 @@ impl Runner {
 
     /// Sends up to [`WEBHOOK_BATCH`] due webhooks: the Job object, signed `X-Signature:
     /// t=<unix>,v1=<hex HMAC-SHA256 of "t.body">`; a failure is retried with backoff up to
-    /// `max_attempts`. Answers (attempted, delivered).
-    pub async fn deliver_webhooks(&self) -> Result<(usize, usize), StoreError> {
+    /// `max_attempts`. Answers how many were attempted.
+    pub async fn deliver_webhooks(&self) -> Result<usize, StoreError> {
         let Some(secret) = self.webhooks.secret.clone() else {
-            return Ok((0, 0));
+            return Ok(0);
         };
         let mut conn = self.conn().await?;
         // Claimed for twice the delivery timeout: a parallel sweeper skips them meanwhile.
@@ -349,14 +349,10 @@ impl Runner {
         )
         .await?;
         let attempted = due.len();
-        let mut delivered = 0;
         for webhook in due {
             let (job, model) = jobs::find(&mut conn, webhook.job_id).await?;
             let view = jobs::view(&job, &model);
             let outcome = self.post_webhook(&webhook.url, &secret, &view).await;
-            if outcome.is_ok() {
-                delivered += 1;
-            }
             let retry_in = backoff(self.webhooks.retry_base_ms, 3_600_000, webhook.attempts + 1);
             let retry_in =
                 chrono::Duration::from_std(retry_in).unwrap_or_else(|_| chrono::Duration::hours(1));
@@ -369,7 +365,7 @@ impl Runner {
             .await?;
             metrics::counter!("webhooks_total", "outcome" => if outcome.is_ok() { "delivered" } else { "failed" }).increment(1);
         }
-        Ok((attempted, delivered))
+        Ok(attempted)
     }
 
     async fn post_webhook(&self, url: &str, secret: &str, view: &JobView) -> Result<(), String> {
@@ -493,7 +489,7 @@ pub async fn deliver_webhooks_forever(runner: Arc<Runner>) {
         let _ = tokio::time::timeout(every, runner.webhooks_due.notified()).await;
         loop {
             match runner.deliver_webhooks().await {
-                Ok((attempted, _)) if attempted as i64 >= WEBHOOK_BATCH => continue,
+                Ok(attempted) if attempted as i64 >= WEBHOOK_BATCH => continue,
                 Ok(_) => break,
                 Err(error) => {
                     tracing::warn!(%error, "delivering webhooks failed");
