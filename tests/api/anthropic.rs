@@ -336,13 +336,11 @@ async fn a_client_that_leaves_an_anthropic_stream_pays_the_providers_prompt_coun
     })
     .await;
     let (prompt, completion, billed) = rows[0].clone();
-    // Anthropic told the prompt count (the mock's 6 words) in its first event; the offline
-    // estimate adds framing tokens (6 more) and would not match.
+    // The prompt count Anthropic reported (the mock's 6 words); the offline estimate adds
+    // framing tokens (6 more) and would not match.
     assert_eq!(prompt, 6);
-    assert!(
-        (3..50).contains(&completion),
-        "billed {completion} completion tokens of a stream left after ~5 chunks"
-    );
+    // The provider's stream is read to its end after the client left, and its usage billed.
+    assert_eq!(completion, 50, "the whole generation is billed");
     assert_eq!(billed, cost(6, completion as u64, 0));
     assert_eq!(app.open_holds(setup.user_id).await, 0);
     app.assert_books_balance().await;

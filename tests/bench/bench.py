@@ -875,8 +875,8 @@ def cmd_report(a):
       f"`RUST_LOG={meta['rust_log']}`, default workers and pool sizes) doing the whole path: access-key "
       "lookup (then cached for `calls.key_cache_ttl_ms`, 1 s, and re-checked in the background after "
       "half of it), hold on the balance, forward to the "
-      "mock, price the usage, publish the charge to RabbitMQ (publisher confirms; the charges that "
-      "finish within `calls.billing_linger_ms`, 10 ms, share one message), with billing-worker "
+      "mock, price the usage, make the charge durable before answering (publisher confirms; the "
+      "charges that finish while a publish awaits its confirm share the next message), with billing-worker "
       "running and settling every charge into PostgreSQL.")
     w(f"- **Callers**: {meta['users']} bench users with one access key each (balance 1,000,000); the "
       "load rotates over the keys request by request, except *gateway, one key*, where every request "

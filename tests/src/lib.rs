@@ -92,7 +92,7 @@ pub fn test_settings(database_url: String) -> Settings {
             allow_private_callbacks: true,
             billing_batch_max: 256,
             billing_publishes_in_flight: 4,
-            billing_linger_ms: 10,
+            stream_stall_ms: 30_000,
             key_cache_ttl_ms: 1000,
             holds_in_flight: 1,
         },

@@ -405,6 +405,26 @@ pub async fn outbox_insert(
     Ok(())
 }
 
+/// Keeps many charges the broker could not take, in one statement (see [`outbox_insert`]).
+pub async fn outbox_insert_many(
+    conn: &mut AsyncPgConnection,
+    charges: &[(Uuid, serde_json::Value)],
+) -> Result<(), StoreError> {
+    use diesel::sql_types::{Array, Jsonb};
+
+    enum InsertOutboxMany {}
+    Prepared::<InsertOutboxMany>::new(
+        "INSERT INTO billing_outbox (request_id, payload)
+         SELECT * FROM unnest($1::uuid[], $2::jsonb[])
+         ON CONFLICT (request_id) DO NOTHING",
+    )
+    .bind::<Array<SqlUuid>, _>(charges.iter().map(|(id, _)| *id).collect::<Vec<_>>())
+    .bind::<Array<Jsonb>, _>(charges.iter().map(|(_, p)| p.clone()).collect::<Vec<_>>())
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
 /// Up to `limit` outbox rows, locked (skipping rows another sweeper holds); call in a transaction.
 pub async fn outbox_take(
     conn: &mut AsyncPgConnection,

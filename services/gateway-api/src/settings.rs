@@ -43,7 +43,7 @@ catalog_refresh_ms = 2000
 allow_private_callbacks = false
 billing_batch_max = 256
 billing_publishes_in_flight = 4
-billing_linger_ms = 10
+stream_stall_ms = 30000
 holds_in_flight = 1
 key_cache_ttl_ms = 1000
 "#;
@@ -82,9 +82,10 @@ pub struct CallSettings {
     /// Batches being published (awaiting the broker's confirm) at once; charges that finish
     /// meanwhile wait and go together in the next batch.
     pub billing_publishes_in_flight: usize,
-    /// Once a charge is waiting, how long more may join its message (billing lag, not the
-    /// call's latency: the call was answered already).
-    pub billing_linger_ms: u64,
+    /// A streaming client that has not taken the next chunk for this long (the buffer of
+    /// chunks read ahead from the provider being full) is cut off; the provider's stream is
+    /// still read to its end and billed.
+    pub stream_stall_ms: u64,
     /// How long a checked access key is trusted without asking Postgres again: a key revoked
     /// (or a user disabled) through another replica, or in the database directly, stops
     /// working within this. The replica that handles the revocation forgets the key at once.
@@ -184,8 +185,17 @@ impl Settings {
         self.upstream
             .validate()
             .map_err(|e| SettingsError::Invalid(format!("upstream: {e}")))?;
-        if self.calls.hold_ttl_seconds * 1000 <= self.upstream.total_timeout_ms as i64 {
-            return invalid("calls.hold_ttl_seconds must exceed upstream.total_timeout_ms");
+        // A call (failover and streaming included) ends by upstream.total_timeout_ms, and its
+        // charge is durable within the publish-confirm timeout (or an outbox write) after
+        // that: its hold outlives it.
+        let longest_call_ms = (self.upstream.total_timeout_ms as i64)
+            .saturating_add(self.broker.publish_confirm_timeout_ms as i64)
+            .saturating_add(self.database.pool_wait_timeout_ms as i64);
+        if self.calls.hold_ttl_seconds.saturating_mul(1000) <= longest_call_ms {
+            return invalid(
+                "calls.hold_ttl_seconds must exceed upstream.total_timeout_ms plus \
+                 broker.publish_confirm_timeout_ms plus database.pool_wait_timeout_ms",
+            );
         }
         if self.calls.catalog_refresh_ms < 100 {
             return invalid("calls.catalog_refresh_ms must be at least 100");
@@ -196,8 +206,8 @@ impl Settings {
         if !(1..=1024).contains(&self.calls.billing_publishes_in_flight) {
             return invalid("calls.billing_publishes_in_flight must be between 1 and 1024");
         }
-        if self.calls.billing_linger_ms > 1_000 {
-            return invalid("calls.billing_linger_ms must be at most 1000");
+        if !(100..=600_000).contains(&self.calls.stream_stall_ms) {
+            return invalid("calls.stream_stall_ms must be between 100 and 600000");
         }
         if !(1..=64).contains(&self.calls.holds_in_flight) {
             return invalid("calls.holds_in_flight must be between 1 and 64");

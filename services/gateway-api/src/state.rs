@@ -10,7 +10,6 @@ use secrecy::{ExposeSecret, SecretString};
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::KeyCache;
-use crate::core::billing::ChargeQueue;
 use crate::error::ApiError;
 use crate::settings::Settings;
 use catalog::{Routing, SecretBox};
@@ -39,11 +38,16 @@ pub struct AppState {
     /// Hold statements per worker thread at once (`calls.holds_in_flight`).
     pub holds_in_flight: usize,
     pub max_failover_attempts: u32,
+    /// A model call, failover and streaming included, ends this long after its admission
+    /// (`upstream.total_timeout_ms`; its hold outlives it, see `Settings::validate`).
+    pub call_deadline: std::time::Duration,
+    /// A streaming client that takes no chunk for this long is cut off (`calls.stream_stall_ms`).
+    pub stream_stall: std::time::Duration,
     pub allow_private_callbacks: bool,
     /// Work that outlives its request (billing deliveries, hold releases).
     pub background: Background,
-    /// Charges on their way to billing-worker (see `core::billing::ChargeQueue`).
-    pub charges: ChargeQueue,
+    /// Charges on their way to billing-worker (see `charges::ChargeSink`).
+    pub charges: charges::ChargeSink,
     /// Recently checked access keys (see `auth::KeyCache`).
     pub key_cache: KeyCache,
     /// Job submissions, batched into one statement (see `core::jobs::Submissions`).
@@ -168,13 +172,16 @@ impl AppState {
     ) -> AppState {
         let jwt_secret = settings.auth.jwt_secret.expose_secret().as_bytes();
         let background = Background::on_current_runtime();
-        let charges = ChargeQueue::start(
+        // No linger: a call's answer waits for its charge to be durable; under load the
+        // charges that finish while a publish awaits its confirm share the next one.
+        let charges = charges::ChargeSink::start(
             broker.clone(),
             pool.clone(),
-            &background,
-            settings.calls.billing_batch_max,
-            settings.calls.billing_publishes_in_flight,
-            std::time::Duration::from_millis(settings.calls.billing_linger_ms),
+            &charges::SinkSettings {
+                batch_max: settings.calls.billing_batch_max,
+                in_flight: settings.calls.billing_publishes_in_flight,
+                linger: std::time::Duration::ZERO,
+            },
         );
         let job_submissions = crate::core::jobs::Submissions::start(
             &settings.database,
@@ -201,6 +208,8 @@ impl AppState {
             hold_ttl_seconds: settings.calls.hold_ttl_seconds,
             holds_in_flight: settings.calls.holds_in_flight,
             max_failover_attempts: settings.upstream.max_failover_attempts,
+            call_deadline: settings.upstream.total_timeout(),
+            stream_stall: std::time::Duration::from_millis(settings.calls.stream_stall_ms),
             allow_private_callbacks: settings.calls.allow_private_callbacks,
             background,
             charges,

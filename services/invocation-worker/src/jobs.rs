@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use catalog::{Route, Routing, SecretBox};
 use chrono::Utc;
-use domain::{BillingBatch, BillingMessage, InvocationMessage, JobView, Usage};
-use messaging::{BILLING_LOG_QUEUE, Broker, Delivery, Handler, MODEL_INVOCATION_QUEUE, Outcome};
+use domain::{BillingMessage, InvocationMessage, JobView, Usage};
+use messaging::{Broker, Delivery, Handler, MODEL_INVOCATION_QUEUE, Outcome};
 use persistence::batch::Batcher;
 use persistence::jobs::{self, Claim, Completion, Job};
 use persistence::{Pool, StoreError};
@@ -59,8 +59,9 @@ pub struct Runner {
     pub claims: Batcher<Uuid, Claim>,
     /// Completions, batched into one statement (see `start_completions`).
     pub completions: Batcher<Completion, bool>,
-    /// Charges of completed jobs on their way to billing-worker (see `start_charges`).
-    pub charges: Batcher<BillingMessage, ()>,
+    /// Charges of completed jobs on their way to billing-worker; already in the outbox, so
+    /// published with a linger (see `charges::ChargeSink`).
+    pub charges: charges::ChargeSink,
     pub broker: Broker,
     pub routing: Arc<Routing>,
     pub secrets: SecretBox,
@@ -261,7 +262,7 @@ impl Runner {
                 self.webhook_due(job);
                 // The charge is safe in the outbox; publishing only makes billing faster, so
                 // the delivery is acked without waiting for it.
-                if !self.charges.send(charge) {
+                if !self.charges.forward_from_outbox(charge) {
                     tracing::warn!(job_id = %job.job_id, "charge publisher stopped; the outbox sweeper settles it");
                 }
                 Outcome::Ack
@@ -395,7 +396,7 @@ pub const WEBHOOK_BATCH: i64 = 50;
 
 /// Statements at once per batcher (each holds a pooled connection), and requests per statement.
 pub const IN_FLIGHT: usize = 2;
-const BATCH_MAX: usize = 256;
+pub const BATCH_MAX: usize = 256;
 
 /// Claims the deliveries in flight together (see `persistence::jobs::claim_many`), on a pool
 /// whose commits do not wait for the WAL flush: a claim lost to a Postgres crash leaves the
@@ -418,54 +419,6 @@ pub fn start_completions(pool: Pool) -> Batcher<Completion, bool> {
         async move {
             let mut conn = pool.get().await?;
             jobs::complete_many(&mut conn, &completions).await
-        }
-    })
-}
-
-/// Publishes completed jobs' charges, those that finished within `linger` of each other as one
-/// message, then removes them from the outbox; `relaxed` commits without waiting for the WAL
-/// flush (losing that delete only makes the sweeper settle them again, which changes nothing).
-/// A charge whose publish fails stays in the outbox for billing-worker's sweeper.
-pub fn start_charges(
-    broker: Broker,
-    relaxed: Pool,
-    linger: Duration,
-) -> Batcher<BillingMessage, ()> {
-    // One publish at once: charges that finish meanwhile share the next message, and each
-    // waits in the outbox only about one confirm plus `linger` (billing-worker's sweeper
-    // settles what it finds there in one transaction across users, which concurrent holds
-    // must wait for).
-    Batcher::start_lingering(BATCH_MAX, 1, linger, move |charges: Vec<BillingMessage>| {
-        let broker = broker.clone();
-        let relaxed = relaxed.clone();
-        async move {
-            let count = charges.len();
-            let ids: Vec<Uuid> = charges.iter().map(|c| c.request_id).collect();
-            let Some((body, message_id)) = BillingBatch::publishable(charges) else {
-                return Ok(Vec::new());
-            };
-            match broker
-                .publish_json(BILLING_LOG_QUEUE, &body, &message_id)
-                .await
-            {
-                Ok(()) => {
-                    metrics::counter!("billing_published_total", "path" => "broker")
-                        .increment(count as u64);
-                    let forgotten = match relaxed.get().await {
-                        Ok(mut conn) => {
-                            persistence::billing::outbox_delete_requests(&mut conn, &ids).await
-                        }
-                        Err(error) => Err(StoreError::from(error)),
-                    };
-                    if let Err(error) = forgotten {
-                        tracing::warn!(%error, count, "removing published charges from the outbox failed");
-                    }
-                }
-                Err(error) => {
-                    tracing::warn!(%error, %message_id, count, "billing publish failed; the outbox sweeper settles these");
-                }
-            }
-            Ok(vec![(); count])
         }
     })
 }

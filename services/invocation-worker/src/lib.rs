@@ -187,10 +187,19 @@ impl Application {
             pool: pool.clone(),
             claims: jobs::start_claims(claims, settings.jobs.lease_seconds),
             completions: jobs::start_completions(completions),
-            charges: jobs::start_charges(
+            // One publish at once: charges that finish meanwhile share the next message, and
+            // each waits in the outbox only about one confirm plus the linger (billing-worker's
+            // sweeper settles what it finds there in one transaction across users, which
+            // concurrent holds must wait for). Forgetting a published charge's outbox row does
+            // not wait for the WAL flush: losing it only makes the sweeper settle it again.
+            charges: charges::ChargeSink::start(
                 broker.clone(),
                 relaxed,
-                Duration::from_millis(settings.jobs.billing_linger_ms),
+                &charges::SinkSettings {
+                    batch_max: jobs::BATCH_MAX,
+                    in_flight: 1,
+                    linger: Duration::from_millis(settings.jobs.billing_linger_ms),
+                },
             ),
             broker: broker.clone(),
             routing,

@@ -4,12 +4,15 @@
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use actix_web::HttpResponse;
 use actix_web::web::Bytes;
-use domain::{ModelKind, ProviderKind, Usage};
-use futures_util::Stream;
+use domain::{ModelKind, Money, ProviderKind, Usage};
+use futures_util::{Stream, StreamExt};
 use serde_json::Value;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
 use upstream::{ChatStream, StreamUsage, UpstreamError, with_failover};
 use uuid::Uuid;
 
@@ -27,6 +30,12 @@ struct Admitted {
     route: Arc<Route>,
     prompt_text: String,
     message_count: u64,
+    /// What the hold reserved: the call's maximum cost, and what usage that cannot be priced
+    /// is billed.
+    held: Money,
+    /// The call ends by then, streams included (`upstream.total_timeout_ms` from admission),
+    /// well inside its hold's lifetime.
+    deadline: Instant,
 }
 
 impl Admitted {
@@ -143,6 +152,10 @@ pub async fn complete(
         // Refused before the hold: what cannot be translated costs nothing and writes nothing.
         upstream::anthropic::check_request(&body).map_err(ApiError::InvalidRequest)?;
     }
+    // What the hold cannot count would be served for less than the provider bills.
+    if let Some(field) = tokens::unpriced_input(&body) {
+        return Err(invalid(&field));
+    }
     let prompt_text = tokens::prompt_text(&body);
     let worst_case = Usage {
         prompt_tokens: tokens::prompt_upper_bound(
@@ -181,6 +194,8 @@ pub async fn complete(
         route,
         prompt_text,
         message_count: body["messages"].as_array().map_or(0, Vec::len) as u64,
+        held: max_cost,
+        deadline: Instant::now() + state.call_deadline,
     };
     if stream {
         let result = forward_stream(&state, &call_path, &admitted, body).await;
@@ -217,18 +232,22 @@ async fn forward(
     body: Value,
 ) -> Result<Bytes, ApiError> {
     let route = &call.route;
-    let answer = with_failover(
-        &state.routing.keys,
-        route.provider_id,
-        state.max_failover_attempts,
-        |key| {
-            let target = route.target(key.secret());
-            let client = call_path.upstream.clone();
-            let body = body.clone();
-            async move { client.chat(&target, body).await }
-        },
+    let answer = tokio::time::timeout_at(
+        call.deadline,
+        with_failover(
+            &state.routing.keys,
+            route.provider_id,
+            state.max_failover_attempts,
+            |key| {
+                let target = route.target(key.secret());
+                let client = call_path.upstream.clone();
+                let body = body.clone();
+                async move { client.chat(&target, body).await }
+            },
+        ),
     )
     .await
+    .map_err(|_| upstream_error(UpstreamError::Timeout))?
     .map_err(upstream_error)?;
     let usage = match answer.usage {
         Some(usage) => usage,
@@ -238,36 +257,56 @@ async fn forward(
             ..Usage::default()
         },
     };
-    bill(state, call, usage);
+    bill(state, call, usage).await?;
     Ok(answer.body)
 }
 
-/// The generated text of a chat completion body.
+/// Everything a chat completion body generated, for counting when it reports no usage: each
+/// choice's content, reasoning, refusal, and its tool calls' names and arguments.
 fn answer_text(answer: &Bytes) -> String {
     let parsed: Value = serde_json::from_slice(answer).unwrap_or(Value::Null);
     let mut text = String::new();
-    if let Some(choices) = parsed.get("choices").and_then(Value::as_array) {
-        for choice in choices {
-            if let Some(content) = choice["message"]["content"].as_str() {
-                text.push_str(content);
+    for choice in parsed
+        .get("choices")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        let message = &choice["message"];
+        for field in ["content", "reasoning_content", "refusal"] {
+            if let Some(part) = message[field].as_str() {
+                text.push_str(part);
+            }
+        }
+        let calls = message["tool_calls"].as_array().into_iter().flatten();
+        for function in calls
+            .map(|call| &call["function"])
+            .chain(std::iter::once(&message["function_call"]))
+        {
+            for field in ["name", "arguments"] {
+                if let Some(part) = function[field].as_str() {
+                    text.push_str(part);
+                }
             }
         }
     }
     text
 }
 
-/// Prices the real usage and sends the charge; a price that cannot be computed (absurd usage)
-/// is charged at nothing rather than failing a call that already succeeded, and logged.
-fn bill(state: &Arc<AppState>, call: &Admitted, usage: Usage) {
+/// Prices the real usage and makes the charge durable before the caller answers. Usage that
+/// cannot be priced (absurd counts) is billed what was held, never nothing.
+async fn bill(state: &AppState, call: &Admitted, usage: Usage) -> Result<(), ApiError> {
     let cost = match call.route.pricing.cost(&usage) {
         Ok(cost) => cost,
         Err(error) => {
-            tracing::error!(%error, request_id = %call.request_id, ?usage, "usage could not be priced");
-            return;
+            tracing::error!(%error, request_id = %call.request_id, ?usage, held = %call.held,
+                "usage could not be priced; billing what was held");
+            metrics::counter!("calls_unpriceable_usage_total").increment(1);
+            call.held.clone()
         }
     };
     let message = billing::charge_message(call.request_id, &call.caller, &call.route, usage, cost);
-    billing::emit(Arc::clone(state), message);
+    billing::make_durable(state, message).await
 }
 
 async fn forward_stream(
@@ -294,93 +333,165 @@ async fn forward_stream(
     )
     .await
     .map_err(upstream_error)?;
-    let usage = stream.usage();
-    let billed = BilledStream {
-        inner: stream,
-        on_end: Some(StreamEnd {
-            state: Arc::clone(state),
-            reservations: call_path.reservations.clone(),
-            usage,
-            call: Admitted {
-                request_id: call.request_id,
-                caller: call.caller.clone(),
-                route: Arc::clone(&call.route),
-                prompt_text: call.prompt_text.clone(),
-                message_count: call.message_count,
-            },
-        }),
+    // The provider accepted the call: from here it is billed, whatever the client does. The
+    // provider's stream is read to its end by a task of its own, independently of the client.
+    let (chunks, to_client) = mpsc::channel(STREAM_READ_AHEAD);
+    let pump = Pump {
+        state: Arc::clone(state),
+        usage: stream.usage(),
+        call: Admitted {
+            request_id: call.request_id,
+            caller: call.caller.clone(),
+            route: Arc::clone(&call.route),
+            prompt_text: call.prompt_text.clone(),
+            message_count: call.message_count,
+            held: call.held.clone(),
+            deadline: call.deadline,
+        },
+        stall: state.stream_stall,
     };
+    state.background.spawn_here(pump.run(stream, chunks));
     Ok(HttpResponse::Ok()
         .content_type("text/event-stream")
         .insert_header(("cache-control", "no-cache"))
-        .streaming(billed))
+        .streaming(ClientStream {
+            chunks: to_client,
+            ended: false,
+        }))
 }
 
-/// Bills a stream when it ends or is dropped (the client went away): the provider's usage if
-/// it came, else what was generated so far counted offline. Nothing generated costs nothing.
-struct StreamEnd {
+/// Chunks read ahead from the provider for a client that reads slower than it generates.
+const STREAM_READ_AHEAD: usize = 64;
+
+/// What the provider's stream hands the client.
+enum Piece {
+    Bytes(Bytes),
+    /// The stream ended cleanly and its charge is durable: the client may see the end.
+    End,
+}
+
+/// Reads a provider's stream to its end (or the call's deadline), forwarding it to the client
+/// while the client keeps up, then bills it. The client's final event (`data: [DONE]`) and the
+/// end of the response are sent only once the charge is durable.
+struct Pump {
     state: Arc<AppState>,
-    reservations: persistence::Pool,
     usage: StreamUsage,
     call: Admitted,
+    stall: Duration,
 }
 
-impl StreamEnd {
-    fn finish(self) {
-        let seen = self.usage.snapshot();
-        let usage = match seen.usage {
-            Some(usage) => usage,
-            None if seen.generated_text.is_empty() => {
-                let reservations = self.reservations;
-                let request_id = self.call.request_id;
-                self.state.background.spawn(async move {
-                    billing::release(&reservations, request_id).await;
-                });
-                return;
+/// The SSE event that ends a chat stream for OpenAI clients.
+const DONE_EVENT: &[u8] = b"data: [DONE]\n\n";
+
+impl Pump {
+    async fn run(self, mut stream: ChatStream, chunks: mpsc::Sender<Piece>) {
+        let mut client = Some(chunks);
+        let mut done_event: Option<Bytes> = None;
+        let mut clean = false;
+        loop {
+            let next = match tokio::time::timeout_at(self.call.deadline, stream.next()).await {
+                Ok(next) => next,
+                Err(_) => {
+                    tracing::warn!(request_id = %self.call.request_id, "stream reached the call's deadline; billing what was generated");
+                    metrics::counter!("stream_cut_total", "reason" => "deadline").increment(1);
+                    break;
+                }
+            };
+            let mut bytes = match next {
+                None => {
+                    clean = true;
+                    break;
+                }
+                Some(Err(_)) => break, // logged by the stream; billed below
+                Some(Ok(bytes)) => bytes,
+            };
+            if bytes.ends_with(DONE_EVENT) {
+                done_event = Some(bytes.split_off(bytes.len() - DONE_EVENT.len()));
             }
-            // The provider told its prompt count before the stream was cut (Anthropic does):
-            // that count, and the larger of its output count and what was generated.
-            None => match seen.partial_usage {
-                Some(partial) => Usage {
-                    completion_tokens: partial
-                        .completion_tokens
-                        .max(tokens::count(&seen.generated_text)),
-                    ..partial
-                },
-                None => Usage {
-                    prompt_tokens: self.call.counted_prompt_tokens(),
-                    completion_tokens: tokens::count(&seen.generated_text),
-                    ..Usage::default()
-                },
+            let Some(sender) = &client else { continue };
+            if bytes.is_empty() {
+                continue;
+            }
+            let room = self.call.deadline.min(Instant::now() + self.stall);
+            match tokio::time::timeout_at(room, sender.send(Piece::Bytes(bytes))).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => client = None, // the client left
+                Err(_) => {
+                    tracing::info!(request_id = %self.call.request_id, "streaming client too slow; cut off, the stream is still read and billed");
+                    metrics::counter!("stream_cut_total", "reason" => "slow_client").increment(1);
+                    client = None;
+                }
+            }
+        }
+        drop(stream);
+        let durable = bill(&self.state, &self.call, self.usage_of_stream())
+            .await
+            .is_ok();
+        let Some(sender) = client else { return };
+        if durable && clean {
+            if let Some(done) = done_event {
+                let _ = sender.send(Piece::Bytes(done)).await;
+            }
+            let _ = sender.send(Piece::End).await;
+        }
+        // Otherwise the sender is dropped without `End`: the client's response breaks off
+        // rather than looking complete.
+    }
+
+    /// The provider's usage if it came; else what it reported early (Anthropic's prompt count)
+    /// and what was generated, counted offline; the prompt at least, as the provider accepted
+    /// the call.
+    fn usage_of_stream(&self) -> Usage {
+        let seen = self.usage.snapshot();
+        if let Some(usage) = seen.usage {
+            return usage;
+        }
+        let generated = tokens::count(&seen.generated_text);
+        match seen.partial_usage {
+            Some(partial) => Usage {
+                completion_tokens: partial.completion_tokens.max(generated),
+                ..partial
             },
-        };
-        bill(&self.state, &self.call, usage);
+            None => Usage {
+                prompt_tokens: self.call.counted_prompt_tokens(),
+                completion_tokens: generated,
+                ..Usage::default()
+            },
+        }
     }
 }
 
-struct BilledStream {
-    inner: ChatStream,
-    on_end: Option<StreamEnd>,
+/// The client's side of a stream: the pieces the pump forwards. A stream that stops without
+/// `End` (provider error, deadline, charge not durable, client cut off) ends in an error, so
+/// the connection is broken off instead of ending like a complete answer.
+struct ClientStream {
+    chunks: mpsc::Receiver<Piece>,
+    ended: bool,
 }
 
-impl Stream for BilledStream {
-    type Item = Result<Bytes, UpstreamError>;
+/// Breaks a client's response off (see [`ClientStream`]).
+#[derive(Debug, thiserror::Error)]
+#[error("the stream ended before its answer was complete and billed")]
+struct StreamBroken;
+
+impl Stream for ClientStream {
+    type Item = Result<Bytes, StreamBroken>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        let polled = Pin::new(&mut self.inner).poll_next(cx);
-        if matches!(polled, Poll::Ready(None))
-            && let Some(end) = self.on_end.take()
-        {
-            end.finish();
+        if self.ended {
+            return Poll::Ready(None);
         }
-        polled
-    }
-}
-
-impl Drop for BilledStream {
-    fn drop(&mut self) {
-        if let Some(end) = self.on_end.take() {
-            end.finish();
+        match self.chunks.poll_recv(cx) {
+            Poll::Ready(Some(Piece::Bytes(bytes))) => Poll::Ready(Some(Ok(bytes))),
+            Poll::Ready(Some(Piece::End)) => {
+                self.ended = true;
+                Poll::Ready(None)
+            }
+            Poll::Ready(None) => {
+                self.ended = true;
+                Poll::Ready(Some(Err(StreamBroken)))
+            }
+            Poll::Pending => Poll::Pending,
         }
     }
 }

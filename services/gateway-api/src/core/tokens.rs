@@ -41,14 +41,77 @@ fn collect_text(content: Option<&Value>, out: &mut String) {
         }
         Some(Value::Array(parts)) => {
             for part in parts {
-                if let Some(s) = part.get("text").and_then(Value::as_str) {
-                    out.push_str(s);
-                    out.push('\n');
+                // A text part's text, or an assistant's refusal part quoted back.
+                for field in ["text", "refusal"] {
+                    if let Some(s) = part.get(field).and_then(Value::as_str) {
+                        out.push_str(s);
+                        out.push('\n');
+                    }
                 }
             }
         }
         _ => {}
     }
+}
+
+/// The first input of a chat request that the hold cannot count and the model's pricing cannot
+/// price, named by its field: audio and file parts, audio output, predicted outputs, paid service
+/// tiers, built-in web search and non-function tools. The provider would bill them, so such a
+/// request is refused before anything is held, rather than served for less than it costs.
+pub fn unpriced_input(body: &Value) -> Option<String> {
+    for field in ["audio", "prediction", "web_search_options"] {
+        if body.get(field).is_some_and(|v| !v.is_null()) {
+            return Some(format!("{field}: not priced by this platform"));
+        }
+    }
+    if let Some(modalities) = body.get("modalities").filter(|v| !v.is_null()) {
+        let text_only = modalities
+            .as_array()
+            .is_some_and(|m| m.iter().all(|m| m.as_str() == Some("text")));
+        if !text_only {
+            return Some("modalities: only [\"text\"] is priced by this platform".to_owned());
+        }
+    }
+    if let Some(tier) = body.get("service_tier").filter(|v| !v.is_null())
+        && !matches!(tier.as_str(), Some("auto" | "default"))
+    {
+        return Some(
+            "service_tier: only \"auto\" and \"default\" are priced by this platform".to_owned(),
+        );
+    }
+    for (i, tool) in body
+        .get("tools")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .enumerate()
+    {
+        let kind = tool
+            .get("type")
+            .and_then(Value::as_str)
+            .unwrap_or("function");
+        if kind != "function" {
+            return Some(format!(
+                "tools[{i}].type: {kind:?} tools are not priced by this platform"
+            ));
+        }
+    }
+    let messages = body.get("messages").and_then(Value::as_array);
+    for (i, message) in messages.into_iter().flatten().enumerate() {
+        if message.get("audio").is_some_and(|v| !v.is_null()) {
+            return Some(format!("messages[{i}].audio: not priced by this platform"));
+        }
+        let parts = message.get("content").and_then(Value::as_array);
+        for (j, part) in parts.into_iter().flatten().enumerate() {
+            let kind = part.get("type").and_then(Value::as_str).unwrap_or("");
+            if !matches!(kind, "text" | "image_url" | "refusal") {
+                return Some(format!(
+                    "messages[{i}].content[{j}].type: {kind:?} parts are not priced by this platform"
+                ));
+            }
+        }
+    }
+    None
 }
 
 /// An upper bound of the prompt's tokens without tokenizing: byte-level BPE never makes more
@@ -114,6 +177,82 @@ pub fn count_prompt(text: &str, messages: u64) -> u64 {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn every_input_the_hold_cannot_count_is_named() {
+        let text = json!({"role": "user", "content": "hi"});
+        let refused = [
+            (
+                json!({"messages": [text], "audio": {"voice": "alloy", "format": "wav"}}),
+                "audio",
+            ),
+            (
+                json!({"messages": [text], "modalities": ["text", "audio"]}),
+                "modalities",
+            ),
+            (
+                json!({"messages": [text], "prediction": {"type": "content", "content": "x"}}),
+                "prediction",
+            ),
+            (
+                json!({"messages": [text], "service_tier": "priority"}),
+                "service_tier",
+            ),
+            (
+                json!({"messages": [text], "service_tier": "flex"}),
+                "service_tier",
+            ),
+            (
+                json!({"messages": [text], "web_search_options": {}}),
+                "web_search_options",
+            ),
+            (
+                json!({"messages": [text], "tools": [{"type": "function", "function": {"name": "f"}}, {"type": "web_search"}]}),
+                "tools[1].type",
+            ),
+            (
+                json!({"messages": [{"role": "user", "content": [{"type": "text", "text": "a"},
+                {"type": "file", "file": {"file_data": "JVBERi0="}}]}]}),
+                "messages[0].content[1].type",
+            ),
+            (
+                json!({"messages": [text, {"role": "user", "content": [
+                {"type": "input_audio", "input_audio": {"data": "AAAA", "format": "wav"}}]}]}),
+                "messages[1].content[0].type",
+            ),
+            (
+                json!({"messages": [{"role": "assistant", "audio": {"id": "a"}}]}),
+                "messages[0].audio",
+            ),
+            (
+                json!({"messages": [{"role": "user", "content": [{"type": "mystery"}]}]}),
+                "messages[0].content[0].type",
+            ),
+        ];
+        for (body, field) in refused {
+            let named = unpriced_input(&body).unwrap_or_else(|| panic!("not refused: {body}"));
+            assert!(
+                named.starts_with(&format!("{field}:")),
+                "{named} should name {field}"
+            );
+        }
+        for body in [
+            json!({"messages": [text]}),
+            json!({"messages": [text], "modalities": ["text"], "service_tier": "auto", "audio": null}),
+            json!({"messages": [{"role": "user", "content": [{"type": "text", "text": "a"},
+                {"type": "image_url", "image_url": {"url": "https://x/y.png"}}]},
+                {"role": "assistant", "content": [{"type": "refusal", "refusal": "no"}]}],
+                "tools": [{"type": "function", "function": {"name": "f"}}]}),
+        ] {
+            assert_eq!(unpriced_input(&body), None, "{body}");
+        }
+    }
+
+    #[test]
+    fn a_refusal_part_is_counted() {
+        let body = json!({"messages": [{"role": "assistant", "content": [{"type": "refusal", "refusal": "I will not"}]}]});
+        assert!(prompt_text(&body).contains("I will not"));
+    }
 
     #[test]
     fn the_upper_bound_is_at_least_the_tokenizer_count() {
