@@ -603,7 +603,7 @@ async fn a_redelivered_billing_message_charges_nothing_more() {
             ..Usage::default()
         },
         cost: Money::from_decimal_rounded(expected_cost(3, 16)).unwrap(),
-        hold_id: None,
+        lease_id: None,
         occurred_at: chrono::Utc::now(),
     };
     let broker = messaging::Broker::connect(app.settings.broker.clone())
@@ -658,7 +658,7 @@ async fn a_billing_batch_settles_each_charge_once_and_a_bad_charge_dead_letters_
             ..Usage::default()
         },
         cost: Money::parse(cost).unwrap(),
-        hold_id: None,
+        lease_id: None,
         occurred_at: chrono::Utc::now(),
     };
     let broker = messaging::Broker::connect(app.settings.broker.clone())

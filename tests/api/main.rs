@@ -9,6 +9,7 @@ mod chat;
 mod health;
 mod identity;
 mod jobs;
+mod leases;
 mod lifecycle;
 mod observability;
 mod orders;

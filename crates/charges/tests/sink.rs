@@ -45,7 +45,7 @@ fn charge() -> BillingMessage {
             ..Usage::default()
         },
         cost: Money::parse("0.00000123").unwrap(),
-        hold_id: None,
+        lease_id: None,
         occurred_at: chrono::Utc::now(),
     }
 }

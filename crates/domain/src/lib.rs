@@ -40,6 +40,7 @@ macro_rules! text_enum {
 
 pub mod identity;
 pub mod jobs;
+pub mod lease;
 pub mod ledger;
 pub mod messages;
 pub mod money;
@@ -50,6 +51,7 @@ pub mod status;
 
 pub use identity::{Email, IdentityError, Password};
 pub use jobs::JobView;
+pub use lease::LeaseAccount;
 pub use ledger::LedgerKind;
 pub use messages::{BillingBatch, BillingMessage, InvocationMessage};
 pub use money::{Money, MoneyError};

@@ -26,8 +26,9 @@ pub struct BillingMessage {
     pub model_name: String,
     pub usage: Usage,
     pub cost: Money,
-    /// The hold to release when settling, when the call reserved one.
-    pub hold_id: Option<i64>,
+    /// The credit lease the call was admitted against, when it was (else its hold, found by
+    /// its request id, is what settling releases): settling takes the charge from that lease.
+    pub lease_id: Option<Uuid>,
     pub occurred_at: DateTime<Utc>,
 }
 
@@ -155,7 +156,9 @@ struct BillingWire {
     model_name: String,
     usage: Usage,
     cost: Money,
-    hold_id: Option<i64>,
+    /// Absent in bodies of earlier builds (which wrote an always-null `hold_id`, now ignored).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    lease_id: Option<Uuid>,
     occurred_at: DateTime<Utc>,
 }
 
@@ -170,7 +173,7 @@ impl From<BillingMessage> for BillingWire {
             model_name: m.model_name,
             usage: m.usage,
             cost: m.cost,
-            hold_id: m.hold_id,
+            lease_id: m.lease_id,
             occurred_at: m.occurred_at,
         }
     }
@@ -189,7 +192,7 @@ impl TryFrom<BillingWire> for BillingMessage {
             model_name: w.model_name,
             usage: w.usage,
             cost: w.cost,
-            hold_id: w.hold_id,
+            lease_id: w.lease_id,
             occurred_at: w.occurred_at,
         })
     }
@@ -276,7 +279,7 @@ mod tests {
                 images: 0,
             },
             cost: Money::parse("0.0005253").unwrap(),
-            hold_id: None,
+            lease_id: None,
             occurred_at: DateTime::parse_from_rfc3339("2025-01-02T03:04:05.123456789Z")
                 .unwrap()
                 .with_timezone(&Utc),
@@ -307,10 +310,28 @@ mod tests {
                 "model_name": "gpt-4o-mini",
                 "usage": {"prompt_tokens": 1234, "completion_tokens": 567, "cached_prompt_tokens": 34, "images": 0},
                 "cost": "0.0005253",
-                "hold_id": null,
                 "occurred_at": "2025-01-02T03:04:05.123456789Z"
             })
         );
+        // Admitted against a lease: the lease is named.
+        let leased = BillingMessage {
+            lease_id: Some(Uuid::from_u128(7)),
+            ..billing()
+        };
+        let value: Value = serde_json::from_slice(&leased.to_json_bytes()).unwrap();
+        assert_eq!(value["lease_id"], "00000000-0000-0000-0000-000000000007");
+        assert_eq!(
+            BillingMessage::from_json_slice(&leased.to_json_bytes()).unwrap(),
+            leased
+        );
+    }
+
+    #[test]
+    fn a_body_of_an_earlier_build_still_reads() {
+        let mut value: Value = serde_json::from_slice(&billing().to_json_bytes()).unwrap();
+        value["hold_id"] = Value::Null; // what earlier builds wrote
+        let back = BillingMessage::from_json_slice(&serde_json::to_vec(&value).unwrap()).unwrap();
+        assert_eq!(back, billing());
     }
 
     #[test]

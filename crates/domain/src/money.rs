@@ -186,6 +186,26 @@ impl Money {
         Money::checked(&self.0 - &other.0)
     }
 
+    /// The amount in units of 10^-8 (its mantissa at [`SCALE`]): exact integer arithmetic for
+    /// hot paths that add and compare amounts many times (a credit lease's account).
+    pub fn units(&self) -> i128 {
+        let (mantissa, _) = self.0.with_scale(SCALE).into_bigint_and_exponent();
+        // In range by construction: |mantissa| < 10^26 fits an i128.
+        mantissa.to_i128().unwrap_or(if self.is_negative() {
+            -(MANTISSA_LIMIT - 1)
+        } else {
+            MANTISSA_LIMIT - 1
+        })
+    }
+
+    /// The amount of `units` of 10^-8, refused when out of range.
+    pub fn from_units(units: i128) -> Result<Money, MoneyError> {
+        if units.unsigned_abs() >= MANTISSA_LIMIT.unsigned_abs() {
+            return Err(MoneyError::OutOfRange);
+        }
+        Ok(Money(BigDecimal::new(BigInt::from(units), SCALE)))
+    }
+
     /// `-self` (always in range: the range is symmetric).
     pub fn neg(&self) -> Money {
         Money(-self.0.clone())

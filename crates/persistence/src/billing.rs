@@ -171,6 +171,8 @@ pub struct Charge<'a> {
     pub model_name: &'a str,
     pub usage: Usage,
     pub cost: &'a Money,
+    /// The credit lease the call was admitted against (its cost is taken from there), if any.
+    pub lease_id: Option<Uuid>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -300,10 +302,13 @@ pub async fn settle_many(
     .bind::<Array<SqlUuid>, _>(fresh_ids)
     .load(conn)
     .await?;
-    let holds: HashMap<Uuid, BigDecimal> = holds
+    let mut holds: HashMap<Uuid, BigDecimal> = holds
         .into_iter()
         .map(|h| (h.request_id, h.amount))
         .collect();
+    // Charges of calls admitted against a credit lease take their cost from the lease, at most
+    // what it still reserves; that part is released from `held` like a hold.
+    take_from_leases(conn, charges, &fresh, &mut holds).await?;
 
     // The charges to apply, in the given order; a second copy of a request id is a duplicate.
     let mut applied = Vec::new();
@@ -372,6 +377,80 @@ pub async fn settle_many(
         .into_iter()
         .map(|r| r.ok_or(StoreError::NotFound))
         .collect()
+}
+
+#[derive(QueryableByName)]
+struct TakenRow {
+    #[diesel(sql_type = SqlUuid)]
+    lease_id: Uuid,
+    #[diesel(sql_type = Numeric)]
+    taken: BigDecimal,
+}
+
+/// Takes the costs of the fresh charges admitted against leases from those leases (each lease
+/// gives at most what it holds, locked before the users are), and records per charge, in the
+/// given order, the part its lease covered as what settling it releases from `held`.
+async fn take_from_leases(
+    conn: &mut AsyncPgConnection,
+    charges: &[Charge<'_>],
+    fresh: &std::collections::HashSet<Uuid>,
+    released: &mut std::collections::HashMap<Uuid, BigDecimal>,
+) -> Result<(), StoreError> {
+    use diesel::sql_types::Array;
+    use std::collections::{HashMap, HashSet};
+
+    let mut seen = HashSet::new();
+    let leased: Vec<(&Charge<'_>, Uuid)> = charges
+        .iter()
+        .filter(|c| fresh.contains(&c.request_id) && seen.insert(c.request_id))
+        .filter_map(|c| c.lease_id.map(|lease| (c, lease)))
+        .collect();
+    if leased.is_empty() {
+        return Ok(());
+    }
+    enum TakeFromLeases {}
+    let taken: Vec<TakenRow> = Prepared::<TakeFromLeases>::new(
+        "WITH wanted AS (
+             SELECT lease_id, sum(cost) AS total
+             FROM unnest($1::uuid[], $2::numeric[]) AS w(lease_id, cost) GROUP BY lease_id),
+         locked AS (
+             SELECT l.id, least(l.amount, w.total) AS taken
+             FROM credit_leases l JOIN wanted w ON w.lease_id = l.id
+             WHERE l.closed_at IS NULL
+             ORDER BY l.id FOR NO KEY UPDATE OF l),
+         shrunk AS (
+             UPDATE credit_leases l SET amount = l.amount - k.taken
+             FROM locked k WHERE l.id = k.id)
+         SELECT id AS lease_id, taken FROM locked",
+    )
+    .bind::<Array<SqlUuid>, _>(leased.iter().map(|(_, lease)| *lease).collect::<Vec<_>>())
+    .bind::<Array<Numeric>, _>(
+        leased
+            .iter()
+            .map(|(c, _)| c.cost.as_decimal().clone())
+            .collect::<Vec<_>>(),
+    )
+    .load(conn)
+    .await?;
+    let mut left: HashMap<Uuid, BigDecimal> =
+        taken.into_iter().map(|t| (t.lease_id, t.taken)).collect();
+    let zero = BigDecimal::from(0);
+    for (charge, lease) in leased {
+        let Some(remaining) = left.get_mut(&lease) else {
+            continue; // the lease was released already: the charge takes only what is free
+        };
+        let part = charge
+            .cost
+            .as_decimal()
+            .min(&*remaining)
+            .clone()
+            .max(zero.clone());
+        *remaining -= &part;
+        *released
+            .entry(charge.request_id)
+            .or_insert_with(|| zero.clone()) += part;
+    }
+    Ok(())
 }
 
 /// Settles one charge in its own transaction (see [`settle_many`]).
@@ -505,7 +584,7 @@ pub struct Mismatch {
 }
 
 /// Every user whose balance differs from the sum of their ledger, or whose `held` differs from
-/// the sum of their open holds. Empty when the books are right.
+/// the sum of their open holds and open credit leases. Empty when the books are right.
 pub async fn reconcile(conn: &mut AsyncPgConnection) -> Result<Vec<Mismatch>, StoreError> {
     Ok(diesel::sql_query(
         "SELECT u.id AS user_id, u.balance, COALESCE(l.sum, 0) AS ledger_sum, u.held,
@@ -513,7 +592,10 @@ pub async fn reconcile(conn: &mut AsyncPgConnection) -> Result<Vec<Mismatch>, St
          FROM users u
          LEFT JOIN (SELECT user_id, sum(delta) AS sum FROM balance_ledger GROUP BY user_id) l
              ON l.user_id = u.id
-         LEFT JOIN (SELECT user_id, sum(amount) AS sum FROM balance_holds WHERE status = 'open'
+         LEFT JOIN (SELECT user_id, sum(amount) AS sum
+                    FROM (SELECT user_id, amount FROM balance_holds WHERE status = 'open'
+                          UNION ALL
+                          SELECT user_id, amount FROM credit_leases WHERE closed_at IS NULL) r
                     GROUP BY user_id) h ON h.user_id = u.id
          WHERE u.balance <> COALESCE(l.sum, 0) OR u.held <> COALESCE(h.sum, 0)
          ORDER BY u.id",

@@ -9,6 +9,7 @@ pub mod billing;
 pub mod catalog;
 mod error;
 pub mod jobs;
+pub mod leases;
 pub mod ledger;
 pub mod orders;
 mod page;

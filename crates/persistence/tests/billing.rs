@@ -28,6 +28,7 @@ fn charge(request_id: Uuid, user_id: i64, cost: &Money) -> Charge<'_> {
             ..Usage::default()
         },
         cost,
+        lease_id: None,
     }
 }
 

@@ -285,6 +285,7 @@ async fn batched_statements_cache_index_lookup_plans_even_on_empty_tables() {
         model_name: "m",
         usage: domain::Usage::default(),
         cost: &cost,
+        lease_id: None,
     };
     conn.transaction::<_, StoreError, _>(async |conn| {
         billing::settle_many(conn, std::slice::from_ref(&charge)).await

@@ -54,6 +54,7 @@ fn charge_of(message: &BillingMessage) -> Charge<'_> {
         model_name: &message.model_name,
         usage: message.usage,
         cost: &message.cost,
+        lease_id: message.lease_id,
     }
 }
 
@@ -245,6 +246,15 @@ pub async fn sweep(pool: &Pool, release_holds: bool) -> Result<(usize, usize), S
         settled += done;
         if taken < 100 || done == 0 {
             break;
+        }
+    }
+    if release_holds {
+        // Leases whose process stopped renewing them (it died): what they still reserve goes
+        // back to the balance, under the same rule as expired holds, after the outbox above.
+        let leases = persistence::leases::release_expired(&mut conn, 0, 1000).await?;
+        if leases > 0 {
+            metrics::counter!("billing_leases_expired_total").increment(leases as u64);
+            tracing::info!(leases, "released expired credit leases");
         }
     }
     billing::vacuum_balances(&mut conn).await?;

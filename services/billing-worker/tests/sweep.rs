@@ -59,7 +59,7 @@ async fn concurrent_sweepers_settle_every_parked_charge_exactly_once() {
                 ..Usage::default()
             },
             cost: cost.clone(),
-            hold_id: None,
+            lease_id: None,
             occurred_at: chrono::Utc::now(),
         };
         let payload = serde_json::to_value(&message).unwrap();

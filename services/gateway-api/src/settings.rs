@@ -44,6 +44,10 @@ allow_private_callbacks = false
 billing_batch_max = 256
 billing_publishes_in_flight = 4
 stream_stall_ms = 30000
+lease_max_percent = 25
+lease_min_calls = 32
+lease_horizon_ms = 2000
+lease_idle_ms = 5000
 holds_in_flight = 1
 key_cache_ttl_ms = 1000
 "#;
@@ -86,6 +90,16 @@ pub struct CallSettings {
     /// chunks read ahead from the provider being full) is cut off; the provider's stream is
     /// still read to its end and billed.
     pub stream_stall_ms: u64,
+    /// Credit leases (see `core::admission`): a lease takes at most this share of a user's
+    /// free balance, in percent; 0 turns leases off (every call then places a hold).
+    pub lease_max_percent: u32,
+    /// A lease is granted only if it covers at least this many calls like the one asking, so a
+    /// small balance is never split between processes: such users' calls place holds.
+    pub lease_min_calls: u32,
+    /// Demand is measured over windows of this length; a lease covers about two of them.
+    pub lease_horizon_ms: u64,
+    /// A lease unused this long is given back (its money is free for other processes again).
+    pub lease_idle_ms: u64,
     /// How long a checked access key is trusted without asking Postgres again: a key revoked
     /// (or a user disabled) through another replica, or in the database directly, stops
     /// working within this. The replica that handles the revocation forgets the key at once.
@@ -188,10 +202,7 @@ impl Settings {
         // A call (failover and streaming included) ends by upstream.total_timeout_ms, and its
         // charge is durable within the publish-confirm timeout (or an outbox write) after
         // that: its hold outlives it.
-        let longest_call_ms = (self.upstream.total_timeout_ms as i64)
-            .saturating_add(self.broker.publish_confirm_timeout_ms as i64)
-            .saturating_add(self.database.pool_wait_timeout_ms as i64);
-        if self.calls.hold_ttl_seconds.saturating_mul(1000) <= longest_call_ms {
+        if self.calls.hold_ttl_seconds.saturating_mul(1000) <= self.longest_call_ms() {
             return invalid(
                 "calls.hold_ttl_seconds must exceed upstream.total_timeout_ms plus \
                  broker.publish_confirm_timeout_ms plus database.pool_wait_timeout_ms",
@@ -205,6 +216,18 @@ impl Settings {
         }
         if !(1..=1024).contains(&self.calls.billing_publishes_in_flight) {
             return invalid("calls.billing_publishes_in_flight must be between 1 and 1024");
+        }
+        if self.calls.lease_max_percent > 50 {
+            return invalid("calls.lease_max_percent must be at most 50");
+        }
+        if !(1..=100_000).contains(&self.calls.lease_min_calls) {
+            return invalid("calls.lease_min_calls must be between 1 and 100000");
+        }
+        if !(100..=60_000).contains(&self.calls.lease_horizon_ms) {
+            return invalid("calls.lease_horizon_ms must be between 100 and 60000");
+        }
+        if !(1_000..=600_000).contains(&self.calls.lease_idle_ms) {
+            return invalid("calls.lease_idle_ms must be between 1000 and 600000");
         }
         if !(100..=600_000).contains(&self.calls.stream_stall_ms) {
             return invalid("calls.stream_stall_ms must be between 100 and 600000");
@@ -224,6 +247,13 @@ impl Settings {
             return invalid("orders.payment_webhook_secret must be at least 16 bytes");
         }
         Ok(())
+    }
+
+    /// The longest a model call can take from its admission until its charge is durable.
+    pub fn longest_call_ms(&self) -> i64 {
+        (self.upstream.total_timeout_ms as i64)
+            .saturating_add(self.broker.publish_confirm_timeout_ms as i64)
+            .saturating_add(self.database.pool_wait_timeout_ms as i64)
     }
 
     pub fn master_key(&self) -> Option<[u8; 32]> {

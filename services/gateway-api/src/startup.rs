@@ -75,6 +75,7 @@ impl Application {
         ));
         state.reload_routing().await?;
         spawn_routing_reloads(state.clone(), settings.calls.catalog_refresh_ms);
+        crate::core::admission::spawn_upkeep(&state.leases);
         let listener = TcpListener::bind((settings.server.host.as_str(), settings.server.port))?;
         let port = listener.local_addr()?.port();
         let server = serve(listener, state.clone(), metrics, &settings)?;
@@ -101,6 +102,8 @@ impl Application {
         if !self.state.background.drain(SHUTDOWN_DRAIN).await {
             tracing::error!("billing deliveries still running at exit; their holds will expire");
         }
+        // No call is in flight any more: what the leases did not use goes back to the balances.
+        self.state.leases.maintain(true).await;
         served
     }
 

@@ -46,6 +46,8 @@ pub struct AppState {
     pub allow_private_callbacks: bool,
     /// Work that outlives its request (billing deliveries, hold releases).
     pub background: Background,
+    /// This process's credit leases (see `core::admission`).
+    pub leases: std::sync::Arc<crate::core::admission::Leases>,
     /// Charges on their way to billing-worker (see `charges::ChargeSink`).
     pub charges: charges::ChargeSink,
     /// Recently checked access keys (see `auth::KeyCache`).
@@ -183,6 +185,27 @@ impl AppState {
                 linger: std::time::Duration::ZERO,
             },
         );
+        // Grants commit with the WAL flush (the main pool): a lease lost to a Postgres crash
+        // would let this process admit against money no longer reserved.
+        let leases = crate::core::admission::Leases::new(
+            pool.clone(),
+            crate::core::admission::LeaseSettings {
+                max_percent: settings.calls.lease_max_percent,
+                min_calls: settings.calls.lease_min_calls,
+                horizon: std::time::Duration::from_millis(settings.calls.lease_horizon_ms),
+                idle: std::time::Duration::from_millis(settings.calls.lease_idle_ms),
+                ttl_seconds: settings.calls.hold_ttl_seconds,
+                valid_for: std::time::Duration::from_millis(
+                    u64::try_from(
+                        settings.calls.hold_ttl_seconds.saturating_mul(1000)
+                            - settings.longest_call_ms(),
+                    )
+                    .unwrap_or(0),
+                ),
+            },
+            background.clone(),
+            uuid::Uuid::new_v4(),
+        );
         let job_submissions = crate::core::jobs::Submissions::start(
             &settings.database,
             pool.clone(),
@@ -212,6 +235,7 @@ impl AppState {
             stream_stall: std::time::Duration::from_millis(settings.calls.stream_stall_ms),
             allow_private_callbacks: settings.calls.allow_private_callbacks,
             background,
+            leases,
             charges,
             key_cache: KeyCache::new(std::time::Duration::from_millis(
                 settings.calls.key_cache_ttl_ms,

@@ -239,7 +239,7 @@ impl Runner {
             model_name: route.name.clone(),
             usage,
             cost: cost.clone(),
-            hold_id: None,
+            lease_id: None,
             occurred_at: Utc::now(),
         };
         let Ok(charge_json) = serde_json::from_slice::<serde_json::Value>(&charge.to_json_bytes())

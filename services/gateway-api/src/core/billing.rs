@@ -31,7 +31,7 @@ pub fn charge_message(
         model_name: route.name.clone(),
         usage,
         cost,
-        hold_id: None,
+        lease_id: None,
         occurred_at: Utc::now(),
     }
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use actix_web::HttpResponse;
 use actix_web::web::Bytes;
-use domain::{ModelKind, Money, ProviderKind, Usage};
+use domain::{ModelKind, ProviderKind, Usage};
 use futures_util::{Stream, StreamExt};
 use serde_json::Value;
 use tokio::sync::mpsc;
@@ -17,22 +17,24 @@ use upstream::{ChatStream, StreamUsage, UpstreamError, with_failover};
 use uuid::Uuid;
 
 use crate::auth::KeyHolder;
+use crate::core::admission::{self, Admission, Reservation};
 use crate::core::billing::{self, Caller};
 use crate::core::tokens;
 use crate::error::ApiError;
 use crate::state::{AppState, CallPath};
 use catalog::Route;
 
-/// What the hold and the bill need to know about one admitted call.
+/// What the reservation and the bill need to know about one admitted call.
+#[derive(Clone)]
 struct Admitted {
     request_id: Uuid,
     caller: Caller,
     route: Arc<Route>,
     prompt_text: String,
     message_count: u64,
-    /// What the hold reserved: the call's maximum cost, and what usage that cannot be priced
-    /// is billed.
-    held: Money,
+    /// What reserves the call's maximum cost (`reserved`, also what usage that cannot be priced
+    /// is billed).
+    admission: Admission,
     /// The call ends by then, streams included (`upstream.total_timeout_ms` from admission),
     /// well inside its hold's lifetime.
     deadline: Instant,
@@ -172,19 +174,8 @@ pub async fn complete(
         .map_err(|_| invalid("the request is too large to be priced"))?;
 
     let request_id = Uuid::new_v4();
-    let hold = call_path
-        .holds
-        .call(persistence::billing::HoldRequest {
-            user_id: holder.user_id,
-            request_id,
-            amount: max_cost.clone(),
-        })
-        .await?;
-    if hold.is_none() {
-        return Err(ApiError::InsufficientBalance(format!(
-            "this call may cost up to {max_cost}; top up or lower max_tokens"
-        )));
-    }
+    let admission =
+        admission::admit(&state, &call_path, holder.user_id, request_id, &max_cost).await?;
     let admitted = Admitted {
         request_id,
         caller: Caller {
@@ -194,13 +185,16 @@ pub async fn complete(
         route,
         prompt_text,
         message_count: body["messages"].as_array().map_or(0, Vec::len) as u64,
-        held: max_cost,
+        admission,
         deadline: Instant::now() + state.call_deadline,
     };
     if stream {
         let result = forward_stream(&state, &call_path, &admitted, body).await;
         if result.is_err() {
-            billing::release(&call_path.reservations, request_id).await;
+            admitted
+                .admission
+                .release(&state, &call_path.reservations)
+                .await;
         }
         return result;
     }
@@ -212,7 +206,10 @@ pub async fn complete(
     background.spawn_here(async move {
         let result = forward(&state, &call_path, &admitted, body).await;
         if result.is_err() {
-            billing::release(&call_path.reservations, admitted.request_id).await;
+            admitted
+                .admission
+                .release(&state, &call_path.reservations)
+                .await;
         }
         let _ = answered.send(result);
     });
@@ -299,14 +296,25 @@ async fn bill(state: &AppState, call: &Admitted, usage: Usage) -> Result<(), Api
     let cost = match call.route.pricing.cost(&usage) {
         Ok(cost) => cost,
         Err(error) => {
-            tracing::error!(%error, request_id = %call.request_id, ?usage, held = %call.held,
+            tracing::error!(%error, request_id = %call.request_id, ?usage, held = %call.admission.reserved,
                 "usage could not be priced; billing what was held");
             metrics::counter!("calls_unpriceable_usage_total").increment(1);
-            call.held.clone()
+            call.admission.reserved.clone()
         }
     };
-    let message = billing::charge_message(call.request_id, &call.caller, &call.route, usage, cost);
-    billing::make_durable(state, message).await
+    let mut message = billing::charge_message(
+        call.request_id,
+        &call.caller,
+        &call.route,
+        usage,
+        cost.clone(),
+    );
+    if let Reservation::Lease(lease) = call.admission.reservation {
+        message.lease_id = Some(lease);
+    }
+    billing::make_durable(state, message).await?;
+    call.admission.billed(state, &cost);
+    Ok(())
 }
 
 async fn forward_stream(
@@ -339,15 +347,7 @@ async fn forward_stream(
     let pump = Pump {
         state: Arc::clone(state),
         usage: stream.usage(),
-        call: Admitted {
-            request_id: call.request_id,
-            caller: call.caller.clone(),
-            route: Arc::clone(&call.route),
-            prompt_text: call.prompt_text.clone(),
-            message_count: call.message_count,
-            held: call.held.clone(),
-            deadline: call.deadline,
-        },
+        call: call.clone(),
         stall: state.stream_stall,
     };
     state.background.spawn_here(pump.run(stream, chunks));
@@ -427,6 +427,13 @@ impl Pump {
         let durable = bill(&self.state, &self.call, self.usage_of_stream())
             .await
             .is_ok();
+        if !durable {
+            // Not billed, so not answered in full either: it costs nothing.
+            self.call
+                .admission
+                .release(&self.state, &self.state.reservations)
+                .await;
+        }
         let Some(sender) = client else { return };
         if durable && clean {
             if let Some(done) = done_event {

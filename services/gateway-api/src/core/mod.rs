@@ -1,6 +1,7 @@
 //! The gateway's use cases; route handlers only extract input and call these.
 
 pub mod access_keys;
+pub mod admission;
 pub mod billing;
 pub mod catalog;
 pub mod chat;
