@@ -281,7 +281,17 @@ pub async fn settle_many(
     if fresh.is_empty() {
         return Ok(vec![Settlement::AlreadySettled; charges.len()]);
     }
-    let fresh_ids: Vec<Uuid> = fresh.iter().copied().collect();
+    // A call admitted against a lease has no hold of its own.
+    let leased: HashSet<Uuid> = charges
+        .iter()
+        .filter(|c| c.lease_id.is_some())
+        .map(|c| c.request_id)
+        .collect();
+    let fresh_ids: Vec<Uuid> = fresh
+        .iter()
+        .filter(|id| !leased.contains(*id))
+        .copied()
+        .collect();
     enum CloseHolds {}
     // A settled hold is deleted, not kept with a status: the usage log and the ledger row
     // already record the call, one row per call would otherwise pile up for ever, and a
@@ -293,15 +303,19 @@ pub async fn settle_many(
     // `closed_at IS NULL` (the same as status 'open', a CHECK says so) rather than the status:
     // a plan made while the table was small otherwise picked the open-holds partial index and
     // walked every entry it ever had (it keeps dead ones until a vacuum).
-    let holds: Vec<HoldRow> = Prepared::<CloseHolds>::new(
-        "DELETE FROM balance_holds h
-         USING unnest($1::uuid[]) AS r(request_id)
-         WHERE h.request_id = r.request_id AND h.closed_at IS NULL
-         RETURNING h.request_id, h.amount",
-    )
-    .bind::<Array<SqlUuid>, _>(fresh_ids)
-    .load(conn)
-    .await?;
+    let holds: Vec<HoldRow> = if fresh_ids.is_empty() {
+        Vec::new()
+    } else {
+        Prepared::<CloseHolds>::new(
+            "DELETE FROM balance_holds h
+             USING unnest($1::uuid[]) AS r(request_id)
+             WHERE h.request_id = r.request_id AND h.closed_at IS NULL
+             RETURNING h.request_id, h.amount",
+        )
+        .bind::<Array<SqlUuid>, _>(fresh_ids)
+        .load(conn)
+        .await?
+    };
     let mut holds: HashMap<Uuid, BigDecimal> = holds
         .into_iter()
         .map(|h| (h.request_id, h.amount))

@@ -37,13 +37,19 @@ pub struct LeaseRequest {
 /// least of `$2` (desired) and `$4` percent of what is free, if that is at least `$3` (and
 /// above zero) and the user (`$1`) is active; returns the user's id and that amount. `$5` is
 /// the lease's lifetime. (A macro so that both statements embed the same text.)
+///
+/// The size is read without a lock; the update then re-checks, on the row it locks, that the
+/// amount still fits in what is free (a concurrent change can only make the share a little
+/// larger than `$4` percent of what is free now, never more than what is free). Locking the
+/// row in the read as well deadlocked against the batched holds of `place_holds`.
 macro_rules! carve {
     () => {
         "UPDATE users u
          SET held = u.held + s.amount
          FROM (SELECT id, least($2::numeric, trunc((balance - held) * $4 / 100, 8)) AS amount
-               FROM users WHERE id = $1 AND status = 'active' FOR NO KEY UPDATE) s
-         WHERE u.id = s.id AND s.amount >= $3 AND s.amount > 0
+               FROM users WHERE id = $1) s
+         WHERE u.id = s.id AND u.status = 'active' AND s.amount >= $3 AND s.amount > 0
+           AND u.balance - u.held >= s.amount
          RETURNING u.id, s.amount"
     };
 }
@@ -165,9 +171,12 @@ pub async fn renew(
 ) -> Result<usize, StoreError> {
     enum RenewLeases {}
     Ok(Prepared::<RenewLeases>::new(
+        // Locked in id order, as settlement locks them: in any other order a renewal and a
+        // settlement touching the same two leases could deadlock.
         "UPDATE credit_leases l SET expires_at = now() + make_interval(secs => $2)
-         FROM unnest($1::uuid[]) AS r(id)
-         WHERE l.id = r.id AND l.closed_at IS NULL",
+         FROM (SELECT id FROM credit_leases WHERE id = ANY($1) AND closed_at IS NULL
+               ORDER BY id FOR NO KEY UPDATE) r
+         WHERE l.id = r.id",
     )
     .bind::<Array<SqlUuid>, _>(lease_ids.to_vec())
     .bind::<BigInt, _>(ttl_seconds)

@@ -123,7 +123,7 @@ pub struct LeaseSettings {
 
 /// Calls of a user within one demand window before a lease is asked for.
 const CALLS_BEFORE_LEASE: u32 = 4;
-/// After a refused grant, how long before the next attempt for that user.
+/// After a refused grant or top-up, how long before the next attempt for that user.
 const GRANT_BACKOFF: Duration = Duration::from_secs(1);
 
 /// This process's leases, one per user at most.
@@ -236,18 +236,14 @@ impl Leases {
             .as_mut()
             .filter(|open| now < open.valid_until)
             .and_then(|open| open.account.admit(units).then_some(open.id));
-        if !user.busy {
+        if !user.busy && user.retry_after.is_none_or(|t| now >= t) {
             let action = match &user.lease {
                 Some(open) if open.account.available() < wanted / 2 => {
                     let add = wanted - open.account.available().max(0);
                     Some(Grant::TopUp(open.id, add))
                 }
                 Some(_) => None,
-                None if user.demand.calls >= CALLS_BEFORE_LEASE
-                    && user.retry_after.is_none_or(|t| now >= t) =>
-                {
-                    Some(Grant::New(wanted))
-                }
+                None if user.demand.calls >= CALLS_BEFORE_LEASE => Some(Grant::New(wanted)),
                 None => None,
             };
             if let Some(action) = action {
@@ -319,6 +315,7 @@ impl Leases {
                     "top_up"
                 };
                 metrics::counter!("leases_total", "kind" => kind).increment(1);
+                user.retry_after = None;
                 let valid_until = started + self.settings.valid_for;
                 match &mut user.lease {
                     Some(open) if open.id == id => {
