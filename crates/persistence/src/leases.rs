@@ -211,8 +211,13 @@ pub async fn release_expired(
              UPDATE credit_leases l SET amount = 0, closed_at = now()
              FROM expired e WHERE l.id = e.id
              RETURNING e.user_id, e.amount),
-         per_user AS (SELECT user_id, sum(amount) AS amount, count(*) AS n FROM closed GROUP BY user_id)
-         UPDATE users u SET held = u.held - p.amount FROM per_user p WHERE u.id = p.user_id
+         per_user AS (SELECT user_id, sum(amount) AS amount, count(*) AS n FROM closed GROUP BY user_id),
+         -- The users in id order, as settlement locks them.
+         ordered AS (SELECT u.id FROM users u JOIN per_user p ON p.user_id = u.id
+                     ORDER BY u.id FOR NO KEY UPDATE OF u)
+         UPDATE users u SET held = u.held - p.amount
+         FROM per_user p JOIN ordered o ON o.id = p.user_id
+         WHERE u.id = p.user_id
          RETURNING p.n",
     )
     .bind::<BigInt, _>(grace_seconds)
