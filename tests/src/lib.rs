@@ -970,4 +970,6 @@ pub async fn job_status(app: &TestApp, job_id: uuid::Uuid) -> String {
         .unwrap()
         .0
         .status
+        .as_str()
+        .to_owned()
 }

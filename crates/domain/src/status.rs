@@ -1,4 +1,7 @@
-//! Roles, user statuses and the order and job state machines with their legal transitions.
+//! Roles, user, order and job statuses: closed sets with their stored text. Orders and jobs move
+//! only by conditional updates in `persistence` (`orders::complete`, `jobs::claim_many`,
+//! `jobs::complete_many`, `jobs::fail`, `jobs::requeue`), where their transitions are written
+//! and enforced.
 
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -50,20 +53,9 @@ text_enum!(OrderStatus, "order status", {
     Failed => "FAILED",
 });
 
-impl OrderStatus {
-    /// Only a PENDING order moves, to COMPLETED or FAILED.
-    pub fn can_transition_to(self, next: OrderStatus) -> bool {
-        use OrderStatus::*;
-        matches!((self, next), (Pending, Completed) | (Pending, Failed))
-    }
-
-    /// COMPLETED and FAILED orders never change again.
-    pub fn is_terminal(self) -> bool {
-        matches!(self, OrderStatus::Completed | OrderStatus::Failed)
-    }
-}
-
-/// An async job: PENDING, claimed as PROCESSING (re-claimable when its lease expired), then COMPLETED or FAILED.
+/// An async job: PENDING, claimed as PROCESSING (re-claimable when its lease expired), then
+/// COMPLETED or FAILED. The transitions are conditional updates in `persistence::jobs`, the
+/// only place that moves a job (claim, complete, fail), tested there against Postgres.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum JobStatus {
@@ -79,26 +71,6 @@ text_enum!(JobStatus, "job status", {
     Completed => "COMPLETED",
     Failed => "FAILED",
 });
-
-impl JobStatus {
-    /// PENDING -> PROCESSING | FAILED; PROCESSING -> PROCESSING (lease takeover) | COMPLETED | FAILED.
-    pub fn can_transition_to(self, next: JobStatus) -> bool {
-        use JobStatus::*;
-        matches!(
-            (self, next),
-            (Pending, Processing)
-                | (Pending, Failed)
-                | (Processing, Processing)
-                | (Processing, Completed)
-                | (Processing, Failed)
-        )
-    }
-
-    /// COMPLETED and FAILED jobs never change again.
-    pub fn is_terminal(self) -> bool {
-        matches!(self, JobStatus::Completed | JobStatus::Failed)
-    }
-}
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
@@ -170,51 +142,5 @@ mod tests {
             serde_json::to_string(&JobStatus::Completed).unwrap(),
             "\"COMPLETED\""
         );
-    }
-
-    #[test]
-    fn order_transitions() {
-        use OrderStatus::*;
-        let legal = [(Pending, Completed), (Pending, Failed)];
-        for &from in OrderStatus::ALL {
-            for &to in OrderStatus::ALL {
-                assert_eq!(
-                    from.can_transition_to(to),
-                    legal.contains(&(from, to)),
-                    "{from} -> {to}"
-                );
-            }
-        }
-        assert!(!Pending.is_terminal());
-        assert!(Completed.is_terminal());
-        assert!(Failed.is_terminal());
-    }
-
-    #[test]
-    fn job_transitions() {
-        use JobStatus::*;
-        let legal = [
-            (Pending, Processing),
-            (Pending, Failed),
-            (Processing, Processing),
-            (Processing, Completed),
-            (Processing, Failed),
-        ];
-        for &from in JobStatus::ALL {
-            for &to in JobStatus::ALL {
-                assert_eq!(
-                    from.can_transition_to(to),
-                    legal.contains(&(from, to)),
-                    "{from} -> {to}"
-                );
-            }
-            if from.is_terminal() {
-                assert!(JobStatus::ALL.iter().all(|&to| !from.can_transition_to(to)));
-            }
-        }
-        assert!(!Pending.is_terminal());
-        assert!(!Processing.is_terminal());
-        assert!(Completed.is_terminal());
-        assert!(Failed.is_terminal());
     }
 }

@@ -93,7 +93,7 @@ pub async fn authenticate(
                 .is_null()
                 .or(access_keys::expires_at.gt(diesel::dsl::now)),
         )
-        .filter(users::status.eq("active"))
+        .filter(users::status.eq(domain::UserStatus::Active.as_str()))
         .select((AccessKey::as_select(), User::as_select()))
         .first(conn)
         .await

@@ -24,7 +24,8 @@ pub struct Job {
     pub user_id: i64,
     pub access_key_id: Option<i64>,
     pub model_id: i64,
-    pub status: String,
+    #[diesel(deserialize_as = crate::stored::Stored<JobStatus>)]
+    pub status: JobStatus,
     pub request_payload: serde_json::Value,
     pub result_payload: Option<serde_json::Value>,
     pub error_message: Option<String>,
@@ -457,15 +458,15 @@ pub fn view(job: &Job, model: &str) -> domain::JobView {
         job_id: job.job_id,
         job_type: job.job_type.clone(),
         model: model.to_owned(),
-        status: job.status.parse().unwrap_or(JobStatus::Pending),
+        status: job.status,
         result: job
             .result_payload
             .clone()
-            .filter(|_| job.status == JobStatus::Completed.as_str()),
+            .filter(|_| job.status == JobStatus::Completed),
         error: job
             .error_message
             .clone()
-            .filter(|_| job.status == JobStatus::Failed.as_str()),
+            .filter(|_| job.status == JobStatus::Failed),
         cost: job.cost.clone().map(Money::from_db),
         created_at: job.created_at,
         updated_at: job.updated_at,

@@ -16,6 +16,7 @@ mod page;
 mod pool;
 mod prepared;
 pub mod schema;
+pub mod stored;
 #[cfg(feature = "testing")]
 pub mod testing;
 pub mod usage;

@@ -18,7 +18,8 @@ pub struct Order {
     pub order_no: String,
     pub user_id: i64,
     pub amount: BigDecimal,
-    pub status: String,
+    #[diesel(deserialize_as = crate::stored::Stored<OrderStatus>)]
+    pub status: OrderStatus,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     pub completed_at: Option<DateTime<Utc>>,
@@ -125,7 +126,7 @@ pub async fn complete(
             Some(order) => order,
             None => {
                 let current = find_by_no(conn, order_no).await?;
-                if current.status != OrderStatus::Pending.as_str() {
+                if current.status != OrderStatus::Pending {
                     return Err(StoreError::StateConflict(format!(
                         "order {order_no} is {}, not PENDING",
                         current.status

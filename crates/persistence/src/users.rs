@@ -14,8 +14,10 @@ pub struct User {
     pub id: i64,
     pub email: String,
     pub password_hash: String,
-    pub role: String,
-    pub status: String,
+    #[diesel(deserialize_as = crate::stored::Stored<domain::Role>)]
+    pub role: domain::Role,
+    #[diesel(deserialize_as = crate::stored::Stored<domain::UserStatus>)]
+    pub status: domain::UserStatus,
     pub balance: BigDecimal,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,

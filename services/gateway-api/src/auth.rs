@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use actix_web::{FromRequest, HttpRequest, dev::Payload, web};
 use chrono::{DateTime, Utc};
-use domain::Role;
+use domain::{Role, UserStatus};
 use jsonwebtoken::{Algorithm, Header, Validation};
 use persistence::access_keys::AccessKey;
 use persistence::users::User;
@@ -51,7 +51,7 @@ pub fn issue_token(state: &AppState, user: &User) -> Result<String, ApiError> {
     let now = Utc::now().timestamp();
     let claims = Claims {
         sub: user.id.to_string(),
-        role: user.role.clone(),
+        role: user.role.as_str().to_owned(),
         iat: now,
         exp: now + state.jwt_ttl_seconds,
         iss: ISSUER.to_owned(),
@@ -97,7 +97,7 @@ pub struct SessionUser(pub User);
 
 impl SessionUser {
     pub fn role(&self) -> Role {
-        self.0.role.parse().unwrap_or(Role::User)
+        self.0.role
     }
 }
 
@@ -119,7 +119,7 @@ impl FromRequest for SessionUser {
                 Err(persistence::StoreError::NotFound) => return Err(invalid_token()),
                 Err(other) => return Err(other.into()),
             };
-            if user.status != "active" {
+            if user.status != UserStatus::Active {
                 return Err(ApiError::Unauthorized(
                     "this account is disabled".to_owned(),
                 ));

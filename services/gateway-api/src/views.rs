@@ -18,10 +18,8 @@ use crate::error::ApiError;
 pub struct UserView {
     pub id: i64,
     pub email: String,
-    #[schema(example = "user")]
-    pub role: String,
-    #[schema(example = "active")]
-    pub status: String,
+    pub role: domain::Role,
+    pub status: domain::UserStatus,
     #[schema(value_type = String, example = "10.5")]
     pub balance: Money,
     pub created_at: DateTime<Utc>,
@@ -182,8 +180,7 @@ pub struct OrderView {
     pub user_id: i64,
     #[schema(value_type = String, example = "100")]
     pub amount: Money,
-    #[schema(example = "PENDING")]
-    pub status: String,
+    pub status: domain::OrderStatus,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }

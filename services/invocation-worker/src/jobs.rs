@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use catalog::{Route, Routing, SecretBox};
 use chrono::Utc;
-use domain::{BillingMessage, InvocationMessage, JobView, Usage};
+use domain::{BillingMessage, InvocationMessage, JobStatus, JobView, Usage};
 use messaging::{Broker, Delivery, Handler, MODEL_INVOCATION_QUEUE, Outcome};
 use persistence::batch::Batcher;
 use persistence::jobs::{self, Claim, Completion, Job};
@@ -258,7 +258,8 @@ impl Runner {
             .await;
         match completed {
             Ok(true) => {
-                metrics::counter!("jobs_total", "status" => "COMPLETED").increment(1);
+                metrics::counter!("jobs_total", "status" => JobStatus::Completed.as_str())
+                    .increment(1);
                 self.webhook_due(job);
                 // The charge is safe in the outbox; publishing only makes billing faster, so
                 // the delivery is acked without waiting for it.
@@ -283,7 +284,8 @@ impl Runner {
         };
         match failed {
             Ok(_) => {
-                metrics::counter!("jobs_total", "status" => "FAILED").increment(1);
+                metrics::counter!("jobs_total", "status" => JobStatus::Failed.as_str())
+                    .increment(1);
                 self.webhook_due(job);
                 tracing::info!(job_id = %job.job_id, reason, "job failed");
                 Outcome::Ack

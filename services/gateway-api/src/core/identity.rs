@@ -76,7 +76,7 @@ pub async fn login(state: &AppState, email: &str, password: &str) -> Result<Sess
         });
     let password_ok = verify_password(password, hash).await?;
     match user {
-        Some(user) if password_ok && user.status == "active" => {
+        Some(user) if password_ok && user.status == domain::UserStatus::Active => {
             let token = issue_token(state, &user)?;
             Ok(Session { token, user })
         }

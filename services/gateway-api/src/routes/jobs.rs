@@ -27,8 +27,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct Accepted {
     pub job_id: uuid::Uuid,
-    #[schema(example = "PENDING")]
-    pub status: &'static str,
+    pub status: domain::JobStatus,
     /// Where to poll: `/v1/jobs/{job_id}`.
     pub status_url: String,
 }
@@ -49,7 +48,7 @@ pub async fn submit_image(
         .insert_header(("location", status_url.clone()))
         .json(Accepted {
             job_id,
-            status: "PENDING",
+            status: domain::JobStatus::Pending,
             status_url,
         }))
 }
