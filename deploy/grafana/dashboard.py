@@ -183,6 +183,19 @@ ts("Job retries, re-publishes and webhooks",
    description="re-published: job messages the broker did not confirm at submission, published again by the gateway once the broker was back (jobs_republished_total).")
 end_row()
 
+# ---------------------------------------------------------------- admission and free work
+row("Credit leases and what calls are billed for")
+ts("Leases granted, topped up, given back / s",
+   [(f'sum by (kind) (rate(leases_total{{{SEL}}}{R}))', "{{kind}}"),
+    (f'sum(rate(leases_refused_total{{{SEL}}}{R}))', "refused (balance too small: holds)"),
+    (f'sum(rate(billing_leases_expired_total{{{SEL}}}{R}))', "released after their process died")], "ops",
+   description="A lease lets a gateway process admit a busy user's calls in memory; refused grants leave that user's calls on per-call holds (leases_total, leases_refused_total, billing_leases_expired_total).")
+ts("Streams cut off, unpriceable usage / s",
+   [(f'sum by (reason) (rate(stream_cut_total{{{SEL}}}{R}))', "stream cut: {{reason}}"),
+    (f'sum(rate(calls_unpriceable_usage_total{{{SEL}}}{R}))', "usage billed at the hold")], "ops",
+   description="A cut stream is still read to its end (or its deadline) and billed; usage that cannot be priced is billed what was held.")
+end_row()
+
 dashboard = {
     "uid": "ai-gateway",
     "title": "AI gateway",
