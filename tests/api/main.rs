@@ -13,4 +13,5 @@ mod leases;
 mod lifecycle;
 mod observability;
 mod orders;
+mod overruns;
 mod sdk;

@@ -128,33 +128,44 @@ pub async fn release_hold(
     Ok(released > 0)
 }
 
-/// Releases up to `limit` holds whose call never finished; returns how many.
+/// Releases up to `limit` holds whose call never finished and that expired more than
+/// `expired_for_seconds` ago; returns how many. (billing-worker's sweeper passes 0 once no charge
+/// can still be waiting in the queue, else its grace: see its `HoldRelease`.)
 ///
 /// A hold whose charge is known to be coming is kept past its expiry, so the user cannot
 /// spend that money meanwhile and the charge is not cut short when it settles: a hold with a
 /// charge waiting in the outbox, and the hold of a job, which the job releases when it fails
 /// and its charge settles when it completes, however long the job waited in the queue (a
-/// worker outage longer than the TTL used to release the holds of every queued job).
+/// worker outage longer than the TTL used to release the holds of every queued job). A charge
+/// that still arrives after its hold was released takes only what is free and is recorded as
+/// an overrun (see [`settle_many`]).
 pub async fn release_expired_holds(
     conn: &mut AsyncPgConnection,
+    expired_for_seconds: i64,
     limit: i64,
 ) -> Result<usize, StoreError> {
     let released: Vec<IdRow> = diesel::sql_query(
         "WITH expired AS (
              SELECT h.id FROM balance_holds h
-             WHERE h.status = 'open' AND h.expires_at < now()
+             WHERE h.status = 'open' AND h.expires_at < now() - make_interval(secs => $1)
                AND NOT EXISTS (SELECT 1 FROM billing_outbox o WHERE o.request_id = h.request_id)
                AND NOT EXISTS (SELECT 1 FROM async_jobs j
                                WHERE j.job_id = h.request_id AND j.status <> 'FAILED')
-             ORDER BY h.expires_at LIMIT $1 FOR UPDATE OF h SKIP LOCKED),
+             ORDER BY h.expires_at LIMIT $2 FOR UPDATE OF h SKIP LOCKED),
          released AS (
              UPDATE balance_holds h SET status = 'released', closed_at = now()
              FROM expired e WHERE h.id = e.id
              RETURNING h.user_id, h.amount),
-         per_user AS (SELECT user_id, sum(amount) AS amount, count(*) AS n FROM released GROUP BY user_id)
-         UPDATE users u SET held = u.held - p.amount FROM per_user p WHERE u.id = p.user_id
+         per_user AS (SELECT user_id, sum(amount) AS amount, count(*) AS n FROM released GROUP BY user_id),
+         -- The users in id order, as settlement locks them (this now runs under traffic).
+         ordered AS (SELECT u.id FROM users u JOIN per_user p ON p.user_id = u.id
+                     ORDER BY u.id FOR NO KEY UPDATE OF u)
+         UPDATE users u SET held = u.held - p.amount
+         FROM per_user p JOIN ordered o ON o.id = p.user_id
+         WHERE u.id = p.user_id
          RETURNING p.n AS id",
     )
+    .bind::<BigInt, _>(expired_for_seconds)
     .bind::<BigInt, _>(limit)
     .load(conn)
     .await?;
@@ -170,6 +181,7 @@ pub struct Charge<'a> {
     pub model_id: Option<i64>,
     pub model_name: &'a str,
     pub usage: Usage,
+    /// What the usage priced at (the gateway sends the hold's amount for usage it cannot price).
     pub cost: &'a Money,
     /// The credit lease the call was admitted against (its cost is taken from there), if any.
     pub lease_id: Option<Uuid>,
@@ -177,9 +189,12 @@ pub struct Charge<'a> {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Settlement {
-    /// Charged now. `charged` is below `cost` only if the balance could not cover it.
+    /// Charged now. `held` is what the call's reservation covered (its hold, or the part of its
+    /// lease it took; zero when the reservation was gone). `charged` is below the priced cost
+    /// only for an overrun (cost above `held`) that the free balance could not cover.
     Settled {
         charged: Money,
+        held: Money,
         balance_after: Money,
     },
     /// This request id was settled before: nothing changed.
@@ -214,11 +229,15 @@ struct ChargedRow {
 
 /// Settles many charges with a fixed number of statements, whatever their count; run it inside
 /// a transaction. Charge by charge in the given order: a request id already logged (before,
-/// or earlier in this batch; the usage log's request id is unique) is `AlreadySettled` and
-/// changes nothing; otherwise the usage is logged, the hold deleted, the balance debited
-/// (never below zero) and the ledger written. User rows are locked only by the last statement
-/// (the `settle_charges` function), in id order, so calls being admitted for the same users
-/// wait as little as possible (the caller commits right after).
+/// or earlier in this batch) is `AlreadySettled` and changes nothing; otherwise its hold is
+/// deleted (or its cost taken from its lease), the balance debited, the ledger written and the
+/// usage logged with what was charged. A charge may take what its own reservation covered plus
+/// the free balance (balance minus every other open hold and lease), never money another
+/// reservation keeps; the unused part of a reservation is free for the user's later charges of
+/// the batch. A charge above its reservation is an overrun: its usage row keeps the priced cost
+/// and the held amount beside what was charged. User rows are locked only by the last statement
+/// (the `settle_usage` function), in id order, so calls being admitted for the same users wait
+/// as little as possible (the caller commits right after).
 pub async fn settle_many(
     conn: &mut AsyncPgConnection,
     charges: &[Charge<'_>],
@@ -226,58 +245,23 @@ pub async fn settle_many(
     use diesel::sql_types::{Array, Nullable as N};
     use std::collections::{HashMap, HashSet};
 
-    enum InsertUsage {}
-    let fresh: Vec<RequestRow> = Prepared::<InsertUsage>::new(
-        "INSERT INTO usage_logs (request_id, user_id, access_key_id, model_id, model_name,
-             prompt_tokens, completion_tokens, cached_prompt_tokens, images, cost)
-         SELECT * FROM unnest($1::uuid[], $2::int8[], $3::int8[], $4::int8[], $5::text[],
-             $6::int8[], $7::int8[], $8::int8[], $9::int4[], $10::numeric[])
-         ON CONFLICT (request_id) DO NOTHING
-         RETURNING request_id",
+    // Request ids settled before. Only read here: the usage rows are written by the last
+    // statement, with what was charged; a concurrent settlement of the same id makes that
+    // insert fail on the unique request id, and the charge is settled again (and found).
+    enum SettledBefore {}
+    let logged: Vec<RequestRow> = Prepared::<SettledBefore>::new(
+        "SELECT u.request_id FROM usage_logs u
+         JOIN unnest($1::uuid[]) AS r(request_id) ON u.request_id = r.request_id",
     )
     .bind::<Array<SqlUuid>, _>(charges.iter().map(|c| c.request_id).collect::<Vec<_>>())
-    .bind::<Array<BigInt>, _>(charges.iter().map(|c| c.user_id).collect::<Vec<_>>())
-    .bind::<Array<N<BigInt>>, _>(charges.iter().map(|c| c.access_key_id).collect::<Vec<_>>())
-    .bind::<Array<N<BigInt>>, _>(charges.iter().map(|c| c.model_id).collect::<Vec<_>>())
-    .bind::<Array<Text>, _>(
-        charges
-            .iter()
-            .map(|c| c.model_name.to_owned())
-            .collect::<Vec<_>>(),
-    )
-    .bind::<Array<BigInt>, _>(
-        charges
-            .iter()
-            .map(|c| tokens(c.usage.prompt_tokens))
-            .collect::<Vec<_>>(),
-    )
-    .bind::<Array<BigInt>, _>(
-        charges
-            .iter()
-            .map(|c| tokens(c.usage.completion_tokens))
-            .collect::<Vec<_>>(),
-    )
-    .bind::<Array<BigInt>, _>(
-        charges
-            .iter()
-            .map(|c| tokens(c.usage.cached_prompt_tokens))
-            .collect::<Vec<_>>(),
-    )
-    .bind::<Array<Int4>, _>(
-        charges
-            .iter()
-            .map(|c| i32::try_from(c.usage.images).unwrap_or(i32::MAX))
-            .collect::<Vec<_>>(),
-    )
-    .bind::<Array<Numeric>, _>(
-        charges
-            .iter()
-            .map(|c| c.cost.as_decimal().clone())
-            .collect::<Vec<_>>(),
-    )
     .load(conn)
     .await?;
-    let mut fresh: HashSet<Uuid> = fresh.into_iter().map(|r| r.request_id).collect();
+    let logged: HashSet<Uuid> = logged.into_iter().map(|r| r.request_id).collect();
+    let mut fresh: HashSet<Uuid> = charges
+        .iter()
+        .map(|c| c.request_id)
+        .filter(|id| !logged.contains(id))
+        .collect();
     if fresh.is_empty() {
         return Ok(vec![Settlement::AlreadySettled; charges.len()]);
     }
@@ -316,13 +300,13 @@ pub async fn settle_many(
         .load(conn)
         .await?
     };
-    let mut holds: HashMap<Uuid, BigDecimal> = holds
+    let mut released: HashMap<Uuid, BigDecimal> = holds
         .into_iter()
         .map(|h| (h.request_id, h.amount))
         .collect();
     // Charges of calls admitted against a credit lease take their cost from the lease, at most
     // what it still reserves; that part is released from `held` like a hold.
-    take_from_leases(conn, charges, &fresh, &mut holds).await?;
+    take_from_leases(conn, charges, &fresh, &mut released).await?;
 
     // The charges to apply, in the given order; a second copy of a request id is a duplicate.
     let mut applied = Vec::new();
@@ -335,13 +319,22 @@ pub async fn settle_many(
             results.push(Some(Settlement::AlreadySettled));
         }
     }
-    // One call (the SQL function `settle_charges`, see its migration) locks the users in id
-    // order, charges them, releases their holds and writes the ledger; the transaction commits
-    // right after it, so an admission for the same user waits for one statement and the
-    // commit, not for the whole batch. A charge larger than what is left is capped at it.
-    enum ChargeUsers {}
-    let settled: Vec<ChargedRow> = Prepared::<ChargeUsers>::new(
-        "SELECT amount, balance_after FROM settle_charges($1, $2, $3, $4, $5) ORDER BY ord",
+    let held: Vec<BigDecimal> = applied
+        .iter()
+        .map(|c| {
+            released
+                .remove(&c.request_id)
+                .unwrap_or_else(|| BigDecimal::from(0))
+        })
+        .collect();
+    // One call (the SQL function `settle_usage`, see its migration) locks the users in id
+    // order, charges them, releases their reservations, writes the ledger and logs the usage;
+    // the transaction commits right after it, so an admission for the same user waits for one
+    // statement and the commit, not for the whole batch.
+    enum SettleUsage {}
+    let settled: Vec<ChargedRow> = Prepared::<SettleUsage>::new(
+        "SELECT amount, balance_after
+         FROM settle_usage($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) ORDER BY ord",
     )
     .bind::<Array<BigInt>, _>((0..applied.len() as i64).collect::<Vec<_>>())
     .bind::<Array<BigInt>, _>(applied.iter().map(|c| c.user_id).collect::<Vec<_>>())
@@ -351,39 +344,57 @@ pub async fn settle_many(
             .map(|c| c.cost.as_decimal().clone())
             .collect::<Vec<_>>(),
     )
-    .bind::<Array<Numeric>, _>(
-        applied
-            .iter()
-            .map(|c| {
-                holds
-                    .get(&c.request_id)
-                    .cloned()
-                    .unwrap_or_else(|| BigDecimal::from(0))
-            })
-            .collect::<Vec<_>>(),
-    )
+    .bind::<Array<Numeric>, _>(held.clone())
+    .bind::<Array<SqlUuid>, _>(applied.iter().map(|c| c.request_id).collect::<Vec<_>>())
+    .bind::<Array<N<BigInt>>, _>(applied.iter().map(|c| c.access_key_id).collect::<Vec<_>>())
+    .bind::<Array<N<BigInt>>, _>(applied.iter().map(|c| c.model_id).collect::<Vec<_>>())
     .bind::<Array<Text>, _>(
         applied
             .iter()
-            .map(|c| c.request_id.to_string())
+            .map(|c| c.model_name.to_owned())
+            .collect::<Vec<_>>(),
+    )
+    .bind::<Array<BigInt>, _>(
+        applied
+            .iter()
+            .map(|c| tokens(c.usage.prompt_tokens))
+            .collect::<Vec<_>>(),
+    )
+    .bind::<Array<BigInt>, _>(
+        applied
+            .iter()
+            .map(|c| tokens(c.usage.completion_tokens))
+            .collect::<Vec<_>>(),
+    )
+    .bind::<Array<BigInt>, _>(
+        applied
+            .iter()
+            .map(|c| tokens(c.usage.cached_prompt_tokens))
+            .collect::<Vec<_>>(),
+    )
+    .bind::<Array<Int4>, _>(
+        applied
+            .iter()
+            .map(|c| i32::try_from(c.usage.images).unwrap_or(i32::MAX))
             .collect::<Vec<_>>(),
     )
     .load(conn)
     .await?;
     if settled.len() != applied.len() {
-        // A charge of a user that does not exist (its usage log would have failed first).
+        // Unreachable: the function refuses a charge of a user that does not exist.
         return Err(StoreError::NotFound);
     }
-    let mut settled = settled.into_iter();
+    let mut settled = settled.into_iter().zip(held);
     for (slot, charge) in results.iter_mut().filter(|r| r.is_none()).zip(&applied) {
-        let row = settled.next().ok_or(StoreError::NotFound)?;
-        let charged = Money::from_db(row.amount);
-        if charged < *charge.cost {
-            tracing::warn!(request_id = %charge.request_id, cost = %charge.cost, %charged,
-                "balance could not cover the whole charge");
+        let (row, held) = settled.next().ok_or(StoreError::NotFound)?;
+        let (charged, held) = (Money::from_db(row.amount), Money::from_db(held));
+        if *charge.cost > held {
+            tracing::warn!(request_id = %charge.request_id, user_id = charge.user_id,
+                cost = %charge.cost, %held, %charged, "charge above its reservation (overrun)");
         }
         *slot = Some(Settlement::Settled {
             charged,
+            held,
             balance_after: Money::from_db(row.balance_after),
         });
     }
@@ -595,23 +606,36 @@ pub struct Mismatch {
     pub held: BigDecimal,
     #[diesel(sql_type = Numeric)]
     pub open_holds: BigDecimal,
+    /// The sum of the user's `usage_logs.cost` (what their calls were charged).
+    #[diesel(sql_type = Numeric)]
+    pub usage_cost: BigDecimal,
+    /// What the user's ledger rows of kind `charge` took (minus the sum of their deltas).
+    #[diesel(sql_type = Numeric)]
+    pub ledger_charges: BigDecimal,
 }
 
-/// Every user whose balance differs from the sum of their ledger, or whose `held` differs from
-/// the sum of their open holds and open credit leases. Empty when the books are right.
+/// Every user whose balance differs from the sum of their ledger, whose `held` differs from
+/// the sum of their open holds and open credit leases, or whose usage rows' charged amounts
+/// differ from what their ledger's charge rows took. Empty when the books are right.
 pub async fn reconcile(conn: &mut AsyncPgConnection) -> Result<Vec<Mismatch>, StoreError> {
     Ok(diesel::sql_query(
         "SELECT u.id AS user_id, u.balance, COALESCE(l.sum, 0) AS ledger_sum, u.held,
-                COALESCE(h.sum, 0) AS open_holds
+                COALESCE(h.sum, 0) AS open_holds, COALESCE(g.sum, 0) AS usage_cost,
+                COALESCE(l.charges, 0) AS ledger_charges
          FROM users u
-         LEFT JOIN (SELECT user_id, sum(delta) AS sum FROM balance_ledger GROUP BY user_id) l
+         LEFT JOIN (SELECT user_id, sum(delta) AS sum,
+                           -sum(delta) FILTER (WHERE kind = 'charge') AS charges
+                    FROM balance_ledger GROUP BY user_id) l
              ON l.user_id = u.id
          LEFT JOIN (SELECT user_id, sum(amount) AS sum
                     FROM (SELECT user_id, amount FROM balance_holds WHERE status = 'open'
                           UNION ALL
                           SELECT user_id, amount FROM credit_leases WHERE closed_at IS NULL) r
                     GROUP BY user_id) h ON h.user_id = u.id
+         LEFT JOIN (SELECT user_id, sum(cost) AS sum FROM usage_logs GROUP BY user_id) g
+             ON g.user_id = u.id
          WHERE u.balance <> COALESCE(l.sum, 0) OR u.held <> COALESCE(h.sum, 0)
+            OR COALESCE(g.sum, 0) <> COALESCE(l.charges, 0)
          ORDER BY u.id",
     )
     .load(conn)

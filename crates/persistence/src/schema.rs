@@ -120,6 +120,8 @@ diesel::table! {
         images -> Int4,
         cost -> Numeric,
         created_at -> Timestamptz,
+        priced_cost -> Nullable<Numeric>,
+        held_amount -> Nullable<Numeric>,
     }
 }
 

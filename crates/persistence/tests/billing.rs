@@ -130,6 +130,7 @@ async fn settlement_charges_once_and_replaces_the_hold() {
         first,
         Settlement::Settled {
             charged: cost.clone(),
+            held: money("0.5"),
             balance_after: money("0.87654322")
         }
     );
@@ -325,20 +326,24 @@ async fn a_batch_settles_like_one_by_one_with_duplicates_and_short_balances() {
         vec![
             Settlement::Settled {
                 charged: money("0.25"),
+                held: money("0.3"),
                 balance_after: money("0.65")
             },
             Settlement::Settled {
                 charged: money("0.2"),
+                held: money("0.2"),
                 balance_after: money("0.3")
             },
             Settlement::AlreadySettled,
             Settlement::AlreadySettled,
             Settlement::Settled {
                 charged: money("0.05"),
+                held: money("0"),
                 balance_after: money("0.6")
             },
             Settlement::Settled {
                 charged: money("0.3"),
+                held: money("0"),
                 balance_after: money("0")
             },
         ]
@@ -400,4 +405,441 @@ async fn holds_run_as_prepared_statements_reused_by_the_connection() {
         .await
         .unwrap();
     assert_eq!((holds.n, releases.n), (1, 1));
+}
+
+/// A usage row: (cost charged, priced cost, held amount).
+async fn usage_row(
+    conn: &mut persistence::AsyncPgConnection,
+    request_id: Uuid,
+) -> (BigDecimal, Option<BigDecimal>, Option<BigDecimal>) {
+    use diesel::{ExpressionMethods, QueryDsl};
+    use persistence::schema::usage_logs;
+    usage_logs::table
+        .filter(usage_logs::request_id.eq(request_id))
+        .select((
+            usage_logs::cost,
+            usage_logs::priced_cost,
+            usage_logs::held_amount,
+        ))
+        .get_result(conn)
+        .await
+        .unwrap()
+}
+
+fn dec(s: &str) -> BigDecimal {
+    BigDecimal::from_str(s).unwrap()
+}
+
+/// (balance, held) of a user.
+async fn balance_and_held(
+    conn: &mut persistence::AsyncPgConnection,
+    user: i64,
+) -> (BigDecimal, BigDecimal) {
+    let u = persistence::users::find(conn, user).await.unwrap();
+    (u.balance, u.held)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_charge_above_its_hold_takes_only_what_other_holds_leave_free() {
+    let pool = common::migrated_pool().await;
+    let user = user_with_balance(&pool, "1").await;
+    let mut conn = pool.get().await.unwrap();
+    let (overrun, other) = (Uuid::new_v4(), Uuid::new_v4());
+    billing::place_hold(&mut conn, user, overrun, &money("0.3"), 600)
+        .await
+        .unwrap()
+        .unwrap();
+    billing::place_hold(&mut conn, user, other, &money("0.4"), 600)
+        .await
+        .unwrap()
+        .unwrap();
+    // Priced at 0.9: its own 0.3 plus the 0.3 nobody holds; the other call's 0.4 stays.
+    let priced = money("0.9");
+    let settled = billing::settle(&mut conn, &charge(overrun, user, &priced))
+        .await
+        .unwrap();
+    assert_eq!(
+        settled,
+        Settlement::Settled {
+            charged: money("0.6"),
+            held: money("0.3"),
+            balance_after: money("0.4")
+        }
+    );
+    assert_eq!(
+        balance_and_held(&mut conn, user).await,
+        (dec("0.4"), dec("0.4"))
+    );
+    assert_eq!(
+        usage_row(&mut conn, overrun).await,
+        (dec("0.6"), Some(dec("0.9")), Some(dec("0.3"))),
+        "cost is what was charged; the priced cost and the hold beside it"
+    );
+    // The other call's reserved money is still all there for its own charge.
+    let other_cost = money("0.4");
+    let settled = billing::settle(&mut conn, &charge(other, user, &other_cost))
+        .await
+        .unwrap();
+    assert!(
+        matches!(&settled, Settlement::Settled { charged, .. } if *charged == other_cost),
+        "{settled:?}"
+    );
+    assert_eq!(
+        usage_row(&mut conn, other).await,
+        (dec("0.4"), Some(dec("0.4")), Some(dec("0.4")))
+    );
+    // A redelivery of the overrun changes nothing.
+    assert_eq!(
+        billing::settle(&mut conn, &charge(overrun, user, &priced))
+            .await
+            .unwrap(),
+        Settlement::AlreadySettled
+    );
+    assert_eq!(
+        balance_and_held(&mut conn, user).await,
+        (dec("0"), dec("0"))
+    );
+    drop(conn);
+    books_balance(&pool).await;
+}
+
+/// Racing real statements: calls with holds settle while charges without one (their holds were
+/// released) overrun at the same time; every held call is charged in full, whatever the order,
+/// and the overruns share only what nobody held.
+#[tokio::test(flavor = "multi_thread")]
+async fn concurrent_overruns_never_take_money_other_holds_reserve() {
+    let pool = common::migrated_pool().await;
+    let user = user_with_balance(&pool, "10").await;
+    let mut conn = pool.get().await.unwrap();
+    let mut held_calls = Vec::new();
+    for _ in 0..20 {
+        let request = Uuid::new_v4();
+        billing::place_hold(&mut conn, user, request, &money("0.25"), 600)
+            .await
+            .unwrap()
+            .unwrap();
+        held_calls.push(request);
+    }
+    drop(conn);
+    // 20 × 0.25 = 5 held; 5 free. 20 overruns priced at 1 each can share only those 5.
+    let tasks = held_calls
+        .iter()
+        .map(|request| (*request, "0.25"))
+        .chain((0..20).map(|_| (Uuid::new_v4(), "1")))
+        .map(|(request, cost)| {
+            let pool = pool.clone();
+            tokio::spawn(async move {
+                let mut conn = pool.get().await.unwrap();
+                let cost = money(cost);
+                billing::settle(&mut conn, &charge(request, user, &cost))
+                    .await
+                    .unwrap()
+            })
+        });
+    let results: Vec<Settlement> = futures_util::future::join_all(tasks)
+        .await
+        .into_iter()
+        .map(|r| r.unwrap())
+        .collect();
+    let charged = |r: &Settlement| match r {
+        Settlement::Settled { charged, .. } => charged.as_decimal().clone(),
+        Settlement::AlreadySettled => panic!("settled twice"),
+    };
+    for result in &results[..20] {
+        assert_eq!(charged(result), dec("0.25"), "a held call charged in full");
+    }
+    let overruns: BigDecimal = results[20..].iter().map(charged).sum();
+    assert_eq!(
+        overruns,
+        dec("5"),
+        "the overruns took exactly what was free"
+    );
+    let mut conn = pool.get().await.unwrap();
+    assert_eq!(
+        balance_and_held(&mut conn, user).await,
+        (dec("0"), dec("0"))
+    );
+    drop(conn);
+    books_balance(&pool).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn overrunning_charges_of_one_user_in_one_batch_take_their_holds_and_what_is_free_in_order() {
+    use diesel_async::AsyncConnection;
+    let pool = common::migrated_pool().await;
+    let alice = user_with_balance(&pool, "1").await;
+    let bob = user_with_balance(&pool, "1").await;
+    let mut conn = pool.get().await.unwrap();
+    let [a1, a2, a_other, b1, b2, b_other] = [(); 6].map(|_| Uuid::new_v4());
+    for (user, request, amount) in [
+        (alice, a1, "0.2"),
+        (alice, a2, "0.2"),
+        (alice, a_other, "0.3"),
+        (bob, b1, "0.5"),
+        (bob, b_other, "0.5"),
+    ] {
+        billing::place_hold(&mut conn, user, request, &money(amount), 600)
+            .await
+            .unwrap()
+            .unwrap();
+    }
+    let (c_a1, c_a2, c_b1, c_b2) = (money("0.5"), money("0.4"), money("0.1"), money("0.6"));
+    let batch = [
+        // Alice: 0.3 free. a1 takes its 0.2 and the 0.3 free; a2 only its own 0.2.
+        charge(a1, alice, &c_a1),
+        // Bob: nothing free. b1 leaves 0.4 of its hold unused, which b2 (no hold) then takes.
+        charge(b1, bob, &c_b1),
+        charge(a2, alice, &c_a2),
+        charge(a1, alice, &c_a1), // a duplicate within the batch
+        charge(b2, bob, &c_b2),
+    ];
+    let settle = async |conn: &mut persistence::AsyncPgConnection| {
+        conn.transaction::<_, persistence::StoreError, _>(async |conn| {
+            billing::settle_many(conn, &batch).await
+        })
+        .await
+        .unwrap()
+    };
+    let settled = |charged: &str, held: &str, balance_after: &str| Settlement::Settled {
+        charged: money(charged),
+        held: money(held),
+        balance_after: money(balance_after),
+    };
+    assert_eq!(
+        settle(&mut conn).await,
+        vec![
+            settled("0.5", "0.2", "0.5"),
+            settled("0.1", "0.5", "0.9"),
+            settled("0.2", "0.2", "0.3"),
+            Settlement::AlreadySettled,
+            settled("0.4", "0", "0.5"),
+        ]
+    );
+    for (request, row) in [
+        (a1, ("0.5", "0.5", "0.2")),
+        (a2, ("0.2", "0.4", "0.2")),
+        (b1, ("0.1", "0.1", "0.5")),
+        (b2, ("0.4", "0.6", "0")),
+    ] {
+        assert_eq!(
+            usage_row(&mut conn, request).await,
+            (dec(row.0), Some(dec(row.1)), Some(dec(row.2))),
+            "{request}"
+        );
+    }
+    // The other open holds keep what they reserve.
+    assert_eq!(
+        balance_and_held(&mut conn, alice).await,
+        (dec("0.3"), dec("0.3"))
+    );
+    assert_eq!(
+        balance_and_held(&mut conn, bob).await,
+        (dec("0.5"), dec("0.5"))
+    );
+    // Redelivered, the whole batch changes nothing.
+    assert!(
+        settle(&mut conn)
+            .await
+            .iter()
+            .all(|r| *r == Settlement::AlreadySettled)
+    );
+    assert_eq!(
+        balance_and_held(&mut conn, alice).await,
+        (dec("0.3"), dec("0.3"))
+    );
+    drop(conn);
+    books_balance(&pool).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_charge_whose_hold_was_released_takes_only_the_free_balance() {
+    let pool = common::migrated_pool().await;
+    let user = user_with_balance(&pool, "1").await;
+    let mut conn = pool.get().await.unwrap();
+    let (late, other) = (Uuid::new_v4(), Uuid::new_v4());
+    billing::place_hold(&mut conn, user, late, &money("0.5"), 600)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(billing::release_hold(&mut conn, late).await.unwrap());
+    // Meanwhile another call holds 0.7 of the balance.
+    billing::place_hold(&mut conn, user, other, &money("0.7"), 600)
+        .await
+        .unwrap()
+        .unwrap();
+    let priced = money("0.5");
+    assert_eq!(
+        billing::settle(&mut conn, &charge(late, user, &priced))
+            .await
+            .unwrap(),
+        Settlement::Settled {
+            charged: money("0.3"),
+            held: money("0"),
+            balance_after: money("0.7")
+        }
+    );
+    assert_eq!(
+        usage_row(&mut conn, late).await,
+        (dec("0.3"), Some(dec("0.5")), Some(dec("0")))
+    );
+    // With nothing free left, a second late charge takes nothing and writes no ledger row.
+    let broke = Uuid::new_v4();
+    assert_eq!(
+        billing::settle(&mut conn, &charge(broke, user, &priced))
+            .await
+            .unwrap(),
+        Settlement::Settled {
+            charged: money("0"),
+            held: money("0"),
+            balance_after: money("0.7")
+        }
+    );
+    assert_eq!(
+        usage_row(&mut conn, broke).await,
+        (dec("0"), Some(dec("0.5")), Some(dec("0")))
+    );
+    let other_cost = money("0.7");
+    billing::settle(&mut conn, &charge(other, user, &other_cost))
+        .await
+        .unwrap();
+    assert_eq!(
+        balance_and_held(&mut conn, user).await,
+        (dec("0"), dec("0"))
+    );
+
+    // The overruns are listed for the admin, newest first; the fully held call is not.
+    let page = persistence::Page {
+        limit: 10,
+        offset: 0,
+    };
+    let listed = persistence::usage::overruns(&mut conn, Some(user), page)
+        .await
+        .unwrap();
+    assert_eq!(listed.total, 2);
+    let ids: Vec<Uuid> = listed.rows.iter().map(|r| r.request_id).collect();
+    assert_eq!(ids, [broke, late]);
+    drop(conn);
+    books_balance(&pool).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_expired_hold_older_than_the_grace_is_released_even_while_the_queue_is_busy() {
+    use diesel::{ExpressionMethods, QueryDsl};
+    use persistence::schema::balance_holds;
+
+    let pool = common::migrated_pool().await;
+    let user = user_with_balance(&pool, "10").await;
+    let mut conn = pool.get().await.unwrap();
+    // Expired 700 s and 100 s ago; one with its charge in the outbox; one still running.
+    let [old, recent, parked, running] = [(); 4].map(|_| Uuid::new_v4());
+    for (request, ttl) in [(old, -700), (recent, -100), (parked, -700), (running, 600)] {
+        billing::place_hold(&mut conn, user, request, &money("1"), ttl)
+            .await
+            .unwrap()
+            .unwrap();
+    }
+    billing::outbox_insert(&mut conn, parked, &serde_json::json!({}))
+        .await
+        .unwrap();
+    let open = async |conn: &mut persistence::AsyncPgConnection| -> Vec<Uuid> {
+        let mut open: Vec<Uuid> = balance_holds::table
+            .filter(balance_holds::status.eq("open"))
+            .select(balance_holds::request_id)
+            .load(conn)
+            .await
+            .unwrap();
+        open.sort();
+        open
+    };
+    let sorted = |mut ids: Vec<Uuid>| {
+        ids.sort();
+        ids
+    };
+
+    // The queue was not seen empty: only what expired more than the grace (600 s) ago goes.
+    assert_eq!(
+        billing::release_expired_holds(&mut conn, 600, 100)
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(open(&mut conn).await, sorted(vec![recent, parked, running]));
+    assert_eq!(
+        balance_and_held(&mut conn, user).await,
+        (dec("10"), dec("3"))
+    );
+    // The queue was seen empty: every expired hold, but never one whose charge is parked.
+    assert_eq!(
+        billing::release_expired_holds(&mut conn, 0, 100)
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(open(&mut conn).await, sorted(vec![parked, running]));
+    assert_eq!(
+        balance_and_held(&mut conn, user).await,
+        (dec("10"), dec("2"))
+    );
+    drop(conn);
+    books_balance(&pool).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn reconcile_checks_charged_usage_against_the_ledger() {
+    let pool = common::migrated_pool().await;
+    let user = user_with_balance(&pool, "1").await;
+    let bystander = user_with_balance(&pool, "1").await;
+    let mut conn = pool.get().await.unwrap();
+    for (who, cost) in [(user, "0.25"), (user, "2"), (bystander, "0.1")] {
+        let cost = money(cost);
+        billing::settle(&mut conn, &charge(Uuid::new_v4(), who, &cost))
+            .await
+            .unwrap();
+    }
+    drop(conn);
+    // The second charge overran (0.75 of 2 taken): usage records what was charged.
+    books_balance(&pool).await;
+
+    // A usage row that says more than the ledger charged (what the old settlement wrote).
+    let mut conn = pool.get().await.unwrap();
+    diesel::sql_query(format!(
+        "UPDATE usage_logs SET cost = priced_cost WHERE user_id = {user} AND priced_cost = 2"
+    ))
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    let mismatches = billing::reconcile(&mut conn).await.unwrap();
+    assert_eq!(mismatches.len(), 1, "{mismatches:?}");
+    let m = &mismatches[0];
+    assert_eq!(m.user_id, user);
+    assert_eq!(
+        (m.balance.clone(), m.ledger_sum.clone()),
+        (dec("0"), dec("0"))
+    );
+    assert_eq!(
+        (m.usage_cost.clone(), m.ledger_charges.clone()),
+        (dec("2.25"), dec("1"))
+    );
+
+    // Put right, the books balance again.
+    diesel::sql_query(format!(
+        "UPDATE usage_logs SET cost = 0.75 WHERE user_id = {user} AND priced_cost = 2"
+    ))
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    assert!(billing::reconcile(&mut conn).await.unwrap().is_empty());
+    // A usage row with no charge at all behind it.
+    diesel::sql_query(format!(
+        "INSERT INTO usage_logs (request_id, user_id, model_name, cost)
+         VALUES (gen_random_uuid(), {bystander}, 'm', 0.01)"
+    ))
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    let mismatches = billing::reconcile(&mut conn).await.unwrap();
+    assert_eq!(
+        mismatches.iter().map(|m| m.user_id).collect::<Vec<_>>(),
+        [bystander]
+    );
 }

@@ -25,6 +25,9 @@ pub const DEFAULT_CONFIG: &str = include_str!("../config/default.toml");
 /// Part of the grace period kept for closing the channel, the connection and the ops server.
 const SHUTDOWN_RESERVE: Duration = Duration::from_secs(2);
 
+/// Beyond a week, the money of dead calls would stay reserved for no reason an operator has.
+const MAX_HOLD_RELEASE_GRACE_SECONDS: u64 = 7 * 24 * 3600;
+
 #[derive(Debug, Clone, Deserialize)]
 pub struct Settings {
     pub broker: BrokerSettings,
@@ -48,6 +51,9 @@ pub struct BillingSettings {
     pub batches_in_flight: usize,
     /// How often expired holds are released and the outbox is settled.
     pub sweep_interval_ms: u64,
+    /// A hold (or credit lease) expired for longer than this is released even while charges
+    /// wait in the queue (see `settle::HoldRelease`); sooner only once the queue was seen empty.
+    pub hold_release_grace_seconds: u64,
 }
 
 /// Where /healthz, /readyz and /metrics are served.
@@ -78,6 +84,13 @@ impl Settings {
         {
             return invalid(
                 "billing.batch_max, billing.batches_in_flight and billing.sweep_interval_ms must be at least 1",
+            );
+        }
+        if self.billing.hold_release_grace_seconds == 0
+            || self.billing.hold_release_grace_seconds > MAX_HOLD_RELEASE_GRACE_SECONDS
+        {
+            return invalid(
+                "billing.hold_release_grace_seconds must be between 1 and 604800 (a week)",
             );
         }
         if self.shutdown_grace_seconds == 0 {
@@ -112,6 +125,7 @@ pub enum WorkerError {
 pub struct Application {
     pool: Pool,
     sweep_every: Duration,
+    hold_release_grace: Duration,
     broker: Broker,
     consumer: Consumer,
     ops_server: actix_web::dev::Server,
@@ -158,6 +172,7 @@ impl Application {
         Ok(Application {
             pool,
             sweep_every: Duration::from_millis(settings.billing.sweep_interval_ms),
+            hold_release_grace: Duration::from_secs(settings.billing.hold_release_grace_seconds),
             broker,
             consumer,
             ops_server,
@@ -176,7 +191,8 @@ impl Application {
         let ops = self.ops_server.handle();
         let ops_task = tokio::spawn(self.ops_server);
         let sweeper = tokio::spawn(sweep_forever(
-            Sweeper::new(self.pool.clone(), self.broker.clone()),
+            Sweeper::new(self.pool.clone(), self.broker.clone())
+                .with_hold_release_grace(self.hold_release_grace),
             self.sweep_every,
         ));
         let consumed = self.consumer.run(shutdown).await;
@@ -193,8 +209,9 @@ impl Application {
 }
 
 /// The sweeper: releases holds of calls that never finished (once no charge waits in the
-/// queue, see `settle::HoldRelease`) and settles charges parked in the outbox while the broker
-/// was down. Safe to run in every replica (rows are locked SKIP LOCKED).
+/// queue, or once expired for longer than the grace, see `settle::HoldRelease`) and settles
+/// charges parked in the outbox while the broker was down. Safe to run in every replica (rows
+/// are locked SKIP LOCKED).
 pub struct Sweeper {
     pool: Pool,
     broker: Broker,
@@ -202,12 +219,20 @@ pub struct Sweeper {
 }
 
 impl Sweeper {
+    /// A sweeper that releases expired holds only once the queue was seen empty (add the
+    /// grace rule with [`Sweeper::with_hold_release_grace`], as the application does).
     pub fn new(pool: Pool, broker: Broker) -> Sweeper {
         Sweeper {
             pool,
             broker,
             hold_release: settle::HoldRelease::default(),
         }
+    }
+
+    /// Also releases holds and leases expired for longer than `grace`, whatever the queue.
+    pub fn with_hold_release_grace(mut self, grace: Duration) -> Sweeper {
+        self.hold_release = settle::HoldRelease::with_grace(grace);
+        self
     }
 
     /// One pass (see `settle::sweep`): (holds released, outbox charges settled).
@@ -219,9 +244,11 @@ impl Sweeper {
                 None
             }
         };
-        let release_holds = self.hold_release.observe(waiting);
-        metrics::gauge!("billing_hold_release_paused").set(if release_holds { 0.0 } else { 1.0 });
-        settle::sweep(&self.pool, release_holds).await
+        let expired_for = self.hold_release.observe(waiting);
+        // 1 while only holds expired for longer than the grace (or none) may be released.
+        let paused = expired_for != Some(Duration::ZERO);
+        metrics::gauge!("billing_hold_release_paused").set(if paused { 1.0 } else { 0.0 });
+        settle::sweep(&self.pool, expired_for).await
     }
 }
 
@@ -237,8 +264,9 @@ async fn sweep_forever(mut sweeper: Sweeper, every: Duration) {
     }
 }
 
-/// `billing-worker reconcile`: every balance against its ledger and open holds. Returns the
-/// mismatches (empty when the books are right).
+/// `billing-worker reconcile`: every balance against its ledger, `held` against the open holds
+/// and leases, and charged usage against the ledger's charges. Returns the mismatches (empty
+/// when the books are right).
 pub async fn reconcile(
     settings: &Settings,
 ) -> Result<Vec<persistence::billing::Mismatch>, WorkerError> {
@@ -281,5 +309,20 @@ mod tests {
         assert_eq!(settings.ops.port, 9102);
         assert_eq!(settings.ops.host.to_string(), "127.0.0.1");
         assert_eq!(settings.broker.queue_prefix, "");
+        assert_eq!(settings.billing.hold_release_grace_seconds, 600);
+    }
+
+    #[test]
+    fn a_hold_release_grace_of_zero_or_beyond_a_week_is_refused() {
+        let mut settings: Settings = runtime::config::load(DEFAULT_CONFIG).expect("defaults load");
+        for bad in [0, 7 * 24 * 3600 + 1] {
+            settings.billing.hold_release_grace_seconds = bad;
+            assert!(
+                matches!(settings.validate(), Err(WorkerError::InvalidSettings(_))),
+                "{bad} accepted"
+            );
+        }
+        settings.billing.hold_release_grace_seconds = 1;
+        settings.validate().expect("one second is valid");
     }
 }

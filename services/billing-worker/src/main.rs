@@ -1,6 +1,6 @@
 //! Entry point: settings, telemetry, metrics, build, run until SIGINT/SIGTERM.
-//! `billing-worker reconcile` checks every balance against its ledger and exits non-zero on a
-//! mismatch.
+//! `billing-worker reconcile` checks every balance and charged usage against the ledger and
+//! exits non-zero on a mismatch.
 
 use billing_worker::{Application, Settings};
 
@@ -15,14 +15,22 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         let mismatches = billing_worker::reconcile(&settings).await?;
         for m in &mismatches {
             eprintln!(
-                "user {}: balance {} vs ledger {}; held {} vs open holds {}",
-                m.user_id, m.balance, m.ledger_sum, m.held, m.open_holds
+                "user {}: balance {} vs ledger {}; held {} vs open holds {}; usage charged {} vs ledger charges {}",
+                m.user_id,
+                m.balance,
+                m.ledger_sum,
+                m.held,
+                m.open_holds,
+                m.usage_cost,
+                m.ledger_charges
             );
         }
         if !mismatches.is_empty() {
             std::process::exit(1);
         }
-        println!("reconcile: every balance equals its ledger and every hold total its open holds");
+        println!(
+            "reconcile: every balance equals its ledger, every hold total its open holds and leases, and every user's charged usage its ledger charges"
+        );
         return Ok(());
     }
     runtime::metrics::install()?;

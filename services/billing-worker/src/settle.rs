@@ -6,7 +6,7 @@ use std::pin::Pin;
 use std::time::{Duration, Instant};
 
 use diesel_async::AsyncConnection;
-use domain::{BillingBatch, BillingMessage};
+use domain::{BillingBatch, BillingMessage, Money};
 use messaging::{Delivery, Handler, Outcome};
 use persistence::batch::Batcher;
 use persistence::billing::{self, Charge, Settlement};
@@ -90,6 +90,30 @@ fn record(message: &BillingMessage, result: &Settlement) {
         Settlement::AlreadySettled => {
             metrics::counter!("billing_settlements_total", "outcome" => "duplicate").increment(1);
         }
+    }
+    record_overrun(message, result);
+}
+
+/// What an overrun left uncollected: `Some` when the charge priced above what its reservation
+/// covered (`priced - charged`, zero when the free balance covered the rest), `None` otherwise.
+fn overrun(priced: &Money, result: &Settlement) -> Option<Money> {
+    match result {
+        Settlement::Settled { charged, held, .. } if priced > held => Some(
+            priced
+                .checked_sub(charged)
+                .unwrap_or_else(|_| Money::zero()),
+        ),
+        _ => None,
+    }
+}
+
+/// Counts an overrun (see [`overrun`]) of a charge settled by the consumer or the sweeper.
+fn record_overrun(message: &BillingMessage, result: &Settlement) {
+    if let Some(uncollected) = overrun(&message.cost, result) {
+        metrics::counter!("billing_overruns_total").increment(1);
+        // For dashboards only (its sum is the money lost); money itself stays exact decimals.
+        metrics::histogram!("billing_overrun_uncollected_amount")
+            .record(bigdecimal::ToPrimitive::to_f64(uncollected.as_decimal()).unwrap_or(0.0));
     }
 }
 
@@ -178,43 +202,65 @@ fn outcome_of(charges: Vec<ChargeOutcome>) -> Outcome {
     }
 }
 
-/// When the sweeper may release expired holds.
+/// Which expired holds (and credit leases) the sweeper may release.
 ///
 /// A hold expires when its call's charge has not settled within the hold TTL. That charge may
 /// still be on its way: published to `billing_log_queue` while every billing-worker was down,
-/// or behind a backlog, for longer than the TTL. Releasing its hold then would let the user
-/// spend that money before the charge settles, and the charge would be cut down to what is
-/// left of the balance (the operator's loss). So expired holds are released only once the queue
-/// and its retry queue were seen empty at two sweeps in a row: every charge published before
-/// the first of them has been delivered by the second and, a batch settling in milliseconds,
-/// settled. While the broker cannot tell, nothing is released. (Charges parked in the outbox
-/// keep their holds anyway, see `billing::release_expired_holds`.)
+/// or behind a backlog. Releasing its hold then would let the user spend that money before the
+/// charge settles, and the charge would take only what is free (an overrun, the operator's
+/// loss). So every expired hold is released at once only when the queue and its retry queue
+/// were seen empty at two sweeps in a row: every charge published before the first of them has
+/// been delivered by the second and, a batch settling in milliseconds, settled. Under steady
+/// traffic the queue is never seen empty, so a hold is also released once it has been expired
+/// for longer than the grace (`billing.hold_release_grace_seconds`): a call's charge is durable
+/// before its answer, and every call ends before its hold expires, so by then its charge has
+/// had the whole grace to settle; one that still comes later takes only what is free and is
+/// recorded as an overrun. (Charges parked in the outbox keep their holds anyway, see
+/// `billing::release_expired_holds`.) Without a grace, only the empty-queue rule applies.
 #[derive(Debug, Default)]
 pub struct HoldRelease {
     drained_before: bool,
+    grace: Option<Duration>,
 }
 
 impl HoldRelease {
+    /// The empty-queue rule, and the grace rule with `grace`.
+    pub fn with_grace(grace: Duration) -> HoldRelease {
+        HoldRelease {
+            drained_before: false,
+            grace: Some(grace),
+        }
+    }
+
     /// Records what this sweep found waiting in the queue (`None`: the broker could not be
-    /// asked); answers whether expired holds may be released now.
-    pub fn observe(&mut self, waiting: Option<u64>) -> bool {
+    /// asked); answers how long a hold (or lease) must have been expired to be released now
+    /// (zero: every expired one), or `None` when none may be.
+    pub fn observe(&mut self, waiting: Option<u64>) -> Option<Duration> {
         let drained = waiting == Some(0);
         let open = drained && self.drained_before;
         self.drained_before = drained;
-        open
+        if open {
+            Some(Duration::ZERO)
+        } else {
+            self.grace
+        }
     }
 }
 
-/// One pass of the sweeper: release expired holds (when `release_holds`, see [`HoldRelease`]),
-/// settle charges parked in the outbox (each settled and deleted in one transaction, so a
-/// charge is settled once even if two sweepers run) and vacuum the balance rows (see
-/// `billing::vacuum_balances`). Returns (holds released, outbox charges settled).
-pub async fn sweep(pool: &Pool, release_holds: bool) -> Result<(usize, usize), StoreError> {
+/// One pass of the sweeper: release holds and credit leases expired for longer than
+/// `expired_for` (none when `None`, see [`HoldRelease`]), settle charges parked in the outbox
+/// (each settled and deleted in one transaction, so a charge is settled once even if two
+/// sweepers run) and vacuum the balance rows (see `billing::vacuum_balances`). Returns (holds
+/// released, outbox charges settled).
+pub async fn sweep(
+    pool: &Pool,
+    expired_for: Option<Duration>,
+) -> Result<(usize, usize), StoreError> {
+    let expired_for_seconds = expired_for.map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
     let mut conn = pool.get().await?;
-    let released = if release_holds {
-        billing::release_expired_holds(&mut conn, 1000).await?
-    } else {
-        0
+    let released = match expired_for_seconds {
+        Some(seconds) => billing::release_expired_holds(&mut conn, seconds, 1000).await?,
+        None => 0,
     };
     if released > 0 {
         metrics::counter!("billing_holds_expired_total").increment(released as u64);
@@ -237,7 +283,10 @@ pub async fn sweep(pool: &Pool, release_holds: bool) -> Result<(usize, usize), S
                 // Set-based, users locked in id order: two sweepers (or a sweeper and a
                 // batch) cannot deadlock, as they could settling charge by charge.
                 let charges: Vec<Charge<'_>> = messages.iter().map(charge_of).collect();
-                billing::settle_many(conn, &charges).await?;
+                let results = billing::settle_many(conn, &charges).await?;
+                for (message, result) in messages.iter().zip(&results) {
+                    record_overrun(message, result);
+                }
                 let ids: Vec<_> = messages.iter().map(|m| m.request_id).collect();
                 billing::outbox_delete_requests(conn, &ids).await?;
                 Ok((rows.len(), ids.len()))
@@ -248,10 +297,10 @@ pub async fn sweep(pool: &Pool, release_holds: bool) -> Result<(usize, usize), S
             break;
         }
     }
-    if release_holds {
+    if let Some(seconds) = expired_for_seconds {
         // Leases whose process stopped renewing them (it died): what they still reserve goes
         // back to the balance, under the same rule as expired holds, after the outbox above.
-        let leases = persistence::leases::release_expired(&mut conn, 0, 1000).await?;
+        let leases = persistence::leases::release_expired(&mut conn, seconds, 1000).await?;
         if leases > 0 {
             metrics::counter!("billing_leases_expired_total").increment(leases as u64);
             tracing::info!(leases, "released expired credit leases");
@@ -272,16 +321,57 @@ mod tests {
     use super::*;
 
     #[test]
-    fn expired_holds_are_released_only_after_two_sweeps_found_the_queue_empty() {
+    fn without_a_grace_expired_holds_are_released_only_after_two_sweeps_found_the_queue_empty() {
         let mut gate = HoldRelease::default();
-        assert!(!gate.observe(Some(0)), "one empty look is not enough");
-        assert!(gate.observe(Some(0)));
-        assert!(gate.observe(Some(0)));
-        assert!(!gate.observe(Some(3)), "charges are waiting");
-        assert!(!gate.observe(Some(0)));
-        assert!(!gate.observe(None), "the broker could not tell");
-        assert!(!gate.observe(Some(0)));
-        assert!(gate.observe(Some(0)));
+        let all = Some(Duration::ZERO);
+        assert_eq!(gate.observe(Some(0)), None, "one empty look is not enough");
+        assert_eq!(gate.observe(Some(0)), all);
+        assert_eq!(gate.observe(Some(0)), all);
+        assert_eq!(gate.observe(Some(3)), None, "charges are waiting");
+        assert_eq!(gate.observe(Some(0)), None);
+        assert_eq!(gate.observe(None), None, "the broker could not tell");
+        assert_eq!(gate.observe(Some(0)), None);
+        assert_eq!(gate.observe(Some(0)), all);
+    }
+
+    #[test]
+    fn under_steady_traffic_holds_expired_for_longer_than_the_grace_are_released() {
+        let grace = Duration::from_secs(600);
+        let mut gate = HoldRelease::with_grace(grace);
+        // The queue is never seen empty: only holds expired for longer than the grace go.
+        for waiting in [Some(5), Some(1), Some(12), None, Some(0), Some(7)] {
+            assert_eq!(gate.observe(waiting), Some(grace), "{waiting:?}");
+        }
+        // The empty-queue fast path still releases every expired hold.
+        assert_eq!(
+            gate.observe(Some(0)),
+            Some(grace),
+            "one empty look is not enough"
+        );
+        assert_eq!(gate.observe(Some(0)), Some(Duration::ZERO));
+        assert_eq!(gate.observe(Some(2)), Some(grace));
+    }
+
+    #[test]
+    fn an_overrun_is_a_charge_priced_above_its_reservation() {
+        let money = |s: &str| Money::parse(s).expect("an amount");
+        let settled = |charged: &str, held: &str| Settlement::Settled {
+            charged: money(charged),
+            held: money(held),
+            balance_after: money("1"),
+        };
+        assert_eq!(overrun(&money("0.3"), &settled("0.3", "0.5")), None);
+        assert_eq!(overrun(&money("0.5"), &settled("0.5", "0.5")), None);
+        assert_eq!(
+            overrun(&money("0.8"), &settled("0.8", "0.5")),
+            Some(money("0")),
+            "covered by the free balance: an overrun, nothing lost"
+        );
+        assert_eq!(
+            overrun(&money("0.8"), &settled("0.6", "0")),
+            Some(money("0.2"))
+        );
+        assert_eq!(overrun(&money("0.8"), &Settlement::AlreadySettled), None);
     }
 
     #[test]

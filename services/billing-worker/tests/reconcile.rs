@@ -1,5 +1,5 @@
-//! `billing-worker reconcile`: exit 0 when every balance equals its ledger and every hold total
-//! its open holds, non-zero (naming the user) when not.
+//! `billing-worker reconcile`: exit 0 when every balance equals its ledger, every hold total its
+//! open holds and every user's charged usage their ledger's charges; 1 (naming the user) when not.
 
 #![allow(clippy::unwrap_used)]
 
@@ -61,4 +61,28 @@ async fn reconcile_passes_on_sound_books_and_fails_on_a_tampered_balance() {
         "a held total without open holds is a mismatch"
     );
     assert!(String::from_utf8_lossy(&held.stderr).contains("user 8"));
+
+    // Usage that says a call was charged which the ledger never charged.
+    diesel::sql_query("UPDATE users SET held = 0 WHERE id = 8")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    diesel::sql_query(
+        "INSERT INTO usage_logs (request_id, user_id, model_name, cost, priced_cost, held_amount)
+         VALUES (gen_random_uuid(), 7, 'm', 0.5, 0.5, 0.5)",
+    )
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    let usage = reconcile(&url);
+    assert_eq!(
+        usage.status.code(),
+        Some(1),
+        "usage the ledger did not charge is a mismatch"
+    );
+    let report = String::from_utf8_lossy(&usage.stderr);
+    assert!(
+        report.contains("user 7") && report.contains("usage charged 0.5"),
+        "{report}"
+    );
 }

@@ -258,6 +258,56 @@ impl From<UsageLog> for UsageLogView {
     }
 }
 
+/// A billed call that priced above what its reservation covered: it took its reservation and
+/// at most what was free of the balance beside it, never money other calls held.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct OverrunView {
+    pub request_id: uuid::Uuid,
+    pub user_id: i64,
+    pub model_name: String,
+    /// What the call's usage priced at.
+    #[schema(value_type = String, example = "0.9")]
+    pub priced_cost: Money,
+    /// What its reservation covered (its hold, or the part of its credit lease it took; "0"
+    /// when the hold had been released before the charge arrived).
+    #[schema(value_type = String, example = "0.3")]
+    pub held_amount: Money,
+    /// What was charged (the usage log's `cost`).
+    #[schema(value_type = String, example = "0.6")]
+    pub charged: Money,
+    /// `priced_cost - charged`: what the balance could not cover.
+    #[schema(value_type = String, example = "0.3")]
+    pub uncollected: Money,
+    pub created_at: DateTime<Utc>,
+}
+
+impl TryFrom<UsageLog> for OverrunView {
+    type Error = ApiError;
+
+    fn try_from(u: UsageLog) -> Result<Self, ApiError> {
+        let (Some(priced_cost), Some(held_amount)) = (u.priced_cost, u.held_amount) else {
+            return Err(ApiError::Internal(format!(
+                "usage log {} listed as an overrun without its priced and held amounts",
+                u.id
+            )));
+        };
+        let (priced_cost, charged) = (Money::from_db(priced_cost), Money::from_db(u.cost));
+        let uncollected = priced_cost
+            .checked_sub(&charged)
+            .map_err(|e| ApiError::Internal(format!("usage log {}: {e}", u.id)))?;
+        Ok(OverrunView {
+            request_id: u.request_id,
+            user_id: u.user_id,
+            model_name: u.model_name,
+            priced_cost,
+            held_amount: Money::from_db(held_amount),
+            charged,
+            uncollected,
+            created_at: u.created_at,
+        })
+    }
+}
+
 /// `{"data": [...], "total", "limit", "offset"}`, newest first.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ListResponse<T: ToSchema> {

@@ -56,7 +56,7 @@ pub async fn books_balance(pool: &persistence::Pool) {
 
 /// Runs the hold-expiry sweep (up to 100 holds); returns how many it released.
 pub async fn release_expired(conn: &mut persistence::AsyncPgConnection) -> usize {
-    persistence::billing::release_expired_holds(conn, 100)
+    persistence::billing::release_expired_holds(conn, 0, 100)
         .await
         .unwrap()
 }

@@ -14,7 +14,7 @@ use crate::error::{ApiError, ErrorBody};
 use crate::middleware::{reload_routes_after_write, require_admin};
 use crate::state::AppState;
 use crate::views::{
-    AdminListQuery, LedgerEntryView, ListQuery, ListResponse, ModelView, OrderView,
+    AdminListQuery, LedgerEntryView, ListQuery, ListResponse, ModelView, OrderView, OverrunView,
     ProviderKeyView, ProviderView, UsageLogView, UserView,
 };
 
@@ -76,7 +76,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .route(web::delete().to(delete_model)),
     )
     .service(admin("/v1/admin/orders").route(web::get().to(list_orders)))
-    .service(admin("/v1/admin/usage-logs").route(web::get().to(list_usage_logs)));
+    .service(admin("/v1/admin/usage-logs").route(web::get().to(list_usage_logs)))
+    .service(admin("/v1/admin/overruns").route(web::get().to(list_overruns)));
 }
 
 // ---- users
@@ -569,4 +570,20 @@ pub async fn list_usage_logs(
             Ok(UsageLogView::from(u))
         })?),
     )
+}
+
+/// Billed calls that priced above what their reservation covered (overruns), optionally of one
+/// user: each took its reservation and at most what was free of the balance beside it.
+#[utoipa::path(get, path = "/v1/admin/overruns", tag = "admin", security(("token" = [])),
+    params(AdminListQuery),
+    responses((status = 200, body = ListResponse<OverrunView>), (status = 403, body = ErrorBody)))]
+pub async fn list_overruns(
+    state: web::Data<AppState>,
+    _admin: AdminUser,
+    query: web::Query<AdminListQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let page = query.page()?;
+    let mut conn = state.conn().await?;
+    let list = persistence::usage::overruns(&mut conn, query.user_id, page).await?;
+    Ok(HttpResponse::Ok().json(ListResponse::from_page(list, page, OverrunView::try_from)?))
 }
