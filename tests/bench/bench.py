@@ -1037,11 +1037,11 @@ def cmd_report(a):
             w(f"| pgbench single-row UPDATE transactions, 8 clients | **{fmt(pgb)}** | "
               f"{', '.join(fmt(r['tps']) for r in pg_runs)} | | {other(pg_runs)}% |")
         w("")
-        w("Batched mode settles a whole batch (up to 64) in one transaction of three set-based, prepared "
-          "statements (INSERT the usage logs, delete the settled holds, then one call of the SQL function "
-          "`settle_charges`, which locks the users in id order, debits them and writes the ledger rows, "
-          "right before the commit); single mode (`BATCH_MAX=1`) settles each charge in its own "
-          "transaction.")
+        w("Batched mode settles a whole batch (up to 64) in one transaction of a fixed number of set-based, "
+          "prepared statements (look up the request ids already settled, delete the settled holds, take "
+          "leased calls' costs from their leases, then one call of the SQL function `settle_usage`, which "
+          "locks the users in id order, debits them and writes the ledger and usage rows, right before "
+          "the commit); single mode (`BATCH_MAX=1`) settles each charge in its own transaction.")
         w("")
 
     mem = by(kind="memory")
