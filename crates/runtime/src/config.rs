@@ -19,7 +19,7 @@ pub fn load<T: DeserializeOwned>(defaults_toml: &str) -> Result<T, ConfigError> 
     load_from(defaults_toml, file.as_deref(), Environment::default())
 }
 
-fn load_from<T: DeserializeOwned>(
+pub(crate) fn load_from<T: DeserializeOwned>(
     defaults_toml: &str,
     file: Option<&str>,
     environment: Environment,

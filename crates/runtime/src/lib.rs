@@ -1,5 +1,6 @@
 //! What every binary needs around its business logic: layered config, logging, metrics,
-//! the ops HTTP endpoints (/healthz, /readyz, /metrics) and the shutdown signal.
+//! the ops HTTP endpoints (/healthz, /readyz, /metrics), the shutdown signal and the queue
+//! workers' shell.
 
 pub mod config;
 pub mod metrics;
@@ -8,3 +9,4 @@ pub mod shutdown;
 pub mod telemetry;
 #[cfg(feature = "testing")]
 pub mod testing;
+pub mod worker;

@@ -2,41 +2,49 @@
 //! `main.rs` only wires settings, telemetry and signals around [`Application`].
 
 use std::future::Future;
-use std::net::{IpAddr, SocketAddr};
-use std::pin::Pin;
+use std::ops::{Deref, DerefMut};
 use std::sync::Arc;
 use std::time::Duration;
 
-use messaging::{
-    BILLING_LOG_QUEUE, Broker, BrokerSettings, Consumer, ConsumerStatus, MessagingError,
-};
-use persistence::{DatabaseSettings, Pool, StoreError};
-use runtime::ops::{Readiness, serve_ops};
-use runtime::telemetry::LogFormat;
+use messaging::{BILLING_LOG_QUEUE, Broker};
+use persistence::{Pool, StoreError};
+use runtime::worker::{Connected, Worker, WorkerSettings, invalid};
 use serde::Deserialize;
 
 pub mod settle;
 
 use settle::{BillingHandler, Settler};
 
+pub use runtime::worker::WorkerError;
+
 /// The built-in configuration layer (see `runtime::config::load`).
 pub const DEFAULT_CONFIG: &str = include_str!("../config/default.toml");
-
-/// Part of the grace period kept for closing the channel, the connection and the ops server.
-const SHUTDOWN_RESERVE: Duration = Duration::from_secs(2);
 
 /// Beyond a week, the money of dead calls would stay reserved for no reason an operator has.
 const MAX_HOLD_RELEASE_GRACE_SECONDS: u64 = 7 * 24 * 3600;
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct Settings {
-    pub broker: BrokerSettings,
-    pub database: DatabaseSettings,
-    pub ops: OpsSettings,
-    pub log_format: LogFormat,
-    /// After SIGTERM, in-flight settlements get this long to finish before the process exits.
-    pub shutdown_grace_seconds: u64,
+    /// Broker, database, ops, log format and shutdown grace (in-flight settlements get this
+    /// long after SIGTERM), at the top level of the configuration.
+    #[serde(flatten)]
+    pub worker: WorkerSettings,
     pub billing: BillingSettings,
+}
+
+// The shared settings read as this worker's own (`settings.ops.port`), as before they moved.
+impl Deref for Settings {
+    type Target = WorkerSettings;
+
+    fn deref(&self) -> &WorkerSettings {
+        &self.worker
+    }
+}
+
+impl DerefMut for Settings {
+    fn deref_mut(&mut self) -> &mut WorkerSettings {
+        &mut self.worker
+    }
 }
 
 /// How charges are settled.
@@ -56,13 +64,6 @@ pub struct BillingSettings {
     pub hold_release_grace_seconds: u64,
 }
 
-/// Where /healthz, /readyz and /metrics are served.
-#[derive(Debug, Clone, Deserialize)]
-pub struct OpsSettings {
-    pub host: IpAddr,
-    pub port: u16,
-}
-
 impl Settings {
     pub fn load() -> Result<Self, WorkerError> {
         let settings: Self = runtime::config::load(DEFAULT_CONFIG)?;
@@ -71,13 +72,7 @@ impl Settings {
     }
 
     pub fn validate(&self) -> Result<(), WorkerError> {
-        let invalid = |reason: &str| Err(WorkerError::InvalidSettings(reason.to_owned()));
-        if self.broker.prefetch == 0 {
-            return invalid("broker.prefetch must be at least 1");
-        }
-        if self.database.pool_max_size == 0 {
-            return invalid("database.pool_max_size must be at least 1");
-        }
+        self.worker.validate()?;
         if self.billing.batch_max == 0
             || self.billing.sweep_interval_ms == 0
             || self.billing.batches_in_flight == 0
@@ -93,118 +88,54 @@ impl Settings {
                 "billing.hold_release_grace_seconds must be between 1 and 604800 (a week)",
             );
         }
-        if self.shutdown_grace_seconds == 0 {
-            return invalid("shutdown_grace_seconds must be at least 1");
-        }
         Ok(())
     }
-
-    pub fn shutdown_grace(&self) -> Duration {
-        Duration::from_secs(self.shutdown_grace_seconds)
-    }
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum WorkerError {
-    #[error(transparent)]
-    Config(#[from] runtime::config::ConfigError),
-    #[error("invalid settings: {0}")]
-    InvalidSettings(String),
-    #[error(transparent)]
-    Metrics(#[from] runtime::metrics::MetricsError),
-    #[error("database: {0}")]
-    Database(#[from] StoreError),
-    #[error("broker: {0}")]
-    Broker(#[from] MessagingError),
-    #[error("ops server: {0}")]
-    Ops(#[from] std::io::Error),
 }
 
 /// A built worker: connected, topology declared, ops server bound; [`Application::run_until`]
 /// starts consuming.
 pub struct Application {
-    pool: Pool,
+    worker: Worker,
+    sweeper: Sweeper,
     sweep_every: Duration,
-    hold_release_grace: Duration,
-    broker: Broker,
-    consumer: Consumer,
-    ops_server: actix_web::dev::Server,
-    ops_port: u16,
 }
 
 impl Application {
     pub async fn build(settings: Settings) -> Result<Application, WorkerError> {
         settings.validate()?;
-        let metrics = runtime::metrics::install()?;
-        let pool = persistence::build_pool(&settings.database)?;
-        persistence::ping(&pool).await?;
-        let broker = Broker::connect(settings.broker.clone()).await?;
-        let consumer = Consumer::new(
-            &broker,
-            BILLING_LOG_QUEUE,
-            settings.broker.prefetch,
-            Arc::new(BillingHandler {
-                settler: Settler::start(
-                    persistence::build_batch_pool(
-                        &settings.database,
-                        settings.billing.batches_in_flight,
-                    )?,
-                    settings.billing.batch_max,
+        let connected = Connected::open(&settings.worker).await?;
+        let sweeper = Sweeper::new(connected.pool.clone(), connected.broker.clone())
+            .with_hold_release_grace(Duration::from_secs(
+                settings.billing.hold_release_grace_seconds,
+            ));
+        let handler = Arc::new(BillingHandler {
+            settler: Settler::start(
+                persistence::build_batch_pool(
+                    &settings.database,
                     settings.billing.batches_in_flight,
-                    Duration::from_millis(settings.billing.batch_linger_ms),
-                ),
-            }),
-        )?
-        .with_drain_timeout(
-            settings
-                .shutdown_grace()
-                .saturating_sub(SHUTDOWN_RESERVE)
-                .max(Duration::from_secs(1)),
-        );
-        let readiness = Arc::new(WorkerReadiness {
-            pool: pool.clone(),
-            broker: broker.clone(),
-            consumer: consumer.status(),
+                )?,
+                settings.billing.batch_max,
+                settings.billing.batches_in_flight,
+                Duration::from_millis(settings.billing.batch_linger_ms),
+            ),
         });
-        let listen = SocketAddr::new(settings.ops.host, settings.ops.port);
-        let (ops_server, ops_port) = serve_ops(listen, readiness, metrics)?;
-        tracing::info!(%listen, ops_port, "billing worker built");
         Ok(Application {
-            pool,
+            worker: connected.consume("billing worker", BILLING_LOG_QUEUE, handler)?,
+            sweeper,
             sweep_every: Duration::from_millis(settings.billing.sweep_interval_ms),
-            hold_release_grace: Duration::from_secs(settings.billing.hold_release_grace_seconds),
-            broker,
-            consumer,
-            ops_server,
-            ops_port,
         })
     }
 
     /// The bound ops port (useful with port 0).
     pub fn ops_port(&self) -> u16 {
-        self.ops_port
+        self.worker.ops_port()
     }
 
-    /// Serves ops and consumes until `shutdown` resolves; then stops consuming, finishes
-    /// in-flight messages, acks them and closes the connection.
+    /// Serves ops, sweeps and consumes until `shutdown` resolves; then stops consuming,
+    /// finishes in-flight settlements, acks them and closes the connection.
     pub async fn run_until(self, shutdown: impl Future<Output = ()>) -> Result<(), WorkerError> {
-        let ops = self.ops_server.handle();
-        let ops_task = tokio::spawn(self.ops_server);
-        let sweeper = tokio::spawn(sweep_forever(
-            Sweeper::new(self.pool.clone(), self.broker.clone())
-                .with_hold_release_grace(self.hold_release_grace),
-            self.sweep_every,
-        ));
-        let consumed = self.consumer.run(shutdown).await;
-        sweeper.abort();
-        // Probes need no goodbye: stop at once rather than wait for idle keep-alives.
-        ops.stop(false).await;
-        if let Err(error) = ops_task.await {
-            tracing::warn!(%error, "ops server task failed");
-        }
-        self.broker.close().await;
-        tracing::info!("billing worker stopped");
-        Ok(consumed?)
+        let sweeper = Box::pin(sweep_forever(self.sweeper, self.sweep_every));
+        self.worker.run_until(shutdown, vec![sweeper]).await
     }
 }
 
@@ -273,29 +204,6 @@ pub async fn reconcile(
     let pool = persistence::build_pool(&settings.database)?;
     let mut conn = pool.get().await.map_err(StoreError::from)?;
     Ok(persistence::billing::reconcile(&mut conn).await?)
-}
-
-/// Ready when Postgres answers, RabbitMQ is connected and the consumer is subscribed.
-struct WorkerReadiness {
-    pool: Pool,
-    broker: Broker,
-    consumer: ConsumerStatus,
-}
-
-impl Readiness for WorkerReadiness {
-    fn check(&self) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send + '_>> {
-        Box::pin(async move {
-            if !self.broker.is_connected() {
-                return Err("RabbitMQ is not connected".to_owned());
-            }
-            if !self.consumer.is_running() {
-                return Err("the queue consumer is not running".to_owned());
-            }
-            persistence::ping(&self.pool)
-                .await
-                .map_err(|error| format!("Postgres is not reachable: {error}"))
-        })
-    }
 }
 
 #[cfg(test)]

@@ -2,37 +2,29 @@
 //! `main.rs` only wires settings, telemetry and signals around [`Application`].
 
 use std::future::Future;
-use std::net::{IpAddr, SocketAddr};
-use std::pin::Pin;
+use std::ops::{Deref, DerefMut};
 use std::sync::Arc;
 use std::time::Duration;
 
-use messaging::{
-    Broker, BrokerSettings, Consumer, ConsumerStatus, MODEL_INVOCATION_QUEUE, MessagingError,
-};
-use persistence::{DatabaseSettings, Pool, StoreError};
-use runtime::ops::{Readiness, serve_ops};
-use runtime::telemetry::LogFormat;
+use messaging::MODEL_INVOCATION_QUEUE;
+use runtime::worker::{Connected, Worker, WorkerSettings, invalid};
 use serde::Deserialize;
 
 pub mod jobs;
 
 use jobs::{InvocationHandler, JobSettings, Runner, WebhookSettings};
 
+pub use runtime::worker::WorkerError;
+
 /// The built-in configuration layer (see `runtime::config::load`).
 pub const DEFAULT_CONFIG: &str = include_str!("../config/default.toml");
 
-/// Part of the grace period kept for closing the channel, the connection and the ops server.
-const SHUTDOWN_RESERVE: Duration = Duration::from_secs(2);
-
 #[derive(Debug, Clone, Deserialize)]
 pub struct Settings {
-    pub broker: BrokerSettings,
-    pub database: DatabaseSettings,
-    pub ops: OpsSettings,
-    pub log_format: LogFormat,
-    /// After SIGTERM, in-flight jobs get this long to finish before the process exits.
-    pub shutdown_grace_seconds: u64,
+    /// Broker, database, ops, log format and shutdown grace (in-flight jobs get this long
+    /// after SIGTERM), at the top level of the configuration.
+    #[serde(flatten)]
+    pub worker: WorkerSettings,
     /// Threads running the worker's tasks. 1 (the default): all on one thread, with no
     /// hand-over between threads; the work is waiting on the provider, Postgres and RabbitMQ,
     /// and one thread spends about a fifth less CPU per job than two. More: a work-stealing
@@ -72,11 +64,19 @@ impl SecuritySettings {
     }
 }
 
-/// Where /healthz, /readyz and /metrics are served.
-#[derive(Debug, Clone, Deserialize)]
-pub struct OpsSettings {
-    pub host: IpAddr,
-    pub port: u16,
+// The shared settings read as this worker's own (`settings.ops.port`), as before they moved.
+impl Deref for Settings {
+    type Target = WorkerSettings;
+
+    fn deref(&self) -> &WorkerSettings {
+        &self.worker
+    }
+}
+
+impl DerefMut for Settings {
+    fn deref_mut(&mut self) -> &mut WorkerSettings {
+        &mut self.worker
+    }
 }
 
 impl Settings {
@@ -87,13 +87,7 @@ impl Settings {
     }
 
     pub fn validate(&self) -> Result<(), WorkerError> {
-        let invalid = |reason: &str| Err(WorkerError::InvalidSettings(reason.to_owned()));
-        if self.broker.prefetch == 0 {
-            return invalid("broker.prefetch must be at least 1");
-        }
-        if self.database.pool_max_size == 0 {
-            return invalid("database.pool_max_size must be at least 1");
-        }
+        self.worker.validate()?;
         if self.security.key().is_none() {
             return invalid(
                 "security.master_key must be base64 of 32 bytes (APP__SECURITY__MASTER_KEY)",
@@ -111,9 +105,6 @@ impl Settings {
         if !(1..=64).contains(&self.runtime_threads) {
             return invalid("runtime_threads must be between 1 and 64");
         }
-        if self.shutdown_grace_seconds == 0 {
-            return invalid("shutdown_grace_seconds must be at least 1");
-        }
         Ok(())
     }
 
@@ -128,45 +119,20 @@ impl Settings {
         };
         builder.enable_all().build()
     }
-
-    pub fn shutdown_grace(&self) -> Duration {
-        Duration::from_secs(self.shutdown_grace_seconds)
-    }
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum WorkerError {
-    #[error(transparent)]
-    Config(#[from] runtime::config::ConfigError),
-    #[error("invalid settings: {0}")]
-    InvalidSettings(String),
-    #[error(transparent)]
-    Metrics(#[from] runtime::metrics::MetricsError),
-    #[error("database: {0}")]
-    Database(#[from] StoreError),
-    #[error("broker: {0}")]
-    Broker(#[from] MessagingError),
-    #[error("ops server: {0}")]
-    Ops(#[from] std::io::Error),
 }
 
 /// A built worker: connected, topology declared, ops server bound; [`Application::run_until`]
 /// starts consuming.
 pub struct Application {
     runner: Arc<Runner>,
-    broker: Broker,
-    consumer: Consumer,
-    ops_server: actix_web::dev::Server,
-    ops_port: u16,
+    worker: Worker,
 }
 
 impl Application {
     pub async fn build(settings: Settings) -> Result<Application, WorkerError> {
         settings.validate()?;
-        let metrics = runtime::metrics::install()?;
-        let pool = persistence::build_pool(&settings.database)?;
-        persistence::ping(&pool).await?;
-        let broker = Broker::connect(settings.broker.clone()).await?;
+        let connected = Connected::open(&settings.worker).await?;
+        let (pool, broker) = (&connected.pool, &connected.broker);
         let master_key = settings
             .security
             .key()
@@ -175,7 +141,7 @@ impl Application {
         let routing = Arc::new(catalog::Routing::new(upstream::KeyPool::new(
             &settings.upstream,
         )));
-        routing.reload(&pool, &secrets).await?;
+        routing.reload(pool, &secrets).await?;
         // One statement per published batch of charges, off the job's critical path.
         let relaxed = persistence::build_relaxed_batch_pool(&settings.database, 2)?;
         // Claims and completions: batched statements with pinned, cached plans (see
@@ -215,81 +181,26 @@ impl Application {
                 .map_err(|e| WorkerError::InvalidSettings(e.to_string()))?,
             webhooks_due: tokio::sync::Notify::new(),
         });
-        let consumer = Consumer::new(
-            &broker,
-            MODEL_INVOCATION_QUEUE,
-            settings.broker.prefetch,
-            Arc::new(InvocationHandler(Arc::clone(&runner))),
-        )?
-        .with_drain_timeout(
-            settings
-                .shutdown_grace()
-                .saturating_sub(SHUTDOWN_RESERVE)
-                .max(Duration::from_secs(1)),
-        );
-        let readiness = Arc::new(WorkerReadiness {
-            pool,
-            broker: broker.clone(),
-            consumer: consumer.status(),
-        });
-        let listen = SocketAddr::new(settings.ops.host, settings.ops.port);
-        let (ops_server, ops_port) = serve_ops(listen, readiness, metrics)?;
-        tracing::info!(%listen, ops_port, "invocation worker built");
+        let handler = Arc::new(InvocationHandler(Arc::clone(&runner)));
         Ok(Application {
             runner,
-            broker,
-            consumer,
-            ops_server,
-            ops_port,
+            worker: connected.consume("invocation worker", MODEL_INVOCATION_QUEUE, handler)?,
         })
     }
 
     /// The bound ops port (useful with port 0).
     pub fn ops_port(&self) -> u16 {
-        self.ops_port
+        self.worker.ops_port()
     }
 
-    /// Serves ops and consumes until `shutdown` resolves; then stops consuming, finishes
-    /// in-flight messages, acks them and closes the connection.
+    /// Serves ops, sweeps, delivers webhooks and consumes until `shutdown` resolves; then
+    /// stops consuming, finishes in-flight jobs, acks them and closes the connection.
     pub async fn run_until(self, shutdown: impl Future<Output = ()>) -> Result<(), WorkerError> {
-        let ops = self.ops_server.handle();
-        let ops_task = tokio::spawn(self.ops_server);
-        let sweeper = tokio::spawn(jobs::sweep_forever(Arc::clone(&self.runner)));
-        let webhooks = tokio::spawn(jobs::deliver_webhooks_forever(Arc::clone(&self.runner)));
-        let consumed = self.consumer.run(shutdown).await;
-        sweeper.abort();
-        webhooks.abort();
-        // Probes need no goodbye: stop at once rather than wait for idle keep-alives.
-        ops.stop(false).await;
-        if let Err(error) = ops_task.await {
-            tracing::warn!(%error, "ops server task failed");
-        }
-        self.broker.close().await;
-        tracing::info!("invocation worker stopped");
-        Ok(consumed?)
-    }
-}
-
-/// Ready when Postgres answers, RabbitMQ is connected and the consumer is subscribed.
-struct WorkerReadiness {
-    pool: Pool,
-    broker: Broker,
-    consumer: ConsumerStatus,
-}
-
-impl Readiness for WorkerReadiness {
-    fn check(&self) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send + '_>> {
-        Box::pin(async move {
-            if !self.broker.is_connected() {
-                return Err("RabbitMQ is not connected".to_owned());
-            }
-            if !self.consumer.is_running() {
-                return Err("the queue consumer is not running".to_owned());
-            }
-            persistence::ping(&self.pool)
-                .await
-                .map_err(|error| format!("Postgres is not reachable: {error}"))
-        })
+        let sweeper = Box::pin(jobs::sweep_forever(Arc::clone(&self.runner)));
+        let webhooks = Box::pin(jobs::deliver_webhooks_forever(Arc::clone(&self.runner)));
+        self.worker
+            .run_until(shutdown, vec![sweeper, webhooks])
+            .await
     }
 }
 
