@@ -481,7 +481,7 @@ async fn a_thousand_jobs_submitted_at_once_all_end() {
     let app = spawn_app().await;
     let billing = BillingWorker::start(&app).await;
     let mut settings = integration_tests::invocation_settings(&app);
-    settings.broker.prefetch = 64;
+    settings.worker.broker.prefetch = 64;
     let worker = InvocationWorker::start_with(settings).await;
     let s = setup(&app, "100").await;
     let submits = futures_util::stream::iter(0..1000)

@@ -492,9 +492,9 @@ impl BillingWorker {
     pub async fn start(app: &TestApp) -> Running {
         let mut settings: billing_worker::Settings =
             runtime::config::load(billing_worker::DEFAULT_CONFIG).unwrap();
-        settings.database.url = app.settings.database.url.clone();
-        settings.broker = app.settings.broker.clone();
-        settings.ops.port = 0;
+        settings.worker.database.url = app.settings.database.url.clone();
+        settings.worker.broker = app.settings.broker.clone();
+        settings.worker.ops.port = 0;
         settings.billing.sweep_interval_ms = 200;
         let worker = billing_worker::Application::build(settings).await.unwrap();
         Running::spawn(|stopped| async move { worker.run_until(stopped).await.unwrap() })
@@ -513,9 +513,9 @@ pub const WEBHOOK_SECRET: &str = "webhook-secret-for-tests";
 pub fn invocation_settings(app: &TestApp) -> invocation_worker::Settings {
     let mut settings: invocation_worker::Settings =
         runtime::config::load(invocation_worker::DEFAULT_CONFIG).unwrap();
-    settings.database.url = app.settings.database.url.clone();
-    settings.broker = app.settings.broker.clone();
-    settings.ops.port = 0;
+    settings.worker.database.url = app.settings.database.url.clone();
+    settings.worker.broker = app.settings.broker.clone();
+    settings.worker.ops.port = 0;
     settings.security.master_key = test_master_key();
     settings.upstream = upstream::UpstreamSettings {
         first_byte_timeout_ms: 2_000,
@@ -945,9 +945,9 @@ pub fn workspace_binary(name: &str) -> std::path::PathBuf {
 pub fn spawn_invocation_worker_process(app: &TestApp) -> std::process::Child {
     let s = invocation_settings(app);
     std::process::Command::new(workspace_binary("invocation-worker"))
-        .env("APP__DATABASE__URL", &s.database.url)
-        .env("APP__BROKER__URL", &s.broker.url)
-        .env("APP__BROKER__QUEUE_PREFIX", &s.broker.queue_prefix)
+        .env("APP__DATABASE__URL", &s.worker.database.url)
+        .env("APP__BROKER__URL", &s.worker.broker.url)
+        .env("APP__BROKER__QUEUE_PREFIX", &s.worker.broker.queue_prefix)
         .env("APP__SECURITY__MASTER_KEY", test_master_key())
         .env("APP__OPS__PORT", "0")
         .env("APP__JOBS__LEASE_SECONDS", s.jobs.lease_seconds.to_string())

@@ -2,7 +2,6 @@
 //! `main.rs` only wires settings, telemetry and signals around [`Application`].
 
 use std::future::Future;
-use std::ops::{Deref, DerefMut};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -30,21 +29,6 @@ pub struct Settings {
     #[serde(flatten)]
     pub worker: WorkerSettings,
     pub billing: BillingSettings,
-}
-
-// The shared settings read as this worker's own (`settings.ops.port`), as before they moved.
-impl Deref for Settings {
-    type Target = WorkerSettings;
-
-    fn deref(&self) -> &WorkerSettings {
-        &self.worker
-    }
-}
-
-impl DerefMut for Settings {
-    fn deref_mut(&mut self) -> &mut WorkerSettings {
-        &mut self.worker
-    }
 }
 
 /// How charges are settled.
@@ -111,7 +95,7 @@ impl Application {
         let handler = Arc::new(BillingHandler {
             settler: Settler::start(
                 persistence::build_batch_pool(
-                    &settings.database,
+                    &settings.worker.database,
                     settings.billing.batches_in_flight,
                 )?,
                 settings.billing.batch_max,
@@ -201,7 +185,7 @@ async fn sweep_forever(mut sweeper: Sweeper, every: Duration) {
 pub async fn reconcile(
     settings: &Settings,
 ) -> Result<Vec<persistence::billing::Mismatch>, WorkerError> {
-    let pool = persistence::build_pool(&settings.database)?;
+    let pool = persistence::build_pool(&settings.worker.database)?;
     let mut conn = pool.get().await.map_err(StoreError::from)?;
     Ok(persistence::billing::reconcile(&mut conn).await?)
 }
@@ -214,9 +198,9 @@ mod tests {
     fn built_in_defaults_are_complete_and_valid() {
         let settings: Settings = runtime::config::load(DEFAULT_CONFIG).expect("defaults load");
         settings.validate().expect("defaults valid");
-        assert_eq!(settings.ops.port, 9102);
-        assert_eq!(settings.ops.host.to_string(), "127.0.0.1");
-        assert_eq!(settings.broker.queue_prefix, "");
+        assert_eq!(settings.worker.ops.port, 9102);
+        assert_eq!(settings.worker.ops.host.to_string(), "127.0.0.1");
+        assert_eq!(settings.worker.broker.queue_prefix, "");
         assert_eq!(settings.billing.hold_release_grace_seconds, 600);
     }
 

@@ -10,7 +10,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let settings = Settings::load()?;
-    runtime::telemetry::init("billing-worker", settings.log_format);
+    runtime::telemetry::init("billing-worker", settings.worker.log_format);
     if std::env::args().nth(1).as_deref() == Some("reconcile") {
         let mismatches = billing_worker::reconcile(&settings).await?;
         for m in &mismatches {
@@ -34,7 +34,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         return Ok(());
     }
     runtime::metrics::install()?;
-    let grace = settings.shutdown_grace();
+    let grace = settings.worker.shutdown_grace();
     let app = Application::build(settings).await?;
     runtime::shutdown::with_grace(grace, runtime::shutdown::signal(), |stop| {
         app.run_until(stop)

@@ -8,7 +8,7 @@ use messaging::BILLING_LOG_QUEUE;
 async fn serves_probes_and_metrics_consumes_and_stops_promptly() {
     let mut settings: Settings = runtime::config::load(DEFAULT_CONFIG).expect("defaults load");
     runtime::testing::isolate(&mut settings.worker);
-    settings.database.url = std::env::var("DATABASE_URL")
+    settings.worker.database.url = std::env::var("DATABASE_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned());
     let app = Application::build(settings.clone())
         .await

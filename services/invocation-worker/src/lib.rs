@@ -2,7 +2,6 @@
 //! `main.rs` only wires settings, telemetry and signals around [`Application`].
 
 use std::future::Future;
-use std::ops::{Deref, DerefMut};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -61,21 +60,6 @@ impl SecuritySettings {
             .ok()?
             .try_into()
             .ok()
-    }
-}
-
-// The shared settings read as this worker's own (`settings.ops.port`), as before they moved.
-impl Deref for Settings {
-    type Target = WorkerSettings;
-
-    fn deref(&self) -> &WorkerSettings {
-        &self.worker
-    }
-}
-
-impl DerefMut for Settings {
-    fn deref_mut(&mut self) -> &mut WorkerSettings {
-        &mut self.worker
     }
 }
 
@@ -143,12 +127,14 @@ impl Application {
         )));
         routing.reload(pool, &secrets).await?;
         // One statement per published batch of charges, off the job's critical path.
-        let relaxed = persistence::build_relaxed_batch_pool(&settings.database, 2)?;
+        let relaxed = persistence::build_relaxed_batch_pool(&settings.worker.database, 2)?;
         // Claims and completions: batched statements with pinned, cached plans (see
         // `build_batch_pool`). A claim does not wait for the WAL flush (see
         // `build_relaxed_batch_pool`); a completion does.
-        let claims = persistence::build_relaxed_batch_pool(&settings.database, jobs::IN_FLIGHT)?;
-        let completions = persistence::build_batch_pool(&settings.database, jobs::IN_FLIGHT)?;
+        let claims =
+            persistence::build_relaxed_batch_pool(&settings.worker.database, jobs::IN_FLIGHT)?;
+        let completions =
+            persistence::build_batch_pool(&settings.worker.database, jobs::IN_FLIGHT)?;
         let runner = Arc::new(Runner {
             pool: pool.clone(),
             claims: jobs::start_claims(claims, settings.jobs.lease_seconds),
@@ -217,9 +203,9 @@ mod tests {
         );
         settings.security.master_key = "KioqKioqKioqKioqKioqKioqKioqKioqKioqKioqKio=".to_owned();
         settings.validate().expect("defaults valid");
-        assert_eq!(settings.ops.port, 9101);
-        assert_eq!(settings.ops.host.to_string(), "127.0.0.1");
-        assert_eq!(settings.broker.queue_prefix, "");
+        assert_eq!(settings.worker.ops.port, 9101);
+        assert_eq!(settings.worker.ops.host.to_string(), "127.0.0.1");
+        assert_eq!(settings.worker.broker.queue_prefix, "");
         assert_eq!(settings.jobs.billing_linger_ms, 25);
         assert_eq!(settings.runtime_threads, 1);
         for threads in [1, 2] {

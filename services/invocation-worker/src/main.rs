@@ -12,9 +12,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 }
 
 async fn run(settings: Settings) -> Result<(), Box<dyn std::error::Error>> {
-    runtime::telemetry::init("invocation-worker", settings.log_format);
+    runtime::telemetry::init("invocation-worker", settings.worker.log_format);
     runtime::metrics::install()?;
-    let grace = settings.shutdown_grace();
+    let grace = settings.worker.shutdown_grace();
     let app = Application::build(settings).await?;
     runtime::shutdown::with_grace(grace, runtime::shutdown::signal(), |stop| {
         app.run_until(stop)

@@ -10,7 +10,7 @@ async fn serves_probes_and_metrics_consumes_and_stops_promptly() {
     runtime::testing::isolate(&mut settings.worker);
     settings.security.master_key = "KioqKioqKioqKioqKioqKioqKioqKioqKioqKioqKio=".to_owned();
     // A fresh, migrated database: the worker loads the model catalog when it starts.
-    settings.database.url = persistence::testing::migrated_database(2)
+    settings.worker.database.url = persistence::testing::migrated_database(2)
         .await
         .expect("a migrated database")
         .0;
