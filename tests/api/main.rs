@@ -5,6 +5,7 @@
 mod anthropic;
 mod bad_input;
 mod catalog;
+mod crash;
 mod chat;
 mod health;
 mod identity;

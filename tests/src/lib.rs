@@ -941,6 +941,38 @@ pub fn workspace_binary(name: &str) -> std::path::PathBuf {
     path
 }
 
+/// A second gateway-api as its own process, on `app`'s database and queues; answers it and its
+/// address once it is ready.
+pub async fn spawn_gateway_process(app: &TestApp) -> (std::process::Child, String) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let settings = &app.settings;
+    let child = std::process::Command::new(workspace_binary("gateway-api"))
+        .env("APP__SERVER__PORT", port.to_string())
+        .env("APP__DATABASE__URL", &settings.database.url)
+        .env("APP__BROKER__URL", &settings.broker.url)
+        .env("APP__BROKER__QUEUE_PREFIX", &settings.broker.queue_prefix)
+        .env(
+            "APP__AUTH__JWT_SECRET",
+            "test-jwt-secret-that-is-long-enough-0123456789",
+        )
+        .env("APP__AUTH__BCRYPT_COST", "4")
+        .env("APP__SECURITY__MASTER_KEY", test_master_key())
+        .env("RUST_LOG", "warn")
+        .spawn()
+        .unwrap();
+    let address = format!("http://127.0.0.1:{port}");
+    eventually(30, || async {
+        let ready = app.client.get(format!("{address}/readyz")).send().await;
+        ready.is_ok_and(|r| r.status() == 200).then_some(())
+    })
+    .await;
+    (child, address)
+}
+
 /// An invocation-worker as its own process, configured like [`invocation_settings`].
 pub fn spawn_invocation_worker_process(app: &TestApp) -> std::process::Child {
     let s = invocation_settings(app);
@@ -972,4 +1004,115 @@ pub async fn job_status(app: &TestApp, job_id: uuid::Uuid) -> String {
         .status
         .as_str()
         .to_owned()
+}
+
+/// The gateway-api binary the process helpers run: this workspace's, or the one named by
+/// `TEST_GATEWAY_API_BIN` (to see what a test catches in another build of the gateway).
+pub fn gateway_api_binary() -> std::path::PathBuf {
+    match std::env::var_os("TEST_GATEWAY_API_BIN") {
+        Some(path) => std::path::PathBuf::from(path),
+        None => workspace_binary("gateway-api"),
+    }
+}
+
+/// A gateway-api binary as its own process on the test's database and queues, like another
+/// replica of the app. Killed (SIGKILL) when dropped if it still runs, so a failing test
+/// leaves no process behind; only this child is ever signalled.
+pub struct GatewayProcess {
+    child: std::process::Child,
+    /// `http://127.0.0.1:<port>`
+    pub address: String,
+}
+
+impl GatewayProcess {
+    /// Starts one with the test's secrets, database and queue prefix, and waits until it
+    /// answers `/readyz`. It loads the model catalog as it starts: spawn it after the test's
+    /// models exist.
+    pub async fn spawn(app: &TestApp) -> GatewayProcess {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let settings = &app.settings;
+        let child = std::process::Command::new(gateway_api_binary())
+            .env("APP__SERVER__HOST", "127.0.0.1")
+            .env("APP__SERVER__PORT", port.to_string())
+            .env("APP__DATABASE__URL", &settings.database.url)
+            .env("APP__BROKER__URL", &settings.broker.url)
+            .env("APP__BROKER__QUEUE_PREFIX", &settings.broker.queue_prefix)
+            .env(
+                "APP__AUTH__JWT_SECRET",
+                "test-jwt-secret-that-is-long-enough-0123456789",
+            )
+            .env("APP__AUTH__BCRYPT_COST", "4")
+            .env("APP__SECURITY__MASTER_KEY", test_master_key())
+            .env("RUST_LOG", "warn")
+            .spawn()
+            .unwrap();
+        let mut gateway = GatewayProcess {
+            child,
+            address: format!("http://127.0.0.1:{port}"),
+        };
+        gateway.wait_ready(&app.client).await;
+        gateway
+    }
+
+    async fn wait_ready(&mut self, client: &reqwest::Client) {
+        let url = format!("{}/readyz", self.address);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            let ready = client.get(&url).send().await;
+            if ready.is_ok_and(|r| r.status() == 200) {
+                return;
+            }
+            if let Some(exited) = self.child.try_wait().unwrap() {
+                panic!("gateway-api exited before it was ready: {exited}");
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "gateway-api at {} not ready within 30 s",
+                self.address
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+
+    pub fn id(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// SIGKILL, and reaps it: when this returns the process is gone.
+    pub fn kill(&mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
+    /// SIGTERM, then waits for it to exit and answers how.
+    pub async fn terminate(mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        assert!(
+            std::process::Command::new("kill")
+                .args(["-TERM", &pid])
+                .status()
+                .unwrap()
+                .success()
+        );
+        let exited = tokio::task::spawn_blocking(move || {
+            let status = self.child.wait().unwrap();
+            (self, status)
+        })
+        .await
+        .unwrap();
+        exited.1
+    }
+}
+
+impl Drop for GatewayProcess {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
 }
