@@ -11,7 +11,6 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
-use diesel_async::RunQueryDsl;
 use futures_util::StreamExt;
 use integration_tests::{
     BillingWorker, Credential, GatewayProcess, InvocationWorker, TestApp, eventually, job_status,
@@ -255,6 +254,7 @@ struct Count {
 }
 
 async fn count_of(app: &TestApp, sql: &str) -> i64 {
+    use diesel_async::RunQueryDsl;
     let mut conn = app.pool.get().await.unwrap();
     diesel::sql_query(sql)
         .get_result::<Count>(&mut conn)
@@ -276,12 +276,15 @@ async fn a_gateway_killed_under_load_loses_no_answered_calls_charge() {
         .await
         .unwrap();
     let s = app.chat_setup(mock, &[("good-key", 1)], "50").await;
-    let mut gateway = GatewayProcess::spawn(&app).await;
-
+    let gateway = GatewayProcess::spawn(&app).await;
     let url = format!("{}/v1/chat/completions", gateway.address);
+    let gateway = Arc::new(std::sync::Mutex::new(gateway));
+
+    // The client whose answer is the KILL_AFTER_ANSWERED-th kills the gateway the moment that
+    // answer is complete: a charge that is not durable by then is still in the process.
     let next = Arc::new(AtomicUsize::new(0));
     let answered_so_far = Arc::new(AtomicUsize::new(0));
-    let stop = Arc::new(AtomicBool::new(false));
+    let killed = Arc::new(AtomicBool::new(false));
     let clients: Vec<_> = (0..CLIENTS)
         .map(|_| {
             let (client, url, key, model) = (
@@ -290,32 +293,32 @@ async fn a_gateway_killed_under_load_loses_no_answered_calls_charge() {
                 s.access_key.clone(),
                 s.model.clone(),
             );
-            let (next, answered_so_far, stop) = (
+            let (gateway, next, answered_so_far, killed) = (
+                Arc::clone(&gateway),
                 Arc::clone(&next),
                 Arc::clone(&answered_so_far),
-                Arc::clone(&stop),
+                Arc::clone(&killed),
             );
             tokio::spawn(async move {
                 let mut answered = Vec::new();
-                while !stop.load(Ordering::SeqCst) {
+                while !killed.load(Ordering::SeqCst) {
                     let seq = next.fetch_add(1, Ordering::SeqCst);
                     let (body, expected) = numbered_call(&model, seq, seq % 3 == 0);
                     if let Some(usage) = complete_answer(&client, &url, &key, &body).await {
                         assert_eq!(usage, expected, "call {seq} answered another usage");
                         answered.push((usage, body["stream"] == json!(true)));
-                        answered_so_far.fetch_add(1, Ordering::SeqCst);
+                        if answered_so_far.fetch_add(1, Ordering::SeqCst) + 1 == KILL_AFTER_ANSWERED
+                        {
+                            gateway.lock().unwrap().kill();
+                            killed.store(true, Ordering::SeqCst);
+                        }
                     }
                 }
                 answered
             })
         })
         .collect();
-    eventually(60, || async {
-        (answered_so_far.load(Ordering::SeqCst) >= KILL_AFTER_ANSWERED).then_some(())
-    })
-    .await;
-    gateway.kill();
-    stop.store(true, Ordering::SeqCst);
+    eventually(60, || async { killed.load(Ordering::SeqCst).then_some(()) }).await;
     let mut answered = Vec::new();
     for client in clients {
         answered.extend(client.await.unwrap());
@@ -384,6 +387,7 @@ async fn a_gateway_killed_under_load_loses_no_answered_calls_charge() {
 /// The amount the gateway holds for the user's open call, if one is open.
 async fn open_hold_amount(app: &TestApp, user_id: i64) -> Option<BigDecimal> {
     use diesel::{ExpressionMethods, OptionalExtension, QueryDsl};
+    use diesel_async::RunQueryDsl;
     use persistence::schema::balance_holds;
     let mut conn = app.pool.get().await.unwrap();
     balance_holds::table
