@@ -3,7 +3,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 DB_NAME ?= ai_gateway
 
-.PHONY: run test services sdk-deps lint fmt migrate build clean-test-dbs check-deploy bench
+.PHONY: run test services sdk-deps lint fmt migrate build clean-test-dbs check-deploy bench bench-kill
 
 run:
 	deploy/local/run.sh
@@ -59,3 +59,10 @@ migrate: services
 bench:
 	tests/bench/run.sh
 	python3 tests/bench/jobs.py
+	python3 tests/bench/kill.py
+
+# Only the kill table of `make bench`: each binary killed with SIGKILL under load, then the
+# charges counted (about a minute and a half); rewrites its own section of docs/BENCHMARKS.md.
+bench-kill: services
+	$(CARGO) build --release --bins
+	python3 tests/bench/kill.py
