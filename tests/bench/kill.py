@@ -446,6 +446,8 @@ def count(clients, killed, back, settle_seconds):
     completed = [j for j, status in jobs.items() if status == "COMPLETED"]
     lost_jobs = sum(1 for j in completed if j not in request_ids)
     vanished = sum(1 for j in job_ids if j not in jobs)  # answered 202, no job row
+    accepted = set(job_ids)
+    cut_off_billed += sum(1 for j in completed if j not in accepted and j in request_ids)
     retaken = int(psql(f"SELECT count(*) FROM async_jobs WHERE attempts > 1 AND access_key_id IN ({keys})"))
     ledger_twice = int(psql("SELECT count(*) FROM (SELECT reference FROM balance_ledger WHERE kind = 'charge' "
                             "GROUP BY reference HAVING count(*) > 1) t"))
@@ -543,7 +545,7 @@ def section(results):
         "- *Lost*: an answered call, or a COMPLETED job, without a usage row (a 202 whose job row is missing "
         "counts too). *Doubled*: more than one usage row for one call, more than one usage row per request id, "
         "or more than one `charge` ledger row per reference. *Billed, answer cut off*: usage rows of calls "
-        "whose answer the kill broke off; the provider did the work, so billing them is right. *Reconcile*: "
+        "(and jobs) whose answer the kill broke off; the provider did the work, so billing them is right. *Reconcile*: "
         "`billing-worker reconcile` (every balance equals its ledger, every hold total its open holds and "
         "leases, every user's charged usage its ledger charges).",
         "- How a call is matched to its usage row: the gateway's `X-Request-Id` response header is the HTTP "
