@@ -5,7 +5,6 @@
 mod anthropic;
 mod bad_input;
 mod catalog;
-mod crash;
 mod chat;
 mod health;
 mod identity;

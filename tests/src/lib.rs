@@ -941,38 +941,6 @@ pub fn workspace_binary(name: &str) -> std::path::PathBuf {
     path
 }
 
-/// A second gateway-api as its own process, on `app`'s database and queues; answers it and its
-/// address once it is ready.
-pub async fn spawn_gateway_process(app: &TestApp) -> (std::process::Child, String) {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let settings = &app.settings;
-    let child = std::process::Command::new(workspace_binary("gateway-api"))
-        .env("APP__SERVER__PORT", port.to_string())
-        .env("APP__DATABASE__URL", &settings.database.url)
-        .env("APP__BROKER__URL", &settings.broker.url)
-        .env("APP__BROKER__QUEUE_PREFIX", &settings.broker.queue_prefix)
-        .env(
-            "APP__AUTH__JWT_SECRET",
-            "test-jwt-secret-that-is-long-enough-0123456789",
-        )
-        .env("APP__AUTH__BCRYPT_COST", "4")
-        .env("APP__SECURITY__MASTER_KEY", test_master_key())
-        .env("RUST_LOG", "warn")
-        .spawn()
-        .unwrap();
-    let address = format!("http://127.0.0.1:{port}");
-    eventually(30, || async {
-        let ready = app.client.get(format!("{address}/readyz")).send().await;
-        ready.is_ok_and(|r| r.status() == 200).then_some(())
-    })
-    .await;
-    (child, address)
-}
-
 /// An invocation-worker as its own process, configured like [`invocation_settings`].
 pub fn spawn_invocation_worker_process(app: &TestApp) -> std::process::Child {
     let s = invocation_settings(app);
