@@ -491,25 +491,8 @@ pub async fn settle(
     settled.pop().ok_or(StoreError::NotFound)
 }
 
-/// Keeps a charge the broker could not take; settled later by billing-worker's sweeper.
-pub async fn outbox_insert(
-    conn: &mut AsyncPgConnection,
-    request_id: Uuid,
-    payload: &serde_json::Value,
-) -> Result<(), StoreError> {
-    diesel::insert_into(billing_outbox::table)
-        .values((
-            billing_outbox::request_id.eq(request_id),
-            billing_outbox::payload.eq(payload),
-        ))
-        .on_conflict(billing_outbox::request_id)
-        .do_nothing()
-        .execute(conn)
-        .await?;
-    Ok(())
-}
-
-/// Keeps many charges the broker could not take, in one statement (see [`outbox_insert`]).
+/// Keeps charges the broker could not take, in one statement (a request id already there is
+/// left as it is); billing-worker's sweeper settles them.
 pub async fn outbox_insert_many(
     conn: &mut AsyncPgConnection,
     charges: &[(Uuid, serde_json::Value)],

@@ -389,9 +389,12 @@ async fn an_expired_hold_stays_while_its_job_runs_or_its_charge_waits_in_the_out
         .await
         .unwrap()
         .unwrap();
-    billing::outbox_insert(&mut conn, call, &serde_json::json!({"request_id": call}))
-        .await
-        .unwrap();
+    billing::outbox_insert_many(
+        &mut conn,
+        &[(call, serde_json::json!({"request_id": call}))],
+    )
+    .await
+    .unwrap();
     tokio::time::sleep(std::time::Duration::from_millis(50)).await;
 
     // A worker outage or a broker outage longer than the TTL: both holds are kept.

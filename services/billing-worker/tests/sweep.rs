@@ -63,7 +63,7 @@ async fn concurrent_sweepers_settle_every_parked_charge_exactly_once() {
             occurred_at: chrono::Utc::now(),
         };
         let payload = serde_json::to_value(&message).unwrap();
-        persistence::billing::outbox_insert(&mut conn, request_id, &payload)
+        persistence::billing::outbox_insert_many(&mut conn, &[(request_id, payload)])
             .await
             .unwrap();
     }
