@@ -11,6 +11,7 @@ mod identity;
 mod jobs;
 mod leases;
 mod lifecycle;
+mod limits;
 mod observability;
 mod orders;
 mod overruns;

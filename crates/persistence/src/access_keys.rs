@@ -115,3 +115,25 @@ pub async fn touch(conn: &mut AsyncPgConnection, id: i64) -> Result<(), StoreErr
     .await?;
     Ok(())
 }
+
+/// One key by id, whoever owns it.
+pub async fn get(conn: &mut AsyncPgConnection, id: i64) -> Result<Option<AccessKey>, StoreError> {
+    Ok(access_keys::table
+        .find(id)
+        .select(AccessKey::as_select())
+        .first(conn)
+        .await
+        .optional()?)
+}
+
+pub async fn rename(
+    conn: &mut AsyncPgConnection,
+    id: i64,
+    name: &str,
+) -> Result<AccessKey, StoreError> {
+    Ok(diesel::update(access_keys::table.find(id))
+        .set(access_keys::name.eq(name))
+        .returning(AccessKey::as_returning())
+        .get_result(conn)
+        .await?)
+}

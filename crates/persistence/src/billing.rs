@@ -384,6 +384,14 @@ pub async fn settle_many(
         // Unreachable: the function refuses a charge of a user that does not exist.
         return Err(StoreError::NotFound);
     }
+    // The keys and users with a spend limit count what was charged (their rows are locked
+    // with the users above, so no admission under their limit reads a half-settled batch).
+    let charged: Vec<(i64, Option<i64>, BigDecimal)> = applied
+        .iter()
+        .zip(&settled)
+        .map(|(c, row)| (c.user_id, c.access_key_id, row.amount.clone()))
+        .collect();
+    crate::limits::add_spend(conn, &charged).await?;
     let mut settled = settled.into_iter().zip(held);
     for (slot, charge) in results.iter_mut().filter(|r| r.is_none()).zip(&applied) {
         let (row, held) = settled.next().ok_or(StoreError::NotFound)?;

@@ -121,7 +121,7 @@ pub async fn submit_many(
 /// Concurrent admissions serialise on the user's row, whose condition is checked again on its
 /// newest version; one row lock cannot deadlock the way a batch's several could. It costs
 /// Postgres about a third less than a call of the batch function.
-async fn submit_one(
+pub(crate) async fn submit_one(
     conn: &mut AsyncPgConnection,
     job: &Submission,
     hold_ttl_seconds: i64,

@@ -11,6 +11,7 @@ mod error;
 pub mod jobs;
 pub mod leases;
 pub mod ledger;
+pub mod limits;
 pub mod orders;
 mod page;
 mod pool;

@@ -170,6 +170,7 @@ diesel::table! {
         expires_at -> Timestamptz,
         created_at -> Timestamptz,
         closed_at -> Nullable<Timestamptz>,
+        access_key_id -> Nullable<Int8>,
     }
 }
 

@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::RwLock;
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use actix_web::{FromRequest, HttpRequest, dev::Payload, web};
@@ -11,9 +11,11 @@ use chrono::{DateTime, Utc};
 use domain::{Role, UserStatus};
 use jsonwebtoken::{Algorithm, Header, Validation};
 use persistence::access_keys::AccessKey;
+use persistence::limits::Scope;
 use persistence::users::User;
 use serde::{Deserialize, Serialize};
 
+use crate::core::limits::CallerLimits;
 use crate::error::ApiError;
 use crate::secrets::hash_access_key;
 use crate::state::AppState;
@@ -159,9 +161,12 @@ impl FromRequest for AdminUser {
 /// A model-call credential: `Authorization: Bearer sk-...` or `ACCESS-KEY: sk-...`; only a key
 /// that is not revoked, not expired and whose owner is active. Checked in Postgres, then
 /// trusted for `calls.key_cache_ttl_ms` (see `KeyCache`).
+#[derive(Debug, Clone)]
 pub struct KeyHolder {
     pub key_id: i64,
     pub user_id: i64,
+    /// The key's and its user's stored limits, as of the last check of the key.
+    pub limits: Arc<CallerLimits>,
 }
 
 impl FromRequest for KeyHolder {
@@ -223,10 +228,20 @@ async fn check_key(
     if key.last_used_at.is_none_or(|at| at < stale) {
         persistence::access_keys::touch(&mut conn, key.id).await?;
     }
-    state.key_cache.put(hash, &key, now);
+    let mut limits = CallerLimits::default();
+    let subjects = [(Scope::Key, key.id), (Scope::User, user.id)];
+    for (scope, _, values) in persistence::limits::load(&mut conn, &subjects).await? {
+        match scope {
+            Scope::Key => limits.key = values,
+            _ => limits.user = values,
+        }
+    }
+    let limits = Arc::new(limits);
+    state.key_cache.put(hash, &key, Arc::clone(&limits), now);
     Ok(Some(KeyHolder {
         key_id: key.id,
         user_id: user.id,
+        limits,
     }))
 }
 
@@ -241,10 +256,11 @@ pub struct KeyCache {
     entries: RwLock<HashMap<[u8; 32], Known>>,
 }
 
-#[derive(Clone, Copy)]
+#[derive(Clone)]
 struct Known {
     key_id: i64,
     user_id: i64,
+    limits: Arc<CallerLimits>,
     expires_at: Option<DateTime<Utc>>,
     checked: Instant,
     /// A caller was told to check the key again (see `Hit::refresh`).
@@ -273,7 +289,7 @@ impl KeyCache {
         if self.ttl.is_zero() {
             return None;
         }
-        let known = *self.read().get(hash)?;
+        let known = self.read().get(hash)?.clone();
         let age = known.checked.elapsed();
         let fresh = age < self.ttl && known.expires_at.is_none_or(|expires| expires > now);
         if !fresh {
@@ -284,6 +300,7 @@ impl KeyCache {
             holder: KeyHolder {
                 key_id: known.key_id,
                 user_id: known.user_id,
+                limits: known.limits,
             },
             refresh,
         })
@@ -300,13 +317,14 @@ impl KeyCache {
         }
     }
 
-    fn put(&self, hash: [u8; 32], key: &AccessKey, now: DateTime<Utc>) {
+    fn put(&self, hash: [u8; 32], key: &AccessKey, limits: Arc<CallerLimits>, now: DateTime<Utc>) {
         if self.ttl.is_zero() || key.expires_at.is_some_and(|expires| expires <= now) {
             return;
         }
         let known = Known {
             key_id: key.id,
             user_id: key.user_id,
+            limits,
             expires_at: key.expires_at,
             checked: Instant::now(),
             refreshing: false,
@@ -373,7 +391,7 @@ mod tests {
     fn a_cached_key_is_trusted_only_for_the_ttl() {
         let cache = KeyCache::new(Duration::from_millis(80));
         let now = Utc::now();
-        cache.put([1; 32], &key(7, 70, None), now);
+        cache.put([1; 32], &key(7, 70, None), Arc::default(), now);
         let hit = cache
             .get(&[1; 32], now)
             .map(|h| (h.holder.key_id, h.holder.user_id));
@@ -387,9 +405,9 @@ mod tests {
     fn forgetting_a_key_or_a_user_takes_effect_at_once() {
         let cache = KeyCache::new(Duration::from_secs(60));
         let now = Utc::now();
-        cache.put([1; 32], &key(1, 10, None), now);
-        cache.put([2; 32], &key(2, 10, None), now);
-        cache.put([3; 32], &key(3, 30, None), now);
+        cache.put([1; 32], &key(1, 10, None), Arc::default(), now);
+        cache.put([2; 32], &key(2, 10, None), Arc::default(), now);
+        cache.put([3; 32], &key(3, 30, None), Arc::default(), now);
         cache.forget_key(1);
         assert!(cache.get(&[1; 32], now).is_none());
         assert!(cache.get(&[2; 32], now).is_some());
@@ -405,6 +423,7 @@ mod tests {
         cache.put(
             [1; 32],
             &key(1, 10, Some(now + chrono::Duration::seconds(5))),
+            Arc::default(),
             now,
         );
         assert!(cache.get(&[1; 32], now).is_some());
@@ -416,6 +435,7 @@ mod tests {
         cache.put(
             [2; 32],
             &key(2, 10, Some(now - chrono::Duration::seconds(1))),
+            Arc::default(),
             now,
         );
         assert!(cache.get(&[2; 32], now).is_none());
@@ -425,20 +445,20 @@ mod tests {
     fn one_caller_is_told_to_recheck_a_key_past_half_its_ttl() {
         let cache = KeyCache::new(Duration::from_millis(200));
         let now = Utc::now();
-        cache.put([1; 32], &key(7, 70, None), now);
+        cache.put([1; 32], &key(7, 70, None), Arc::default(), now);
         assert!(cache.get(&[1; 32], now).is_some_and(|h| !h.refresh));
         std::thread::sleep(Duration::from_millis(120));
         // Still trusted; the first caller re-checks, the others do not.
         assert!(cache.get(&[1; 32], now).is_some_and(|h| h.refresh));
         assert!(cache.get(&[1; 32], now).is_some_and(|h| !h.refresh));
         // The re-check stored a fresh entry: trusted again for a whole TTL.
-        cache.put([1; 32], &key(7, 70, None), now);
+        cache.put([1; 32], &key(7, 70, None), Arc::default(), now);
         std::thread::sleep(Duration::from_millis(120));
         assert!(cache.get(&[1; 32], now).is_some_and(|h| h.refresh));
         std::thread::sleep(Duration::from_millis(100));
         assert!(cache.get(&[1; 32], now).is_none(), "stale entry served");
         // A re-check that found the key revoked forgets it at once.
-        cache.put([1; 32], &key(7, 70, None), now);
+        cache.put([1; 32], &key(7, 70, None), Arc::default(), now);
         cache.forget_hash(&[1; 32]);
         assert!(cache.get(&[1; 32], now).is_none());
     }
@@ -447,7 +467,7 @@ mod tests {
     fn a_zero_ttl_caches_nothing() {
         let cache = KeyCache::new(Duration::ZERO);
         let now = Utc::now();
-        cache.put([1; 32], &key(1, 10, None), now);
+        cache.put([1; 32], &key(1, 10, None), Arc::default(), now);
         assert!(cache.get(&[1; 32], now).is_none());
     }
 }

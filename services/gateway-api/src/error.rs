@@ -26,6 +26,9 @@ pub enum ApiError {
     PayloadTooLarge(String),
     #[error("{0}")]
     RateLimited(String),
+    /// A rate, concurrency or spend limit refused the call (429, with its headers).
+    #[error("{}", .0.message)]
+    Limited(Box<Limited>),
     #[error("{0}")]
     Unavailable(String),
     #[error("{0}")]
@@ -35,6 +38,37 @@ pub enum ApiError {
     /// The cause is logged, never shown.
     #[error("internal error: {0}")]
     Internal(String),
+}
+
+/// A refusal by a limit: `rate_limited` (rates and concurrency) or `spend_limit_reached`.
+#[derive(Debug)]
+pub struct Limited {
+    pub message: String,
+    pub spend: bool,
+    /// Seconds until a retry can pass (`Retry-After`), if known.
+    pub retry_after: Option<u64>,
+    /// OpenAI's `x-ratelimit-*` headers.
+    pub headers: Vec<(String, String)>,
+}
+
+impl Limited {
+    pub fn rate(message: String, retry_after: u64, headers: Vec<(String, String)>) -> Limited {
+        Limited {
+            message,
+            spend: false,
+            retry_after: Some(retry_after),
+            headers,
+        }
+    }
+
+    pub fn spend(message: String, retry_after: Option<u64>) -> Limited {
+        Limited {
+            message,
+            spend: true,
+            retry_after,
+            headers: Vec::new(),
+        }
+    }
 }
 
 /// `{"error": {"message", "type", "code"}}`
@@ -63,6 +97,8 @@ impl ApiError {
             ApiError::Conflict(_) => "conflict",
             ApiError::PayloadTooLarge(_) => "payload_too_large",
             ApiError::RateLimited(_) => "rate_limited",
+            ApiError::Limited(limited) if limited.spend => "spend_limit_reached",
+            ApiError::Limited(_) => "rate_limited",
             ApiError::Unavailable(_) => "unavailable",
             ApiError::UpstreamError(_) => "upstream_error",
             ApiError::UpstreamTimeout(_) => "upstream_timeout",
@@ -81,7 +117,8 @@ impl ApiError {
             ApiError::Unauthorized(_) => "authentication_error",
             ApiError::Forbidden(_) => "permission_error",
             ApiError::InsufficientBalance(_) => "insufficient_quota",
-            ApiError::RateLimited(_) => "rate_limit_error",
+            ApiError::Limited(limited) if limited.spend => "insufficient_quota",
+            ApiError::RateLimited(_) | ApiError::Limited(_) => "rate_limit_error",
             ApiError::Unavailable(_)
             | ApiError::Internal(_)
             | ApiError::UpstreamError(_)
@@ -136,7 +173,7 @@ impl ResponseError for ApiError {
             ApiError::NotFound(_) | ApiError::ModelNotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
-            ApiError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::RateLimited(_) | ApiError::Limited(_) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::UpstreamError(_) => StatusCode::BAD_GATEWAY,
             ApiError::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
@@ -148,7 +185,16 @@ impl ResponseError for ApiError {
         if let ApiError::Internal(cause) = self {
             tracing::error!(%cause, "internal error");
         }
-        HttpResponse::build(self.status_code()).json(self.body())
+        let mut response = HttpResponse::build(self.status_code());
+        if let ApiError::Limited(limited) = self {
+            if let Some(seconds) = limited.retry_after {
+                response.insert_header(("retry-after", seconds.to_string()));
+            }
+            for (name, value) in &limited.headers {
+                response.insert_header((name.as_str(), value.as_str()));
+            }
+        }
+        response.json(self.body())
     }
 }
 

@@ -3,7 +3,7 @@
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use crate::routes::{admin, auth, chat, health, jobs, me, models, orders};
+use crate::routes::{admin, auth, chat, health, jobs, limits, me, models, orders};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -25,6 +25,10 @@ use crate::routes::{admin, auth, chat, health, jobs, me, models, orders};
         admin::list_orders, admin::list_usage_logs, admin::list_overruns,
         models::list, chat::completions,
         jobs::submit_image, jobs::get, jobs::list, jobs::admin_list,
+        limits::update_own_access_key, limits::list_user_access_keys,
+        limits::create_user_access_key, limits::update_access_key, limits::get_user_limits,
+        limits::set_user_limits, limits::get_model_limits, limits::set_model_limits,
+        limits::get_platform_limits, limits::set_platform_limits,
     ),
     modifiers(&SecuritySchemes),
 )]

@@ -52,6 +52,8 @@ pub struct AppState {
     pub charges: charges::ChargeSink,
     /// Recently checked access keys (see `auth::KeyCache`).
     pub key_cache: KeyCache,
+    /// Rate, concurrency and spend limits (see `core::limits`).
+    pub limits: std::sync::Arc<crate::core::limits::Limits>,
     /// Job submissions, batched into one statement (see `core::jobs::Submissions`).
     pub job_submissions: crate::core::jobs::Submissions,
     /// Job messages whose publish failed, published again once the broker takes them.
@@ -212,6 +214,7 @@ impl AppState {
             settings.calls.hold_ttl_seconds,
         );
         let job_republisher = crate::core::jobs::Republisher::start(broker.clone(), &background);
+        let limits = std::sync::Arc::new(crate::core::limits::Limits::new(pool.clone()));
         AppState {
             pool,
             reservations,
@@ -240,6 +243,7 @@ impl AppState {
             key_cache: KeyCache::new(std::time::Duration::from_millis(
                 settings.calls.key_cache_ttl_ms,
             )),
+            limits,
             job_submissions,
             job_republisher,
             database: settings.database.clone(),
@@ -248,8 +252,10 @@ impl AppState {
     }
 
     /// Reloads the call path's routes and key pools (after an admin change, and periodically).
+    /// Also reloads the platform's and the models' limits.
     pub async fn reload_routing(&self) -> Result<(), ApiError> {
-        Ok(self.routing.reload(&self.pool, &self.secret_box).await?)
+        self.routing.reload(&self.pool, &self.secret_box).await?;
+        Ok(self.limits.reload().await?)
     }
 
     pub async fn conn(&self) -> Result<PooledConnection, ApiError> {

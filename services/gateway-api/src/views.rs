@@ -6,6 +6,7 @@ use persistence::Paged;
 use persistence::access_keys::AccessKey;
 use persistence::catalog::{Model, Provider, ProviderKey};
 use persistence::ledger::LedgerEntry;
+use persistence::limits::{LimitValues, Period, Scope};
 use persistence::orders::Order;
 use persistence::usage::UsageLog;
 use persistence::users::User;
@@ -48,10 +49,13 @@ pub struct AccessKeyView {
     pub expires_at: Option<DateTime<Utc>>,
     pub last_used_at: Option<DateTime<Utc>>,
     pub revoked: bool,
+    /// The key's own limits (null: the platform default applies, see `GET /v1/admin/limits`).
+    #[serde(flatten)]
+    pub limits: LimitsView,
 }
 
-impl From<AccessKey> for AccessKeyView {
-    fn from(key: AccessKey) -> Self {
+impl AccessKeyView {
+    pub fn new(key: AccessKey, limits: &LimitValues) -> Self {
         AccessKeyView {
             id: key.id,
             name: key.name,
@@ -60,7 +64,139 @@ impl From<AccessKey> for AccessKeyView {
             expires_at: key.expires_at,
             last_used_at: key.last_used_at,
             revoked: key.revoked_at.is_some(),
+            limits: LimitsView::from(limits),
         }
+    }
+}
+
+/// Limits of a key, a user, a model or the platform; null = no limit of this subject's own.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct LimitsView {
+    /// Requests per calendar minute (UTC).
+    pub rpm_limit: Option<i32>,
+    /// Tokens (prompt and completion) per calendar minute, estimated at admission and
+    /// corrected by the real usage.
+    pub tpm_limit: Option<i64>,
+    /// Calls and streams in flight at once.
+    pub max_concurrency: Option<i32>,
+    #[schema(value_type = Option<String>, example = "25.00")]
+    pub spend_limit: Option<Money>,
+    #[schema(example = "total")]
+    pub spend_limit_period: &'static str,
+    /// Jobs PENDING or PROCESSING per user (users and the platform only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_pending_jobs: Option<i32>,
+}
+
+impl From<&LimitValues> for LimitsView {
+    fn from(values: &LimitValues) -> Self {
+        LimitsView {
+            rpm_limit: values.rpm_limit,
+            tpm_limit: values.tpm_limit,
+            max_concurrency: values.max_concurrency,
+            spend_limit: values.spend_limit.clone(),
+            spend_limit_period: values.spend_limit_period.as_str(),
+            max_pending_jobs: values.max_pending_jobs,
+        }
+    }
+}
+
+/// A limit field of a change: absent = unchanged, null = removed.
+pub fn present<'de, D, T>(deserializer: D) -> Result<Option<Option<T>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Option::<T>::deserialize(deserializer).map(Some)
+}
+
+/// A change of limits: a field left out stays as it is, `null` removes the limit.
+#[derive(Debug, Clone, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsInput {
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<i64>, minimum = 1)]
+    pub rpm_limit: Option<Option<i64>>,
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<i64>, minimum = 1)]
+    pub tpm_limit: Option<Option<i64>>,
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<i64>, minimum = 1)]
+    pub max_concurrency: Option<Option<i64>>,
+    /// A non-negative decimal string.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<String>, example = "25.00")]
+    pub spend_limit: Option<Option<String>>,
+    /// `total` (default), `day` or `month` (UTC).
+    #[schema(value_type = Option<String>, example = "month")]
+    pub spend_limit_period: Option<String>,
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<i64>, minimum = 1)]
+    pub max_pending_jobs: Option<Option<i64>>,
+}
+
+fn bounded<T: TryFrom<i64>>(
+    field: &str,
+    value: Option<i64>,
+    max: i64,
+) -> Result<Option<T>, ApiError> {
+    match value {
+        None => Ok(None),
+        Some(v) if (1..=max).contains(&v) => T::try_from(v)
+            .map(Some)
+            .map_err(|_| ApiError::InvalidRequest(format!("{field} is out of range"))),
+        Some(_) => Err(ApiError::InvalidRequest(format!(
+            "{field} must be an integer from 1 to {max}, or null for no limit"
+        ))),
+    }
+}
+
+impl LimitsInput {
+    /// `current` with this change applied, checked for a subject of `scope`.
+    pub fn apply(&self, current: &LimitValues, scope: Scope) -> Result<LimitValues, ApiError> {
+        let invalid = |message: &str| ApiError::InvalidRequest(message.to_owned());
+        let mut next = current.clone();
+        if let Some(v) = self.rpm_limit {
+            next.rpm_limit = bounded("rpm_limit", v, 1_000_000_000)?;
+        }
+        if let Some(v) = self.tpm_limit {
+            next.tpm_limit = bounded("tpm_limit", v, 1_000_000_000_000)?;
+        }
+        if let Some(v) = self.max_concurrency {
+            next.max_concurrency = bounded("max_concurrency", v, 1_000_000)?;
+        }
+        if let Some(v) = &self.spend_limit {
+            next.spend_limit = match v {
+                None => None,
+                Some(text) => {
+                    let limit = Money::parse(text).map_err(|_| {
+                        invalid("spend_limit must be a decimal string such as \"25.00\"")
+                    })?;
+                    if limit.is_negative() {
+                        return Err(invalid("spend_limit must not be negative"));
+                    }
+                    Some(limit)
+                }
+            };
+        }
+        if let Some(period) = &self.spend_limit_period {
+            next.spend_limit_period = Period::parse(period)
+                .ok_or_else(|| invalid("spend_limit_period must be total, day or month"))?;
+        }
+        if let Some(v) = self.max_pending_jobs {
+            next.max_pending_jobs = bounded("max_pending_jobs", v, 1_000_000)?;
+        }
+        if matches!(scope, Scope::Key | Scope::Model) && next.max_pending_jobs.is_some() {
+            return Err(invalid(
+                "max_pending_jobs is set per user or for the platform, not here",
+            ));
+        }
+        if scope == Scope::Model && next.spend_limit.is_some() {
+            return Err(invalid(
+                "a model has no spend limit; set it on keys or users",
+            ));
+        }
+        Ok(next)
     }
 }
 

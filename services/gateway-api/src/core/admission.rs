@@ -17,13 +17,16 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::Duration;
 
+use chrono::Datelike;
 use domain::{LeaseAccount, Money};
 use persistence::Pool;
 use persistence::leases::LeaseRequest;
+use persistence::limits::{Capped, Period, Reserve, SpendCap};
 use tokio::time::Instant;
 use uuid::Uuid;
 
-use crate::error::ApiError;
+use crate::core::limits::{Ask, CallerLimits, Permit};
+use crate::error::{ApiError, Limited};
 use crate::state::{AppState, Background, CallPath};
 
 /// What reserves an admitted call's maximum cost.
@@ -35,52 +38,145 @@ pub enum Reservation {
     Lease(Uuid),
 }
 
-/// An admitted call's reservation: released when the call fails, finished when it is billed.
-#[derive(Debug, Clone)]
+/// An admitted call's reservation and what it took of the limits: released when the call
+/// fails, finished when it is billed.
+#[derive(Debug)]
 pub struct Admission {
     pub user_id: i64,
     pub request_id: Uuid,
     pub reservation: Reservation,
     /// The maximum cost reserved.
     pub reserved: Money,
+    permit: Mutex<Permit>,
 }
 
-/// Admits a call that may cost up to `max_cost`, or refuses it (402) with nothing reserved.
+/// Admits a call that may cost up to `max_cost`, or refuses it with nothing reserved or taken:
+/// 429 over a rate, concurrency or spend limit (see `core::limits`), 402 when the balance
+/// does not cover it. Under a spend limit the call gets an exact hold of its own, checked
+/// against the limit; else this process's lease of the user when it covers the call; else a
+/// hold.
 pub async fn admit(
     state: &AppState,
     call_path: &CallPath,
-    user_id: i64,
+    limits: &CallerLimits,
+    ask: &Ask,
     request_id: Uuid,
     max_cost: &Money,
 ) -> Result<Admission, ApiError> {
-    let admission = |reservation| Admission {
-        user_id,
-        request_id,
-        reservation,
-        reserved: max_cost.clone(),
+    let mut permit = state.limits.admit(ask, limits).await?;
+    match reserve(state, call_path, limits, ask, request_id, max_cost).await {
+        Ok(reservation) => Ok(Admission {
+            user_id: ask.user_id,
+            request_id,
+            reservation,
+            reserved: max_cost.clone(),
+            permit: Mutex::new(permit),
+        }),
+        Err(error) => {
+            permit.give_back();
+            Err(error)
+        }
+    }
+}
+
+async fn reserve(
+    state: &AppState,
+    call_path: &CallPath,
+    limits: &CallerLimits,
+    ask: &Ask,
+    request_id: Uuid,
+    max_cost: &Money,
+) -> Result<Reservation, ApiError> {
+    let short = || {
+        ApiError::InsufficientBalance(format!(
+            "this call may cost up to {max_cost}; top up or lower max_tokens"
+        ))
     };
-    if let Some(lease) = state.leases.admit(user_id, max_cost) {
-        return Ok(admission(Reservation::Lease(lease)));
+    let caps = state.limits.spend_caps(ask, limits);
+    if !caps.is_empty() {
+        let mut conn = call_path
+            .reservations
+            .get()
+            .await
+            .map_err(persistence::StoreError::from)?;
+        let capped = persistence::limits::reserve_capped(
+            &mut conn,
+            ask.user_id,
+            Some(ask.key_id),
+            request_id,
+            max_cost,
+            &caps,
+            Reserve::Hold {
+                ttl_seconds: state.hold_ttl_seconds,
+            },
+        )
+        .await?;
+        return match capped {
+            Capped::Reserved => Ok(Reservation::Hold),
+            Capped::Balance => Err(short()),
+            Capped::Spend(cap) => Err(spend_refusal(&cap, max_cost)),
+        };
+    }
+    if let Some(lease) = state.leases.admit(ask.user_id, max_cost) {
+        return Ok(Reservation::Lease(lease));
     }
     let held = call_path
         .holds
         .call(persistence::billing::HoldRequest {
-            user_id,
+            user_id: ask.user_id,
             request_id,
             amount: max_cost.clone(),
         })
         .await?;
     match held {
-        Some(_) => Ok(admission(Reservation::Hold)),
-        None => Err(ApiError::InsufficientBalance(format!(
-            "this call may cost up to {max_cost}; top up or lower max_tokens"
-        ))),
+        Some(_) => Ok(Reservation::Hold),
+        None => Err(short()),
     }
 }
 
+/// The 429 of a spend limit that `amount` more would pass.
+pub fn spend_refusal(cap: &SpendCap, amount: &Money) -> ApiError {
+    let now = chrono::Utc::now();
+    let retry_after = match cap.period {
+        Period::Total => None,
+        Period::Day => {
+            let next = (now.date_naive() + chrono::Days::new(1)).and_time(chrono::NaiveTime::MIN);
+            Some((next.and_utc() - now).num_seconds().max(1) as u64)
+        }
+        Period::Month => {
+            let first = now.date_naive().with_day(1).unwrap_or(now.date_naive());
+            let next = first
+                .checked_add_months(chrono::Months::new(1))
+                .unwrap_or(first)
+                .and_time(chrono::NaiveTime::MIN);
+            Some((next.and_utc() - now).num_seconds().max(1) as u64)
+        }
+    };
+    ApiError::Limited(Box::new(Limited::spend(
+        format!(
+            "this {} has a spend limit of {} per {}; this call may cost up to {amount}, which \
+             would pass it",
+            cap.scope.as_str(),
+            cap.limit,
+            match cap.period {
+                Period::Total => "lifetime",
+                Period::Day => "day (UTC)",
+                Period::Month => "month (UTC)",
+            }
+        ),
+        retry_after,
+    )))
+}
+
 impl Admission {
-    /// The call failed (or its charge could not be kept): it costs nothing.
+    fn permit(&self) -> MutexGuard<'_, Permit> {
+        self.permit.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The call failed (or its charge could not be kept): it costs nothing, and what it took
+    /// of the rate limits is given back.
     pub async fn release(&self, state: &AppState, reservations: &Pool) {
+        self.permit().give_back();
         match self.reservation {
             Reservation::Hold => {
                 crate::core::billing::release(reservations, self.request_id).await;
@@ -94,7 +190,9 @@ impl Admission {
     }
 
     /// The call's charge of `cost` is durable: settlement will take it from the reservation.
-    pub fn billed(&self, state: &AppState, cost: &Money) {
+    /// `tokens` (prompt and completion) correct the token limits' estimate.
+    pub fn billed(&self, state: &AppState, cost: &Money, tokens: u64) {
+        self.permit().used_tokens(tokens);
         if let Reservation::Lease(lease) = self.reservation {
             state
                 .leases

@@ -19,6 +19,7 @@ use uuid::Uuid;
 use crate::auth::KeyHolder;
 use crate::core::admission::{self, Admission, Reservation};
 use crate::core::billing::{self, Caller};
+use crate::core::limits::Ask;
 use crate::core::tokens;
 use crate::error::ApiError;
 use crate::state::{AppState, CallPath};
@@ -34,7 +35,8 @@ struct Admitted {
     message_count: u64,
     /// What reserves the call's maximum cost (`reserved`, also what usage that cannot be priced
     /// is billed).
-    admission: Admission,
+    /// Shared with the stream's pump; its concurrency slots are freed when the last is dropped.
+    admission: Arc<Admission>,
     /// The call ends by then, streams included (`upstream.total_timeout_ms` from admission),
     /// well inside its hold's lifetime.
     deadline: Instant,
@@ -174,8 +176,24 @@ pub async fn complete(
         .map_err(|_| invalid("the request is too large to be priced"))?;
 
     let request_id = Uuid::new_v4();
-    let admission =
-        admission::admit(&state, &call_path, holder.user_id, request_id, &max_cost).await?;
+    let deadline = Instant::now() + state.call_deadline;
+    let ask = Ask {
+        user_id: holder.user_id,
+        key_id: holder.key_id,
+        model_id: route.model_id,
+        tokens: worst_case.prompt_tokens + worst_case.completion_tokens,
+        deadline: chrono::Utc::now()
+            + chrono::Duration::from_std(state.call_deadline).unwrap_or(chrono::Duration::MAX),
+    };
+    let admission = admission::admit(
+        &state,
+        &call_path,
+        &holder.limits,
+        &ask,
+        request_id,
+        &max_cost,
+    )
+    .await?;
     let admitted = Admitted {
         request_id,
         caller: Caller {
@@ -185,8 +203,8 @@ pub async fn complete(
         route,
         prompt_text,
         message_count: body["messages"].as_array().map_or(0, Vec::len) as u64,
-        admission,
-        deadline: Instant::now() + state.call_deadline,
+        admission: Arc::new(admission),
+        deadline,
     };
     if stream {
         let result = forward_stream(&state, &call_path, &admitted, body).await;
@@ -302,6 +320,7 @@ async fn bill(state: &AppState, call: &Admitted, usage: Usage) -> Result<(), Api
             call.admission.reserved.clone()
         }
     };
+    let tokens = usage.prompt_tokens.saturating_add(usage.completion_tokens);
     let mut message = billing::charge_message(
         call.request_id,
         &call.caller,
@@ -313,7 +332,7 @@ async fn bill(state: &AppState, call: &Admitted, usage: Usage) -> Result<(), Api
         message.lease_id = Some(lease);
     }
     billing::make_durable(state, message).await?;
-    call.admission.billed(state, &cost);
+    call.admission.billed(state, &cost, tokens);
     Ok(())
 }
 

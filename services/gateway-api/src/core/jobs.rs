@@ -18,8 +18,11 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::auth::KeyHolder;
-use crate::error::ApiError;
+use crate::core::admission::spend_refusal;
+use crate::core::limits::Ask;
+use crate::error::{ApiError, Limited};
 use crate::state::{AppState, Background};
+use persistence::limits::{Capped, Reserve};
 
 const SIZES: &[&str] = &["256x256", "512x512", "1024x1024", "1024x1792", "1792x1024"];
 const MAX_PROMPT_CHARS: usize = 4000;
@@ -113,32 +116,91 @@ pub async fn submit(
     }
 
     let job_id = Uuid::new_v4();
-    // Batched with concurrent submissions into one durable statement (the 202 promises the
-    // job, so its commit waits for the WAL flush).
-    let admitted = state
-        .job_submissions
-        .call(Submission {
-            job_id,
-            job_type: domain::jobs::IMAGE_GENERATION.to_owned(),
-            user_id: holder.user_id,
-            access_key_id: Some(holder.key_id),
-            model_id: route.model_id,
-            request_payload: payload,
-            callback_url: request.callback_url,
-            amount: hold.clone(),
-        })
-        .await?;
-    if !admitted {
-        return Err(ApiError::InsufficientBalance(format!(
-            "this job may cost up to {hold}; top up first"
-        )));
+    let submission = Submission {
+        job_id,
+        job_type: domain::jobs::IMAGE_GENERATION.to_owned(),
+        user_id: holder.user_id,
+        access_key_id: Some(holder.key_id),
+        model_id: route.model_id,
+        request_payload: payload,
+        callback_url: request.callback_url,
+        amount: hold.clone(),
+    };
+    // The same limits as calls (a submission is a request; it counts no tokens), and a cap on
+    // the user's unfinished jobs.
+    let ask = Ask {
+        user_id: holder.user_id,
+        key_id: holder.key_id,
+        model_id: route.model_id,
+        tokens: 0,
+        deadline: chrono::Utc::now() + chrono::Duration::seconds(state.hold_ttl_seconds),
+    };
+    let mut permit = state.limits.admit(&ask, &holder.limits).await?;
+    let admitted = admit_job(&state, &holder, &ask, &submission).await;
+    if !matches!(admitted, Ok(())) {
+        permit.give_back();
     }
+    admitted?;
     // The job is committed: the 202 need not wait for the broker. A publish that fails (or a
     // gateway that dies first) leaves the job unclaimed, and the sweeper re-publishes it.
     let background = state.background.clone();
     background.spawn(async move { publish(&state, job_id).await });
     metrics::counter!("jobs_submitted_total").increment(1);
     Ok(job_id)
+}
+
+/// Reserves and inserts a job: under a spend limit one exact capped statement, else batched
+/// with concurrent submissions into one durable statement (the 202 promises the job, so its
+/// commit waits for the WAL flush).
+async fn admit_job(
+    state: &AppState,
+    holder: &KeyHolder,
+    ask: &Ask,
+    submission: &Submission,
+) -> Result<(), ApiError> {
+    let short = || {
+        ApiError::InsufficientBalance(format!(
+            "this job may cost up to {}; top up first",
+            submission.amount
+        ))
+    };
+    let mut conn = state.conn().await?;
+    if let Some(cap) = state.limits.max_pending_jobs(&holder.limits) {
+        let pending = persistence::limits::pending_jobs(&mut conn, holder.user_id, cap).await?;
+        if pending >= i64::from(cap) {
+            return Err(ApiError::Limited(Box::new(Limited::rate(
+                format!("at most {cap} jobs may be pending at once; retry when one ends"),
+                1,
+                Vec::new(),
+            ))));
+        }
+    }
+    let caps = state.limits.spend_caps(ask, &holder.limits);
+    if caps.is_empty() {
+        drop(conn);
+        return match state.job_submissions.call(submission.clone()).await? {
+            true => Ok(()),
+            false => Err(short()),
+        };
+    }
+    let capped = persistence::limits::reserve_capped(
+        &mut conn,
+        holder.user_id,
+        Some(holder.key_id),
+        submission.job_id,
+        &submission.amount,
+        &caps,
+        Reserve::Job {
+            submission,
+            ttl_seconds: state.hold_ttl_seconds,
+        },
+    )
+    .await?;
+    match capped {
+        Capped::Reserved => Ok(()),
+        Capped::Balance => Err(short()),
+        Capped::Spend(cap) => Err(spend_refusal(&cap, &submission.amount)),
+    }
 }
 
 /// Job submissions, batched (see `persistence::jobs::submit_many`). A user's submissions

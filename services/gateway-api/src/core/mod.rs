@@ -7,6 +7,7 @@ pub mod catalog;
 pub mod chat;
 pub mod identity;
 pub mod jobs;
+pub mod limits;
 pub mod orders;
 pub mod tokens;
 pub mod users;

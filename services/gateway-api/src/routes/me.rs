@@ -1,12 +1,12 @@
 //! `/v1/me`: the signed-in user's profile, access keys, orders, ledger and usage.
 
 use actix_web::{HttpResponse, web};
-use chrono::{DateTime, Utc};
 use domain::Money;
 use serde::Deserialize;
 use utoipa::ToSchema;
 
 use crate::auth::SessionUser;
+use crate::core::access_keys::AccessKeyInput;
 use crate::core::{access_keys, orders};
 use crate::error::{ApiError, ErrorBody};
 use crate::state::AppState;
@@ -36,24 +36,16 @@ pub async fn me(session: SessionUser) -> HttpResponse {
     HttpResponse::Ok().json(UserView::from(session.0))
 }
 
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct CreateAccessKey {
-    #[schema(example = "laptop")]
-    pub name: String,
-    pub expires_at: Option<DateTime<Utc>>,
-}
-
 /// Mint an access key for model calls; the secret is in this response only.
 #[utoipa::path(post, path = "/v1/me/access-keys", tag = "me", security(("token" = [])),
-    request_body = CreateAccessKey,
+    request_body = AccessKeyInput,
     responses((status = 201, body = CreatedAccessKeyView), (status = 400, body = ErrorBody)))]
 pub async fn create_access_key(
     state: web::Data<AppState>,
     session: SessionUser,
-    body: web::Json<CreateAccessKey>,
+    body: web::Json<AccessKeyInput>,
 ) -> Result<HttpResponse, ApiError> {
-    let created = access_keys::create(&state, session.0.id, &body.name, body.expires_at).await?;
+    let created = access_keys::create(&state, session.0.id, &body).await?;
     Ok(HttpResponse::Created().json(created))
 }
 
@@ -67,7 +59,7 @@ pub async fn list_access_keys(
 ) -> Result<HttpResponse, ApiError> {
     let page = query.page()?;
     let keys = access_keys::list(&state, session.0.id, page).await?;
-    Ok(HttpResponse::Ok().json(ListResponse::from_page(keys, page, access_keys::view)?))
+    Ok(HttpResponse::Ok().json(ListResponse::from_page(keys, page, Ok)?))
 }
 
 /// Revoke a key at once; another user's key answers 404.

@@ -5,6 +5,7 @@ pub mod auth;
 pub mod chat;
 pub mod health;
 pub mod jobs;
+pub mod limits;
 pub mod me;
 pub mod models;
 pub mod orders;
@@ -16,6 +17,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     health::configure(cfg);
     auth::configure(cfg);
     me::configure(cfg);
+    limits::configure(cfg);
     orders::configure(cfg);
     admin::configure(cfg);
     models::configure(cfg);

@@ -1,0 +1,10 @@
+DROP FUNCTION acquire_slot(SMALLINT, BIGINT, INTEGER, UUID, TIMESTAMPTZ);
+DROP FUNCTION borrow_rate(SMALLINT, BIGINT, SMALLINT, TIMESTAMPTZ, BIGINT, BIGINT, BIGINT);
+DROP FUNCTION limit_period_start(TEXT);
+DROP INDEX balance_holds_open_key_idx;
+ALTER TABLE balance_holds DROP COLUMN access_key_id;
+DROP TABLE spend_totals;
+DROP TABLE concurrency_slots;
+DROP TABLE rate_windows;
+DROP TABLE limits;
+DROP INDEX async_jobs_user_open_idx;
