@@ -926,7 +926,7 @@ def cmd_report(a):
       f"spread over the {meta['users']} users, no hold) published to the bench queue with publisher "
       "confirms; then billing-worker starts and the clock runs from the first settled row's commit to "
       "the poll (every 50 ms) that sees all N rows in `usage_logs`. Batched = "
-      f"`APP__BILLING__BATCH_MAX=64`, single = `APP__BILLING__BATCH_MAX=1`, both with "
+      f"the shipped defaults (`batch_max` 512, `batch_linger_ms` 10), single = `APP__BILLING__BATCH_MAX=1`, both with "
       f"`APP__BROKER__PREFETCH={meta['prefetch']}`; N = {meta['settle_n']:,} batched and "
       f"{meta['settle_n_single']:,} single (to keep the run short).")
     w(f"- **pgbench**: `pgbench -i -s 10` into a scratch database, then a custom script `UPDATE "
@@ -1023,7 +1023,7 @@ def cmd_report(a):
         w("")
         w("| what | per second (median) | each run | seconds for all N (median) | other CPU |")
         w("|---|---|---|---|---|")
-        for mode, label in (("batched", "settlements, batched (`BATCH_MAX=64`)"),
+        for mode, label in (("batched", "settlements, batched (defaults, `BATCH_MAX=512`)"),
                             ("single", "settlements, single (`BATCH_MAX=1`)")):
             rs = by(kind="settlement", mode=mode)
             if not rs:

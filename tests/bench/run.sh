@@ -174,9 +174,11 @@ APP__SECURITY__MASTER_KEY=$(head -c 32 /dev/urandom | base64)
 export APP__AUTH__BCRYPT_COST=4
 export ADMIN_EMAIL=bench-admin@example.com ADMIN_PASSWORD=bench-admin-password
 
-start_worker() { # start_worker BATCH_MAX
-    APP__OPS__PORT=$WORKER_OPS_PORT APP__BROKER__PREFETCH=$PREFETCH APP__BILLING__BATCH_MAX=$1 \
+start_worker() { # start_worker [BATCH_MAX]: the shipped defaults unless a batch size is given
+    if [ -n "${1:-}" ]; then export APP__BILLING__BATCH_MAX=$1; else unset APP__BILLING__BATCH_MAX; fi
+    APP__OPS__PORT=$WORKER_OPS_PORT APP__BROKER__PREFETCH=$PREFETCH \
         APP__SHUTDOWN_GRACE_SECONDS=5 start worker "$BIN/billing-worker"
+    unset APP__BILLING__BATCH_MAX
     wait_http "http://127.0.0.1:$WORKER_OPS_PORT/readyz" worker
 }
 
@@ -185,7 +187,7 @@ wait_http "http://127.0.0.1:$MOCK_PORT/healthz" mock
 APP__SERVER__HOST=127.0.0.1 APP__SERVER__PORT=$GATEWAY_PORT APP__SERVER__SHUTDOWN_GRACE_SECONDS=5 \
     start gateway "$BIN/gateway-api"
 wait_http "http://127.0.0.1:$GATEWAY_PORT/readyz" gateway
-start_worker 64
+start_worker
 
 mkdir -p "$WORK/nginx/tmp"
 sed -e "s/@MOCK_PORT@/$MOCK_PORT/" -e "s/@NGINX_PORT@/$NGINX_PORT/" "$HERE/nginx.conf.in" >"$WORK/nginx/nginx.conf"
@@ -257,7 +259,7 @@ if phase throughput; then
     drain
     stop worker
     wrk_run gateway-noworker 1 "$WORK/keys.txt"
-    start_worker 64
+    start_worker
 fi
 
 # --------------------------------------------------------------------------- 2. latency
@@ -324,7 +326,7 @@ if phase settlement; then
     model_id=$(psql_q -d "$DB" -c "SELECT id FROM llm_models WHERE name = 'demo-chat'")
     for r in $(seq 1 "$SETTLE_REPEATS"); do
         for mode in batched single; do
-            batch=64 n=$SETTLE_N
+            batch= n=$SETTLE_N
             [ $mode = single ] && batch=1 n=$SETTLE_N_SINGLE
             psql_q -d "$DB" -c "TRUNCATE usage_logs" >/dev/null
             run publish $PY publish --n "$n" --users "$WORK/users.json" --model-id "$model_id" \
