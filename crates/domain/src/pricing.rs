@@ -15,9 +15,11 @@ pub enum ModelKind {
     Chat,
     /// Image generation, priced per image.
     Image,
+    /// Embeddings, priced per input token.
+    Embedding,
 }
 
-text_enum!(ModelKind, "model kind", { Chat => "chat", Image => "image" });
+text_enum!(ModelKind, "model kind", { Chat => "chat", Image => "image", Embedding => "embedding" });
 
 /// A model's prices; every one optional on input, and a missing price counts as 0.
 ///
@@ -85,7 +87,8 @@ impl Pricing {
     pub const MAX_PRICE: u32 = 1_000_000;
 
     /// Checks every price is within 0..=1,000,000 and the prices `kind` needs are present:
-    /// a chat model needs input and output prices, an image model needs `per_image`.
+    /// a chat model needs input and output prices, an image model needs `per_image`, an
+    /// embedding model `input_per_million`.
     pub fn validate(&self, kind: ModelKind) -> Result<(), PricingError> {
         let max = Money::from(Self::MAX_PRICE);
         for (field, price) in self.fields() {
@@ -103,6 +106,7 @@ impl Pricing {
                 ("output_per_million", &self.output_per_million),
             ],
             ModelKind::Image => &[("per_image", &self.per_image)],
+            ModelKind::Embedding => &[("input_per_million", &self.input_per_million)],
         };
         match required.iter().find(|(_, price)| price.is_none()) {
             Some(&(field, _)) => Err(PricingError::Missing { field, kind }),
@@ -383,6 +387,18 @@ mod tests {
             ..Pricing::default()
         };
         assert_eq!(image.validate(ModelKind::Image), Ok(()));
+        let embedding = Pricing {
+            input_per_million: Some(money("0.02")),
+            ..Pricing::default()
+        };
+        assert_eq!(embedding.validate(ModelKind::Embedding), Ok(()));
+        assert_eq!(
+            image
+                .validate(ModelKind::Embedding)
+                .unwrap_err()
+                .to_string(),
+            "pricing.input_per_million is required for embedding models"
+        );
         // Zero prices are allowed (a free model).
         assert_eq!(chat("0", "0").validate(ModelKind::Chat), Ok(()));
     }

@@ -47,6 +47,8 @@ pub(crate) struct Directives {
     pub tokens: Option<u32>,
     /// Prompt tokens reported as read from a cache.
     pub cached: Option<u32>,
+    /// The answer reports no usage (embeddings), as some providers do.
+    pub no_usage: bool,
 }
 
 impl Directives {
@@ -68,6 +70,7 @@ impl Directives {
             Some(("tokens", n)) => self.tokens = n.parse().ok().or(self.tokens),
             Some(("cached", n)) => self.cached = n.parse().ok().or(self.cached),
             None if directive == "reject" => self.reject = true,
+            None if directive == "no-usage" => self.no_usage = true,
             _ => {}
         }
     }
@@ -99,7 +102,7 @@ mod tests {
     #[test]
     fn every_directive_is_read() {
         let found = scan(
-            "hi [[status:503]] [[reject]][[sleep:1500]] [[cut:5]] x[[tokens:100]]y[[cached:12]]",
+            "hi [[status:503]] [[reject]][[sleep:1500]] [[cut:5]] x[[tokens:100]]y[[cached:12]] [[no-usage]]",
         );
         assert_eq!(
             found,
@@ -110,6 +113,7 @@ mod tests {
                 cut_after: Some(5),
                 tokens: Some(100),
                 cached: Some(12),
+                no_usage: true,
             }
         );
     }

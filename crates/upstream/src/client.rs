@@ -55,7 +55,7 @@ impl fmt::Debug for Target {
     }
 }
 
-/// A non-streaming chat completion, ready for the client.
+/// A non-streaming chat completion (or embeddings list), ready for the client.
 #[derive(Debug, Clone)]
 pub struct ChatResponse {
     /// The upstream's JSON body with `model` set to the public name.
@@ -199,6 +199,42 @@ impl UpstreamClient {
         ))
     }
 
+    /// An embeddings call (`POST /embeddings`), bounded by the total timeout; the answer is
+    /// OpenAI's embeddings list with `model` set to the public name, and its usage.
+    #[tracing::instrument(skip_all, fields(model = %target.public_model))]
+    pub async fn embeddings(
+        &self,
+        target: &Target,
+        body: Value,
+    ) -> Result<ChatResponse, UpstreamError> {
+        if !target.kind.serves(domain::ModelKind::Embedding) {
+            return Err(refused_by_kind(target.kind, "embeddings"));
+        }
+        let mut request = into_object(body)?;
+        request.insert(
+            "model".to_owned(),
+            Value::String(target.upstream_model.clone()),
+        );
+        let bytes = self.post_json(target, "embeddings", &request).await?;
+        let mut answer = parse_object(&bytes)?;
+        if !answer.get("data").is_some_and(Value::is_array) {
+            return Err(UpstreamError::Protocol(
+                "embeddings response has no `data` array".to_owned(),
+            ));
+        }
+        answer.insert(
+            "model".to_owned(),
+            Value::String(target.public_model.clone()),
+        );
+        let usage = answer.get("usage").and_then(parse_usage);
+        let body = serde_json::to_vec(&answer)
+            .map_err(|error| UpstreamError::Protocol(error.to_string()))?;
+        Ok(ChatResponse {
+            body: Bytes::from(body),
+            usage,
+        })
+    }
+
     /// An image generation (`POST /images/generations`), bounded by the total timeout.
     #[tracing::instrument(skip_all, fields(model = %target.public_model))]
     pub async fn images(
@@ -207,13 +243,7 @@ impl UpstreamClient {
         body: Value,
     ) -> Result<ImagesResponse, UpstreamError> {
         if !target.kind.serves(domain::ModelKind::Image) {
-            return Err(UpstreamError::BadRequest {
-                status: 400,
-                body: serde_json::json!({"error": {
-                    "message": format!("a provider of kind {} generates no images", target.kind)
-                }})
-                .to_string(),
-            });
+            return Err(refused_by_kind(target.kind, "images"));
         }
         let mut request = into_object(body)?;
         request.insert(
@@ -339,6 +369,17 @@ async fn ensure_success(
         UpstreamError::from_status(status.as_u16(), String::from_utf8_lossy(&body).into_owned());
     tracing::debug!(status = status.as_u16(), error = %error, "upstream answered an error");
     Err(error)
+}
+
+/// A call the provider's kind cannot serve, refused before anything is sent.
+fn refused_by_kind(kind: ProviderKind, what: &str) -> UpstreamError {
+    UpstreamError::BadRequest {
+        status: 400,
+        body: serde_json::json!({"error": {
+            "message": format!("a provider of kind {kind} serves no {what}")
+        }})
+        .to_string(),
+    }
 }
 
 fn into_object(body: Value) -> Result<Map<String, Value>, UpstreamError> {

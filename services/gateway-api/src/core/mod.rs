@@ -3,8 +3,10 @@
 pub mod access_keys;
 pub mod admission;
 pub mod billing;
+pub mod call;
 pub mod catalog;
 pub mod chat;
+pub mod embeddings;
 pub mod identity;
 pub mod jobs;
 pub mod orders;

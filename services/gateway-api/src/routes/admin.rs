@@ -218,7 +218,7 @@ pub async fn adjust_balance(
 #[serde(deny_unknown_fields)]
 pub struct CreateProvider {
     pub name: String,
-    /// `openai` (any OpenAI-compatible endpoint: chat and image models) or `anthropic`
+    /// `openai` (any OpenAI-compatible endpoint: chat, image and embedding models) or `anthropic`
     /// (Anthropic's Messages API, e.g. `https://api.anthropic.com/v1`: chat models; clients
     /// still call it in OpenAI's format).
     #[schema(example = "openai")]

@@ -1,16 +1,18 @@
-//! `/v1/chat/completions` (and the seed's alias `/v1/chat`): the OpenAI chat endpoint.
+//! The model-call endpoints: `/v1/chat/completions` (and the seed's alias `/v1/chat`) and
+//! `/v1/embeddings`, OpenAI's; each runs on the one call path.
 
 use actix_web::{HttpResponse, web};
 use serde_json::Value;
 
 use crate::auth::KeyHolder;
-use crate::core::chat;
+use crate::core::{chat, embeddings};
 use crate::error::{ApiError, ErrorBody};
 use crate::state::{AppState, CallPath};
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.route("/v1/chat/completions", web::post().to(completions))
-        .route("/v1/chat", web::post().to(completions));
+        .route("/v1/chat", web::post().to(completions))
+        .route("/v1/embeddings", web::post().to(embed));
 }
 
 /// OpenAI's chat completion: the body is OpenAI's, `model` is the public name; with
@@ -30,6 +32,31 @@ pub async fn completions(
     body: web::Json<Value>,
 ) -> Result<HttpResponse, ApiError> {
     chat::complete(
+        state.into_inner(),
+        call_path.into_inner(),
+        holder,
+        body.into_inner(),
+    )
+    .await
+}
+
+/// OpenAI's embeddings: `input` a string, strings, a token array or token arrays; the model
+/// must be of kind `embedding`. The hold is sized from the input; the provider's usage (or the
+/// input counted offline) is billed at `input_per_million`.
+#[utoipa::path(post, path = "/v1/embeddings", tag = "models", security(("access_key" = [])),
+    request_body(content = Object, description = "OpenAI embeddings request"),
+    responses((status = 200, description = "OpenAI embeddings list with usage"),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 402, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 502, body = ErrorBody), (status = 503, body = ErrorBody),
+        (status = 504, body = ErrorBody)))]
+pub async fn embed(
+    state: web::Data<AppState>,
+    call_path: web::Data<CallPath>,
+    holder: KeyHolder,
+    body: web::Json<Value>,
+) -> Result<HttpResponse, ApiError> {
+    embeddings::embed(
         state.into_inner(),
         call_path.into_inner(),
         holder,
