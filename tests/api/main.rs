@@ -15,4 +15,5 @@ mod lifecycle;
 mod observability;
 mod orders;
 mod overruns;
+mod responses;
 mod sdk;

@@ -23,7 +23,7 @@ use crate::routes::{admin, auth, chat, health, jobs, me, models, orders};
         admin::list_models, admin::create_model, admin::get_model, admin::update_model,
         admin::delete_model,
         admin::list_orders, admin::list_usage_logs, admin::list_overruns,
-        models::list, chat::completions, chat::embed,
+        models::list, chat::completions, chat::respond, chat::embed,
         jobs::submit_image, jobs::get, jobs::list, jobs::admin_list,
     ),
     modifiers(&SecuritySchemes),

@@ -94,6 +94,11 @@ impl Dialect for OpenAiShape {
     }
 }
 
+/// One named SSE event (`event:` and `data:`), as the responses and messages APIs send them.
+pub fn sse_event(name: &str, data: &Value) -> String {
+    format!("event: {name}\ndata: {data}\n\n")
+}
+
 /// The SSE event that ends a chat stream for OpenAI clients.
 const DONE_EVENT: &[u8] = b"data: [DONE]\n\n";
 

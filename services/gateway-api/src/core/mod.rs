@@ -10,5 +10,6 @@ pub mod embeddings;
 pub mod identity;
 pub mod jobs;
 pub mod orders;
+pub mod responses;
 pub mod tokens;
 pub mod users;
