@@ -12,6 +12,7 @@ mod identity;
 mod jobs;
 mod leases;
 mod lifecycle;
+mod messages;
 mod observability;
 mod orders;
 mod overruns;

@@ -204,3 +204,28 @@ async fn the_official_node_sdk_works_unchanged() {
         .await;
     }
 }
+
+/// The Messages calls of tests/sdk/anthropic_*: (5 + 16 words), streamed (4 + 6 words).
+const MESSAGES_BILLED: [(u64, Option<u64>); 2] = [(5, Some(16)), (4, Some(6))];
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_anthropic_python_sdk_is_billed_exactly() {
+    for kind in ["openai", "anthropic"] {
+        let script = "tests/sdk/anthropic_python.py";
+        run_billed(kind, &python(), script, &MESSAGES_BILLED).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_anthropic_node_sdk_is_billed_exactly() {
+    assert!(
+        repo()
+            .join("tests/sdk/node_modules/@anthropic-ai/sdk")
+            .exists(),
+        "the Anthropic Node SDK is not installed: run `make sdk-deps`"
+    );
+    for kind in ["openai", "anthropic"] {
+        let script = "tests/sdk/anthropic_node.mjs";
+        run_billed(kind, "node", script, &MESSAGES_BILLED).await;
+    }
+}

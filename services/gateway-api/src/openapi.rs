@@ -3,7 +3,7 @@
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use crate::routes::{admin, auth, chat, health, jobs, me, models, orders};
+use crate::routes::{admin, auth, chat, health, jobs, me, messages, models, orders};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -23,7 +23,7 @@ use crate::routes::{admin, auth, chat, health, jobs, me, models, orders};
         admin::list_models, admin::create_model, admin::get_model, admin::update_model,
         admin::delete_model,
         admin::list_orders, admin::list_usage_logs, admin::list_overruns,
-        models::list, chat::completions, chat::respond, chat::embed,
+        models::list, chat::completions, chat::respond, chat::embed, messages::create,
         jobs::submit_image, jobs::get, jobs::list, jobs::admin_list,
     ),
     modifiers(&SecuritySchemes),
@@ -50,7 +50,9 @@ impl Modify for SecuritySchemes {
             SecurityScheme::Http(
                 HttpBuilder::new()
                     .scheme(HttpAuthScheme::Bearer)
-                    .description(Some("An access key sk-... (or the ACCESS-KEY header)"))
+                    .description(Some(
+                        "An access key sk-... (or the ACCESS-KEY or x-api-key header)",
+                    ))
                     .build(),
             ),
         );

@@ -9,6 +9,7 @@ pub mod chat;
 pub mod embeddings;
 pub mod identity;
 pub mod jobs;
+pub mod messages;
 pub mod orders;
 pub mod responses;
 pub mod tokens;

@@ -6,6 +6,7 @@ pub mod chat;
 pub mod health;
 pub mod jobs;
 pub mod me;
+pub mod messages;
 pub mod models;
 pub mod orders;
 
@@ -20,5 +21,6 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     admin::configure(cfg);
     models::configure(cfg);
     chat::configure(cfg);
+    messages::configure(cfg);
     jobs::configure(cfg);
 }
