@@ -16,5 +16,6 @@ mod messages;
 mod observability;
 mod orders;
 mod overruns;
+mod pricing;
 mod responses;
 mod sdk;

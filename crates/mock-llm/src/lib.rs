@@ -26,6 +26,8 @@
 //! - `[[cached:<n>]]`: n prompt tokens (at most all) were read from a cache: OpenAI's
 //!   `usage.prompt_tokens_details.cached_tokens`, Anthropic's `cache_read_input_tokens` (then
 //!   `input_tokens` counts only the rest);
+//! - `[[written:<n>]]` (`/v1/messages`): n of the other prompt tokens were written to the cache
+//!   (`cache_creation_input_tokens`; `input_tokens` counts only the rest);
 //! - `[[no-usage]]` (embeddings): the answer carries no `usage`.
 //!
 //! Embeddings (`POST /v1/embeddings`): `input` a string, strings, a token array or token

@@ -407,7 +407,8 @@ fn parse_object(bytes: &[u8]) -> Result<Map<String, Value>, UpstreamError> {
 /// Reads an OpenAI `usage` object; `None` when it is null or carries no token counts.
 ///
 /// Cached prompt tokens come from `prompt_tokens_details.cached_tokens` (OpenAI), else from
-/// `prompt_cache_hit_tokens` (DeepSeek), and never exceed the prompt tokens.
+/// `prompt_cache_hit_tokens` (DeepSeek), and never exceed the prompt tokens; prompt tokens
+/// written to the cache from `prompt_tokens_details.cache_write_tokens`, at most the rest.
 pub(crate) fn parse_usage(usage: &Value) -> Option<Usage> {
     let usage = usage.as_object()?;
     let count = |name: &str| usage.get(name).and_then(Value::as_u64);
@@ -423,11 +424,18 @@ pub(crate) fn parse_usage(usage: &Value) -> Option<Usage> {
         .and_then(Value::as_u64)
         .or_else(|| count("prompt_cache_hit_tokens"))
         .unwrap_or(0);
+    let cached = cached.min(prompt_tokens);
+    let written = usage
+        .get("prompt_tokens_details")
+        .and_then(|details| details.get("cache_write_tokens"))
+        .and_then(Value::as_u64)
+        .unwrap_or(0);
     Some(Usage {
         prompt_tokens,
         completion_tokens: completion_tokens.unwrap_or(0),
-        cached_prompt_tokens: cached.min(prompt_tokens),
+        cached_prompt_tokens: cached,
         images: 0,
+        cache_write_prompt_tokens: written.min(prompt_tokens - cached),
     })
 }
 
@@ -472,8 +480,16 @@ mod tests {
                 prompt_tokens: 10,
                 completion_tokens: 5,
                 cached_prompt_tokens: 4,
-                images: 0
+                images: 0,
+                cache_write_prompt_tokens: 0,
             })
+        );
+        let written = json!({"prompt_tokens": 10, "completion_tokens": 5,
+            "prompt_tokens_details": {"cached_tokens": 4, "cache_write_tokens": 9}});
+        assert_eq!(
+            parse_usage(&written).map(|u| u.cache_write_prompt_tokens),
+            Some(6),
+            "at most the prompt tokens not read from the cache"
         );
         let deepseek =
             json!({"prompt_tokens": 10, "completion_tokens": 5, "prompt_cache_hit_tokens": 3});

@@ -471,7 +471,8 @@ mod tests {
                 prompt_tokens: 7,
                 completion_tokens: 2,
                 cached_prompt_tokens: 3,
-                images: 0
+                images: 0,
+                cache_write_prompt_tokens: 0,
             })
         );
         assert_eq!(snapshot.generated_text, "Héllo");

@@ -141,16 +141,35 @@ pub struct ModelView {
     pub created_at: DateTime<Utc>,
 }
 
-/// Pricing as documented: each field an optional non-negative decimal string.
+/// Pricing as documented: each price an optional non-negative decimal string.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct PricingSchema {
     #[schema(example = "0.15")]
     pub input_per_million: Option<String>,
     #[schema(example = "0.60")]
     pub output_per_million: Option<String>,
+    /// Prompt tokens read from the provider's cache; else the input price.
     pub cached_input_per_million: Option<String>,
+    /// Prompt tokens written to the provider's cache; else the input price.
+    pub cache_write_per_million: Option<String>,
     pub per_image: Option<String>,
+    /// A fixed fee on every call.
     pub per_request: Option<String>,
+    /// Long-context tiers by ascending threshold (at most 8): a call whose prompt passes
+    /// `above_prompt_tokens` has all its tokens priced at the tier's prices; no tier lowers a
+    /// price.
+    pub long_context: Option<Vec<PriceTierSchema>>,
+}
+
+/// One long-context tier: the token prices of prompts longer than `above_prompt_tokens`.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct PriceTierSchema {
+    #[schema(example = 200000)]
+    pub above_prompt_tokens: u64,
+    pub input_per_million: Option<String>,
+    pub output_per_million: Option<String>,
+    pub cached_input_per_million: Option<String>,
+    pub cache_write_per_million: Option<String>,
 }
 
 impl TryFrom<Model> for ModelView {

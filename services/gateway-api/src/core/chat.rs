@@ -120,7 +120,7 @@ pub fn prepare(state: &AppState, mut body: Value) -> Result<Call, ApiError> {
     };
     let max_cost = route
         .pricing
-        .cost(&worst_case)
+        .max_cost(&worst_case)
         .map_err(|_| invalid("the request is too large to be priced"))?;
     let messages = body["messages"].as_array().map_or(0, Vec::len) as u64;
     let operation = if stream {

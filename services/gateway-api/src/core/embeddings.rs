@@ -66,7 +66,7 @@ fn prepare(state: &AppState, body: Value) -> Result<Call, ApiError> {
     };
     let max_cost = route
         .pricing
-        .cost(&worst_case)
+        .max_cost(&worst_case)
         .map_err(|_| invalid("the request is too large to be priced"))?;
     Ok(Call {
         route,

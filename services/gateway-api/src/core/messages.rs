@@ -328,11 +328,14 @@ fn stop_reason(finish_reason: Option<&str>) -> &'static str {
     }
 }
 
-/// Anthropic's usage: its `input_tokens` leave out what was read from the cache.
+/// Anthropic's usage: its `input_tokens` leave out what was read from or written to the cache.
 fn usage_object(usage: &Usage) -> Value {
+    let cache = usage
+        .cached_prompt_tokens
+        .saturating_add(usage.cache_write_prompt_tokens);
     json!({
-        "input_tokens": usage.prompt_tokens.saturating_sub(usage.cached_prompt_tokens),
-        "cache_creation_input_tokens": 0,
+        "input_tokens": usage.prompt_tokens.saturating_sub(cache),
+        "cache_creation_input_tokens": usage.cache_write_prompt_tokens,
         "cache_read_input_tokens": usage.cached_prompt_tokens,
         "output_tokens": usage.completion_tokens,
     })
@@ -625,6 +628,7 @@ mod tests {
             cached_prompt_tokens: 4,
             completion_tokens: 3,
             images: 0,
+            cache_write_prompt_tokens: 0,
         };
         text.push_str(std::str::from_utf8(&stream.end(&usage)).unwrap());
         let events: Vec<Value> = text

@@ -888,6 +888,7 @@ mod tests {
             completion_tokens: 5,
             cached_prompt_tokens: 2,
             images: 0,
+            cache_write_prompt_tokens: 0,
         };
         let mut all = parse(&first);
         all.extend(parse(&stream.end(&usage)));
