@@ -18,4 +18,5 @@ mod orders;
 mod overruns;
 mod pricing;
 mod responses;
+mod routes;
 mod sdk;

@@ -22,6 +22,8 @@ use crate::routes::{admin, auth, chat, health, jobs, me, messages, models, order
         admin::delete_provider_key,
         admin::list_models, admin::create_model, admin::get_model, admin::update_model,
         admin::delete_model,
+        admin::list_model_routes, admin::create_model_route, admin::update_model_route,
+        admin::delete_model_route,
         admin::list_orders, admin::list_usage_logs, admin::list_overruns,
         models::list, chat::completions, chat::respond, chat::embed, messages::create,
         jobs::submit_image, jobs::get, jobs::list, jobs::admin_list,

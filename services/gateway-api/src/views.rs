@@ -4,7 +4,7 @@ use chrono::{DateTime, Utc};
 use domain::{Money, Pricing};
 use persistence::Paged;
 use persistence::access_keys::AccessKey;
-use persistence::catalog::{Model, Provider, ProviderKey};
+use persistence::catalog::{Model, ModelRoute, Provider, ProviderKey};
 use persistence::ledger::LedgerEntry;
 use persistence::orders::Order;
 use persistence::usage::UsageLog;
@@ -119,6 +119,37 @@ impl From<ProviderKey> for ProviderKeyView {
             weight: k.weight,
             enabled: k.enabled,
             created_at: k.created_at,
+        }
+    }
+}
+
+/// Another provider serving a model: `{"id", "model_id", "provider_id", "upstream_model",
+/// "priority", "weight", "enabled", "created_at"}`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ModelRouteView {
+    pub id: i64,
+    pub model_id: i64,
+    pub provider_id: i64,
+    pub upstream_model: String,
+    /// Routes are tried by descending priority; the model's own provider has 0.
+    pub priority: i32,
+    /// Routes of one priority are tried in an order drawn by weight; the model's own has 1.
+    pub weight: i32,
+    pub enabled: bool,
+    pub created_at: DateTime<Utc>,
+}
+
+impl From<ModelRoute> for ModelRouteView {
+    fn from(r: ModelRoute) -> Self {
+        ModelRouteView {
+            id: r.id,
+            model_id: r.model_id,
+            provider_id: r.provider_id,
+            upstream_model: r.upstream_model,
+            priority: r.priority,
+            weight: r.weight,
+            enabled: r.enabled,
+            created_at: r.created_at,
         }
     }
 }

@@ -15,7 +15,7 @@ use futures_util::{Stream, StreamExt};
 use serde_json::Value;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
-use upstream::{ChatResponse, ChatStream, StreamUsage, UpstreamError, with_failover};
+use upstream::{ChatResponse, ChatStream, StreamUsage, UpstreamError};
 use uuid::Uuid;
 
 use crate::auth::KeyHolder;
@@ -24,7 +24,7 @@ use crate::core::billing::{self, Caller};
 use crate::core::tokens;
 use crate::error::ApiError;
 use crate::state::{AppState, CallPath};
-use catalog::Route;
+use catalog::{ProviderRoute, Route, with_provider_failover};
 
 /// What the provider is asked to do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,6 +56,8 @@ impl PromptCount {
 /// A validated call, ready for admission: where it goes, what it sends and what it may cost.
 pub struct Call {
     pub route: Arc<Route>,
+    /// The providers that may serve this call, in the order they are tried.
+    pub providers: Vec<ProviderRoute>,
     /// The provider request (OpenAI's chat completions or embeddings body).
     pub body: Value,
     pub operation: Operation,
@@ -126,6 +128,7 @@ struct Admitted {
     request_id: Uuid,
     caller: Caller,
     route: Arc<Route>,
+    providers: Arc<Vec<ProviderRoute>>,
     prompt: Arc<PromptCount>,
     /// What reserves the call's maximum cost (`reserved`, also what usage that cannot be priced
     /// is billed).
@@ -160,6 +163,7 @@ pub async fn run(
             access_key_id: holder.key_id,
         },
         route: call.route,
+        providers: Arc::new(call.providers),
         prompt: Arc::new(call.prompt),
         admission,
         deadline: Instant::now() + state.call_deadline,
@@ -239,15 +243,14 @@ async fn forward(
     body: Value,
     operation: Operation,
 ) -> Result<(Bytes, Usage), ApiError> {
-    let route = &call.route;
     let answer: ChatResponse = tokio::time::timeout_at(
         call.deadline,
-        with_failover(
+        with_provider_failover(
             &state.routing.keys,
-            route.provider_id,
+            &call.providers,
+            &call.route.name,
             state.max_failover_attempts,
-            |key| {
-                let target = route.target(key.secret());
+            |target| {
                 let client = call_path.upstream.clone();
                 let body = body.clone();
                 async move {
@@ -344,19 +347,22 @@ async fn forward_stream(
     client_wants_usage: bool,
     dialect: Box<dyn StreamDialect>,
 ) -> Result<HttpResponse, ApiError> {
-    let route = &call.route;
-    let stream = with_failover(
-        &state.routing.keys,
-        route.provider_id,
-        state.max_failover_attempts,
-        |key| {
-            let target = route.target(key.secret());
-            let client = call_path.upstream.clone();
-            let body = body.clone();
-            async move { client.chat_stream(&target, body, client_wants_usage).await }
-        },
+    let stream = tokio::time::timeout_at(
+        call.deadline,
+        with_provider_failover(
+            &state.routing.keys,
+            &call.providers,
+            &call.route.name,
+            state.max_failover_attempts,
+            |target| {
+                let client = call_path.upstream.clone();
+                let body = body.clone();
+                async move { client.chat_stream(&target, body, client_wants_usage).await }
+            },
+        ),
     )
     .await
+    .map_err(|_| upstream_error(UpstreamError::Timeout))?
     .map_err(upstream_error)?;
     // The provider accepted the call: from here it is billed, whatever the client does. The
     // provider's stream is read to its end by a task of its own, independently of the client.

@@ -100,9 +100,27 @@ pub fn prepare(state: &AppState, mut body: Value) -> Result<Call, ApiError> {
             .filter(|n| (1..=16).contains(n))
             .ok_or_else(|| invalid("n must be an integer between 1 and 16"))?,
     };
-    if route.provider_kind == ProviderKind::Anthropic {
-        // Refused before the hold: what cannot be translated costs nothing and writes nothing.
-        upstream::anthropic::check_request(&body).map_err(ApiError::InvalidRequest)?;
+    // Providers that cannot take the request are skipped; when none can, it is refused before
+    // the hold: what cannot be translated costs nothing and writes nothing.
+    let mut refusal = None;
+    let providers: Vec<_> = route
+        .providers()
+        .into_iter()
+        .filter(|provider| match provider.provider_kind {
+            ProviderKind::Anthropic => match upstream::anthropic::check_request(&body) {
+                Ok(()) => true,
+                Err(why) => {
+                    refusal = Some(why);
+                    false
+                }
+            },
+            ProviderKind::OpenAi => true,
+        })
+        .collect();
+    if providers.is_empty() {
+        return Err(ApiError::InvalidRequest(refusal.unwrap_or_else(|| {
+            "no provider of this model can serve the request".to_owned()
+        })));
     }
     // What the hold cannot count would be served for less than the provider bills.
     if let Some(field) = tokens::unpriced_input(&body) {
@@ -135,6 +153,7 @@ pub fn prepare(state: &AppState, mut body: Value) -> Result<Call, ApiError> {
     };
     Ok(Call {
         route,
+        providers,
         body,
         operation,
         max_cost,
@@ -165,6 +184,7 @@ mod tests {
             provider_id: 1,
             provider_kind: ProviderKind::OpenAi,
             base_url: "http://127.0.0.1:1/v1".to_owned(),
+            alternatives: Vec::new(),
         }
     }
 

@@ -69,6 +69,7 @@ fn prepare(state: &AppState, body: Value) -> Result<Call, ApiError> {
         .max_cost(&worst_case)
         .map_err(|_| invalid("the request is too large to be priced"))?;
     Ok(Call {
+        providers: route.providers(),
         route,
         body,
         operation: Operation::Embeddings,
