@@ -28,9 +28,10 @@ check-deploy:
 # The official OpenAI SDKs the end-to-end tests drive (PyPI and npm, pinned).
 sdk-deps:
 	@[ -x .run/sdk-venv/bin/python ] || python3 -m venv .run/sdk-venv
-	@.run/sdk-venv/bin/python -c "import openai" 2>/dev/null \
+	@.run/sdk-venv/bin/python -c "import openai, anthropic" 2>/dev/null \
 		|| .run/sdk-venv/bin/pip install -q -r tests/sdk/requirements.txt
-	@[ -d tests/sdk/node_modules/openai ] || (cd tests/sdk && npm ci --no-audit --no-fund --loglevel=error)
+	@[ -d tests/sdk/node_modules/openai ] && [ -d tests/sdk/node_modules/@anthropic-ai/sdk ] \
+		|| (cd tests/sdk && npm ci --no-audit --no-fund --loglevel=error)
 
 # Test databases are named gwtest_<uuid>; drop what earlier runs left behind.
 clean-test-dbs:

@@ -20,6 +20,7 @@ fn pricing() -> Pricing {
         cached_input_per_million: Some(Money::parse("0.3").unwrap()),
         per_image: None,
         per_request: None,
+        ..Pricing::default()
     }
 }
 
@@ -56,7 +57,7 @@ fn cost(prompt: u64, completion: u64, cached: u64) -> BigDecimal {
         prompt_tokens: prompt,
         completion_tokens: completion,
         cached_prompt_tokens: cached,
-        images: 0,
+        ..Usage::default()
     };
     pricing().cost(&usage).unwrap().into_decimal()
 }

@@ -25,6 +25,7 @@ fn expected_cost(prompt: u64, completion: u64) -> BigDecimal {
         cached_input_per_million: None,
         per_image: None,
         per_request: None,
+        ..Pricing::default()
     };
     let usage = Usage {
         prompt_tokens: prompt,

@@ -25,6 +25,10 @@ async fn health_ready_metrics_and_docs_answer() {
     let spec = app
         .send(Method::GET, "/openapi.json", Credential::None, None)
         .await;
+    let schemas = &spec.assert_status(200)["components"]["schemas"];
+    for schema in ["PricingSchema", "PriceTierSchema"] {
+        assert!(schemas.get(schema).is_some(), "openapi.json lacks {schema}");
+    }
     let paths = spec.assert_status(200)["paths"]
         .as_object()
         .unwrap()
@@ -52,6 +56,10 @@ async fn health_ready_metrics_and_docs_answer() {
         "/v1/admin/orders",
         "/v1/admin/usage-logs",
         "/v1/models",
+        "/v1/chat/completions",
+        "/v1/responses",
+        "/v1/messages",
+        "/v1/embeddings",
         "/healthz",
         "/readyz",
         "/metrics",

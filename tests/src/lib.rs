@@ -588,6 +588,8 @@ pub const INPUT_PER_MILLION: &str = "0.15";
 pub const OUTPUT_PER_MILLION: &str = "0.60";
 /// Image pricing of the e2e tests.
 pub const PER_IMAGE: &str = "0.04";
+/// Embedding pricing of the e2e tests (model `demo-embed`, on `openai` providers).
+pub const EMBED_INPUT_PER_MILLION: &str = "0.02";
 
 impl TestApp {
     /// Registers a started mock LLM with the given provider keys and a priced chat model, then
@@ -602,7 +604,7 @@ impl TestApp {
     }
 
     /// [`Self::chat_setup`] with the mock registered as a provider of `kind` (`anthropic`
-    /// providers get no image model).
+    /// providers get no image model and no embedding model).
     pub async fn chat_setup_of_kind(
         &self,
         kind: &str,
@@ -635,6 +637,16 @@ impl TestApp {
                 json!({
                     "name": "demo-image", "provider_id": provider_id, "upstream_model": "mock-image",
                     "kind": "image", "pricing": {"per_image": PER_IMAGE}
+                }),
+            )
+            .await
+            .assert_status(201);
+            self.post(
+                "/v1/admin/models",
+                &admin,
+                json!({
+                    "name": "demo-embed", "provider_id": provider_id, "upstream_model": "mock-embed",
+                    "kind": "embedding", "pricing": {"input_per_million": EMBED_INPUT_PER_MILLION}
                 }),
             )
             .await

@@ -5,5 +5,5 @@
 mod routing;
 mod secret_box;
 
-pub use routing::{Route, Routing};
+pub use routing::{ProviderRoute, Route, Routing, with_provider_failover};
 pub use secret_box::{SecretBox, SecretError, key_hint};

@@ -55,6 +55,6 @@ pub use lease::LeaseAccount;
 pub use ledger::LedgerKind;
 pub use messages::{BillingBatch, BillingMessage, InvocationMessage};
 pub use money::{Money, MoneyError};
-pub use pricing::{ModelKind, Pricing, PricingError, Usage};
+pub use pricing::{ModelKind, PriceTier, Pricing, PricingError, Usage};
 pub use provider::ProviderKind;
 pub use status::{JobStatus, OrderStatus, Role, UnknownVariant, UserStatus};

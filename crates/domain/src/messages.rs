@@ -277,6 +277,7 @@ mod tests {
                 completion_tokens: 567,
                 cached_prompt_tokens: 34,
                 images: 0,
+                cache_write_prompt_tokens: 0,
             },
             cost: Money::parse("0.0005253").unwrap(),
             lease_id: None,

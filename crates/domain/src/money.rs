@@ -50,12 +50,13 @@ pub enum MoneyError {
     /// The absolute value is 10^18 or more.
     #[error("amount is out of range: its absolute value must be below 1000000000000000000")]
     OutOfRange,
-    /// A usage claims more cached prompt tokens than prompt tokens, so it cannot be priced.
+    /// A usage claims more cached (read or written) prompt tokens than prompt tokens, so it
+    /// cannot be priced.
     #[error(
         "usage is invalid: cached_prompt_tokens ({cached_prompt_tokens}) exceeds prompt_tokens ({prompt_tokens})"
     )]
     CachedTokensExceedPrompt {
-        /// Cached prompt tokens reported.
+        /// Cached prompt tokens reported (read from and written to the cache).
         cached_prompt_tokens: u64,
         /// Prompt tokens reported.
         prompt_tokens: u64,

@@ -15,9 +15,11 @@ pub enum ModelKind {
     Chat,
     /// Image generation, priced per image.
     Image,
+    /// Embeddings, priced per input token.
+    Embedding,
 }
 
-text_enum!(ModelKind, "model kind", { Chat => "chat", Image => "image" });
+text_enum!(ModelKind, "model kind", { Chat => "chat", Image => "image", Embedding => "embedding" });
 
 /// A model's prices; every one optional on input, and a missing price counts as 0.
 ///
@@ -40,6 +42,62 @@ pub struct Pricing {
     /// Flat price of every call.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub per_request: Option<Money>,
+    /// Price of one million prompt tokens written to the provider's cache; when absent they
+    /// cost `input_per_million`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_write_per_million: Option<Money>,
+    /// Long-context tiers, by ascending threshold: once a call's prompt passes a tier's
+    /// `above_prompt_tokens`, all its tokens are priced at that tier's token prices (a price the
+    /// tier does not set stays the one below it).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub long_context: Vec<PriceTier>,
+}
+
+/// The token prices of a call whose prompt has more than `above_prompt_tokens` tokens.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PriceTier {
+    /// The tier applies to prompts longer than this (at least 1).
+    pub above_prompt_tokens: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input_per_million: Option<Money>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output_per_million: Option<Money>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cached_input_per_million: Option<Money>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_write_per_million: Option<Money>,
+}
+
+/// The per-million token prices one call is priced at (its tier's, else the base ones).
+#[derive(Debug, Clone, Copy)]
+struct TokenPrices<'a> {
+    input: Option<&'a Money>,
+    output: Option<&'a Money>,
+    /// Cached and written prompt tokens fall back to the input price.
+    cached_input: Option<&'a Money>,
+    cache_write: Option<&'a Money>,
+}
+
+impl<'a> TokenPrices<'a> {
+    fn over(self, tier: &'a PriceTier) -> TokenPrices<'a> {
+        TokenPrices {
+            input: tier.input_per_million.as_ref().or(self.input),
+            output: tier.output_per_million.as_ref().or(self.output),
+            cached_input: tier.cached_input_per_million.as_ref().or(self.cached_input),
+            cache_write: tier.cache_write_per_million.as_ref().or(self.cache_write),
+        }
+    }
+
+    /// Each price by name, a cached or written price falling back to the input price.
+    fn effective(self) -> [(&'static str, Option<&'a Money>); 4] {
+        [
+            ("input_per_million", self.input),
+            ("output_per_million", self.output),
+            ("cached_input_per_million", self.cached_input.or(self.input)),
+            ("cache_write_per_million", self.cache_write.or(self.input)),
+        ]
+    }
 }
 
 /// Why a pricing was refused; each message names the field.
@@ -57,6 +115,14 @@ pub enum PricingError {
         /// The offending field.
         field: &'static str,
     },
+    /// A long-context tier that is out of order, sets no price, or lowers a price.
+    #[error("pricing.long_context[{index}]: {reason}")]
+    Tier {
+        /// The tier's position.
+        index: usize,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// A price the model's kind needs is absent.
     #[error("pricing.{field} is required for {kind} models")]
     Missing {
@@ -69,8 +135,9 @@ pub enum PricingError {
 
 /// Token counts (and images) of one call, as reported by the upstream provider.
 ///
-/// `cached_prompt_tokens` is the part of `prompt_tokens` served from the provider's cache, so it
-/// can never exceed `prompt_tokens`. Missing fields read as 0.
+/// `cached_prompt_tokens` is the part of `prompt_tokens` served from the provider's cache and
+/// `cache_write_prompt_tokens` the part written to it, so together they can never exceed
+/// `prompt_tokens`. Missing fields read as 0.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
 #[serde(default)]
 pub struct Usage {
@@ -78,6 +145,14 @@ pub struct Usage {
     pub completion_tokens: u64,
     pub cached_prompt_tokens: u64,
     pub images: u32,
+    /// Left out of the wire shape when 0, so charges read the same to a billing-worker of the
+    /// previous release during a rolling deploy.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub cache_write_prompt_tokens: u64,
+}
+
+fn is_zero(count: &u64) -> bool {
+    *count == 0
 }
 
 impl Pricing {
@@ -85,24 +160,23 @@ impl Pricing {
     pub const MAX_PRICE: u32 = 1_000_000;
 
     /// Checks every price is within 0..=1,000,000 and the prices `kind` needs are present:
-    /// a chat model needs input and output prices, an image model needs `per_image`.
+    /// a chat model needs input and output prices, an image model needs `per_image`, an
+    /// embedding model `input_per_million`.
     pub fn validate(&self, kind: ModelKind) -> Result<(), PricingError> {
-        let max = Money::from(Self::MAX_PRICE);
         for (field, price) in self.fields() {
-            let Some(price) = price else { continue };
-            if price.is_negative() {
-                return Err(PricingError::Negative { field });
-            }
-            if price > &max {
-                return Err(PricingError::TooLarge { field });
-            }
+            check_price(price).map_err(|too_large| match too_large {
+                true => PricingError::TooLarge { field },
+                false => PricingError::Negative { field },
+            })?;
         }
+        self.validate_tiers()?;
         let required: &[(&'static str, &Option<Money>)] = match kind {
             ModelKind::Chat => &[
                 ("input_per_million", &self.input_per_million),
                 ("output_per_million", &self.output_per_million),
             ],
             ModelKind::Image => &[("per_image", &self.per_image)],
+            ModelKind::Embedding => &[("input_per_million", &self.input_per_million)],
         };
         match required.iter().find(|(_, price)| price.is_none()) {
             Some(&(field, _)) => Err(PricingError::Missing { field, kind }),
@@ -110,33 +184,130 @@ impl Pricing {
         }
     }
 
-    /// The cost of `usage`, computed exactly and rounded once (half-up to 8 decimals):
+    /// Tiers ascend by threshold, each sets a valid price, and none lowers a price: a longer
+    /// prompt never costs less per token, so a hold priced at a prompt's upper bound covers any
+    /// shorter prompt's cost.
+    fn validate_tiers(&self) -> Result<(), PricingError> {
+        const MAX_TIERS: usize = 8;
+        let tier_error = |index: usize, reason: String| PricingError::Tier { index, reason };
+        if self.long_context.len() > MAX_TIERS {
+            return Err(tier_error(MAX_TIERS, format!("at most {MAX_TIERS} tiers")));
+        }
+        let mut below = self.base_prices();
+        let mut threshold = 0;
+        for (index, tier) in self.long_context.iter().enumerate() {
+            if tier.above_prompt_tokens <= threshold {
+                return Err(tier_error(
+                    index,
+                    format!("above_prompt_tokens must be above {threshold}"),
+                ));
+            }
+            threshold = tier.above_prompt_tokens;
+            let prices = [
+                ("input_per_million", &tier.input_per_million),
+                ("output_per_million", &tier.output_per_million),
+                ("cached_input_per_million", &tier.cached_input_per_million),
+                ("cache_write_per_million", &tier.cache_write_per_million),
+            ];
+            if prices.iter().all(|(_, price)| price.is_none()) {
+                return Err(tier_error(index, "sets no price".to_owned()));
+            }
+            for (field, price) in prices {
+                if let Err(too_large) = check_price(price.as_ref()) {
+                    let reason = match too_large {
+                        true => format!("{field} must be at most {}", Self::MAX_PRICE),
+                        false => format!("{field} must not be negative"),
+                    };
+                    return Err(tier_error(index, reason));
+                }
+            }
+            let above = below.over(tier);
+            for ((field, old), (_, new)) in below.effective().into_iter().zip(above.effective()) {
+                let zero = Money::zero();
+                if new.unwrap_or(&zero) < old.unwrap_or(&zero) {
+                    return Err(tier_error(
+                        index,
+                        format!(
+                            "{field} must not be below the price under it (a longer prompt never costs less per token)"
+                        ),
+                    ));
+                }
+            }
+            below = above;
+        }
+        Ok(())
+    }
+
+    fn base_prices(&self) -> TokenPrices<'_> {
+        TokenPrices {
+            input: self.input_per_million.as_ref(),
+            output: self.output_per_million.as_ref(),
+            cached_input: self.cached_input_per_million.as_ref(),
+            cache_write: self.cache_write_per_million.as_ref(),
+        }
+    }
+
+    /// The token prices of a call with `prompt_tokens` prompt tokens: the highest tier it
+    /// passes, else the base prices.
+    fn prices_for(&self, prompt_tokens: u64) -> TokenPrices<'_> {
+        self.long_context
+            .iter()
+            .take_while(|tier| prompt_tokens > tier.above_prompt_tokens)
+            .fold(self.base_prices(), TokenPrices::over)
+    }
+
+    /// The cost of `usage`, computed exactly and rounded once (half-up to 8 decimals), at the
+    /// token prices of the long-context tier its prompt reaches (else the base prices):
     ///
-    /// (prompt - cached) × input / 10^6 + cached × (cached price, else input) / 10^6
-    /// + completion × output / 10^6 + images × per_image + per_request.
+    /// (prompt - cached - written) × input / 10^6 + cached × (cached price, else input) / 10^6
+    /// + written × (cache write price, else input) / 10^6 + completion × output / 10^6
+    /// + images × per_image + per_request.
     ///
-    /// Refuses a usage whose cached prompt tokens exceed its prompt tokens
+    /// Refuses a usage whose cached and written prompt tokens exceed its prompt tokens
     /// ([`MoneyError::CachedTokensExceedPrompt`]) and a result out of range ([`MoneyError::OutOfRange`]).
     /// Expects a validated pricing (non-negative prices).
     pub fn cost(&self, usage: &Usage) -> Result<Money, MoneyError> {
-        let uncached_prompt_tokens = usage
-            .prompt_tokens
-            .checked_sub(usage.cached_prompt_tokens)
+        let cache_tokens = usage
+            .cached_prompt_tokens
+            .checked_add(usage.cache_write_prompt_tokens)
+            .filter(|cache| *cache <= usage.prompt_tokens)
             .ok_or(MoneyError::CachedTokensExceedPrompt {
-                cached_prompt_tokens: usage.cached_prompt_tokens,
+                cached_prompt_tokens: usage
+                    .cached_prompt_tokens
+                    .saturating_add(usage.cache_write_prompt_tokens),
                 prompt_tokens: usage.prompt_tokens,
             })?;
-        let input = self.input_per_million.as_ref();
-        let cached_input = self.cached_input_per_million.as_ref().or(input);
-        let total = per_million(uncached_prompt_tokens, input)
+        let prices = self.prices_for(usage.prompt_tokens);
+        let [_, _, (_, cached_input), (_, cache_write)] = prices.effective();
+        let tokens = per_million(usage.prompt_tokens - cache_tokens, prices.input)
             + per_million(usage.cached_prompt_tokens, cached_input)
-            + per_million(usage.completion_tokens, self.output_per_million.as_ref())
-            + times(u64::from(usage.images), self.per_image.as_ref(), 0)
-            + times(1, self.per_request.as_ref(), 0);
-        Money::from_decimal_rounded(total)
+            + per_million(usage.cache_write_prompt_tokens, cache_write)
+            + per_million(usage.completion_tokens, prices.output);
+        Money::from_decimal_rounded(tokens + self.per_call(usage.images))
     }
 
-    fn fields(&self) -> [(&'static str, Option<&Money>); 5] {
+    /// The most a call with these token counts can cost, however the provider splits its prompt
+    /// between plain, cached and cache-written tokens: every prompt token at the highest of
+    /// the three prices (of the tier the prompt reaches). What a hold reserves.
+    pub fn max_cost(&self, usage: &Usage) -> Result<Money, MoneyError> {
+        let prices = self.prices_for(usage.prompt_tokens);
+        let [(_, input), _, (_, cached_input), (_, cache_write)] = prices.effective();
+        let prompt_price = [input, cached_input, cache_write]
+            .into_iter()
+            .flatten()
+            .max();
+        let tokens = per_million(usage.prompt_tokens, prompt_price)
+            + per_million(usage.completion_tokens, prices.output);
+        Money::from_decimal_rounded(tokens + self.per_call(usage.images))
+    }
+
+    /// What a call costs besides its tokens: its images and the fee per request.
+    fn per_call(&self, images: u32) -> BigDecimal {
+        times(u64::from(images), self.per_image.as_ref(), 0)
+            + times(1, self.per_request.as_ref(), 0)
+    }
+
+    fn fields(&self) -> [(&'static str, Option<&Money>); 6] {
         [
             ("input_per_million", self.input_per_million.as_ref()),
             ("output_per_million", self.output_per_million.as_ref()),
@@ -146,7 +317,20 @@ impl Pricing {
             ),
             ("per_image", self.per_image.as_ref()),
             ("per_request", self.per_request.as_ref()),
+            (
+                "cache_write_per_million",
+                self.cache_write_per_million.as_ref(),
+            ),
         ]
+    }
+}
+
+/// `Err(true)` for a price above [`Pricing::MAX_PRICE`], `Err(false)` for a negative one.
+fn check_price(price: Option<&Money>) -> Result<(), bool> {
+    match price {
+        Some(price) if price.is_negative() => Err(false),
+        Some(price) if price > &Money::from(Pricing::MAX_PRICE) => Err(true),
+        _ => Ok(()),
     }
 }
 
@@ -242,6 +426,7 @@ mod tests {
             cached_prompt_tokens: 1,
             completion_tokens: 1,
             images: 0,
+            cache_write_prompt_tokens: 0,
         };
         assert_eq!(pricing.cost(&mixed).unwrap().to_string(), "0.00000001");
         // 0.0000000025 × 2 = 0.000000005 -> rounds up only when summed first.
@@ -260,6 +445,7 @@ mod tests {
             cached_prompt_tokens: 400_000,
             completion_tokens: 0,
             images: 0,
+            cache_write_prompt_tokens: 0,
         };
         // Without a cached price, cached tokens cost the input price.
         assert_eq!(pricing.cost(&usage).unwrap(), money("2"));
@@ -383,8 +569,194 @@ mod tests {
             ..Pricing::default()
         };
         assert_eq!(image.validate(ModelKind::Image), Ok(()));
+        let embedding = Pricing {
+            input_per_million: Some(money("0.02")),
+            ..Pricing::default()
+        };
+        assert_eq!(embedding.validate(ModelKind::Embedding), Ok(()));
+        assert_eq!(
+            image
+                .validate(ModelKind::Embedding)
+                .unwrap_err()
+                .to_string(),
+            "pricing.input_per_million is required for embedding models"
+        );
         // Zero prices are allowed (a free model).
         assert_eq!(chat("0", "0").validate(ModelKind::Chat), Ok(()));
+    }
+
+    fn tier(above: u64, input: &str, output: &str) -> PriceTier {
+        PriceTier {
+            above_prompt_tokens: above,
+            input_per_million: Some(money(input)),
+            output_per_million: Some(money(output)),
+            ..PriceTier::default()
+        }
+    }
+
+    #[test]
+    fn cache_writes_use_the_cache_write_price_or_the_input_price() {
+        let mut pricing = chat("3", "15");
+        pricing.cached_input_per_million = Some(money("0.3"));
+        let usage = Usage {
+            prompt_tokens: 1_000_000,
+            cached_prompt_tokens: 200_000,
+            cache_write_prompt_tokens: 300_000,
+            ..Usage::default()
+        };
+        // 500000 × 3/M + 200000 × 0.3/M + 300000 × 3/M = 1.5 + 0.06 + 0.9
+        assert_eq!(pricing.cost(&usage).unwrap(), money("2.46"));
+        pricing.cache_write_per_million = Some(money("3.75"));
+        // ... + 300000 × 3.75/M = 1.5 + 0.06 + 1.125
+        assert_eq!(pricing.cost(&usage).unwrap(), money("2.685"));
+        let too_many = Usage {
+            prompt_tokens: 10,
+            cached_prompt_tokens: 6,
+            cache_write_prompt_tokens: 5,
+            ..Usage::default()
+        };
+        assert_eq!(
+            pricing.cost(&too_many),
+            Err(MoneyError::CachedTokensExceedPrompt {
+                cached_prompt_tokens: 11,
+                prompt_tokens: 10
+            })
+        );
+    }
+
+    #[test]
+    fn a_prompt_past_a_tier_prices_all_its_tokens_at_the_tier() {
+        let mut pricing = chat("3", "15");
+        pricing.cached_input_per_million = Some(money("0.3"));
+        pricing.per_request = Some(money("0.01"));
+        pricing.long_context = vec![
+            PriceTier {
+                cached_input_per_million: Some(money("0.6")),
+                ..tier(200_000, "6", "22.5")
+            },
+            tier(1_000_000, "12", "45"),
+        ];
+        assert_eq!(pricing.validate(ModelKind::Chat), Ok(()));
+        let at = |prompt_tokens: u64, cached: u64| Usage {
+            prompt_tokens,
+            cached_prompt_tokens: cached,
+            completion_tokens: 1_000,
+            ..Usage::default()
+        };
+        // At the threshold: base prices. 200000 × 3/M + 1000 × 15/M + 0.01
+        assert_eq!(pricing.cost(&at(200_000, 0)).unwrap(), money("0.625"));
+        // Past it: every token at the tier. 200001 × 6/M + 1000 × 22.5/M + 0.01
+        assert_eq!(pricing.cost(&at(200_001, 0)).unwrap(), money("1.232506"));
+        // The tier's cached price; 100001 × 6/M + 100000 × 0.6/M + 0.0225 + 0.01
+        assert_eq!(
+            pricing.cost(&at(200_001, 100_000)).unwrap(),
+            money("0.692506")
+        );
+        // The second tier keeps the first tier's cached price (it sets none).
+        // 1000001 × 12/M - 0 + 1000 × 45/M + 0.01 = 12.000012 + 0.045 + 0.01
+        assert_eq!(pricing.cost(&at(1_000_001, 0)).unwrap(), money("12.055012"));
+    }
+
+    #[test]
+    fn the_hold_prices_every_prompt_token_at_the_highest_prompt_price() {
+        let mut pricing = chat("3", "15");
+        pricing.cache_write_per_million = Some(money("3.75"));
+        pricing.per_request = Some(money("0.5"));
+        let usage = usage(1_000_000, 1_000_000);
+        // 1000000 × 3.75/M + 1000000 × 15/M + 0.5
+        assert_eq!(pricing.max_cost(&usage).unwrap(), money("19.25"));
+        pricing.cache_write_per_million = None;
+        assert_eq!(
+            pricing.max_cost(&usage).unwrap(),
+            pricing.cost(&usage).unwrap()
+        );
+        pricing.long_context = vec![tier(10, "4", "16")];
+        assert_eq!(pricing.max_cost(&usage).unwrap(), money("20.5"));
+    }
+
+    #[test]
+    fn tiers_are_validated_when_the_model_is_saved() {
+        let base = chat("3", "15");
+        let with = |tiers: Vec<PriceTier>| Pricing {
+            long_context: tiers,
+            ..base.clone()
+        };
+        let refused = [
+            (
+                vec![tier(0, "6", "22")],
+                "long_context[0]: above_prompt_tokens must be above 0",
+            ),
+            (
+                vec![tier(100, "6", "22"), tier(100, "7", "23")],
+                "long_context[1]: above_prompt_tokens must be above 100",
+            ),
+            (
+                vec![PriceTier {
+                    above_prompt_tokens: 5,
+                    ..PriceTier::default()
+                }],
+                "long_context[0]: sets no price",
+            ),
+            (
+                vec![tier(100, "2", "22")],
+                "long_context[0]: input_per_million must not be below the price under it",
+            ),
+            (
+                vec![tier(100, "6", "22"), tier(200, "6", "21")],
+                "long_context[1]: output_per_million must not be below",
+            ),
+            (
+                vec![tier(100, "-1", "22")],
+                "long_context[0]: input_per_million must not be negative",
+            ),
+            (
+                vec![tier(100, "6", "1000001")],
+                "long_context[0]: output_per_million must be at most 1000000",
+            ),
+            (
+                (1..=9).map(|i| tier(i * 10, "6", "22")).collect(),
+                "at most 8 tiers",
+            ),
+        ];
+        for (tiers, message) in refused {
+            let error = with(tiers)
+                .validate(ModelKind::Chat)
+                .unwrap_err()
+                .to_string();
+            assert!(
+                error.starts_with(&format!("pricing.{message}")) || error.contains(message),
+                "{error} should say {message}"
+            );
+        }
+        // A cheaper cached price in a tier is refused too (it falls back to the input price).
+        let mut cached = base.clone();
+        cached.cached_input_per_million = Some(money("0.3"));
+        cached.long_context = vec![PriceTier {
+            cached_input_per_million: Some(money("0.2")),
+            ..tier(100, "6", "22")
+        }];
+        assert!(cached.validate(ModelKind::Chat).is_err());
+        let mut write = base.clone();
+        write.cache_write_per_million = Some(money("-0.1"));
+        assert_eq!(
+            write.validate(ModelKind::Chat),
+            Err(PricingError::Negative {
+                field: "cache_write_per_million"
+            })
+        );
+        // The JSON shape, with unknown tier fields refused.
+        let parsed: Pricing = serde_json::from_value(serde_json::json!({
+            "input_per_million": "3", "output_per_million": "15", "cache_write_per_million": "3.75",
+            "long_context": [{"above_prompt_tokens": 200000, "input_per_million": "6", "output_per_million": "22.5"}]
+        }))
+        .unwrap();
+        assert_eq!(parsed.long_context[0], tier(200_000, "6", "22.5"));
+        assert!(
+            serde_json::from_value::<Pricing>(serde_json::json!({
+                "long_context": [{"above_prompt_tokens": 1, "inptu_per_million": "6"}]
+            }))
+            .is_err()
+        );
     }
 
     #[test]
@@ -477,21 +849,28 @@ mod tests {
     }
 
     fn usage_strategy() -> impl Strategy<Value = Usage> {
-        (tokens(), tokens(), tokens(), any::<u32>()).prop_map(|(a, b, completion, images)| Usage {
-            prompt_tokens: a.max(b),
-            cached_prompt_tokens: a.min(b),
-            completion_tokens: completion,
-            images,
-        })
+        (tokens(), tokens(), tokens(), tokens(), any::<u32>()).prop_map(
+            |(a, b, written, completion, images)| Usage {
+                prompt_tokens: a.max(b),
+                cached_prompt_tokens: a.min(b),
+                cache_write_prompt_tokens: written.min(a.max(b) - a.min(b)),
+                completion_tokens: completion,
+                images,
+            },
+        )
     }
 
     fn pricing_strategy() -> impl Strategy<Value = Pricing> {
-        (price(), price(), price(), price(), price()).prop_map(|(i, o, c, img, req)| Pricing {
-            input_per_million: as_money(i),
-            output_per_million: as_money(o),
-            cached_input_per_million: as_money(c),
-            per_image: as_money(img),
-            per_request: as_money(req),
+        (price(), price(), price(), price(), price(), price()).prop_map(|(i, o, c, img, req, w)| {
+            Pricing {
+                input_per_million: as_money(i),
+                output_per_million: as_money(o),
+                cached_input_per_million: as_money(c),
+                per_image: as_money(img),
+                per_request: as_money(req),
+                cache_write_per_million: as_money(w),
+                long_context: Vec::new(),
+            }
         })
     }
 
@@ -512,11 +891,19 @@ mod tests {
         } else {
             input
         };
-        let total_e14 = i128::from(u.prompt_tokens - u.cached_prompt_tokens) * input
-            + i128::from(u.cached_prompt_tokens) * cached
-            + i128::from(u.completion_tokens) * m(&p.output_per_million)
-            + i128::from(u.images) * m(&p.per_image) * 1_000_000
-            + m(&p.per_request) * 1_000_000;
+        let written = if p.cache_write_per_million.is_some() {
+            m(&p.cache_write_per_million)
+        } else {
+            input
+        };
+        let total_e14 =
+            i128::from(u.prompt_tokens - u.cached_prompt_tokens - u.cache_write_prompt_tokens)
+                * input
+                + i128::from(u.cached_prompt_tokens) * cached
+                + i128::from(u.cache_write_prompt_tokens) * written
+                + i128::from(u.completion_tokens) * m(&p.output_per_million)
+                + i128::from(u.images) * m(&p.per_image) * 1_000_000
+                + m(&p.per_request) * 1_000_000;
         let rounded_e8 = total_e14 / 1_000_000 + i128::from(total_e14 % 1_000_000 >= 500_000);
         if rounded_e8 >= 10_i128.pow(26) {
             return Err(MoneyError::OutOfRange);
@@ -544,7 +931,7 @@ mod tests {
             images in 0_u32..=1_000,
             extra in 1_u64..=1_000_000,
         ) {
-            let base = Usage { prompt_tokens: prompt + cached, cached_prompt_tokens: cached, completion_tokens: completion, images };
+            let base = Usage { prompt_tokens: prompt + cached, cached_prompt_tokens: cached, completion_tokens: completion, images, cache_write_prompt_tokens: 0 };
             let cost = p.cost(&base).unwrap();
             let more_prompt = Usage { prompt_tokens: base.prompt_tokens + extra, ..base };
             let more_cached = Usage { prompt_tokens: base.prompt_tokens + extra, cached_prompt_tokens: cached + extra, ..base };

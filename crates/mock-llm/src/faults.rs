@@ -47,6 +47,10 @@ pub(crate) struct Directives {
     pub tokens: Option<u32>,
     /// Prompt tokens reported as read from a cache.
     pub cached: Option<u32>,
+    /// Prompt tokens reported as written to the cache (Anthropic's route).
+    pub written: Option<u32>,
+    /// The answer reports no usage (embeddings), as some providers do.
+    pub no_usage: bool,
 }
 
 impl Directives {
@@ -67,7 +71,9 @@ impl Directives {
             Some(("cut", n)) => self.cut_after = n.parse().ok().or(self.cut_after),
             Some(("tokens", n)) => self.tokens = n.parse().ok().or(self.tokens),
             Some(("cached", n)) => self.cached = n.parse().ok().or(self.cached),
+            Some(("written", n)) => self.written = n.parse().ok().or(self.written),
             None if directive == "reject" => self.reject = true,
+            None if directive == "no-usage" => self.no_usage = true,
             _ => {}
         }
     }
@@ -99,7 +105,7 @@ mod tests {
     #[test]
     fn every_directive_is_read() {
         let found = scan(
-            "hi [[status:503]] [[reject]][[sleep:1500]] [[cut:5]] x[[tokens:100]]y[[cached:12]]",
+            "hi [[status:503]] [[reject]][[sleep:1500]] [[cut:5]] x[[tokens:100]]y[[cached:12]] [[no-usage]] [[written:3]]",
         );
         assert_eq!(
             found,
@@ -110,6 +116,8 @@ mod tests {
                 cut_after: Some(5),
                 tokens: Some(100),
                 cached: Some(12),
+                written: Some(3),
+                no_usage: true,
             }
         );
     }

@@ -25,10 +25,19 @@
 //! - `[[tokens:<n>]]`: an answer of n words (still capped by `max_tokens`);
 //! - `[[cached:<n>]]`: n prompt tokens (at most all) were read from a cache: OpenAI's
 //!   `usage.prompt_tokens_details.cached_tokens`, Anthropic's `cache_read_input_tokens` (then
-//!   `input_tokens` counts only the rest).
+//!   `input_tokens` counts only the rest);
+//! - `[[written:<n>]]` (`/v1/messages`): n of the other prompt tokens were written to the cache
+//!   (`cache_creation_input_tokens`; `input_tokens` counts only the rest);
+//! - `[[no-usage]]` (embeddings): the answer carries no `usage`.
+//!
+//! Embeddings (`POST /v1/embeddings`): `input` a string, strings, a token array or token
+//! arrays; each input's prompt tokens are its words (or its array's length), `usage` their sum;
+//! each vector has `dimensions` (default 8) deterministic floats, base64 little-endian f32 when
+//! `encoding_format` is `base64`.
 
 mod chat;
 mod config;
+mod embeddings;
 mod error;
 mod faults;
 mod images;

@@ -388,6 +388,10 @@ pub(crate) async fn create(
 
     let prompt_tokens = prompt_tokens.total();
     let cached = words::cached_tokens(&directives, prompt_tokens).unwrap_or(0);
+    // `[[written:N]]`: N of the rest were written to the cache.
+    let written = directives
+        .written
+        .map_or(0, |written| written.min(prompt_tokens - cached));
     let (output, output_tokens, stop_reason) = match request.forced_tool() {
         Some(name) => (
             Output::ToolUse {
@@ -411,9 +415,9 @@ pub(crate) async fn create(
         id: Uuid::new_v4(),
         model: Cow::Borrowed(&request.model),
         usage: Usage {
-            input_tokens: prompt_tokens.saturating_sub(cached),
+            input_tokens: prompt_tokens.saturating_sub(cached).saturating_sub(written),
             output_tokens,
-            cache_creation_input_tokens: 0,
+            cache_creation_input_tokens: written,
             cache_read_input_tokens: cached,
         },
         stop_reason,

@@ -14,7 +14,7 @@ use tokio::task::JoinHandle;
 
 use crate::config::MockConfig;
 use crate::error::{AnthropicError, MockError};
-use crate::{chat, images, messages};
+use crate::{chat, embeddings, images, messages};
 
 /// Workers of a server started by [`start`]: enough for tests, few threads per test.
 const TEST_WORKERS: usize = 2;
@@ -78,6 +78,7 @@ fn routes(config: &mut web::ServiceConfig) {
             web::scope("/v1")
                 .route("/chat/completions", web::post().to(chat_completions))
                 .route("/images/generations", web::post().to(image_generations))
+                .route("/embeddings", web::post().to(embeddings))
                 .route("/messages", web::post().to(anthropic_messages))
                 .route("/models", web::get().to(models)),
         );
@@ -112,6 +113,15 @@ async fn image_generations(
 ) -> Result<HttpResponse, MockError> {
     let key = state.admit(bearer_key(&request))?;
     images::generate(&state.config, key, &body).await
+}
+
+async fn embeddings(
+    request: HttpRequest,
+    body: web::Bytes,
+    state: web::Data<State>,
+) -> Result<HttpResponse, MockError> {
+    let key = state.admit(bearer_key(&request))?;
+    embeddings::embed(&state.config, key, &body).await
 }
 
 /// Anthropic's Messages API: the key comes from `x-api-key`, errors have Anthropic's shape.

@@ -518,3 +518,53 @@ async fn a_server_on_port_zero_stops_promptly() {
             .is_err()
     );
 }
+
+#[tokio::test]
+async fn embeddings_count_words_and_encode_as_asked() {
+    let server = spawn(MockConfig::default()).await;
+    let embed = |body: Value| post(&server, Some("k"), "/embeddings", body);
+    let floats: Value =
+        embed(json!({"model": "e", "input": ["one two", "three"], "dimensions": 4}))
+            .await
+            .json()
+            .await
+            .unwrap();
+    assert_eq!(floats["object"], "list");
+    assert_eq!(floats["model"], "e");
+    assert_eq!(
+        floats["usage"],
+        json!({"prompt_tokens": 3, "total_tokens": 3})
+    );
+    assert_eq!(floats["data"][1]["index"], 1);
+    assert_eq!(floats["data"][0]["embedding"].as_array().unwrap().len(), 4);
+
+    let encoded: Value =
+        embed(json!({"model": "e", "input": "a b c", "encoding_format": "base64"}))
+            .await
+            .json()
+            .await
+            .unwrap();
+    let text = encoded["data"][0]["embedding"].as_str().unwrap();
+    use base64::Engine;
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(text)
+        .unwrap();
+    assert_eq!(bytes.len(), 8 * 4, "8 little-endian f32");
+
+    let tokens: Value = embed(json!({"model": "e", "input": [[1, 2, 3], [4]]}))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(tokens["usage"]["prompt_tokens"], 4);
+
+    let unreported: Value = embed(json!({"model": "e", "input": "x [[no-usage]]"}))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert!(unreported.get("usage").is_none(), "{unreported}");
+
+    let empty = embed(json!({"model": "e", "input": []})).await;
+    assert_eq!(empty.status(), 400);
+}

@@ -1,10 +1,11 @@
-//! The admin catalog: providers, their (encrypted) keys, and the models sold with their pricing.
+//! The admin catalog: providers, their (encrypted) keys, the models sold with their pricing, and
+//! the further providers (routes) that serve a model.
 
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 
-use crate::schema::{llm_models, provider_keys, providers};
+use crate::schema::{llm_models, model_routes, provider_keys, providers};
 use crate::{Page, Paged, StoreError};
 
 #[derive(Debug, Clone, Queryable, Selectable)]
@@ -111,6 +112,42 @@ pub struct ModelChanges {
     pub max_output_tokens: Option<i32>,
     pub enabled: Option<bool>,
     pub image_input_tokens: Option<i32>,
+    pub updated_at: Option<DateTime<Utc>>,
+}
+
+/// Another provider serving a model, under its own upstream name.
+#[derive(Debug, Clone, Queryable, Selectable)]
+#[diesel(table_name = model_routes)]
+pub struct ModelRoute {
+    pub id: i64,
+    pub model_id: i64,
+    pub provider_id: i64,
+    pub upstream_model: String,
+    pub priority: i32,
+    pub weight: i32,
+    pub enabled: bool,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Insertable)]
+#[diesel(table_name = model_routes)]
+pub struct NewModelRoute<'a> {
+    pub model_id: i64,
+    pub provider_id: i64,
+    pub upstream_model: &'a str,
+    pub priority: i32,
+    pub weight: i32,
+    pub enabled: bool,
+}
+
+#[derive(Debug, Default, AsChangeset)]
+#[diesel(table_name = model_routes)]
+pub struct ModelRouteChanges {
+    pub upstream_model: Option<String>,
+    pub priority: Option<i32>,
+    pub weight: Option<i32>,
+    pub enabled: Option<bool>,
     pub updated_at: Option<DateTime<Utc>>,
 }
 
@@ -322,6 +359,89 @@ pub async fn load_enabled_keys(
         .filter(provider_keys::enabled.eq(true))
         .order(provider_keys::id)
         .select(ProviderKey::as_select())
+        .load(conn)
+        .await?)
+}
+
+// ---- model routes
+
+pub async fn insert_model_route(
+    conn: &mut AsyncPgConnection,
+    new: NewModelRoute<'_>,
+) -> Result<ModelRoute, StoreError> {
+    Ok(diesel::insert_into(model_routes::table)
+        .values(&new)
+        .returning(ModelRoute::as_returning())
+        .get_result(conn)
+        .await?)
+}
+
+pub async fn find_model_route(
+    conn: &mut AsyncPgConnection,
+    id: i64,
+) -> Result<ModelRoute, StoreError> {
+    Ok(model_routes::table
+        .find(id)
+        .select(ModelRoute::as_select())
+        .first(conn)
+        .await?)
+}
+
+pub async fn list_model_routes(
+    conn: &mut AsyncPgConnection,
+    model_id: i64,
+    page: Page,
+) -> Result<Paged<ModelRoute>, StoreError> {
+    let rows = model_routes::table
+        .filter(model_routes::model_id.eq(model_id))
+        .order(model_routes::id.desc())
+        .limit(page.limit)
+        .offset(page.offset)
+        .select(ModelRoute::as_select())
+        .load(conn)
+        .await?;
+    let total = model_routes::table
+        .filter(model_routes::model_id.eq(model_id))
+        .count()
+        .get_result(conn)
+        .await?;
+    Ok(Paged { rows, total })
+}
+
+pub async fn update_model_route(
+    conn: &mut AsyncPgConnection,
+    id: i64,
+    mut changes: ModelRouteChanges,
+) -> Result<ModelRoute, StoreError> {
+    changes.updated_at = Some(Utc::now());
+    Ok(diesel::update(model_routes::table.find(id))
+        .set(&changes)
+        .returning(ModelRoute::as_returning())
+        .get_result(conn)
+        .await?)
+}
+
+pub async fn delete_model_route(conn: &mut AsyncPgConnection, id: i64) -> Result<(), StoreError> {
+    let deleted = diesel::delete(model_routes::table.find(id))
+        .execute(conn)
+        .await?;
+    if deleted == 0 {
+        return Err(StoreError::NotFound);
+    }
+    Ok(())
+}
+
+/// Every enabled route of an enabled provider, with its provider (the call path's extra
+/// routes).
+pub async fn load_enabled_model_routes(
+    conn: &mut AsyncPgConnection,
+) -> Result<Vec<(ModelRoute, Provider)>, StoreError> {
+    Ok(model_routes::table
+        .inner_join(providers::table)
+        .filter(model_routes::enabled.eq(true))
+        .filter(providers::enabled.eq(true))
+        .order(model_routes::id)
+        .select((ModelRoute::as_select(), Provider::as_select()))
         .load(conn)
         .await?)
 }

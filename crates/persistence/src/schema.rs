@@ -57,6 +57,20 @@ diesel::table! {
 }
 
 diesel::table! {
+    model_routes (id) {
+        id -> Int8,
+        model_id -> Int8,
+        provider_id -> Int8,
+        upstream_model -> Text,
+        priority -> Int4,
+        weight -> Int4,
+        enabled -> Bool,
+        created_at -> Timestamptz,
+        updated_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
     access_keys (id) {
         id -> Int8,
         user_id -> Int8,
@@ -185,6 +199,8 @@ diesel::table! {
 
 diesel::joinable!(provider_keys -> providers (provider_id));
 diesel::joinable!(llm_models -> providers (provider_id));
+diesel::joinable!(model_routes -> providers (provider_id));
+diesel::joinable!(model_routes -> llm_models (model_id));
 diesel::joinable!(access_keys -> users (user_id));
 diesel::joinable!(orders -> users (user_id));
 diesel::joinable!(balance_ledger -> users (user_id));
@@ -197,6 +213,7 @@ diesel::allow_tables_to_appear_in_same_query!(
     providers,
     provider_keys,
     llm_models,
+    model_routes,
     access_keys,
     orders,
     balance_ledger,

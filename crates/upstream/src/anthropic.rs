@@ -350,7 +350,8 @@ fn finish_reason(stop_reason: Option<&str>) -> Option<&'static str> {
 }
 
 /// Token counts of an Anthropic `usage` object. Its `input_tokens` leaves out the prompt tokens
-/// read from or written to the cache; all three are prompt tokens, the reads the cached ones.
+/// read from or written to the cache; all three are prompt tokens, the reads the cached ones,
+/// the writes the cache-written ones.
 pub(crate) fn parse_usage(usage: &Value) -> Option<Usage> {
     let usage = usage.as_object()?;
     let count = |name: &str| usage.get(name).and_then(Value::as_u64).unwrap_or(0);
@@ -365,6 +366,7 @@ pub(crate) fn parse_usage(usage: &Value) -> Option<Usage> {
         completion_tokens: count("output_tokens"),
         cached_prompt_tokens: cached,
         images: 0,
+        cache_write_prompt_tokens: count("cache_creation_input_tokens"),
     })
 }
 
@@ -374,7 +376,10 @@ fn openai_usage(usage: &Usage) -> Value {
         "prompt_tokens": usage.prompt_tokens,
         "completion_tokens": usage.completion_tokens,
         "total_tokens": usage.prompt_tokens.saturating_add(usage.completion_tokens),
-        "prompt_tokens_details": {"cached_tokens": usage.cached_prompt_tokens},
+        "prompt_tokens_details": {
+            "cached_tokens": usage.cached_prompt_tokens,
+            "cache_write_tokens": usage.cache_write_prompt_tokens,
+        },
     })
 }
 
@@ -837,7 +842,8 @@ mod tests {
                 prompt_tokens: 17,
                 completion_tokens: 4,
                 cached_prompt_tokens: 5,
-                images: 0
+                images: 0,
+                cache_write_prompt_tokens: 2,
             })
         );
         assert_eq!(out["model"], "public");
@@ -1018,7 +1024,8 @@ mod tests {
                 prompt_tokens: 15,
                 completion_tokens: 1,
                 cached_prompt_tokens: 3,
-                images: 0
+                images: 0,
+                cache_write_prompt_tokens: 0,
             })
         );
     }

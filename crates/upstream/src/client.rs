@@ -55,7 +55,7 @@ impl fmt::Debug for Target {
     }
 }
 
-/// A non-streaming chat completion, ready for the client.
+/// A non-streaming chat completion (or embeddings list), ready for the client.
 #[derive(Debug, Clone)]
 pub struct ChatResponse {
     /// The upstream's JSON body with `model` set to the public name.
@@ -199,6 +199,42 @@ impl UpstreamClient {
         ))
     }
 
+    /// An embeddings call (`POST /embeddings`), bounded by the total timeout; the answer is
+    /// OpenAI's embeddings list with `model` set to the public name, and its usage.
+    #[tracing::instrument(skip_all, fields(model = %target.public_model))]
+    pub async fn embeddings(
+        &self,
+        target: &Target,
+        body: Value,
+    ) -> Result<ChatResponse, UpstreamError> {
+        if !target.kind.serves(domain::ModelKind::Embedding) {
+            return Err(refused_by_kind(target.kind, "embeddings"));
+        }
+        let mut request = into_object(body)?;
+        request.insert(
+            "model".to_owned(),
+            Value::String(target.upstream_model.clone()),
+        );
+        let bytes = self.post_json(target, "embeddings", &request).await?;
+        let mut answer = parse_object(&bytes)?;
+        if !answer.get("data").is_some_and(Value::is_array) {
+            return Err(UpstreamError::Protocol(
+                "embeddings response has no `data` array".to_owned(),
+            ));
+        }
+        answer.insert(
+            "model".to_owned(),
+            Value::String(target.public_model.clone()),
+        );
+        let usage = answer.get("usage").and_then(parse_usage);
+        let body = serde_json::to_vec(&answer)
+            .map_err(|error| UpstreamError::Protocol(error.to_string()))?;
+        Ok(ChatResponse {
+            body: Bytes::from(body),
+            usage,
+        })
+    }
+
     /// An image generation (`POST /images/generations`), bounded by the total timeout.
     #[tracing::instrument(skip_all, fields(model = %target.public_model))]
     pub async fn images(
@@ -207,13 +243,7 @@ impl UpstreamClient {
         body: Value,
     ) -> Result<ImagesResponse, UpstreamError> {
         if !target.kind.serves(domain::ModelKind::Image) {
-            return Err(UpstreamError::BadRequest {
-                status: 400,
-                body: serde_json::json!({"error": {
-                    "message": format!("a provider of kind {} generates no images", target.kind)
-                }})
-                .to_string(),
-            });
+            return Err(refused_by_kind(target.kind, "images"));
         }
         let mut request = into_object(body)?;
         request.insert(
@@ -341,6 +371,17 @@ async fn ensure_success(
     Err(error)
 }
 
+/// A call the provider's kind cannot serve, refused before anything is sent.
+fn refused_by_kind(kind: ProviderKind, what: &str) -> UpstreamError {
+    UpstreamError::BadRequest {
+        status: 400,
+        body: serde_json::json!({"error": {
+            "message": format!("a provider of kind {kind} serves no {what}")
+        }})
+        .to_string(),
+    }
+}
+
 fn into_object(body: Value) -> Result<Map<String, Value>, UpstreamError> {
     match body {
         Value::Object(map) => Ok(map),
@@ -366,7 +407,8 @@ fn parse_object(bytes: &[u8]) -> Result<Map<String, Value>, UpstreamError> {
 /// Reads an OpenAI `usage` object; `None` when it is null or carries no token counts.
 ///
 /// Cached prompt tokens come from `prompt_tokens_details.cached_tokens` (OpenAI), else from
-/// `prompt_cache_hit_tokens` (DeepSeek), and never exceed the prompt tokens.
+/// `prompt_cache_hit_tokens` (DeepSeek), and never exceed the prompt tokens; prompt tokens
+/// written to the cache from `prompt_tokens_details.cache_write_tokens`, at most the rest.
 pub(crate) fn parse_usage(usage: &Value) -> Option<Usage> {
     let usage = usage.as_object()?;
     let count = |name: &str| usage.get(name).and_then(Value::as_u64);
@@ -382,11 +424,18 @@ pub(crate) fn parse_usage(usage: &Value) -> Option<Usage> {
         .and_then(Value::as_u64)
         .or_else(|| count("prompt_cache_hit_tokens"))
         .unwrap_or(0);
+    let cached = cached.min(prompt_tokens);
+    let written = usage
+        .get("prompt_tokens_details")
+        .and_then(|details| details.get("cache_write_tokens"))
+        .and_then(Value::as_u64)
+        .unwrap_or(0);
     Some(Usage {
         prompt_tokens,
         completion_tokens: completion_tokens.unwrap_or(0),
-        cached_prompt_tokens: cached.min(prompt_tokens),
+        cached_prompt_tokens: cached,
         images: 0,
+        cache_write_prompt_tokens: written.min(prompt_tokens - cached),
     })
 }
 
@@ -431,8 +480,16 @@ mod tests {
                 prompt_tokens: 10,
                 completion_tokens: 5,
                 cached_prompt_tokens: 4,
-                images: 0
+                images: 0,
+                cache_write_prompt_tokens: 0,
             })
+        );
+        let written = json!({"prompt_tokens": 10, "completion_tokens": 5,
+            "prompt_tokens_details": {"cached_tokens": 4, "cache_write_tokens": 9}});
+        assert_eq!(
+            parse_usage(&written).map(|u| u.cache_write_prompt_tokens),
+            Some(6),
+            "at most the prompt tokens not read from the cache"
         );
         let deepseek =
             json!({"prompt_tokens": 10, "completion_tokens": 5, "prompt_cache_hit_tokens": 3});

@@ -79,6 +79,12 @@ impl UpstreamError {
     /// The status the gateway answers once failover gave up with this error.
     ///
     /// A `BadRequest` keeps the upstream's status (it is the client's fault).
+    /// The provider as a whole failed (every key tried failed, none was available, or it
+    /// answered nonsense): another provider of the same model may still serve the call.
+    pub fn is_provider_failure(&self) -> bool {
+        self.is_key_failure() || matches!(self, Self::NoKeyAvailable | Self::Protocol(_))
+    }
+
     pub fn http_status_for_client(&self) -> u16 {
         match self {
             Self::BadRequest { status, .. } => *status,

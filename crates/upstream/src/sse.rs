@@ -339,6 +339,24 @@ impl fmt::Debug for ChatStream {
     }
 }
 
+/// The JSON chunks in complete SSE events of a chat stream (as [`ChatStream`] yields them), in
+/// order; `[DONE]`, comments and events that are no JSON object are skipped.
+pub fn chat_chunks(events: &[u8]) -> Vec<Map<String, Value>> {
+    let mut chunks = Vec::new();
+    let mut start = 0;
+    while start < events.len() {
+        let end = event_end(events, start).unwrap_or(events.len());
+        if let Ok(text) = std::str::from_utf8(&events[start..end])
+            && let Some(data) = event_data(text)
+            && let Ok(Value::Object(chunk)) = serde_json::from_str::<Value>(&data)
+        {
+            chunks.push(chunk);
+        }
+        start = end;
+    }
+    chunks
+}
+
 /// The `data` of one SSE event (its `data:` lines joined by newlines); `None` when it has none.
 pub(crate) fn event_data(event: &str) -> Option<String> {
     let mut data: Option<String> = None;
@@ -453,7 +471,8 @@ mod tests {
                 prompt_tokens: 7,
                 completion_tokens: 2,
                 cached_prompt_tokens: 3,
-                images: 0
+                images: 0,
+                cache_write_prompt_tokens: 0,
             })
         );
         assert_eq!(snapshot.generated_text, "Héllo");
@@ -487,6 +506,14 @@ mod tests {
         ));
         assert!(stream.next().await.is_none());
         assert!(!stream.usage().completed());
+    }
+
+    #[test]
+    fn chat_chunks_are_read_from_concatenated_events() {
+        let chunks = chat_chunks(UPSTREAM.as_bytes());
+        assert_eq!(chunks.len(), 4, "{chunks:?}");
+        assert_eq!(chunks[1]["choices"][0]["delta"]["content"], "llo");
+        assert!(chat_chunks(b"data: [DONE]\n\n: ping\n\n").is_empty());
     }
 
     #[test]

@@ -158,7 +158,8 @@ impl FromRequest for AdminUser {
     }
 }
 
-/// A model-call credential: `Authorization: Bearer sk-...` or `ACCESS-KEY: sk-...`; only a key
+/// A model-call credential: `Authorization: Bearer sk-...`, `ACCESS-KEY: sk-...` or
+/// `x-api-key: sk-...` (how Anthropic's clients send it); only a key
 /// that is not revoked, not expired and whose owner is active. Checked in Postgres, then
 /// trusted for `calls.key_cache_ttl_ms` (see `KeyCache`).
 #[derive(Debug, Clone)]
@@ -177,6 +178,7 @@ impl FromRequest for KeyHolder {
         let secret = req
             .headers()
             .get("access-key")
+            .or_else(|| req.headers().get("x-api-key"))
             .and_then(|v| v.to_str().ok())
             .map(str::trim)
             .or_else(|| bearer(req))
@@ -187,7 +189,7 @@ impl FromRequest for KeyHolder {
             let state = state?;
             let hash = secret.ok_or_else(|| {
                 ApiError::Unauthorized(
-                    "an access key is required (Authorization: Bearer sk-... or ACCESS-KEY)"
+                    "an access key is required (Authorization: Bearer sk-..., ACCESS-KEY or x-api-key)"
                         .to_owned(),
                 )
             })?;

@@ -133,6 +133,32 @@ impl ApiError {
         }
     }
 
+    /// Anthropic's error family for the Messages route, so Anthropic clients classify our errors
+    /// as they expect.
+    fn anthropic_kind(&self) -> &'static str {
+        match self {
+            ApiError::InvalidRequest(_) | ApiError::Conflict(_) => "invalid_request_error",
+            ApiError::Unauthorized(_) => "authentication_error",
+            ApiError::InsufficientBalance(_) => "billing_error",
+            ApiError::Forbidden(_) => "permission_error",
+            ApiError::NotFound(_) | ApiError::ModelNotFound(_) => "not_found_error",
+            ApiError::PayloadTooLarge(_) => "request_too_large",
+            ApiError::Limited(limited) if limited.spend => "billing_error",
+            ApiError::RateLimited(_) | ApiError::Limited(_) => "rate_limit_error",
+            ApiError::Unavailable(_) => "overloaded_error",
+            ApiError::UpstreamTimeout(_) => "timeout_error",
+            ApiError::Internal(_) | ApiError::UpstreamError(_) => "api_error",
+        }
+    }
+
+    /// Anthropic's error body: `{"type": "error", "error": {"type", "message"}}`.
+    pub fn anthropic_body(&self) -> serde_json::Value {
+        serde_json::json!({
+            "type": "error",
+            "error": {"type": self.anthropic_kind(), "message": self.public_message()},
+        })
+    }
+
     pub fn body(&self) -> ErrorBody {
         ErrorBody {
             error: ErrorDetail {

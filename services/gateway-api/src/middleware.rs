@@ -89,6 +89,37 @@ pub async fn json_errors(
     Ok(ServiceResponse::new(req, replaced).map_into_right_body())
 }
 
+/// Gives every error of Anthropic's Messages route Anthropic's error body (with the same
+/// status), so Anthropic's clients read our errors as theirs.
+pub async fn anthropic_errors(
+    req: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<EitherBody<impl MessageBody, BoxBody>>, Error> {
+    let response = next.call(req).await?;
+    let status = response.status();
+    if !(status.is_client_error() || status.is_server_error()) {
+        return Ok(response.map_into_left_body());
+    }
+    let body = match response
+        .response()
+        .error()
+        .and_then(|error| error.as_error::<ApiError>())
+    {
+        Some(error) => error.anthropic_body(),
+        None => ApiError::from_status(status).anthropic_body(),
+    };
+    let headers = response.headers().clone();
+    let (req, _) = response.into_parts();
+    let mut replaced = HttpResponse::build(status).json(body);
+    for (name, value) in &headers {
+        // Retry-After and the rate-limit headers stay; the body's own headers are replaced.
+        if name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH {
+            replaced.headers_mut().insert(name.clone(), value.clone());
+        }
+    }
+    Ok(ServiceResponse::new(req, replaced).map_into_right_body())
+}
+
 /// Refuses a request without an admin's session (401, or 403 for a user) before the route's
 /// own extractors run, so no input of a non-admin is looked at, whatever its body or path.
 /// The handlers still take `AdminUser` themselves, to know who the admin is.

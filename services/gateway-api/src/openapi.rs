@@ -3,7 +3,7 @@
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use crate::routes::{admin, auth, chat, health, jobs, limits, me, models, orders};
+use crate::routes::{admin, auth, chat, health, jobs, limits, me, messages, models, orders};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -22,8 +22,10 @@ use crate::routes::{admin, auth, chat, health, jobs, limits, me, models, orders}
         admin::delete_provider_key,
         admin::list_models, admin::create_model, admin::get_model, admin::update_model,
         admin::delete_model,
+        admin::list_model_routes, admin::create_model_route, admin::update_model_route,
+        admin::delete_model_route,
         admin::list_orders, admin::list_usage_logs, admin::list_overruns,
-        models::list, chat::completions,
+        models::list, chat::completions, chat::respond, chat::embed, messages::create,
         jobs::submit_image, jobs::get, jobs::list, jobs::admin_list,
         limits::update_own_access_key, limits::list_user_access_keys,
         limits::create_user_access_key, limits::update_access_key, limits::get_user_limits,
@@ -54,7 +56,9 @@ impl Modify for SecuritySchemes {
             SecurityScheme::Http(
                 HttpBuilder::new()
                     .scheme(HttpAuthScheme::Bearer)
-                    .description(Some("An access key sk-... (or the ACCESS-KEY header)"))
+                    .description(Some(
+                        "An access key sk-... (or the ACCESS-KEY or x-api-key header)",
+                    ))
                     .build(),
             ),
         );

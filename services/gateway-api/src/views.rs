@@ -4,7 +4,7 @@ use chrono::{DateTime, Utc};
 use domain::{Money, Pricing};
 use persistence::Paged;
 use persistence::access_keys::AccessKey;
-use persistence::catalog::{Model, Provider, ProviderKey};
+use persistence::catalog::{Model, ModelRoute, Provider, ProviderKey};
 use persistence::ledger::LedgerEntry;
 use persistence::limits::{LimitValues, Period, Scope};
 use persistence::orders::Order;
@@ -259,6 +259,37 @@ impl From<ProviderKey> for ProviderKeyView {
     }
 }
 
+/// Another provider serving a model: `{"id", "model_id", "provider_id", "upstream_model",
+/// "priority", "weight", "enabled", "created_at"}`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ModelRouteView {
+    pub id: i64,
+    pub model_id: i64,
+    pub provider_id: i64,
+    pub upstream_model: String,
+    /// Routes are tried by descending priority; the model's own provider has 0.
+    pub priority: i32,
+    /// Routes of one priority are tried in an order drawn by weight; the model's own has 1.
+    pub weight: i32,
+    pub enabled: bool,
+    pub created_at: DateTime<Utc>,
+}
+
+impl From<ModelRoute> for ModelRouteView {
+    fn from(r: ModelRoute) -> Self {
+        ModelRouteView {
+            id: r.id,
+            model_id: r.model_id,
+            provider_id: r.provider_id,
+            upstream_model: r.upstream_model,
+            priority: r.priority,
+            weight: r.weight,
+            enabled: r.enabled,
+            created_at: r.created_at,
+        }
+    }
+}
+
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ModelView {
     pub id: i64,
@@ -277,16 +308,35 @@ pub struct ModelView {
     pub created_at: DateTime<Utc>,
 }
 
-/// Pricing as documented: each field an optional non-negative decimal string.
+/// Pricing as documented: each price an optional non-negative decimal string.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct PricingSchema {
     #[schema(example = "0.15")]
     pub input_per_million: Option<String>,
     #[schema(example = "0.60")]
     pub output_per_million: Option<String>,
+    /// Prompt tokens read from the provider's cache; else the input price.
     pub cached_input_per_million: Option<String>,
+    /// Prompt tokens written to the provider's cache; else the input price.
+    pub cache_write_per_million: Option<String>,
     pub per_image: Option<String>,
+    /// A fixed fee on every call.
     pub per_request: Option<String>,
+    /// Long-context tiers by ascending threshold (at most 8): a call whose prompt passes
+    /// `above_prompt_tokens` has all its tokens priced at the tier's prices; no tier lowers a
+    /// price.
+    pub long_context: Option<Vec<PriceTierSchema>>,
+}
+
+/// One long-context tier: the token prices of prompts longer than `above_prompt_tokens`.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct PriceTierSchema {
+    #[schema(example = 200000)]
+    pub above_prompt_tokens: u64,
+    pub input_per_million: Option<String>,
+    pub output_per_million: Option<String>,
+    pub cached_input_per_million: Option<String>,
+    pub cache_write_per_million: Option<String>,
 }
 
 impl TryFrom<Model> for ModelView {

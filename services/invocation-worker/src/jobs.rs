@@ -7,7 +7,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use catalog::{Route, Routing, SecretBox};
+use catalog::{Route, Routing, SecretBox, with_provider_failover};
 use chrono::Utc;
 use domain::{BillingMessage, InvocationMessage, JobStatus, JobView, Usage};
 use messaging::{Broker, Delivery, Handler, MODEL_INVOCATION_QUEUE, Outcome};
@@ -15,7 +15,7 @@ use persistence::batch::Batcher;
 use persistence::jobs::{self, Claim, Completion, Job};
 use persistence::{Pool, StoreError};
 use serde::Deserialize;
-use upstream::{UpstreamClient, UpstreamError, with_failover};
+use upstream::{UpstreamClient, UpstreamError};
 use uuid::Uuid;
 
 /// How jobs run, retry and report.
@@ -160,12 +160,12 @@ impl Runner {
                 .finish_failed(&job, "the model is no longer available")
                 .await;
         };
-        let result = with_failover(
+        let result = with_provider_failover(
             &self.routing.keys,
-            route.provider_id,
+            &route.providers(),
+            &route.name,
             self.max_failover_attempts,
-            |key| {
-                let target = route.target(key.secret());
+            |target| {
                 let client = self.upstream.clone();
                 let body = job.request_payload.clone();
                 async move { client.images(&target, body).await }

@@ -73,7 +73,8 @@ async fn a_chat_goes_out_as_a_message_and_comes_back_as_a_completion() {
             prompt_tokens: 11,
             completion_tokens: 3,
             cached_prompt_tokens: 4,
-            images: 0
+            images: 0,
+            cache_write_prompt_tokens: 0,
         })
     );
     let body: Value = serde_json::from_slice(&answer.body).expect("json");
@@ -184,7 +185,8 @@ async fn a_stream_of_events_comes_back_as_openai_chunks_with_usage_recorded() {
                 prompt_tokens: 9,
                 completion_tokens: 2,
                 cached_prompt_tokens: 0,
-                images: 0
+                images: 0,
+                cache_write_prompt_tokens: 0,
             })
         );
     }

@@ -56,7 +56,8 @@ async fn chat_maps_the_model_out_and_back_and_parses_usage() {
                 prompt_tokens: 12,
                 completion_tokens: 3,
                 cached_prompt_tokens: 8,
-                images: 0
+                images: 0,
+                cache_write_prompt_tokens: 0,
             })
         );
     }

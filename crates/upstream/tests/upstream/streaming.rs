@@ -105,7 +105,8 @@ async fn events_pass_through_with_the_public_model_and_the_usage_chunk_hidden() 
             prompt_tokens: 9,
             completion_tokens: 4,
             cached_prompt_tokens: 5,
-            images: 0
+            images: 0,
+            cache_write_prompt_tokens: 0,
         })
     );
     assert!(usage.completed());

@@ -1,9 +1,10 @@
-//! The admin catalog: providers, provider keys (encrypted at rest) and priced models.
+//! The admin catalog: providers, provider keys (encrypted at rest), priced models and the
+//! further providers (routes) serving a model.
 
 use domain::{ModelKind, Pricing, ProviderKind};
 use persistence::catalog::{
-    self, Model, ModelChanges, NewModel, NewProvider, NewProviderKey, Provider, ProviderChanges,
-    ProviderKey, ProviderKeyChanges,
+    self, Model, ModelChanges, ModelRoute, ModelRouteChanges, NewModel, NewModelRoute, NewProvider,
+    NewProviderKey, Provider, ProviderChanges, ProviderKey, ProviderKeyChanges,
 };
 use persistence::{Page, Paged, StoreError};
 
@@ -405,4 +406,109 @@ pub async fn delete_model(state: &AppState, id: i64) -> Result<(), ApiError> {
 pub async fn list_enabled_models(state: &AppState) -> Result<Vec<Model>, ApiError> {
     let mut conn = state.conn().await?;
     Ok(catalog::list_enabled_models(&mut conn).await?)
+}
+
+// ---- model routes
+
+pub struct ModelRouteInput {
+    pub provider_id: i64,
+    pub upstream_model: String,
+    pub priority: i32,
+    pub weight: i32,
+    pub enabled: bool,
+}
+
+fn check_priority(priority: i32) -> Result<(), ApiError> {
+    if !(-1000..=1000).contains(&priority) {
+        return Err(ApiError::InvalidRequest(
+            "priority must be between -1000 and 1000".to_owned(),
+        ));
+    }
+    Ok(())
+}
+
+/// Adds a provider to a model; the provider must serve the model's kind. What users pay stays
+/// the model's price.
+pub async fn create_model_route(
+    state: &AppState,
+    model_id: i64,
+    input: ModelRouteInput,
+) -> Result<ModelRoute, ApiError> {
+    check_text("upstream_model", &input.upstream_model, 256)?;
+    check_priority(input.priority)?;
+    check_weight(input.weight)?;
+    let mut conn = state.conn().await?;
+    let model = catalog::find_model(&mut conn, model_id)
+        .await
+        .map_err(not_found("model"))?;
+    let kind: ModelKind = model
+        .kind
+        .parse()
+        .map_err(|_| ApiError::Internal(format!("model {model_id} has kind {}", model.kind)))?;
+    let provider = catalog::find_provider(&mut conn, input.provider_id)
+        .await
+        .map_err(not_found("provider"))?;
+    check_provider_serves(&provider, kind)?;
+    catalog::insert_model_route(
+        &mut conn,
+        NewModelRoute {
+            model_id,
+            provider_id: input.provider_id,
+            upstream_model: &input.upstream_model,
+            priority: input.priority,
+            weight: input.weight,
+            enabled: input.enabled,
+        },
+    )
+    .await
+    .map_err(|error| match error {
+        StoreError::Unique(_) => ApiError::Conflict(
+            "this model already has a route to this provider and upstream model".to_owned(),
+        ),
+        other => other.into(),
+    })
+}
+
+pub async fn list_model_routes(
+    state: &AppState,
+    model_id: i64,
+    page: Page,
+) -> Result<Paged<ModelRoute>, ApiError> {
+    let mut conn = state.conn().await?;
+    catalog::find_model(&mut conn, model_id)
+        .await
+        .map_err(not_found("model"))?;
+    Ok(catalog::list_model_routes(&mut conn, model_id, page).await?)
+}
+
+pub async fn update_model_route(
+    state: &AppState,
+    id: i64,
+    changes: ModelRouteChanges,
+) -> Result<ModelRoute, ApiError> {
+    if let Some(upstream_model) = &changes.upstream_model {
+        check_text("upstream_model", upstream_model, 256)?;
+    }
+    if let Some(priority) = changes.priority {
+        check_priority(priority)?;
+    }
+    if let Some(weight) = changes.weight {
+        check_weight(weight)?;
+    }
+    let mut conn = state.conn().await?;
+    catalog::update_model_route(&mut conn, id, changes)
+        .await
+        .map_err(|error| match error {
+            StoreError::Unique(_) => ApiError::Conflict(
+                "this model already has a route to this provider and upstream model".to_owned(),
+            ),
+            other => not_found("model route")(other),
+        })
+}
+
+pub async fn delete_model_route(state: &AppState, id: i64) -> Result<(), ApiError> {
+    let mut conn = state.conn().await?;
+    catalog::delete_model_route(&mut conn, id)
+        .await
+        .map_err(not_found("model route"))
 }

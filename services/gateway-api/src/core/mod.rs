@@ -3,11 +3,15 @@
 pub mod access_keys;
 pub mod admission;
 pub mod billing;
+pub mod call;
 pub mod catalog;
 pub mod chat;
+pub mod embeddings;
 pub mod identity;
 pub mod jobs;
 pub mod limits;
+pub mod messages;
 pub mod orders;
+pub mod responses;
 pub mod tokens;
 pub mod users;

@@ -169,7 +169,12 @@ pub fn count(text: &str) -> u64 {
 
 /// Prompt tokens as a provider would have counted them, for calls without reported usage.
 pub fn count_prompt(text: &str, messages: u64) -> u64 {
-    count(text) + messages * 3 + 3
+    count(text) + prompt_framing(messages)
+}
+
+/// The tokens a chat format adds around `messages` messages' text.
+pub fn prompt_framing(messages: u64) -> u64 {
+    messages * 3 + 3
 }
 
 #[cfg(test)]

@@ -3,19 +3,21 @@
 use actix_web::middleware::from_fn;
 use actix_web::{HttpResponse, web};
 use domain::{ModelKind, Money, Pricing, Role, UserStatus};
-use persistence::catalog::{ProviderChanges, ProviderKeyChanges};
+use persistence::catalog::{ModelRouteChanges, ProviderChanges, ProviderKeyChanges};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use crate::auth::AdminUser;
-use crate::core::catalog::{self, ModelInput, ModelUpdate, ProviderInput, ProviderKeyInput};
+use crate::core::catalog::{
+    self, ModelInput, ModelRouteInput, ModelUpdate, ProviderInput, ProviderKeyInput,
+};
 use crate::core::{identity, orders, users};
 use crate::error::{ApiError, ErrorBody};
 use crate::middleware::{reload_routes_after_write, require_admin};
 use crate::state::AppState;
 use crate::views::{
-    AdminListQuery, LedgerEntryView, ListQuery, ListResponse, ModelView, OrderView, OverrunView,
-    ProviderKeyView, ProviderView, UsageLogView, UserView,
+    AdminListQuery, LedgerEntryView, ListQuery, ListResponse, ModelRouteView, ModelView, OrderView,
+    OverrunView, ProviderKeyView, ProviderView, UsageLogView, UserView,
 };
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
@@ -74,6 +76,16 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .route(web::get().to(get_model))
             .route(web::patch().to(update_model))
             .route(web::delete().to(delete_model)),
+    )
+    .service(
+        catalog("/v1/admin/models/{id}/routes")
+            .route(web::get().to(list_model_routes))
+            .route(web::post().to(create_model_route)),
+    )
+    .service(
+        catalog("/v1/admin/model-routes/{id}")
+            .route(web::patch().to(update_model_route))
+            .route(web::delete().to(delete_model_route)),
     )
     .service(admin("/v1/admin/orders").route(web::get().to(list_orders)))
     .service(admin("/v1/admin/usage-logs").route(web::get().to(list_usage_logs)))
@@ -218,7 +230,7 @@ pub async fn adjust_balance(
 #[serde(deny_unknown_fields)]
 pub struct CreateProvider {
     pub name: String,
-    /// `openai` (any OpenAI-compatible endpoint: chat and image models) or `anthropic`
+    /// `openai` (any OpenAI-compatible endpoint: chat, image and embedding models) or `anthropic`
     /// (Anthropic's Messages API, e.g. `https://api.anthropic.com/v1`: chat models; clients
     /// still call it in OpenAI's format).
     #[schema(example = "openai")]
@@ -410,6 +422,111 @@ pub async fn delete_provider_key(
     id: web::Path<i64>,
 ) -> Result<HttpResponse, ApiError> {
     catalog::delete_provider_key(&state, *id).await?;
+    Ok(HttpResponse::NoContent().finish())
+}
+
+// ---- model routes
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateModelRoute {
+    /// A provider that serves the model's kind.
+    pub provider_id: i64,
+    /// The model's name at that provider.
+    pub upstream_model: String,
+    /// -1000..=1000, default 0 (the model's own provider has 0); higher is tried first.
+    pub priority: Option<i32>,
+    /// 0..=1000, default 1 (the model's own provider has 1).
+    pub weight: Option<i32>,
+    pub enabled: Option<bool>,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateModelRoute {
+    pub upstream_model: Option<String>,
+    pub priority: Option<i32>,
+    pub weight: Option<i32>,
+    pub enabled: Option<bool>,
+}
+
+/// The model's further providers (its own provider is its first route, not listed).
+#[utoipa::path(get, path = "/v1/admin/models/{id}/routes", tag = "admin", security(("token" = [])),
+    params(("id" = i64, Path), ListQuery),
+    responses((status = 200, body = ListResponse<ModelRouteView>), (status = 404, body = ErrorBody)))]
+pub async fn list_model_routes(
+    state: web::Data<AppState>,
+    _admin: AdminUser,
+    id: web::Path<i64>,
+    query: web::Query<ListQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let page = query.page()?;
+    let list = catalog::list_model_routes(&state, *id, page).await?;
+    Ok(
+        HttpResponse::Ok().json(ListResponse::from_page(list, page, |r| {
+            Ok(ModelRouteView::from(r))
+        })?),
+    )
+}
+
+/// Serve the model through one more provider, under that provider's model name; calls fail over
+/// across the model's providers by priority and weight, at the model's price.
+#[utoipa::path(post, path = "/v1/admin/models/{id}/routes", tag = "admin", security(("token" = [])),
+    params(("id" = i64, Path)), request_body = CreateModelRoute,
+    responses((status = 201, body = ModelRouteView), (status = 400, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub async fn create_model_route(
+    state: web::Data<AppState>,
+    _admin: AdminUser,
+    id: web::Path<i64>,
+    body: web::Json<CreateModelRoute>,
+) -> Result<HttpResponse, ApiError> {
+    let body = body.into_inner();
+    let route = catalog::create_model_route(
+        &state,
+        *id,
+        ModelRouteInput {
+            provider_id: body.provider_id,
+            upstream_model: body.upstream_model,
+            priority: body.priority.unwrap_or(0),
+            weight: body.weight.unwrap_or(1),
+            enabled: body.enabled.unwrap_or(true),
+        },
+    )
+    .await?;
+    Ok(HttpResponse::Created().json(ModelRouteView::from(route)))
+}
+
+#[utoipa::path(patch, path = "/v1/admin/model-routes/{id}", tag = "admin", security(("token" = [])),
+    params(("id" = i64, Path)), request_body = UpdateModelRoute,
+    responses((status = 200, body = ModelRouteView), (status = 400, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub async fn update_model_route(
+    state: web::Data<AppState>,
+    _admin: AdminUser,
+    id: web::Path<i64>,
+    body: web::Json<UpdateModelRoute>,
+) -> Result<HttpResponse, ApiError> {
+    let body = body.into_inner();
+    let changes = ModelRouteChanges {
+        upstream_model: body.upstream_model,
+        priority: body.priority,
+        weight: body.weight,
+        enabled: body.enabled,
+        updated_at: None,
+    };
+    let route = catalog::update_model_route(&state, *id, changes).await?;
+    Ok(HttpResponse::Ok().json(ModelRouteView::from(route)))
+}
+
+#[utoipa::path(delete, path = "/v1/admin/model-routes/{id}", tag = "admin", security(("token" = [])),
+    params(("id" = i64, Path)), responses((status = 204), (status = 404, body = ErrorBody)))]
+pub async fn delete_model_route(
+    state: web::Data<AppState>,
+    _admin: AdminUser,
+    id: web::Path<i64>,
+) -> Result<HttpResponse, ApiError> {
+    catalog::delete_model_route(&state, *id).await?;
     Ok(HttpResponse::NoContent().finish())
 }
 

@@ -7,6 +7,7 @@ pub mod health;
 pub mod jobs;
 pub mod limits;
 pub mod me;
+pub mod messages;
 pub mod models;
 pub mod orders;
 
@@ -22,5 +23,6 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     admin::configure(cfg);
     models::configure(cfg);
     chat::configure(cfg);
+    messages::configure(cfg);
     jobs::configure(cfg);
 }
