@@ -151,7 +151,9 @@ pub async fn run(
     call: Call,
     dialect: Arc<dyn Dialect>,
 ) -> Result<HttpResponse, ApiError> {
-    let request_id = Uuid::new_v4();
+    // Time-ordered (v7): usage, ledger and hold rows keyed by it are appended to the end of
+    // their unique indexes instead of scattered over them.
+    let request_id = Uuid::now_v7();
     let ask = Ask {
         user_id: holder.user_id,
         key_id: holder.key_id,

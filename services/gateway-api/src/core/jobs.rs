@@ -115,7 +115,8 @@ pub async fn submit(
         }
     }
 
-    let job_id = Uuid::new_v4();
+    // Time-ordered (v7), like a call's request id: appended to the end of the indexes.
+    let job_id = Uuid::now_v7();
     let submission = Submission {
         job_id,
         job_type: domain::jobs::IMAGE_GENERATION.to_owned(),
