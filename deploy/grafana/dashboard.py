@@ -194,6 +194,9 @@ ts("Streams cut off, unpriceable usage / s",
    [(f'sum by (reason) (rate(stream_cut_total{{{SEL}}}{R}))', "stream cut: {{reason}}"),
     (f'sum(rate(calls_unpriceable_usage_total{{{SEL}}}{R}))', "usage billed at the hold")], "ops",
    description="A cut stream is still read to its end (or its deadline) and billed; usage that cannot be priced is billed what was held.")
+ts("Calls refused by limits / s",
+   [(f'sum by (kind) (rate(limits_refused_total{{{SEL}}}{R}))', "{{kind}}")], "ops",
+   description="429s of rate, concurrency and pending-job limits (rate) and of spend limits (spend); see docs/LIMITS.md (limits_refused_total).")
 end_row()
 
 dashboard = {

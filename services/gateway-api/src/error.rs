@@ -213,6 +213,8 @@ impl ResponseError for ApiError {
         }
         let mut response = HttpResponse::build(self.status_code());
         if let ApiError::Limited(limited) = self {
+            let kind = if limited.spend { "spend" } else { "rate" };
+            metrics::counter!("limits_refused_total", "kind" => kind).increment(1);
             if let Some(seconds) = limited.retry_after {
                 response.insert_header(("retry-after", seconds.to_string()));
             }
