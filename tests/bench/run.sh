@@ -124,14 +124,20 @@ wait_http() { # wait_http URL NAME
 }
 psql_q() { psql -h 127.0.0.1 -U postgres -XAtq "$@"; }
 now() { date +%s.%N; }
-drain() { # wait until billing-worker has settled every call made so far (no open hold left)
-    local open t0=$SECONDS
+drain() { # wait until billing-worker has settled every call made so far: no charge left in the
+    # billing queue (ready or unacked: a message is acked after its settlement committed) and no
+    # open hold (calls admitted against a credit lease have none, so holds alone are not enough)
+    local open queued t0=$SECONDS
     for _ in $(seq 1 240); do
         open=$(psql_q -d "$DB" -c "SELECT count(*) FROM balance_holds WHERE status = 'open'")
-        [ "$open" = "0" ] && { [ $((SECONDS - t0)) -lt 2 ] || log "settled the backlog in $((SECONDS - t0))s"; return 0; }
+        queued=$(rabbitmqctl -q list_queues name messages 2>/dev/null | awk -v q="$QUEUE" '$1 == q { print $2 }')
+        if [ "$open" = "0" ] && [ "${queued:-0}" = "0" ]; then
+            [ $((SECONDS - t0)) -lt 2 ] || log "settled the backlog in $((SECONDS - t0))s"
+            return 0
+        fi
         sleep 0.5
     done
-    note "billing-worker still had $open calls to settle after 120 s; measuring anyway"
+    note "billing-worker still had $open open holds and ${queued:-?} queued charges after 120 s; measuring anyway"
 }
 
 # ------------------------------------------------------------------------------ setup
