@@ -40,7 +40,8 @@ struct HeldRow {
 /// their holds fits, so the admitted holds never exceed the balance, also with concurrent
 /// batches (each locks its users, in id order, before reading their balances). Answers, per
 /// request, its hold id, or `None` when its balance does not cover it (nothing is written
-/// for it). A lone request runs as [`place_hold`].
+/// for it). This is THE admission rule of holds: a lone call ([`place_hold`]) and job
+/// submissions (`submit_jobs`) go through it too.
 pub async fn place_holds(
     conn: &mut AsyncPgConnection,
     requests: &[HoldRequest],
@@ -49,10 +50,6 @@ pub async fn place_holds(
     use diesel::sql_types::Array;
     use std::collections::HashMap;
 
-    if let [one] = requests {
-        let held = place_hold(conn, one.user_id, one.request_id, &one.amount, ttl_seconds).await?;
-        return Ok(vec![held]);
-    }
     enum PlaceHolds {}
     let held: Vec<HeldRow> = Prepared::<PlaceHolds>::new(
         "SELECT request_id, hold_id FROM place_holds($1, $2, $3, $4, $5)",
@@ -79,10 +76,10 @@ pub async fn place_holds(
         .collect())
 }
 
-/// Reserves `amount` for one call in ONE conditional statement: admitted only if the user is
-/// active and `balance - held >= amount`; concurrent calls serialise on the user row, so the
-/// sum of admitted holds never exceeds the balance. `None` means "not enough balance". (A
-/// lone call costs less this way than through the batch function of [`place_holds`].)
+/// Reserves `amount` for one call by the one admission rule, `place_holds` (a batch of one):
+/// admitted only if the user is active and `balance - held >= amount`; concurrent calls
+/// serialise on the user row, so the sum of admitted holds never exceeds the balance. `None`
+/// means "not enough balance".
 pub async fn place_hold(
     conn: &mut AsyncPgConnection,
     user_id: i64,
@@ -90,23 +87,18 @@ pub async fn place_hold(
     amount: &Money,
     ttl_seconds: i64,
 ) -> Result<Option<i64>, StoreError> {
-    enum PlaceHold {}
-    let rows: Vec<IdRow> = Prepared::<PlaceHold>::new(
-        "WITH admitted AS (
-             UPDATE users SET held = held + $3
-             WHERE id = $1 AND status = 'active' AND balance - held >= $3
-             RETURNING id)
-         INSERT INTO balance_holds (request_id, user_id, amount, expires_at)
-         SELECT $2, id, $3, now() + make_interval(secs => $4) FROM admitted
-         RETURNING id",
+    let request = HoldRequest {
+        user_id,
+        request_id,
+        amount: amount.clone(),
+    };
+    Ok(
+        place_holds(conn, std::slice::from_ref(&request), ttl_seconds)
+            .await?
+            .into_iter()
+            .next()
+            .flatten(),
     )
-    .bind::<BigInt, _>(user_id)
-    .bind::<SqlUuid, _>(request_id)
-    .bind::<Numeric, _>(amount.as_decimal())
-    .bind::<BigInt, _>(ttl_seconds)
-    .load(conn)
-    .await?;
-    Ok(rows.into_iter().next().map(|r| r.id))
 }
 
 /// Releases an open hold (the call failed, so it costs nothing). Returns whether one was open.

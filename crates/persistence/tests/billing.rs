@@ -396,7 +396,7 @@ async fn holds_run_as_prepared_statements_reused_by_the_connection() {
         )
         .bind::<diesel::sql_types::Text, _>(pattern)
     };
-    let holds: Count = prepared("%INSERT INTO balance_holds%")
+    let holds: Count = prepared("%FROM place_holds(%")
         .get_result(&mut conn)
         .await
         .unwrap();
