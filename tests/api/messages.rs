@@ -3,7 +3,6 @@
 //! still OpenAI's.
 
 use integration_tests::{Reply, TestApp, spawn_app};
-use mock_llm::MockConfig;
 use serde_json::{Value, json};
 
 async fn post_message(app: &TestApp, key: Option<&str>, body: Value) -> Reply {
@@ -35,10 +34,7 @@ fn assert_anthropic_error(reply: &Reply, status: u16, kind: &str) {
 #[tokio::test(flavor = "multi_thread")]
 async fn every_error_has_anthropics_shape_and_writes_nothing() {
     let app = spawn_app().await;
-    let mock = mock_llm::start(MockConfig::default(), "127.0.0.1", 0)
-        .await
-        .unwrap();
-    let setup = app.chat_setup(mock, &[("good-key", 1)], "10").await;
+    let setup = app.mock_setup("openai").await;
     let key = setup.access_key.as_str();
     let text = json!([{"role": "user", "content": "hi"}]);
 

@@ -64,6 +64,26 @@ pub struct ChatResponse {
     pub usage: Option<Usage>,
 }
 
+impl ChatResponse {
+    /// An OpenAI-shaped answer with `model` set to the public name, and its usage.
+    fn for_client(
+        mut answer: Map<String, Value>,
+        target: &Target,
+    ) -> Result<ChatResponse, UpstreamError> {
+        answer.insert(
+            "model".to_owned(),
+            Value::String(target.public_model.clone()),
+        );
+        let usage = answer.get("usage").and_then(parse_usage);
+        let body = serde_json::to_vec(&answer)
+            .map_err(|error| UpstreamError::Protocol(error.to_string()))?;
+        Ok(ChatResponse {
+            body: Bytes::from(body),
+            usage,
+        })
+    }
+}
+
 /// An image generation answer.
 #[derive(Debug, Clone)]
 pub struct ImagesResponse {
@@ -136,18 +156,7 @@ impl UpstreamClient {
         request.remove("stream");
         request.remove("stream_options");
         let bytes = self.post_json(target, "chat/completions", &request).await?;
-        let mut answer = parse_object(&bytes)?;
-        answer.insert(
-            "model".to_owned(),
-            Value::String(target.public_model.clone()),
-        );
-        let usage = answer.get("usage").and_then(parse_usage);
-        let body = serde_json::to_vec(&answer)
-            .map_err(|error| UpstreamError::Protocol(error.to_string()))?;
-        Ok(ChatResponse {
-            body: Bytes::from(body),
-            usage,
-        })
+        ChatResponse::for_client(parse_object(&bytes)?, target)
     }
 
     /// A streaming chat completion. Returns once the upstream answered 2xx (within the first-byte
@@ -207,32 +216,15 @@ impl UpstreamClient {
         target: &Target,
         body: Value,
     ) -> Result<ChatResponse, UpstreamError> {
-        if !target.kind.serves(domain::ModelKind::Embedding) {
-            return Err(refused_by_kind(target.kind, "embeddings"));
-        }
-        let mut request = into_object(body)?;
-        request.insert(
-            "model".to_owned(),
-            Value::String(target.upstream_model.clone()),
-        );
-        let bytes = self.post_json(target, "embeddings", &request).await?;
-        let mut answer = parse_object(&bytes)?;
+        let answer = self
+            .post_for_model(target, domain::ModelKind::Embedding, "embeddings", body)
+            .await?;
         if !answer.get("data").is_some_and(Value::is_array) {
             return Err(UpstreamError::Protocol(
                 "embeddings response has no `data` array".to_owned(),
             ));
         }
-        answer.insert(
-            "model".to_owned(),
-            Value::String(target.public_model.clone()),
-        );
-        let usage = answer.get("usage").and_then(parse_usage);
-        let body = serde_json::to_vec(&answer)
-            .map_err(|error| UpstreamError::Protocol(error.to_string()))?;
-        Ok(ChatResponse {
-            body: Bytes::from(body),
-            usage,
-        })
+        ChatResponse::for_client(answer, target)
     }
 
     /// An image generation (`POST /images/generations`), bounded by the total timeout.
@@ -242,18 +234,9 @@ impl UpstreamClient {
         target: &Target,
         body: Value,
     ) -> Result<ImagesResponse, UpstreamError> {
-        if !target.kind.serves(domain::ModelKind::Image) {
-            return Err(refused_by_kind(target.kind, "images"));
-        }
-        let mut request = into_object(body)?;
-        request.insert(
-            "model".to_owned(),
-            Value::String(target.upstream_model.clone()),
-        );
-        let bytes = self
-            .post_json(target, "images/generations", &request)
+        let mut answer = self
+            .post_for_model(target, domain::ModelKind::Image, "images/generations", body)
             .await?;
-        let mut answer = parse_object(&bytes)?;
         let images = answer
             .get("data")
             .and_then(Value::as_array)
@@ -271,6 +254,33 @@ impl UpstreamClient {
             body: Value::Object(answer),
             images: u32::try_from(images).unwrap_or(u32::MAX),
         })
+    }
+
+    /// POSTs an OpenAI-shaped request for the upstream model to `path` and reads the JSON
+    /// object answered; refused before anything is sent when the provider serves no `kind`.
+    async fn post_for_model(
+        &self,
+        target: &Target,
+        kind: domain::ModelKind,
+        path: &str,
+        body: Value,
+    ) -> Result<Map<String, Value>, UpstreamError> {
+        if !target.kind.serves(kind) {
+            return Err(UpstreamError::BadRequest {
+                status: 400,
+                body: serde_json::json!({"error": {
+                    "message": format!("a provider of kind {} serves no {kind} models", target.kind)
+                }})
+                .to_string(),
+            });
+        }
+        let mut request = into_object(body)?;
+        request.insert(
+            "model".to_owned(),
+            Value::String(target.upstream_model.clone()),
+        );
+        let bytes = self.post_json(target, path, &request).await?;
+        parse_object(&bytes)
     }
 
     /// A POST of `request` to `path`, authenticated as the provider's kind expects.
@@ -369,17 +379,6 @@ async fn ensure_success(
         UpstreamError::from_status(status.as_u16(), String::from_utf8_lossy(&body).into_owned());
     tracing::debug!(status = status.as_u16(), error = %error, "upstream answered an error");
     Err(error)
-}
-
-/// A call the provider's kind cannot serve, refused before anything is sent.
-fn refused_by_kind(kind: ProviderKind, what: &str) -> UpstreamError {
-    UpstreamError::BadRequest {
-        status: 400,
-        body: serde_json::json!({"error": {
-            "message": format!("a provider of kind {kind} serves no {what}")
-        }})
-        .to_string(),
-    }
 }
 
 fn into_object(body: Value) -> Result<Map<String, Value>, UpstreamError> {

@@ -3,6 +3,7 @@
 //! price the real usage, make the charge durable, then answer. The client's API only shapes the
 //! answer ([`Dialect`]); everything that moves money is here, once.
 
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -10,12 +11,12 @@ use std::time::Duration;
 
 use actix_web::HttpResponse;
 use actix_web::web::Bytes;
-use domain::{Money, Usage};
+use domain::{ModelKind, Money, Usage};
 use futures_util::{Stream, StreamExt};
 use serde_json::Value;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
-use upstream::{ChatResponse, ChatStream, StreamUsage, UpstreamError};
+use upstream::{ChatResponse, ChatStream, StreamUsage, Target, UpstreamClient, UpstreamError};
 use uuid::Uuid;
 
 use crate::auth::KeyHolder;
@@ -25,6 +26,34 @@ use crate::core::tokens;
 use crate::error::ApiError;
 use crate::state::{AppState, CallPath};
 use catalog::{ProviderRoute, Route, with_provider_failover};
+
+/// The enabled model of `kind` a request body names, or why there is none: 400 when the body
+/// is no object or names no model, 404 `model_not_found` otherwise.
+pub fn route_of(state: &AppState, body: &Value, kind: ModelKind) -> Result<Arc<Route>, ApiError> {
+    if !body.is_object() {
+        return Err(ApiError::InvalidRequest(
+            "the body must be a JSON object".to_owned(),
+        ));
+    }
+    let model = body
+        .get("model")
+        .and_then(Value::as_str)
+        .ok_or_else(|| ApiError::InvalidRequest("model is required".to_owned()))?;
+    let a_model_of_kind = match kind {
+        ModelKind::Chat => "a chat model",
+        ModelKind::Image => "an image model",
+        ModelKind::Embedding => "an embedding model",
+    };
+    state
+        .routing
+        .route(model)
+        .filter(|route| route.kind == kind)
+        .ok_or_else(|| {
+            ApiError::ModelNotFound(format!(
+                "model {model:?} does not exist or is not {a_model_of_kind}"
+            ))
+        })
+}
 
 /// What the provider is asked to do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -94,6 +123,42 @@ impl Dialect for OpenAiShape {
     fn answer(&self, body: Bytes, _usage: &Usage) -> Bytes {
         body
     }
+}
+
+/// What one chunk of OpenAI's chat stream adds to its first choice, in order.
+pub enum ChatDelta {
+    /// Generated text.
+    Text(String),
+    /// A piece of a tool call: its `index`, and `id` and `function.name` on its first piece,
+    /// `function.arguments` pieces after.
+    ToolCall(Value),
+    /// The choice's `finish_reason`.
+    Finish(String),
+}
+
+/// The deltas of complete chat SSE events (as [`ChatStream`] yields them), in order.
+pub fn chat_deltas(events: &[u8]) -> Vec<ChatDelta> {
+    let mut deltas = Vec::new();
+    for chunk in upstream::chat_chunks(events) {
+        let Some(choice) = chunk
+            .get("choices")
+            .and_then(Value::as_array)
+            .and_then(|choices| choices.first())
+        else {
+            continue;
+        };
+        let delta = &choice["delta"];
+        if let Some(text) = delta["content"].as_str().filter(|t| !t.is_empty()) {
+            deltas.push(ChatDelta::Text(text.to_owned()));
+        }
+        for call in delta["tool_calls"].as_array().into_iter().flatten() {
+            deltas.push(ChatDelta::ToolCall(call.clone()));
+        }
+        if let Some(reason) = choice["finish_reason"].as_str() {
+            deltas.push(ChatDelta::Finish(reason.to_owned()));
+        }
+    }
+    deltas
 }
 
 /// One named SSE event (`event:` and `data:`), as the responses and messages APIs send them.
@@ -235,6 +300,33 @@ pub fn upstream_error(error: UpstreamError) -> ApiError {
     }
 }
 
+/// Runs `request` through the call's providers in order (each with key failover), within the
+/// call's deadline; the provider's error as the client's.
+async fn through_providers<T, F, Fut>(
+    state: &AppState,
+    call_path: &CallPath,
+    call: &Admitted,
+    request: F,
+) -> Result<T, ApiError>
+where
+    F: Fn(UpstreamClient, Target) -> Fut,
+    Fut: Future<Output = Result<T, UpstreamError>>,
+{
+    tokio::time::timeout_at(
+        call.deadline,
+        with_provider_failover(
+            &state.routing.keys,
+            &call.providers,
+            &call.route.name,
+            state.max_failover_attempts,
+            |target| request(call_path.upstream.clone(), target),
+        ),
+    )
+    .await
+    .map_err(|_| upstream_error(UpstreamError::Timeout))?
+    .map_err(upstream_error)
+}
+
 /// The non-streaming call: the provider's answer body and the usage billed for it.
 async fn forward(
     state: &Arc<AppState>,
@@ -243,28 +335,16 @@ async fn forward(
     body: Value,
     operation: Operation,
 ) -> Result<(Bytes, Usage), ApiError> {
-    let answer: ChatResponse = tokio::time::timeout_at(
-        call.deadline,
-        with_provider_failover(
-            &state.routing.keys,
-            &call.providers,
-            &call.route.name,
-            state.max_failover_attempts,
-            |target| {
-                let client = call_path.upstream.clone();
-                let body = body.clone();
-                async move {
-                    match operation {
-                        Operation::Embeddings => client.embeddings(&target, body).await,
-                        _ => client.chat(&target, body).await,
-                    }
-                }
-            },
-        ),
-    )
-    .await
-    .map_err(|_| upstream_error(UpstreamError::Timeout))?
-    .map_err(upstream_error)?;
+    let answer: ChatResponse = through_providers(state, call_path, call, |client, target| {
+        let body = body.clone();
+        async move {
+            match operation {
+                Operation::Embeddings => client.embeddings(&target, body).await,
+                _ => client.chat(&target, body).await,
+            }
+        }
+    })
+    .await?;
     let usage = match answer.usage {
         Some(usage) => usage,
         None => Usage {
@@ -347,23 +427,11 @@ async fn forward_stream(
     client_wants_usage: bool,
     dialect: Box<dyn StreamDialect>,
 ) -> Result<HttpResponse, ApiError> {
-    let stream = tokio::time::timeout_at(
-        call.deadline,
-        with_provider_failover(
-            &state.routing.keys,
-            &call.providers,
-            &call.route.name,
-            state.max_failover_attempts,
-            |target| {
-                let client = call_path.upstream.clone();
-                let body = body.clone();
-                async move { client.chat_stream(&target, body, client_wants_usage).await }
-            },
-        ),
-    )
-    .await
-    .map_err(|_| upstream_error(UpstreamError::Timeout))?
-    .map_err(upstream_error)?;
+    let stream = through_providers(state, call_path, call, |client, target| {
+        let body = body.clone();
+        async move { client.chat_stream(&target, body, client_wants_usage).await }
+    })
+    .await?;
     // The provider accepted the call: from here it is billed, whatever the client does. The
     // provider's stream is read to its end by a task of its own, independently of the client.
     let (chunks, to_client) = mpsc::channel(STREAM_READ_AHEAD);

@@ -13,14 +13,10 @@ use serde_json::{Map, Value, json};
 use uuid::Uuid;
 
 use crate::auth::KeyHolder;
-use crate::core::call::{self, Dialect, StreamDialect, sse_event};
+use crate::core::call::{self, ChatDelta, Dialect, StreamDialect, chat_deltas, sse_event};
 use crate::core::chat;
 use crate::error::ApiError;
 use crate::state::{AppState, CallPath};
-
-fn invalid(message: impl Into<String>) -> ApiError {
-    ApiError::InvalidRequest(message.into())
-}
 
 /// `POST /v1/messages`.
 pub async fn create(
@@ -39,18 +35,18 @@ pub async fn create(
 /// blocks quoted back have no chat equivalent and are dropped.
 fn translate_request(body: Value) -> Result<(Value, String), ApiError> {
     let Value::Object(mut body) = body else {
-        return Err(invalid("the body must be a JSON object"));
+        return Err(ApiError::invalid("the body must be a JSON object"));
     };
     let model = body
         .get("model")
         .and_then(Value::as_str)
-        .ok_or_else(|| invalid("model: field required"))?
+        .ok_or_else(|| ApiError::invalid("model: field required"))?
         .to_owned();
     let max_tokens = body
         .get("max_tokens")
         .filter(|v| v.as_u64().is_some_and(|n| n >= 1))
         .cloned()
-        .ok_or_else(|| invalid("max_tokens: a positive integer is required"))?;
+        .ok_or_else(|| ApiError::invalid("max_tokens: a positive integer is required"))?;
     let mut chat = Map::new();
     chat.insert("model".to_owned(), Value::String(model.clone()));
     chat.insert("max_tokens".to_owned(), max_tokens);
@@ -63,13 +59,15 @@ fn translate_request(body: Value) -> Result<(Value, String), ApiError> {
             let text = blocks_text(&blocks, "system")?;
             messages.push(json!({"role": "system", "content": text}));
         }
-        Some(_) => return Err(invalid("system: must be a string or text blocks")),
+        Some(_) => return Err(ApiError::invalid("system: must be a string or text blocks")),
     }
     let Some(Value::Array(inbound)) = body.remove("messages") else {
-        return Err(invalid("messages: must be an array"));
+        return Err(ApiError::invalid("messages: must be an array"));
     };
     if inbound.is_empty() {
-        return Err(invalid("messages: at least one message is required"));
+        return Err(ApiError::invalid(
+            "messages: at least one message is required",
+        ));
     }
     for (i, message) in inbound.iter().enumerate() {
         translate_message(message, i, &mut messages)?;
@@ -81,7 +79,11 @@ fn translate_request(body: Value) -> Result<(Value, String), ApiError> {
         Some(Value::Array(stops)) if stops.iter().all(Value::is_string) => {
             chat.insert("stop".to_owned(), Value::Array(stops));
         }
-        Some(_) => return Err(invalid("stop_sequences: must be an array of strings")),
+        Some(_) => {
+            return Err(ApiError::invalid(
+                "stop_sequences: must be an array of strings",
+            ));
+        }
     }
     if let Some(tools) = body.remove("tools").filter(|v| !v.is_null()) {
         chat.insert("tools".to_owned(), translate_tools(tools)?);
@@ -120,7 +122,7 @@ fn blocks_text(blocks: &[Value], field: &str) -> Result<String, ApiError> {
                 text.push_str(piece);
             }
             _ => {
-                return Err(invalid(format!(
+                return Err(ApiError::invalid(format!(
                     "{field}[{j}]: only text blocks can be translated here"
                 )));
             }
@@ -135,7 +137,7 @@ fn translate_message(message: &Value, i: usize, out: &mut Vec<Value>) -> Result<
     let role = match message.get("role").and_then(Value::as_str) {
         Some(role @ ("user" | "assistant")) => role,
         _ => {
-            return Err(invalid(format!(
+            return Err(ApiError::invalid(format!(
                 "messages.{i}.role: must be \"user\" or \"assistant\""
             )));
         }
@@ -147,7 +149,7 @@ fn translate_message(message: &Value, i: usize, out: &mut Vec<Value>) -> Result<
         }
         Some(Value::Array(blocks)) => blocks,
         _ => {
-            return Err(invalid(format!(
+            return Err(ApiError::invalid(format!(
                 "messages.{i}.content: must be a string or an array of blocks"
             )));
         }
@@ -162,7 +164,7 @@ fn translate_message(message: &Value, i: usize, out: &mut Vec<Value>) -> Result<
                 let text = block
                     .get("text")
                     .and_then(Value::as_str)
-                    .ok_or_else(|| invalid(format!("{}.text: must be a string", at())))?;
+                    .ok_or_else(|| ApiError::invalid(format!("{}.text: must be a string", at())))?;
                 parts.push(json!({"type": "text", "text": text}));
             }
             ("user", "image") => parts.push(translate_image(block, &at())?),
@@ -170,7 +172,9 @@ fn translate_message(message: &Value, i: usize, out: &mut Vec<Value>) -> Result<
                 let id = block
                     .get("tool_use_id")
                     .and_then(Value::as_str)
-                    .ok_or_else(|| invalid(format!("{}.tool_use_id: must be a string", at())))?;
+                    .ok_or_else(|| {
+                        ApiError::invalid(format!("{}.tool_use_id: must be a string", at()))
+                    })?;
                 let content = match block.get("content") {
                     None | Some(Value::Null) => String::new(),
                     Some(Value::String(text)) => text.clone(),
@@ -178,7 +182,7 @@ fn translate_message(message: &Value, i: usize, out: &mut Vec<Value>) -> Result<
                         blocks_text(blocks, &format!("{}.content", at()))?
                     }
                     Some(_) => {
-                        return Err(invalid(format!(
+                        return Err(ApiError::invalid(format!(
                             "{}.content: must be a string or text blocks",
                             at()
                         )));
@@ -188,10 +192,9 @@ fn translate_message(message: &Value, i: usize, out: &mut Vec<Value>) -> Result<
             }
             ("assistant", "tool_use") => {
                 let field = |name: &str| {
-                    block
-                        .get(name)
-                        .and_then(Value::as_str)
-                        .ok_or_else(|| invalid(format!("{}.{name}: must be a string", at())))
+                    block.get(name).and_then(Value::as_str).ok_or_else(|| {
+                        ApiError::invalid(format!("{}.{name}: must be a string", at()))
+                    })
                 };
                 let input = block.get("input").cloned().unwrap_or_else(|| json!({}));
                 tool_calls.push(json!({
@@ -203,7 +206,7 @@ fn translate_message(message: &Value, i: usize, out: &mut Vec<Value>) -> Result<
             // Earlier reasoning quoted back: no chat provider reads it.
             ("assistant", "thinking" | "redacted_thinking") => {}
             _ => {
-                return Err(invalid(format!(
+                return Err(ApiError::invalid(format!(
                     "{}.type: {kind:?} blocks in {role} messages cannot be translated for this model",
                     at()
                 )));
@@ -233,7 +236,7 @@ fn translate_image(block: &Value, at: &str) -> Result<Value, ApiError> {
             let (Some(media_type), Some(data)) =
                 (source["media_type"].as_str(), source["data"].as_str())
             else {
-                return Err(invalid(format!(
+                return Err(ApiError::invalid(format!(
                     "{at}.source: media_type and data are required"
                 )));
             };
@@ -241,10 +244,10 @@ fn translate_image(block: &Value, at: &str) -> Result<Value, ApiError> {
         }
         Some("url") => source["url"]
             .as_str()
-            .ok_or_else(|| invalid(format!("{at}.source.url: must be a string")))?
+            .ok_or_else(|| ApiError::invalid(format!("{at}.source.url: must be a string")))?
             .to_owned(),
         _ => {
-            return Err(invalid(format!(
+            return Err(ApiError::invalid(format!(
                 "{at}.source.type: only base64 and url images can be translated"
             )));
         }
@@ -256,14 +259,14 @@ fn translate_image(block: &Value, at: &str) -> Result<Value, ApiError> {
 /// computer use, ...) cannot run at a chat provider.
 fn translate_tools(tools: Value) -> Result<Value, ApiError> {
     let Value::Array(tools) = tools else {
-        return Err(invalid("tools: must be an array"));
+        return Err(ApiError::invalid("tools: must be an array"));
     };
     let mut out = Vec::with_capacity(tools.len());
     for (i, tool) in tools.iter().enumerate() {
         match tool.get("type").and_then(Value::as_str) {
             None | Some("custom") => {}
             Some(kind) => {
-                return Err(invalid(format!(
+                return Err(ApiError::invalid(format!(
                     "tools.{i}.type: server tool {kind:?} cannot be translated for this model; only client tools"
                 )));
             }
@@ -271,7 +274,7 @@ fn translate_tools(tools: Value) -> Result<Value, ApiError> {
         let name = tool
             .get("name")
             .and_then(Value::as_str)
-            .ok_or_else(|| invalid(format!("tools.{i}.name: must be a string")))?;
+            .ok_or_else(|| ApiError::invalid(format!("tools.{i}.name: must be a string")))?;
         let mut function = json!({"name": name});
         if let Some(description) = tool.get("description").filter(|v| !v.is_null()) {
             function["description"] = description.clone();
@@ -298,11 +301,11 @@ fn translate_tool_choice(choice: &Value) -> Result<(Value, Option<bool>), ApiErr
             let name = choice
                 .get("name")
                 .and_then(Value::as_str)
-                .ok_or_else(|| invalid("tool_choice.name: must be a string"))?;
+                .ok_or_else(|| ApiError::invalid("tool_choice.name: must be a string"))?;
             json!({"type": "function", "function": {"name": name}})
         }
         _ => {
-            return Err(invalid(
+            return Err(ApiError::invalid(
                 "tool_choice.type: must be \"auto\", \"any\", \"tool\" or \"none\"",
             ));
         }
@@ -451,45 +454,32 @@ impl MessageEvents {
 impl StreamDialect for MessageEvents {
     fn events(&mut self, events: Bytes) -> Bytes {
         let mut out = String::new();
-        for chunk in upstream::chat_chunks(&events) {
+        for delta in chat_deltas(&events) {
             self.start(&mut out);
-            let Some(choice) = chunk
-                .get("choices")
-                .and_then(Value::as_array)
-                .and_then(|c| c.first())
-            else {
-                continue;
-            };
-            let delta = &choice["delta"];
-            if let Some(text) = delta["content"].as_str().filter(|t| !t.is_empty()) {
-                if !matches!(self.open, Some(OpenBlock::Text)) {
-                    self.open_block(
-                        &mut out,
-                        OpenBlock::Text,
-                        json!({"type": "text", "text": ""}),
-                    );
+            match delta {
+                ChatDelta::Text(text) => {
+                    if !matches!(self.open, Some(OpenBlock::Text)) {
+                        let block = json!({"type": "text", "text": ""});
+                        self.open_block(&mut out, OpenBlock::Text, block);
+                    }
+                    self.delta(&mut out, json!({"type": "text_delta", "text": text}));
                 }
-                self.delta(&mut out, json!({"type": "text_delta", "text": text}));
-            }
-            for call in delta["tool_calls"].as_array().into_iter().flatten() {
-                let index = call["index"].as_u64().unwrap_or(0);
-                if !matches!(self.open, Some(OpenBlock::ToolUse(open)) if open == index) {
-                    let block = json!({"type": "tool_use", "id": call["id"],
-                        "name": call["function"]["name"], "input": {}});
-                    self.open_block(&mut out, OpenBlock::ToolUse(index), block);
+                ChatDelta::ToolCall(call) => {
+                    let index = call["index"].as_u64().unwrap_or(0);
+                    if !matches!(self.open, Some(OpenBlock::ToolUse(open)) if open == index) {
+                        let block = json!({"type": "tool_use", "id": call["id"],
+                            "name": call["function"]["name"], "input": {}});
+                        self.open_block(&mut out, OpenBlock::ToolUse(index), block);
+                    }
+                    if let Some(arguments) = call["function"]["arguments"]
+                        .as_str()
+                        .filter(|a| !a.is_empty())
+                    {
+                        let delta = json!({"type": "input_json_delta", "partial_json": arguments});
+                        self.delta(&mut out, delta);
+                    }
                 }
-                if let Some(arguments) = call["function"]["arguments"]
-                    .as_str()
-                    .filter(|a| !a.is_empty())
-                {
-                    self.delta(
-                        &mut out,
-                        json!({"type": "input_json_delta", "partial_json": arguments}),
-                    );
-                }
-            }
-            if let Some(reason) = choice["finish_reason"].as_str() {
-                self.finish_reason = Some(reason.to_owned());
+                ChatDelta::Finish(reason) => self.finish_reason = Some(reason),
             }
         }
         Bytes::from(out)
