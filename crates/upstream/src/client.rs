@@ -55,13 +55,17 @@ impl fmt::Debug for Target {
     }
 }
 
-/// A non-streaming chat completion (or embeddings list), ready for the client.
+/// A non-streaming chat completion (or embeddings list, or Anthropic message), ready for the
+/// client.
 #[derive(Debug, Clone)]
 pub struct ChatResponse {
     /// The upstream's JSON body with `model` set to the public name.
     pub body: Bytes,
     /// The upstream's reported usage; `None` when it reported none.
     pub usage: Option<Usage>,
+    /// The body is the provider's own Anthropic message (see [`UpstreamClient::messages`]),
+    /// not OpenAI's shape.
+    pub native: bool,
 }
 
 impl ChatResponse {
@@ -80,6 +84,7 @@ impl ChatResponse {
         Ok(ChatResponse {
             body: Bytes::from(body),
             usage,
+            native: false,
         })
     }
 }
@@ -147,6 +152,7 @@ impl UpstreamClient {
             return Ok(ChatResponse {
                 body: Bytes::from(body),
                 usage,
+                native: false,
             });
         }
         request.insert(
@@ -204,6 +210,52 @@ impl UpstreamClient {
             events,
             target.public_model.clone(),
             client_wants_usage,
+            self.first_byte_timeout,
+        ))
+    }
+
+    /// An Anthropic Messages request passed through to an Anthropic provider as the client sent
+    /// it (with the upstream model's name), answered with the provider's own message (with the
+    /// public name) and its usage. Bounded by the total timeout.
+    #[tracing::instrument(skip_all, fields(model = %target.public_model))]
+    pub async fn messages(
+        &self,
+        target: &Target,
+        body: Value,
+    ) -> Result<ChatResponse, UpstreamError> {
+        let mut request = native_request(target, body)?;
+        request.remove("stream");
+        let bytes = self.post_json(target, "messages", &request).await?;
+        let mut answer = parse_object(&bytes)?;
+        answer.insert(
+            "model".to_owned(),
+            Value::String(target.public_model.clone()),
+        );
+        let usage = answer.get("usage").and_then(anthropic::parse_usage);
+        let body = serde_json::to_vec(&answer)
+            .map_err(|error| UpstreamError::Protocol(error.to_string()))?;
+        Ok(ChatResponse {
+            body: Bytes::from(body),
+            usage,
+            native: true,
+        })
+    }
+
+    /// [`UpstreamClient::messages`] streamed: the provider's own events, passed through (the
+    /// model renamed), their usage recorded. Returns once the provider answered 2xx.
+    #[tracing::instrument(skip_all, fields(model = %target.public_model))]
+    pub async fn messages_stream(
+        &self,
+        target: &Target,
+        body: Value,
+    ) -> Result<ChatStream, UpstreamError> {
+        let mut request = native_request(target, body)?;
+        request.insert("stream".to_owned(), Value::Bool(true));
+        let events = self.open_stream(target, "messages", &request).await?;
+        let usage = StreamUsage::default();
+        Ok(ChatStream::native(
+            anthropic::EventStream::native(events, usage.clone(), target.public_model.clone()),
+            usage,
             self.first_byte_timeout,
         ))
     }
@@ -379,6 +431,22 @@ async fn ensure_success(
         UpstreamError::from_status(status.as_u16(), String::from_utf8_lossy(&body).into_owned());
     tracing::debug!(status = status.as_u16(), error = %error, "upstream answered an error");
     Err(error)
+}
+
+/// A client's Anthropic request for an Anthropic provider, naming the upstream model.
+fn native_request(target: &Target, body: Value) -> Result<Map<String, Value>, UpstreamError> {
+    if target.kind != ProviderKind::Anthropic {
+        return Err(UpstreamError::Config(format!(
+            "a provider of kind {} takes no Anthropic request",
+            target.kind
+        )));
+    }
+    let mut request = into_object(body)?;
+    request.insert(
+        "model".to_owned(),
+        Value::String(target.upstream_model.clone()),
+    );
+    Ok(request)
 }
 
 fn into_object(body: Value) -> Result<Map<String, Value>, UpstreamError> {

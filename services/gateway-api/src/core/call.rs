@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use actix_web::HttpResponse;
 use actix_web::web::Bytes;
-use domain::{ModelKind, Money, Usage};
+use domain::{ModelKind, Money, ProviderKind, Usage};
 use futures_util::{Stream, StreamExt};
 use serde_json::Value;
 use tokio::sync::mpsc;
@@ -93,15 +93,20 @@ pub struct Call {
     /// The most the call may cost: what is reserved before it runs.
     pub max_cost: Money,
     pub prompt: PromptCount,
+    /// The client's own Anthropic Messages request, passed through as it is to Anthropic
+    /// providers (the others get `body`).
+    pub native: Option<Value>,
 }
 
 /// The client's API: how the provider's answer (OpenAI's chat completion or embeddings list)
 /// is answered to the client. Billing never depends on it.
 pub trait Dialect: Send + Sync + 'static {
-    /// A whole answer; `usage` is what was billed.
-    fn answer(&self, body: Bytes, usage: &Usage) -> Bytes;
-    /// A translator for one streamed answer; by default OpenAI's chat stream, passed through.
-    fn stream(&self) -> Box<dyn StreamDialect> {
+    /// A whole answer; `usage` is what was billed. `native`: the body is the provider's answer
+    /// to the call's native request (see [`Call::native`]), not OpenAI's shape.
+    fn answer(&self, body: Bytes, native: bool, usage: &Usage) -> Bytes;
+    /// A translator for one streamed answer (`native` as for [`Dialect::answer`]); by default
+    /// OpenAI's chat stream, passed through.
+    fn stream(&self, _native: bool) -> Box<dyn StreamDialect> {
         Box::new(ChatEvents { done: None })
     }
 }
@@ -120,7 +125,7 @@ pub trait StreamDialect: Send + 'static {
 pub struct OpenAiShape;
 
 impl Dialect for OpenAiShape {
-    fn answer(&self, body: Bytes, _usage: &Usage) -> Bytes {
+    fn answer(&self, body: Bytes, _native: bool, _usage: &Usage) -> Bytes {
         body
     }
 }
@@ -194,6 +199,7 @@ struct Admitted {
     caller: Caller,
     route: Arc<Route>,
     providers: Arc<Vec<ProviderRoute>>,
+    native: Option<Arc<Value>>,
     prompt: Arc<PromptCount>,
     /// What reserves the call's maximum cost (`reserved`, also what usage that cannot be priced
     /// is billed).
@@ -229,6 +235,7 @@ pub async fn run(
         },
         route: call.route,
         providers: Arc::new(call.providers),
+        native: call.native.map(Arc::new),
         prompt: Arc::new(call.prompt),
         admission,
         deadline: Instant::now() + state.call_deadline,
@@ -240,7 +247,7 @@ pub async fn run(
             &admitted,
             call.body,
             client_wants_usage,
-            dialect.stream(),
+            dialect.as_ref(),
         )
         .await;
         if result.is_err() {
@@ -267,12 +274,12 @@ pub async fn run(
         }
         let _ = answered.send(result);
     });
-    let (body, usage) = answer
+    let (answer, usage) = answer
         .await
         .map_err(|_| ApiError::Internal("the call task ended without an answer".to_owned()))??;
     Ok(HttpResponse::Ok()
         .content_type("application/json")
-        .body(dialect.answer(body, &usage)))
+        .body(dialect.answer(answer.body, answer.native, &usage)))
 }
 
 /// The provider's error as the client's.
@@ -327,20 +334,22 @@ where
     .map_err(upstream_error)
 }
 
-/// The non-streaming call: the provider's answer body and the usage billed for it.
+/// The non-streaming call: the provider's answer and the usage billed for it.
 async fn forward(
     state: &Arc<AppState>,
     call_path: &CallPath,
     call: &Admitted,
     body: Value,
     operation: Operation,
-) -> Result<(Bytes, Usage), ApiError> {
+) -> Result<(ChatResponse, Usage), ApiError> {
     let answer: ChatResponse = through_providers(state, call_path, call, |client, target| {
+        let native = call.native_for(&target);
         let body = body.clone();
         async move {
-            match operation {
-                Operation::Embeddings => client.embeddings(&target, body).await,
-                _ => client.chat(&target, body).await,
+            match (operation, native) {
+                (Operation::Embeddings, _) => client.embeddings(&target, body).await,
+                (_, Some(native)) => client.messages(&target, native).await,
+                (_, None) => client.chat(&target, body).await,
             }
         }
     })
@@ -357,7 +366,17 @@ async fn forward(
         },
     };
     bill(state, call, usage).await?;
-    Ok((answer.body, usage))
+    Ok((answer, usage))
+}
+
+impl Admitted {
+    /// The native request to send `target`'s provider, when it speaks the client's API.
+    fn native_for(&self, target: &Target) -> Option<Value> {
+        self.native
+            .as_deref()
+            .filter(|_| target.kind == ProviderKind::Anthropic)
+            .cloned()
+    }
 }
 
 /// Everything a chat completion body generated, for counting when it reports no usage: each
@@ -425,13 +444,20 @@ async fn forward_stream(
     call: &Admitted,
     body: Value,
     client_wants_usage: bool,
-    dialect: Box<dyn StreamDialect>,
+    dialect: &dyn Dialect,
 ) -> Result<HttpResponse, ApiError> {
     let stream = through_providers(state, call_path, call, |client, target| {
+        let native = call.native_for(&target);
         let body = body.clone();
-        async move { client.chat_stream(&target, body, client_wants_usage).await }
+        async move {
+            match native {
+                Some(native) => client.messages_stream(&target, native).await,
+                None => client.chat_stream(&target, body, client_wants_usage).await,
+            }
+        }
     })
     .await?;
+    let dialect = dialect.stream(stream.is_native());
     // The provider accepted the call: from here it is billed, whatever the client does. The
     // provider's stream is read to its end by a task of its own, independently of the client.
     let (chunks, to_client) = mpsc::channel(STREAM_READ_AHEAD);

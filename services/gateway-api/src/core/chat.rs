@@ -138,6 +138,7 @@ pub fn prepare(state: &AppState, mut body: Value) -> Result<Call, ApiError> {
         body,
         operation,
         max_cost,
+        native: None,
         prompt: PromptCount {
             text: prompt_text,
             extra_tokens: tokens::prompt_framing(messages),

@@ -59,6 +59,7 @@ fn prepare(state: &AppState, body: Value) -> Result<Call, ApiError> {
         body,
         operation: Operation::Embeddings,
         max_cost,
+        native: None,
         prompt,
     })
 }

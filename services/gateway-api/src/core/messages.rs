@@ -1,8 +1,9 @@
-//! Anthropic's Messages API inbound: the request translated into a chat request (then
-//! validated, held, forwarded and billed like any chat call, on `core::call`, so a model of any
-//! provider kind serves it; an Anthropic provider gets it translated back by
-//! `upstream::anthropic`), the answer and its stream translated into Anthropic's shapes.
-//! Errors on this route have Anthropic's shape (see `routes::messages`).
+//! Anthropic's Messages API inbound: the request translated into a chat request, which is
+//! validated, held for and billed like any chat call (on `core::call`). An Anthropic provider
+//! gets the client's request itself, passed through (with its upstream model's name), and its
+//! answer and events go back as they came; any other provider gets the chat request, and its
+//! answer and stream are translated into Anthropic's shapes. Errors on this route have
+//! Anthropic's shape (see `routes::messages`).
 
 use std::sync::Arc;
 
@@ -25,14 +26,16 @@ pub async fn create(
     holder: KeyHolder,
     body: Value,
 ) -> Result<HttpResponse, ApiError> {
-    let (chat_request, model) = translate_request(body)?;
-    let call = chat::prepare(&state, chat_request)?;
+    let (chat_request, model) = translate_request(body.clone())?;
+    let mut call = chat::prepare(&state, chat_request)?;
+    call.native = Some(body);
     call::run(state, call_path, holder, call, Arc::new(Messages { model })).await
 }
 
 /// A Messages request as a chat completions request (and the model named), or the 400 naming
 /// what cannot be translated. Extended thinking, `top_k`, `cache_control` marks and thinking
-/// blocks quoted back have no chat equivalent and are dropped.
+/// blocks quoted back have no chat equivalent and are dropped (an Anthropic provider gets
+/// them: it is sent the request itself).
 fn translate_request(body: Value) -> Result<(Value, String), ApiError> {
     let Value::Object(mut body) = body else {
         return Err(ApiError::invalid("the body must be a JSON object"));
@@ -353,7 +356,10 @@ fn tool_input(arguments: &str) -> Value {
 }
 
 impl Dialect for Messages {
-    fn answer(&self, body: Bytes, usage: &Usage) -> Bytes {
+    fn answer(&self, body: Bytes, native: bool, usage: &Usage) -> Bytes {
+        if native {
+            return body; // Anthropic's own message, with the public model's name
+        }
         let completion: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
         let choice = &completion["choices"][0];
         let message = &choice["message"];
@@ -382,7 +388,10 @@ impl Dialect for Messages {
         Bytes::from(answer.to_string())
     }
 
-    fn stream(&self) -> Box<dyn StreamDialect> {
+    fn stream(&self, native: bool) -> Box<dyn StreamDialect> {
+        if native {
+            return Box::new(NativeEvents { held: Vec::new() });
+        }
         Box::new(MessageEvents {
             model: self.model.clone(),
             started: false,
@@ -390,6 +399,34 @@ impl Dialect for Messages {
             open: None,
             finish_reason: None,
         })
+    }
+}
+
+/// Anthropic's own events passed through, but for the last two (`message_delta` with the usage
+/// and `message_stop`), which wait until the charge is durable.
+struct NativeEvents {
+    held: Vec<u8>,
+}
+
+impl StreamDialect for NativeEvents {
+    fn events(&mut self, events: Bytes) -> Bytes {
+        let mut out = Vec::with_capacity(events.len());
+        for (event, data) in upstream::sse_events(&events) {
+            let last = data
+                .as_ref()
+                .and_then(|data| data["type"].as_str())
+                .is_some_and(|kind| matches!(kind, "message_delta" | "message_stop"));
+            if last {
+                self.held.extend_from_slice(event);
+            } else {
+                out.extend_from_slice(event);
+            }
+        }
+        Bytes::from(out)
+    }
+
+    fn end(&mut self, _usage: &Usage) -> Bytes {
+        Bytes::from(std::mem::take(&mut self.held))
     }
 }
 
@@ -601,7 +638,7 @@ mod tests {
         let dialect = Messages {
             model: "claude".to_owned(),
         };
-        let mut stream = dialect.stream();
+        let mut stream = dialect.stream(false);
         let mut text = String::from_utf8(
             stream
                 .events(sse(&[
@@ -653,6 +690,34 @@ mod tests {
     }
 
     #[test]
+    fn anthropics_own_events_pass_but_the_last_two_wait_for_the_charge() {
+        let dialect = Messages {
+            model: "claude".to_owned(),
+        };
+        let mut stream = dialect.stream(true);
+        let events = concat!(
+            "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{}}\n\n",
+            "event: ping\ndata: {\"type\":\"ping\"}\n\n",
+            "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0}\n\n",
+            "event: message_delta\ndata: {\"type\":\"message_delta\",\"usage\":{\"output_tokens\":3}}\n\n",
+            "event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n",
+        );
+        let passed = stream.events(Bytes::from_static(events.as_bytes()));
+        let passed = std::str::from_utf8(&passed).unwrap();
+        assert!(passed.contains("event: ping") && passed.contains("content_block_delta"));
+        assert!(!passed.contains("message_delta") && !passed.contains("message_stop"));
+        let end = stream.end(&Usage::default());
+        let end = std::str::from_utf8(&end).unwrap();
+        assert!(end.starts_with("event: message_delta") && end.ends_with("message_stop\"}\n\n"));
+        let answer = dialect.answer(
+            Bytes::from_static(b"{\"type\":\"message\"}"),
+            true,
+            &Usage::default(),
+        );
+        assert_eq!(&answer[..], b"{\"type\":\"message\"}", "passed through");
+    }
+
+    #[test]
     fn a_whole_answer_is_an_anthropic_message() {
         let completion = json!({"choices": [{"index": 0, "finish_reason": "length", "message": {
             "role": "assistant", "content": "cut", "tool_calls": [
@@ -662,6 +727,7 @@ mod tests {
         }
         .answer(
             Bytes::from(completion.to_string()),
+            false,
             &Usage {
                 prompt_tokens: 2,
                 completion_tokens: 1,

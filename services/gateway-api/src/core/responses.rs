@@ -381,7 +381,7 @@ fn translate_format(format: Value) -> Result<Option<Value>, ApiError> {
 struct Responses(Arc<Echo>);
 
 impl Dialect for Responses {
-    fn answer(&self, body: Bytes, usage: &Usage) -> Bytes {
+    fn answer(&self, body: Bytes, _native: bool, usage: &Usage) -> Bytes {
         let completion: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
         let choice = &completion["choices"][0];
         let message = &choice["message"];
@@ -415,7 +415,7 @@ impl Dialect for Responses {
         Bytes::from(response.to_string())
     }
 
-    fn stream(&self) -> Box<dyn StreamDialect> {
+    fn stream(&self, _native: bool) -> Box<dyn StreamDialect> {
         Box::new(ResponseEvents {
             echo: Arc::clone(&self.0),
             id: new_id("resp"),
@@ -859,7 +859,7 @@ mod tests {
 
     #[test]
     fn a_chat_stream_becomes_response_events_ending_with_the_billed_usage() {
-        let mut stream = Responses(Arc::new(echo())).stream();
+        let mut stream = Responses(Arc::new(echo())).stream(false);
         let first = stream.events(sse(&[
             json!({"choices": [{"index": 0, "delta": {"role": "assistant", "content": "Hel"}}]}),
             json!({"choices": [{"index": 0, "delta": {"content": "lo"}}]}),
@@ -921,7 +921,7 @@ mod tests {
             ..Usage::default()
         };
         let answer =
-            Responses(Arc::new(echo())).answer(Bytes::from(completion.to_string()), &usage);
+            Responses(Arc::new(echo())).answer(Bytes::from(completion.to_string()), false, &usage);
         let response: Value = serde_json::from_slice(&answer).unwrap();
         assert_eq!(response["object"], "response");
         assert_eq!(response["model"], "m");
