@@ -50,6 +50,15 @@ fn translate_request(body: Value) -> Result<(Value, String), ApiError> {
         .filter(|v| v.as_u64().is_some_and(|n| n >= 1))
         .cloned()
         .ok_or_else(|| ApiError::invalid("max_tokens: a positive integer is required"))?;
+    // Billed by the provider beyond tokens (MCP servers' and code containers' use), so not
+    // held for: refused, as an Anthropic provider would be sent them as they are.
+    for field in ["mcp_servers", "container"] {
+        if body.get(field).is_some_and(|v| !v.is_null()) {
+            return Err(ApiError::invalid(format!(
+                "{field}: not priced by this platform"
+            )));
+        }
+    }
     let mut chat = Map::new();
     chat.insert("model".to_owned(), Value::String(model.clone()));
     chat.insert("max_tokens".to_owned(), max_tokens);
@@ -621,6 +630,14 @@ mod tests {
             (
                 json!({"model": "m", "max_tokens": 5, "messages": text, "tool_choice": {"type": "maybe"}}),
                 "tool_choice.type:",
+            ),
+            (
+                json!({"model": "m", "max_tokens": 5, "messages": text, "mcp_servers": [{"type": "url"}]}),
+                "mcp_servers:",
+            ),
+            (
+                json!({"model": "m", "max_tokens": 5, "messages": text, "container": "c"}),
+                "container:",
             ),
         ] {
             let message = translate_request(body.clone()).unwrap_err().to_string();
