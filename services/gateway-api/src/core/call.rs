@@ -1,7 +1,8 @@
 //! The one path of a synchronous model call, whatever API the client speaks (chat completions,
-//! responses, messages, embeddings): admit its maximum cost, forward it with key failover,
-//! price the real usage, make the charge durable, then answer. The client's API only shapes the
-//! answer ([`Dialect`]); everything that moves money is here, once.
+//! responses, messages, embeddings): admit its maximum cost, forward it through the model's
+//! providers with provider and key failover, price the real usage, make the charge durable,
+//! then answer. The client's API only shapes the answer ([`Dialect`]); everything that moves
+//! money is here, once.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -31,14 +32,12 @@ use catalog::{ProviderRoute, Route, with_provider_failover};
 /// is no object or names no model, 404 `model_not_found` otherwise.
 pub fn route_of(state: &AppState, body: &Value, kind: ModelKind) -> Result<Arc<Route>, ApiError> {
     if !body.is_object() {
-        return Err(ApiError::InvalidRequest(
-            "the body must be a JSON object".to_owned(),
-        ));
+        return Err(ApiError::invalid("the body must be a JSON object"));
     }
     let model = body
         .get("model")
         .and_then(Value::as_str)
-        .ok_or_else(|| ApiError::InvalidRequest("model is required".to_owned()))?;
+        .ok_or_else(|| ApiError::invalid("model is required"))?;
     let a_model_of_kind = match kind {
         ModelKind::Chat => "a chat model",
         ModelKind::Image => "an image model",
@@ -98,8 +97,9 @@ pub struct Call {
     pub native: Option<Value>,
 }
 
-/// The client's API: how the provider's answer (OpenAI's chat completion or embeddings list)
-/// is answered to the client. Billing never depends on it.
+/// The client's API: how the provider's answer (OpenAI's chat completion or embeddings list, or
+/// the provider's own answer to a native request) is answered to the client. Billing never
+/// depends on it.
 pub trait Dialect: Send + Sync + 'static {
     /// A whole answer; `usage` is what was billed. `native`: the body is the provider's answer
     /// to the call's native request (see [`Call::native`]), not OpenAI's shape.
@@ -113,8 +113,8 @@ pub trait Dialect: Send + Sync + 'static {
 
 /// One streamed answer, translated event by event.
 pub trait StreamDialect: Send + 'static {
-    /// What the client receives for complete SSE events of OpenAI's chat stream (possibly
-    /// nothing yet).
+    /// What the client receives for complete SSE events of OpenAI's chat stream, or of the
+    /// provider's own stream for a native request (possibly nothing yet).
     fn events(&mut self, events: Bytes) -> Bytes;
     /// The final events: sent only once the stream ended cleanly and its charge (`usage`, as
     /// billed) is durable, so a client never sees an unbilled answer complete.
