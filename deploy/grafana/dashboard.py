@@ -102,8 +102,9 @@ ts("Upstream calls by provider and outcome",
    [(f'sum by (provider, outcome) (rate(upstream_requests_total{{{SEL}}}{R}))', "{{provider}} {{outcome}}")], "reqps")
 ts("Upstream errors by provider and key",
    [(f'sum by (provider, key, outcome) (rate(upstream_requests_total{{{SEL},outcome!="ok"}}{R}))', "{{provider}} key {{key}} {{outcome}}")], "reqps")
-ts("Key failovers by provider",
-   [(f'sum by (provider) (rate(upstream_failovers_total{{{SEL}}}{R}))', "{{provider}}")], "ops")
+ts("Key and provider failovers by provider",
+   [(f'sum by (provider) (rate(upstream_failovers_total{{{SEL}}}{R}))', "keys of {{provider}}"),
+    (f'sum by (provider) (rate(upstream_provider_failovers_total{{{SEL}}}{R}))', "on to {{provider}}")], "ops")
 ts("Upstream latency p50 / p95 / p99 by provider",
    [(q(0.5, "upstream_latency_seconds", "provider"), "p50 {{provider}}"),
     (q(0.95, "upstream_latency_seconds", "provider"), "p95 {{provider}}"),

@@ -1,28 +1,10 @@
 //! `POST /v1/embeddings` end to end: priced per input token from the provider's usage (or the
 //! input counted offline), held from the input, and every bad input refused with nothing written.
 
-use bigdecimal::BigDecimal;
-use domain::{Money, Pricing, Usage};
 use gateway_api::core::tokens;
-use integration_tests::{
-    BillingWorker, Credential, EMBED_INPUT_PER_MILLION, TestApp, eventually, spawn_app,
-};
-use mock_llm::MockConfig;
+use integration_tests::{BillingWorker, Credential, TestApp, embed_cost, eventually, spawn_app};
 use reqwest::Method;
 use serde_json::{Value, json};
-
-/// API.md's formula for an embedding model, computed independently of the gateway.
-fn expected_cost(prompt_tokens: u64) -> BigDecimal {
-    let pricing = Pricing {
-        input_per_million: Some(Money::parse(EMBED_INPUT_PER_MILLION).unwrap()),
-        ..Pricing::default()
-    };
-    let usage = Usage {
-        prompt_tokens,
-        ..Usage::default()
-    };
-    pricing.cost(&usage).unwrap().into_decimal()
-}
 
 async fn embed(app: &TestApp, key: &str, body: Value) -> integration_tests::Reply {
     app.send(
@@ -38,10 +20,7 @@ async fn embed(app: &TestApp, key: &str, body: Value) -> integration_tests::Repl
 async fn embeddings_are_billed_per_input_token_by_the_formula() {
     let app = spawn_app().await;
     let worker = BillingWorker::start(&app).await;
-    let mock = mock_llm::start(MockConfig::default(), "127.0.0.1", 0)
-        .await
-        .unwrap();
-    let setup = app.chat_setup(mock, &[("good-key", 1)], "10").await;
+    let setup = app.mock_setup("openai").await;
     let key = &setup.access_key;
 
     // A string: the mock counts 3 words.
@@ -98,7 +77,7 @@ async fn embeddings_are_billed_per_input_token_by_the_formula() {
     // Charges settle in any order.
     let mut expected: Vec<_> = [3, 7, 5, offline]
         .into_iter()
-        .map(|tokens| (tokens as i64, 0, expected_cost(tokens)))
+        .map(|tokens| (tokens as i64, 0, embed_cost(tokens)))
         .collect();
     rows.sort();
     expected.sort();
@@ -111,10 +90,7 @@ async fn embeddings_are_billed_per_input_token_by_the_formula() {
 #[tokio::test(flavor = "multi_thread")]
 async fn bad_embedding_requests_are_refused_and_write_nothing() {
     let app = spawn_app().await;
-    let mock = mock_llm::start(MockConfig::default(), "127.0.0.1", 0)
-        .await
-        .unwrap();
-    let setup = app.chat_setup(mock, &[("good-key", 1)], "10").await;
+    let setup = app.mock_setup("openai").await;
     let key = &setup.access_key;
     let refused = [
         (json!({"input": "x"}), 400, "model is required"),
@@ -161,12 +137,7 @@ async fn bad_embedding_requests_are_refused_and_write_nothing() {
             "does not exist",
         ),
     ];
-    for (body, status, named) in refused {
-        let reply = embed(&app, key, body.clone()).await;
-        assert_eq!(reply.status.as_u16(), status, "{body}: {}", reply.text);
-        let message = reply.json["error"]["message"].as_str().unwrap();
-        assert!(message.contains(named), "{body}: {message}");
-    }
+    app.assert_refused("/v1/embeddings", key, &refused).await;
     let chat_on_embedder = app
         .send(
             Method::POST,
@@ -200,10 +171,7 @@ async fn bad_embedding_requests_are_refused_and_write_nothing() {
     .await;
     assert_eq!(reply.status.as_u16(), 402, "{}", reply.text);
 
-    assert!(app.usage_of(setup.user_id).await.is_empty());
-    assert!(app.usage_of(user_id).await.is_empty());
-    assert_eq!(app.open_holds(setup.user_id).await, 0);
-    assert_eq!(app.open_holds(user_id).await, 0);
+    app.assert_nothing_billed(setup.user_id).await;
+    app.assert_nothing_billed(user_id).await;
     assert_eq!(setup.mock.calls(), 0, "nothing reached the provider");
-    app.assert_books_balance().await;
 }

@@ -5,7 +5,6 @@ use std::str::FromStr;
 
 use bigdecimal::BigDecimal;
 use integration_tests::{BillingWorker, TestApp, eventually, spawn_app};
-use mock_llm::MockConfig;
 use serde_json::{Value, json};
 
 fn pricing() -> Value {
@@ -36,12 +35,7 @@ async fn message(app: &TestApp, key: &str, prompt: &str) -> Value {
 async fn cache_prices_tiers_and_the_request_fee_are_billed_exactly() {
     let app = spawn_app().await;
     let worker = BillingWorker::start(&app).await;
-    let mock = mock_llm::start(MockConfig::default(), "127.0.0.1", 0)
-        .await
-        .unwrap();
-    let setup = app
-        .chat_setup_of_kind("anthropic", mock, &[("good-key", 1)], "10")
-        .await;
+    let setup = app.mock_setup("anthropic").await;
     app.post(
         "/v1/admin/models",
         app.admin_token(),

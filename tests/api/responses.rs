@@ -2,12 +2,7 @@
 //! translated both ways through a provider that calls tools (the mock's Anthropic API), billed
 //! exactly, and every request that cannot be translated refused with nothing written.
 
-use domain::{Money, Pricing, Usage};
-use integration_tests::{
-    BillingWorker, Credential, INPUT_PER_MILLION, OUTPUT_PER_MILLION, TestApp, eventually,
-    spawn_app,
-};
-use mock_llm::MockConfig;
+use integration_tests::{BillingWorker, Credential, TestApp, chat_cost, eventually, spawn_app};
 use reqwest::Method;
 use serde_json::{Value, json};
 
@@ -19,20 +14,6 @@ async fn respond(app: &TestApp, key: &str, body: Value) -> integration_tests::Re
         Some(body),
     )
     .await
-}
-
-fn cost(prompt_tokens: u64, completion_tokens: u64) -> bigdecimal::BigDecimal {
-    let pricing = Pricing {
-        input_per_million: Some(Money::parse(INPUT_PER_MILLION).unwrap()),
-        output_per_million: Some(Money::parse(OUTPUT_PER_MILLION).unwrap()),
-        ..Pricing::default()
-    };
-    let usage = Usage {
-        prompt_tokens,
-        completion_tokens,
-        ..Usage::default()
-    };
-    pricing.cost(&usage).unwrap().into_decimal()
 }
 
 fn tool_request(stream: bool) -> Value {
@@ -54,12 +35,7 @@ fn tool_request(stream: bool) -> Value {
 async fn function_calls_are_translated_both_ways_and_billed() {
     let app = spawn_app().await;
     let worker = BillingWorker::start(&app).await;
-    let mock = mock_llm::start(MockConfig::default(), "127.0.0.1", 0)
-        .await
-        .unwrap();
-    let setup = app
-        .chat_setup_of_kind("anthropic", mock, &[("good-key", 1)], "10")
-        .await;
+    let setup = app.mock_setup("anthropic").await;
     let key = &setup.access_key;
 
     let reply = respond(&app, key, tool_request(false)).await;
@@ -115,7 +91,7 @@ async fn function_calls_are_translated_both_ways_and_billed() {
     })
     .await;
     for row in rows {
-        assert_eq!(row, (4, 10, cost(4, 10)));
+        assert_eq!(row, (4, 10, chat_cost(4, 10)));
     }
     assert_eq!(app.open_holds(setup.user_id).await, 0);
     app.assert_books_balance().await;
@@ -125,10 +101,7 @@ async fn function_calls_are_translated_both_ways_and_billed() {
 #[tokio::test(flavor = "multi_thread")]
 async fn what_cannot_be_translated_is_refused_and_writes_nothing() {
     let app = spawn_app().await;
-    let mock = mock_llm::start(MockConfig::default(), "127.0.0.1", 0)
-        .await
-        .unwrap();
-    let setup = app.chat_setup(mock, &[("good-key", 1)], "10").await;
+    let setup = app.mock_setup("openai").await;
     let key = &setup.access_key;
     let refused = [
         (
@@ -173,14 +146,7 @@ async fn what_cannot_be_translated_is_refused_and_writes_nothing() {
             "does not exist",
         ),
     ];
-    for (body, status, named) in refused {
-        let reply = respond(&app, key, body.clone()).await;
-        assert_eq!(reply.status.as_u16(), status, "{body}: {}", reply.text);
-        let message = reply.json["error"]["message"].as_str().unwrap();
-        assert!(message.contains(named), "{body}: {message}");
-    }
-    assert!(app.usage_of(setup.user_id).await.is_empty());
-    assert_eq!(app.open_holds(setup.user_id).await, 0);
+    app.assert_refused("/v1/responses", key, &refused).await;
+    app.assert_nothing_billed(setup.user_id).await;
     assert_eq!(setup.mock.calls(), 0, "nothing reached the provider");
-    app.assert_books_balance().await;
 }

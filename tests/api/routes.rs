@@ -2,28 +2,12 @@
 //! and weight; a call fails over across providers while no byte reached the client, is billed
 //! at the public model's price, and admins manage the routes.
 
-use domain::{Money, Pricing, Usage};
 use integration_tests::{
-    BillingWorker, ChatSetup, Credential, INPUT_PER_MILLION, OUTPUT_PER_MILLION, TestApp,
-    eventually, spawn_app,
+    BillingWorker, ChatSetup, Credential, TestApp, chat_cost, eventually, spawn_app,
 };
 use mock_llm::{MockConfig, MockServer};
 use reqwest::Method;
 use serde_json::{Value, json};
-
-fn cost(prompt_tokens: u64, completion_tokens: u64) -> bigdecimal::BigDecimal {
-    let pricing = Pricing {
-        input_per_million: Some(Money::parse(INPUT_PER_MILLION).unwrap()),
-        output_per_million: Some(Money::parse(OUTPUT_PER_MILLION).unwrap()),
-        ..Pricing::default()
-    };
-    let usage = Usage {
-        prompt_tokens,
-        completion_tokens,
-        ..Usage::default()
-    };
-    pricing.cost(&usage).unwrap().into_decimal()
-}
 
 async fn mock() -> MockServer {
     mock_llm::start(MockConfig::default(), "127.0.0.1", 0)
@@ -157,7 +141,7 @@ async fn calls_fail_over_across_providers_by_priority_at_the_public_price() {
     rows.sort();
     let expected: Vec<_> = [(1, 8), (2, 8), (3, 8)]
         .into_iter()
-        .map(|(p, c)| (p as i64, c as i64, cost(p, c)))
+        .map(|(p, c)| (p as i64, c as i64, chat_cost(p, c)))
         .collect();
     assert_eq!(rows, expected);
     assert_eq!(app.open_holds(setup.user_id).await, 0);

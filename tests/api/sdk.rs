@@ -7,12 +7,9 @@ use std::path::PathBuf;
 use std::process::Command;
 
 use bigdecimal::BigDecimal;
-use domain::{Money, Pricing, Usage};
 use integration_tests::{
-    BillingWorker, ChatSetup, EMBED_INPUT_PER_MILLION, INPUT_PER_MILLION, OUTPUT_PER_MILLION,
-    Running, TestApp, eventually, spawn_app,
+    BillingWorker, ChatSetup, Running, TestApp, chat_cost, embed_cost, eventually, spawn_app,
 };
-use mock_llm::MockConfig;
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -30,12 +27,7 @@ struct SdkRun {
 async fn run_script(kind: &str, program: &str, args: &[&str], what: &str) -> SdkRun {
     let app = spawn_app().await;
     let worker = BillingWorker::start(&app).await;
-    let mock = mock_llm::start(MockConfig::default(), "127.0.0.1", 0)
-        .await
-        .unwrap();
-    let setup = app
-        .chat_setup_of_kind(kind, mock, &[("good-key", 1)], "10")
-        .await;
+    let setup = app.mock_setup(kind).await;
     let base_url = format!("{}/v1", app.address);
     let root_url = app.address.clone();
     let (key, model) = (setup.access_key.clone(), setup.model.clone());
@@ -84,24 +76,10 @@ async fn run_sdk(kind: &str, program: &str, args: &[&str], what: &str) {
 /// API.md's formula for the test pricing of a chat model, or of `demo-embed` when
 /// `completion` is `None`.
 fn priced(prompt: u64, completion: Option<u64>) -> BigDecimal {
-    let money = |text: &str| Some(Money::parse(text).unwrap());
-    let pricing = match completion {
-        Some(_) => Pricing {
-            input_per_million: money(INPUT_PER_MILLION),
-            output_per_million: money(OUTPUT_PER_MILLION),
-            ..Pricing::default()
-        },
-        None => Pricing {
-            input_per_million: money(EMBED_INPUT_PER_MILLION),
-            ..Pricing::default()
-        },
-    };
-    let usage = Usage {
-        prompt_tokens: prompt,
-        completion_tokens: completion.unwrap_or(0),
-        ..Usage::default()
-    };
-    pricing.cost(&usage).unwrap().into_decimal()
+    match completion {
+        Some(completion) => chat_cost(prompt, completion),
+        None => embed_cost(prompt),
+    }
 }
 
 /// Runs a script and checks its calls were billed exactly: one usage row per expected

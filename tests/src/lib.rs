@@ -591,6 +591,44 @@ pub const PER_IMAGE: &str = "0.04";
 /// Embedding pricing of the e2e tests (model `demo-embed`, on `openai` providers).
 pub const EMBED_INPUT_PER_MILLION: &str = "0.02";
 
+/// API.md's formula at the test chat model's prices, computed by the domain's one formula.
+pub fn chat_cost(prompt_tokens: u64, completion_tokens: u64) -> bigdecimal::BigDecimal {
+    test_cost(
+        domain::Pricing {
+            input_per_million: Some(domain::Money::parse(INPUT_PER_MILLION).unwrap()),
+            output_per_million: Some(domain::Money::parse(OUTPUT_PER_MILLION).unwrap()),
+            ..domain::Pricing::default()
+        },
+        prompt_tokens,
+        completion_tokens,
+    )
+}
+
+/// API.md's formula at the test embedding model's price.
+pub fn embed_cost(prompt_tokens: u64) -> bigdecimal::BigDecimal {
+    test_cost(
+        domain::Pricing {
+            input_per_million: Some(domain::Money::parse(EMBED_INPUT_PER_MILLION).unwrap()),
+            ..domain::Pricing::default()
+        },
+        prompt_tokens,
+        0,
+    )
+}
+
+fn test_cost(
+    pricing: domain::Pricing,
+    prompt_tokens: u64,
+    completion_tokens: u64,
+) -> bigdecimal::BigDecimal {
+    let usage = domain::Usage {
+        prompt_tokens,
+        completion_tokens,
+        ..domain::Usage::default()
+    };
+    pricing.cost(&usage).unwrap().into_decimal()
+}
+
 impl TestApp {
     /// Registers a started mock LLM with the given provider keys and a priced chat model, then
     /// a user with `balance` and an access key.
@@ -601,6 +639,16 @@ impl TestApp {
         balance: &str,
     ) -> ChatSetup {
         self.chat_setup_of_kind("openai", mock, keys, balance).await
+    }
+
+    /// A mock LLM with the default configuration, registered as a provider of `kind` with one
+    /// good key, and a user with 10 (see [`Self::chat_setup_of_kind`]).
+    pub async fn mock_setup(&self, kind: &str) -> ChatSetup {
+        let mock = mock_llm::start(mock_llm::MockConfig::default(), "127.0.0.1", 0)
+            .await
+            .unwrap();
+        self.chat_setup_of_kind(kind, mock, &[("good-key", 1)], "10")
+            .await
     }
 
     /// [`Self::chat_setup`] with the mock registered as a provider of `kind` (`anthropic`
@@ -757,6 +805,34 @@ impl TestApp {
             .get_result(&mut conn)
             .await
             .unwrap()
+    }
+
+    /// POSTs each `(body, status, words)` to `path` with the access key `key` and asserts the
+    /// status and that the error message contains `words`.
+    pub async fn assert_refused(&self, path: &str, key: &str, cases: &[(Value, u16, &str)]) {
+        for (body, status, words) in cases {
+            let reply = self
+                .send(
+                    Method::POST,
+                    path,
+                    Credential::Bearer(key),
+                    Some(body.clone()),
+                )
+                .await;
+            assert_eq!(reply.status.as_u16(), *status, "{body}: {}", reply.text);
+            let message = reply.json["error"]["message"].as_str().unwrap();
+            assert!(message.contains(words), "{body}: {message}");
+        }
+    }
+
+    /// Asserts a user was billed nothing and holds nothing, and the books balance.
+    pub async fn assert_nothing_billed(&self, user_id: i64) {
+        assert!(
+            self.usage_of(user_id).await.is_empty(),
+            "usage rows written"
+        );
+        assert_eq!(self.open_holds(user_id).await, 0, "a hold left open");
+        self.assert_books_balance().await;
     }
 
     /// Asserts every balance equals its ledger and every `held` its open holds.

@@ -463,6 +463,9 @@ pub(crate) struct EventStream {
     scanned: usize,
     state: Translation,
     done: bool,
+    /// Pass Anthropic's events through (with this public model name) instead of translating
+    /// them; the translation still records the usage.
+    native: Option<String>,
 }
 
 /// What the events so far told about the message.
@@ -494,6 +497,20 @@ impl EventStream {
                 ..Translation::default()
             },
             done: false,
+            native: None,
+        }
+    }
+
+    /// Passes `source`'s events through with `public_model` as the model's name, recording
+    /// their usage and generated text in `recorder` as the translation would.
+    pub(crate) fn native(
+        source: impl Stream<Item = Result<Bytes, UpstreamError>> + Send + 'static,
+        recorder: StreamUsage,
+        public_model: String,
+    ) -> Self {
+        Self {
+            native: Some(public_model),
+            ..Self::new(source, recorder)
         }
     }
 
@@ -501,7 +518,16 @@ impl EventStream {
         while let Some(end) = event_end(&self.buffer, self.scanned) {
             let event = self.buffer.split_to(end);
             self.scanned = 0;
-            self.state.translate(&event, out);
+            let Some(public_model) = &self.native else {
+                self.state.translate(&event, out);
+                continue;
+            };
+            let mut translated = BytesMut::new();
+            self.state.translate(&event, &mut translated);
+            for chunk in crate::sse::chat_chunks(&translated) {
+                self.state.recorder.record(&chunk);
+            }
+            out.extend_from_slice(&with_public_model(&event, public_model));
         }
         self.scanned = self.buffer.len();
     }
@@ -637,6 +663,21 @@ impl Translation {
             json!([{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish_reason}]),
         );
         write_data(out, &Value::Object(chunk));
+    }
+}
+
+/// A `message_start` event with the model renamed to `public_model`; any other event as it is.
+fn with_public_model(event: &[u8], public_model: &str) -> Bytes {
+    let data = std::str::from_utf8(event)
+        .ok()
+        .and_then(event_data)
+        .and_then(|data| serde_json::from_str::<Value>(&data).ok());
+    match data {
+        Some(mut data) if data["type"] == "message_start" && data["message"].is_object() => {
+            data["message"]["model"] = json!(public_model);
+            Bytes::from(format!("event: message_start\ndata: {data}\n\n"))
+        }
+        _ => Bytes::copy_from_slice(event),
     }
 }
 

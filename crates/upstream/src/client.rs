@@ -55,13 +55,38 @@ impl fmt::Debug for Target {
     }
 }
 
-/// A non-streaming chat completion (or embeddings list), ready for the client.
+/// A non-streaming chat completion (or embeddings list, or Anthropic message), ready for the
+/// client.
 #[derive(Debug, Clone)]
 pub struct ChatResponse {
     /// The upstream's JSON body with `model` set to the public name.
     pub body: Bytes,
     /// The upstream's reported usage; `None` when it reported none.
     pub usage: Option<Usage>,
+    /// The body is the provider's own Anthropic message (see [`UpstreamClient::messages`]),
+    /// not OpenAI's shape.
+    pub native: bool,
+}
+
+impl ChatResponse {
+    /// An OpenAI-shaped answer with `model` set to the public name, and its usage.
+    fn for_client(
+        mut answer: Map<String, Value>,
+        target: &Target,
+    ) -> Result<ChatResponse, UpstreamError> {
+        answer.insert(
+            "model".to_owned(),
+            Value::String(target.public_model.clone()),
+        );
+        let usage = answer.get("usage").and_then(parse_usage);
+        let body = serde_json::to_vec(&answer)
+            .map_err(|error| UpstreamError::Protocol(error.to_string()))?;
+        Ok(ChatResponse {
+            body: Bytes::from(body),
+            usage,
+            native: false,
+        })
+    }
 }
 
 /// An image generation answer.
@@ -127,6 +152,7 @@ impl UpstreamClient {
             return Ok(ChatResponse {
                 body: Bytes::from(body),
                 usage,
+                native: false,
             });
         }
         request.insert(
@@ -136,18 +162,7 @@ impl UpstreamClient {
         request.remove("stream");
         request.remove("stream_options");
         let bytes = self.post_json(target, "chat/completions", &request).await?;
-        let mut answer = parse_object(&bytes)?;
-        answer.insert(
-            "model".to_owned(),
-            Value::String(target.public_model.clone()),
-        );
-        let usage = answer.get("usage").and_then(parse_usage);
-        let body = serde_json::to_vec(&answer)
-            .map_err(|error| UpstreamError::Protocol(error.to_string()))?;
-        Ok(ChatResponse {
-            body: Bytes::from(body),
-            usage,
-        })
+        ChatResponse::for_client(parse_object(&bytes)?, target)
     }
 
     /// A streaming chat completion. Returns once the upstream answered 2xx (within the first-byte
@@ -199,6 +214,52 @@ impl UpstreamClient {
         ))
     }
 
+    /// An Anthropic Messages request passed through to an Anthropic provider as the client sent
+    /// it (with the upstream model's name), answered with the provider's own message (with the
+    /// public name) and its usage. Bounded by the total timeout.
+    #[tracing::instrument(skip_all, fields(model = %target.public_model))]
+    pub async fn messages(
+        &self,
+        target: &Target,
+        body: Value,
+    ) -> Result<ChatResponse, UpstreamError> {
+        let mut request = native_request(target, body)?;
+        request.remove("stream");
+        let bytes = self.post_json(target, "messages", &request).await?;
+        let mut answer = parse_object(&bytes)?;
+        answer.insert(
+            "model".to_owned(),
+            Value::String(target.public_model.clone()),
+        );
+        let usage = answer.get("usage").and_then(anthropic::parse_usage);
+        let body = serde_json::to_vec(&answer)
+            .map_err(|error| UpstreamError::Protocol(error.to_string()))?;
+        Ok(ChatResponse {
+            body: Bytes::from(body),
+            usage,
+            native: true,
+        })
+    }
+
+    /// [`UpstreamClient::messages`] streamed: the provider's own events, passed through (the
+    /// model renamed), their usage recorded. Returns once the provider answered 2xx.
+    #[tracing::instrument(skip_all, fields(model = %target.public_model))]
+    pub async fn messages_stream(
+        &self,
+        target: &Target,
+        body: Value,
+    ) -> Result<ChatStream, UpstreamError> {
+        let mut request = native_request(target, body)?;
+        request.insert("stream".to_owned(), Value::Bool(true));
+        let events = self.open_stream(target, "messages", &request).await?;
+        let usage = StreamUsage::default();
+        Ok(ChatStream::native(
+            anthropic::EventStream::native(events, usage.clone(), target.public_model.clone()),
+            usage,
+            self.first_byte_timeout,
+        ))
+    }
+
     /// An embeddings call (`POST /embeddings`), bounded by the total timeout; the answer is
     /// OpenAI's embeddings list with `model` set to the public name, and its usage.
     #[tracing::instrument(skip_all, fields(model = %target.public_model))]
@@ -207,32 +268,15 @@ impl UpstreamClient {
         target: &Target,
         body: Value,
     ) -> Result<ChatResponse, UpstreamError> {
-        if !target.kind.serves(domain::ModelKind::Embedding) {
-            return Err(refused_by_kind(target.kind, "embeddings"));
-        }
-        let mut request = into_object(body)?;
-        request.insert(
-            "model".to_owned(),
-            Value::String(target.upstream_model.clone()),
-        );
-        let bytes = self.post_json(target, "embeddings", &request).await?;
-        let mut answer = parse_object(&bytes)?;
+        let answer = self
+            .post_for_model(target, domain::ModelKind::Embedding, "embeddings", body)
+            .await?;
         if !answer.get("data").is_some_and(Value::is_array) {
             return Err(UpstreamError::Protocol(
                 "embeddings response has no `data` array".to_owned(),
             ));
         }
-        answer.insert(
-            "model".to_owned(),
-            Value::String(target.public_model.clone()),
-        );
-        let usage = answer.get("usage").and_then(parse_usage);
-        let body = serde_json::to_vec(&answer)
-            .map_err(|error| UpstreamError::Protocol(error.to_string()))?;
-        Ok(ChatResponse {
-            body: Bytes::from(body),
-            usage,
-        })
+        ChatResponse::for_client(answer, target)
     }
 
     /// An image generation (`POST /images/generations`), bounded by the total timeout.
@@ -242,18 +286,9 @@ impl UpstreamClient {
         target: &Target,
         body: Value,
     ) -> Result<ImagesResponse, UpstreamError> {
-        if !target.kind.serves(domain::ModelKind::Image) {
-            return Err(refused_by_kind(target.kind, "images"));
-        }
-        let mut request = into_object(body)?;
-        request.insert(
-            "model".to_owned(),
-            Value::String(target.upstream_model.clone()),
-        );
-        let bytes = self
-            .post_json(target, "images/generations", &request)
+        let mut answer = self
+            .post_for_model(target, domain::ModelKind::Image, "images/generations", body)
             .await?;
-        let mut answer = parse_object(&bytes)?;
         let images = answer
             .get("data")
             .and_then(Value::as_array)
@@ -271,6 +306,33 @@ impl UpstreamClient {
             body: Value::Object(answer),
             images: u32::try_from(images).unwrap_or(u32::MAX),
         })
+    }
+
+    /// POSTs an OpenAI-shaped request for the upstream model to `path` and reads the JSON
+    /// object answered; refused before anything is sent when the provider serves no `kind`.
+    async fn post_for_model(
+        &self,
+        target: &Target,
+        kind: domain::ModelKind,
+        path: &str,
+        body: Value,
+    ) -> Result<Map<String, Value>, UpstreamError> {
+        if !target.kind.serves(kind) {
+            return Err(UpstreamError::BadRequest {
+                status: 400,
+                body: serde_json::json!({"error": {
+                    "message": format!("a provider of kind {} serves no {kind} models", target.kind)
+                }})
+                .to_string(),
+            });
+        }
+        let mut request = into_object(body)?;
+        request.insert(
+            "model".to_owned(),
+            Value::String(target.upstream_model.clone()),
+        );
+        let bytes = self.post_json(target, path, &request).await?;
+        parse_object(&bytes)
     }
 
     /// A POST of `request` to `path`, authenticated as the provider's kind expects.
@@ -371,15 +433,20 @@ async fn ensure_success(
     Err(error)
 }
 
-/// A call the provider's kind cannot serve, refused before anything is sent.
-fn refused_by_kind(kind: ProviderKind, what: &str) -> UpstreamError {
-    UpstreamError::BadRequest {
-        status: 400,
-        body: serde_json::json!({"error": {
-            "message": format!("a provider of kind {kind} serves no {what}")
-        }})
-        .to_string(),
+/// A client's Anthropic request for an Anthropic provider, naming the upstream model.
+fn native_request(target: &Target, body: Value) -> Result<Map<String, Value>, UpstreamError> {
+    if target.kind != ProviderKind::Anthropic {
+        return Err(UpstreamError::Config(format!(
+            "a provider of kind {} takes no Anthropic request",
+            target.kind
+        )));
     }
+    let mut request = into_object(body)?;
+    request.insert(
+        "model".to_owned(),
+        Value::String(target.upstream_model.clone()),
+    );
+    Ok(request)
 }
 
 fn into_object(body: Value) -> Result<Map<String, Value>, UpstreamError> {

@@ -25,4 +25,4 @@ pub use client::{ChatResponse, ImagesResponse, Target, UpstreamClient};
 pub use error::UpstreamError;
 pub use pool::{KeyPool, PickedKey, ProviderKey, with_failover};
 pub use settings::UpstreamSettings;
-pub use sse::{ChatStream, StreamUsage, StreamUsageSnapshot, chat_chunks};
+pub use sse::{ChatStream, StreamUsage, StreamUsageSnapshot, chat_chunks, sse_events};

@@ -76,154 +76,11 @@ impl StreamUsage {
     pub(crate) fn set_partial(&self, usage: Usage) {
         self.lock().partial_usage = Some(usage);
     }
-}
-
-impl fmt::Debug for StreamUsage {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let state = self.lock();
-        f.debug_struct("StreamUsage")
-            .field("usage", &state.usage)
-            .field("completion_chars", &state.completion_chars)
-            .field("completed", &state.completed)
-            .finish()
-    }
-}
-
-/// SSE bytes for the client. Reads the upstream only as it is polled (no buffering beyond one
-/// partial event); each read waits at most the idle timeout, then yields `Err(Timeout)` and ends.
-pub struct ChatStream {
-    source: EventSource,
-    buffer: BytesMut,
-    /// Bytes of `buffer` already searched for an event boundary.
-    scanned: usize,
-    public_model: String,
-    client_wants_usage: bool,
-    usage: StreamUsage,
-    idle_timeout: Duration,
-    idle: Pin<Box<Sleep>>,
-    /// A read is in progress and `idle` holds its deadline.
-    reading: bool,
-    source_done: bool,
-    finished: bool,
-}
-
-impl ChatStream {
-    pub(crate) fn new(
-        source: impl Stream<Item = Result<Bytes, UpstreamError>> + Send + 'static,
-        public_model: String,
-        client_wants_usage: bool,
-        idle_timeout: Duration,
-    ) -> Self {
-        Self::with_usage(
-            source,
-            StreamUsage::default(),
-            public_model,
-            client_wants_usage,
-            idle_timeout,
-        )
-    }
-
-    /// [`Self::new`] recording into `usage`, which the source may also write (a translating
-    /// source notes early counts there).
-    pub(crate) fn with_usage(
-        source: impl Stream<Item = Result<Bytes, UpstreamError>> + Send + 'static,
-        usage: StreamUsage,
-        public_model: String,
-        client_wants_usage: bool,
-        idle_timeout: Duration,
-    ) -> Self {
-        Self {
-            source: Box::pin(source),
-            buffer: BytesMut::new(),
-            scanned: 0,
-            public_model,
-            client_wants_usage,
-            usage,
-            idle_timeout,
-            idle: Box::pin(tokio::time::sleep(idle_timeout)),
-            reading: false,
-            source_done: false,
-            finished: false,
-        }
-    }
-
-    /// The shared usage record; keep a clone to bill after the stream is gone.
-    pub fn usage(&self) -> StreamUsage {
-        self.usage.clone()
-    }
-
-    /// Rewrites every complete buffered event; `None` when none produced output.
-    fn drain_complete_events(&mut self) -> Option<Bytes> {
-        let mut out = BytesMut::new();
-        while let Some(end) = event_end(&self.buffer, self.scanned) {
-            let event = self.buffer.split_to(end).freeze();
-            self.scanned = 0;
-            if let Some(rewritten) = self.rewrite(event) {
-                out.extend_from_slice(&rewritten);
-            }
-        }
-        self.scanned = self.buffer.len();
-        (!out.is_empty()).then(|| out.freeze())
-    }
-
-    /// One event for the client: unchanged, rewritten, or `None` to drop it.
-    fn rewrite(&self, event: Bytes) -> Option<Bytes> {
-        let Ok(text) = std::str::from_utf8(&event) else {
-            return Some(event);
-        };
-        let Some(data) = event_data(text) else {
-            return Some(event); // comments, keep-alives
-        };
-        if data.trim() == "[DONE]" {
-            self.usage.lock().completed = true;
-            return Some(event);
-        }
-        let Ok(Value::Object(mut chunk)) = serde_json::from_str::<Value>(&data) else {
-            tracing::debug!("passing through an SSE event that is not a JSON object");
-            return Some(event);
-        };
-        self.record(&chunk);
-
-        let has_usage = chunk.get("usage").is_some_and(|usage| !usage.is_null());
-        let has_choices = chunk
-            .get("choices")
-            .and_then(Value::as_array)
-            .is_some_and(|choices| !choices.is_empty());
-        let mut changed = false;
-        if !self.client_wants_usage {
-            if has_usage && !has_choices {
-                return None; // the usage-only chunk we asked for on our own behalf
-            }
-            changed |= chunk.remove("usage").is_some();
-        }
-        if let Some(model) = chunk.get_mut("model")
-            && model.as_str() != Some(self.public_model.as_str())
-        {
-            *model = Value::String(self.public_model.clone());
-            changed = true;
-        }
-        if !changed {
-            return Some(event);
-        }
-
-        let json = serde_json::to_string(&chunk).ok()?;
-        let mut out = String::with_capacity(json.len() + 16);
-        for line in text.lines() {
-            if !line.is_empty() && !line.starts_with("data:") {
-                out.push_str(line);
-                out.push('\n');
-            }
-        }
-        out.push_str("data: ");
-        out.push_str(&json);
-        out.push_str("\n\n");
-        Some(Bytes::from(out))
-    }
 
     /// Notes the chunk's usage and generated text.
-    fn record(&self, chunk: &Map<String, Value>) {
+    pub(crate) fn record(&self, chunk: &Map<String, Value>) {
         let usage = chunk.get("usage").and_then(parse_usage);
-        let mut state = self.usage.lock();
+        let mut state = self.lock();
         if usage.is_some() {
             state.usage = usage;
         }
@@ -265,6 +122,173 @@ impl ChatStream {
             state.completion_chars = state.completion_chars.saturating_add(added as u64);
             state.content_deltas = state.content_deltas.saturating_add(1);
         }
+    }
+}
+
+impl fmt::Debug for StreamUsage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let state = self.lock();
+        f.debug_struct("StreamUsage")
+            .field("usage", &state.usage)
+            .field("completion_chars", &state.completion_chars)
+            .field("completed", &state.completed)
+            .finish()
+    }
+}
+
+/// SSE bytes for the client. Reads the upstream only as it is polled (no buffering beyond one
+/// partial event); each read waits at most the idle timeout, then yields `Err(Timeout)` and ends.
+pub struct ChatStream {
+    source: EventSource,
+    buffer: BytesMut,
+    /// Bytes of `buffer` already searched for an event boundary.
+    scanned: usize,
+    public_model: String,
+    client_wants_usage: bool,
+    usage: StreamUsage,
+    idle_timeout: Duration,
+    idle: Pin<Box<Sleep>>,
+    /// A read is in progress and `idle` holds its deadline.
+    reading: bool,
+    source_done: bool,
+    finished: bool,
+    /// The provider's own events, passed through (Anthropic's, for Anthropic's clients).
+    native: bool,
+}
+
+impl ChatStream {
+    pub(crate) fn new(
+        source: impl Stream<Item = Result<Bytes, UpstreamError>> + Send + 'static,
+        public_model: String,
+        client_wants_usage: bool,
+        idle_timeout: Duration,
+    ) -> Self {
+        Self::with_usage(
+            source,
+            StreamUsage::default(),
+            public_model,
+            client_wants_usage,
+            idle_timeout,
+        )
+    }
+
+    /// [`Self::new`] recording into `usage`, which the source may also write (a translating
+    /// source notes early counts there).
+    pub(crate) fn with_usage(
+        source: impl Stream<Item = Result<Bytes, UpstreamError>> + Send + 'static,
+        usage: StreamUsage,
+        public_model: String,
+        client_wants_usage: bool,
+        idle_timeout: Duration,
+    ) -> Self {
+        Self {
+            source: Box::pin(source),
+            buffer: BytesMut::new(),
+            scanned: 0,
+            public_model,
+            client_wants_usage,
+            usage,
+            idle_timeout,
+            idle: Box::pin(tokio::time::sleep(idle_timeout)),
+            reading: false,
+            source_done: false,
+            finished: false,
+            native: false,
+        }
+    }
+
+    /// A stream of the provider's own events, passed through unchanged; `source` records the
+    /// usage in `usage` itself.
+    pub(crate) fn native(
+        source: impl Stream<Item = Result<Bytes, UpstreamError>> + Send + 'static,
+        usage: StreamUsage,
+        idle_timeout: Duration,
+    ) -> Self {
+        Self {
+            native: true,
+            ..Self::with_usage(source, usage, String::new(), true, idle_timeout)
+        }
+    }
+
+    /// Whether the events are the provider's own (see [`ChatStream::native`]), not OpenAI's.
+    pub fn is_native(&self) -> bool {
+        self.native
+    }
+
+    /// The shared usage record; keep a clone to bill after the stream is gone.
+    pub fn usage(&self) -> StreamUsage {
+        self.usage.clone()
+    }
+
+    /// Rewrites every complete buffered event; `None` when none produced output.
+    fn drain_complete_events(&mut self) -> Option<Bytes> {
+        let mut out = BytesMut::new();
+        while let Some(end) = event_end(&self.buffer, self.scanned) {
+            let event = self.buffer.split_to(end).freeze();
+            self.scanned = 0;
+            if let Some(rewritten) = self.rewrite(event) {
+                out.extend_from_slice(&rewritten);
+            }
+        }
+        self.scanned = self.buffer.len();
+        (!out.is_empty()).then(|| out.freeze())
+    }
+
+    /// One event for the client: unchanged, rewritten, or `None` to drop it.
+    fn rewrite(&self, event: Bytes) -> Option<Bytes> {
+        if self.native {
+            return Some(event); // the source records the usage and rewrites what it must
+        }
+        let Ok(text) = std::str::from_utf8(&event) else {
+            return Some(event);
+        };
+        let Some(data) = event_data(text) else {
+            return Some(event); // comments, keep-alives
+        };
+        if data.trim() == "[DONE]" {
+            self.usage.lock().completed = true;
+            return Some(event);
+        }
+        let Ok(Value::Object(mut chunk)) = serde_json::from_str::<Value>(&data) else {
+            tracing::debug!("passing through an SSE event that is not a JSON object");
+            return Some(event);
+        };
+        self.usage.record(&chunk);
+
+        let has_usage = chunk.get("usage").is_some_and(|usage| !usage.is_null());
+        let has_choices = chunk
+            .get("choices")
+            .and_then(Value::as_array)
+            .is_some_and(|choices| !choices.is_empty());
+        let mut changed = false;
+        if !self.client_wants_usage {
+            if has_usage && !has_choices {
+                return None; // the usage-only chunk we asked for on our own behalf
+            }
+            changed |= chunk.remove("usage").is_some();
+        }
+        if let Some(model) = chunk.get_mut("model")
+            && model.as_str() != Some(self.public_model.as_str())
+        {
+            *model = Value::String(self.public_model.clone());
+            changed = true;
+        }
+        if !changed {
+            return Some(event);
+        }
+
+        let json = serde_json::to_string(&chunk).ok()?;
+        let mut out = String::with_capacity(json.len() + 16);
+        for line in text.lines() {
+            if !line.is_empty() && !line.starts_with("data:") {
+                out.push_str(line);
+                out.push('\n');
+            }
+        }
+        out.push_str("data: ");
+        out.push_str(&json);
+        out.push_str("\n\n");
+        Some(Bytes::from(out))
     }
 
     fn finish_source(&mut self) -> Option<Bytes> {
@@ -342,19 +366,30 @@ impl fmt::Debug for ChatStream {
 /// The JSON chunks in complete SSE events of a chat stream (as [`ChatStream`] yields them), in
 /// order; `[DONE]`, comments and events that are no JSON object are skipped.
 pub fn chat_chunks(events: &[u8]) -> Vec<Map<String, Value>> {
-    let mut chunks = Vec::new();
+    sse_events(events)
+        .into_iter()
+        .filter_map(|(_, data)| match data {
+            Some(Value::Object(chunk)) => Some(chunk),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Complete SSE events, each with its `data` parsed as JSON when it is.
+pub fn sse_events(events: &[u8]) -> Vec<(&[u8], Option<Value>)> {
+    let mut out = Vec::new();
     let mut start = 0;
     while start < events.len() {
         let end = event_end(events, start).unwrap_or(events.len());
-        if let Ok(text) = std::str::from_utf8(&events[start..end])
-            && let Some(data) = event_data(text)
-            && let Ok(Value::Object(chunk)) = serde_json::from_str::<Value>(&data)
-        {
-            chunks.push(chunk);
-        }
+        let event = &events[start..end];
+        let data = std::str::from_utf8(event)
+            .ok()
+            .and_then(event_data)
+            .and_then(|data| serde_json::from_str::<Value>(&data).ok());
+        out.push((event, data));
         start = end;
     }
-    chunks
+    out
 }
 
 /// The `data` of one SSE event (its `data:` lines joined by newlines); `None` when it has none.

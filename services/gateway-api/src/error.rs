@@ -86,6 +86,11 @@ pub struct ErrorDetail {
 }
 
 impl ApiError {
+    /// A 400 `invalid_request` saying what was wrong.
+    pub fn invalid(message: impl Into<String>) -> ApiError {
+        ApiError::InvalidRequest(message.into())
+    }
+
     pub fn code(&self) -> &'static str {
         match self {
             ApiError::InvalidRequest(_) => "invalid_request",

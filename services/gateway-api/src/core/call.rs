@@ -1,8 +1,10 @@
 //! The one path of a synchronous model call, whatever API the client speaks (chat completions,
-//! responses, messages, embeddings): admit its maximum cost, forward it with key failover,
-//! price the real usage, make the charge durable, then answer. The client's API only shapes the
-//! answer ([`Dialect`]); everything that moves money is here, once.
+//! responses, messages, embeddings): admit its maximum cost, forward it through the model's
+//! providers with provider and key failover, price the real usage, make the charge durable,
+//! then answer. The client's API only shapes the answer ([`Dialect`]); everything that moves
+//! money is here, once.
 
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -10,12 +12,12 @@ use std::time::Duration;
 
 use actix_web::HttpResponse;
 use actix_web::web::Bytes;
-use domain::{Money, Usage};
+use domain::{ModelKind, Money, ProviderKind, Usage};
 use futures_util::{Stream, StreamExt};
 use serde_json::Value;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
-use upstream::{ChatResponse, ChatStream, StreamUsage, UpstreamError};
+use upstream::{ChatResponse, ChatStream, StreamUsage, Target, UpstreamClient, UpstreamError};
 use uuid::Uuid;
 
 use crate::auth::KeyHolder;
@@ -26,6 +28,32 @@ use crate::core::tokens;
 use crate::error::ApiError;
 use crate::state::{AppState, CallPath};
 use catalog::{ProviderRoute, Route, with_provider_failover};
+
+/// The enabled model of `kind` a request body names, or why there is none: 400 when the body
+/// is no object or names no model, 404 `model_not_found` otherwise.
+pub fn route_of(state: &AppState, body: &Value, kind: ModelKind) -> Result<Arc<Route>, ApiError> {
+    if !body.is_object() {
+        return Err(ApiError::invalid("the body must be a JSON object"));
+    }
+    let model = body
+        .get("model")
+        .and_then(Value::as_str)
+        .ok_or_else(|| ApiError::invalid("model is required"))?;
+    let a_model_of_kind = match kind {
+        ModelKind::Chat => "a chat model",
+        ModelKind::Image => "an image model",
+        ModelKind::Embedding => "an embedding model",
+    };
+    state
+        .routing
+        .route(model)
+        .filter(|route| route.kind == kind)
+        .ok_or_else(|| {
+            ApiError::ModelNotFound(format!(
+                "model {model:?} does not exist or is not {a_model_of_kind}"
+            ))
+        })
+}
 
 /// What the provider is asked to do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,23 +95,29 @@ pub struct Call {
     /// The most tokens (prompt and output) it may use: what token limits count at admission.
     pub max_tokens: u64,
     pub prompt: PromptCount,
+    /// The client's own Anthropic Messages request, passed through as it is to Anthropic
+    /// providers (the others get `body`).
+    pub native: Option<Value>,
 }
 
-/// The client's API: how the provider's answer (OpenAI's chat completion or embeddings list)
-/// is answered to the client. Billing never depends on it.
+/// The client's API: how the provider's answer (OpenAI's chat completion or embeddings list, or
+/// the provider's own answer to a native request) is answered to the client. Billing never
+/// depends on it.
 pub trait Dialect: Send + Sync + 'static {
-    /// A whole answer; `usage` is what was billed.
-    fn answer(&self, body: Bytes, usage: &Usage) -> Bytes;
-    /// A translator for one streamed answer; by default OpenAI's chat stream, passed through.
-    fn stream(&self) -> Box<dyn StreamDialect> {
+    /// A whole answer; `usage` is what was billed. `native`: the body is the provider's answer
+    /// to the call's native request (see [`Call::native`]), not OpenAI's shape.
+    fn answer(&self, body: Bytes, native: bool, usage: &Usage) -> Bytes;
+    /// A translator for one streamed answer (`native` as for [`Dialect::answer`]); by default
+    /// OpenAI's chat stream, passed through.
+    fn stream(&self, _native: bool) -> Box<dyn StreamDialect> {
         Box::new(ChatEvents { done: None })
     }
 }
 
 /// One streamed answer, translated event by event.
 pub trait StreamDialect: Send + 'static {
-    /// What the client receives for complete SSE events of OpenAI's chat stream (possibly
-    /// nothing yet).
+    /// What the client receives for complete SSE events of OpenAI's chat stream, or of the
+    /// provider's own stream for a native request (possibly nothing yet).
     fn events(&mut self, events: Bytes) -> Bytes;
     /// The final events: sent only once the stream ended cleanly and its charge (`usage`, as
     /// billed) is durable, so a client never sees an unbilled answer complete.
@@ -94,9 +128,45 @@ pub trait StreamDialect: Send + 'static {
 pub struct OpenAiShape;
 
 impl Dialect for OpenAiShape {
-    fn answer(&self, body: Bytes, _usage: &Usage) -> Bytes {
+    fn answer(&self, body: Bytes, _native: bool, _usage: &Usage) -> Bytes {
         body
     }
+}
+
+/// What one chunk of OpenAI's chat stream adds to its first choice, in order.
+pub enum ChatDelta {
+    /// Generated text.
+    Text(String),
+    /// A piece of a tool call: its `index`, and `id` and `function.name` on its first piece,
+    /// `function.arguments` pieces after.
+    ToolCall(Value),
+    /// The choice's `finish_reason`.
+    Finish(String),
+}
+
+/// The deltas of complete chat SSE events (as [`ChatStream`] yields them), in order.
+pub fn chat_deltas(events: &[u8]) -> Vec<ChatDelta> {
+    let mut deltas = Vec::new();
+    for chunk in upstream::chat_chunks(events) {
+        let Some(choice) = chunk
+            .get("choices")
+            .and_then(Value::as_array)
+            .and_then(|choices| choices.first())
+        else {
+            continue;
+        };
+        let delta = &choice["delta"];
+        if let Some(text) = delta["content"].as_str().filter(|t| !t.is_empty()) {
+            deltas.push(ChatDelta::Text(text.to_owned()));
+        }
+        for call in delta["tool_calls"].as_array().into_iter().flatten() {
+            deltas.push(ChatDelta::ToolCall(call.clone()));
+        }
+        if let Some(reason) = choice["finish_reason"].as_str() {
+            deltas.push(ChatDelta::Finish(reason.to_owned()));
+        }
+    }
+    deltas
 }
 
 /// One named SSE event (`event:` and `data:`), as the responses and messages APIs send them.
@@ -132,6 +202,7 @@ struct Admitted {
     caller: Caller,
     route: Arc<Route>,
     providers: Arc<Vec<ProviderRoute>>,
+    native: Option<Arc<Value>>,
     prompt: Arc<PromptCount>,
     /// What reserves the call's maximum cost (`reserved`, also what usage that cannot be priced
     /// is billed). Shared with a stream's pump; the call's concurrency slots are freed when the
@@ -179,6 +250,7 @@ pub async fn run(
         },
         route: call.route,
         providers: Arc::new(call.providers),
+        native: call.native.map(Arc::new),
         prompt: Arc::new(call.prompt),
         admission: Arc::new(admission),
         deadline: Instant::now() + state.call_deadline,
@@ -190,7 +262,7 @@ pub async fn run(
             &admitted,
             call.body,
             client_wants_usage,
-            dialect.stream(),
+            dialect.as_ref(),
         )
         .await;
         if result.is_err() {
@@ -217,12 +289,12 @@ pub async fn run(
         }
         let _ = answered.send(result);
     });
-    let (body, usage) = answer
+    let (answer, usage) = answer
         .await
         .map_err(|_| ApiError::Internal("the call task ended without an answer".to_owned()))??;
     Ok(HttpResponse::Ok()
         .content_type("application/json")
-        .body(dialect.answer(body, &usage)))
+        .body(dialect.answer(answer.body, answer.native, &usage)))
 }
 
 /// The provider's error as the client's.
@@ -250,36 +322,53 @@ pub fn upstream_error(error: UpstreamError) -> ApiError {
     }
 }
 
-/// The non-streaming call: the provider's answer body and the usage billed for it.
-async fn forward(
-    state: &Arc<AppState>,
+/// Runs `request` through the call's providers in order (each with key failover), within the
+/// call's deadline; the provider's error as the client's.
+async fn through_providers<T, F, Fut>(
+    state: &AppState,
     call_path: &CallPath,
     call: &Admitted,
-    body: Value,
-    operation: Operation,
-) -> Result<(Bytes, Usage), ApiError> {
-    let answer: ChatResponse = tokio::time::timeout_at(
+    request: F,
+) -> Result<T, ApiError>
+where
+    F: Fn(UpstreamClient, Target) -> Fut,
+    Fut: Future<Output = Result<T, UpstreamError>>,
+{
+    tokio::time::timeout_at(
         call.deadline,
         with_provider_failover(
             &state.routing.keys,
             &call.providers,
             &call.route.name,
             state.max_failover_attempts,
-            |target| {
-                let client = call_path.upstream.clone();
-                let body = body.clone();
-                async move {
-                    match operation {
-                        Operation::Embeddings => client.embeddings(&target, body).await,
-                        _ => client.chat(&target, body).await,
-                    }
-                }
-            },
+            |target| request(call_path.upstream.clone(), target),
         ),
     )
     .await
     .map_err(|_| upstream_error(UpstreamError::Timeout))?
-    .map_err(upstream_error)?;
+    .map_err(upstream_error)
+}
+
+/// The non-streaming call: the provider's answer and the usage billed for it.
+async fn forward(
+    state: &Arc<AppState>,
+    call_path: &CallPath,
+    call: &Admitted,
+    body: Value,
+    operation: Operation,
+) -> Result<(ChatResponse, Usage), ApiError> {
+    let answer: ChatResponse = through_providers(state, call_path, call, |client, target| {
+        let native = call.native_for(&target);
+        let body = body.clone();
+        async move {
+            match (operation, native) {
+                (Operation::Embeddings, _) => client.embeddings(&target, body).await,
+                (_, Some(native)) => client.messages(&target, native).await,
+                (_, None) => client.chat(&target, body).await,
+            }
+        }
+    })
+    .await?;
     let usage = match answer.usage {
         Some(usage) => usage,
         None => Usage {
@@ -292,7 +381,17 @@ async fn forward(
         },
     };
     bill(state, call, usage).await?;
-    Ok((answer.body, usage))
+    Ok((answer, usage))
+}
+
+impl Admitted {
+    /// The native request to send `target`'s provider, when it speaks the client's API.
+    fn native_for(&self, target: &Target) -> Option<Value> {
+        self.native
+            .as_deref()
+            .filter(|_| target.kind == ProviderKind::Anthropic)
+            .cloned()
+    }
 }
 
 /// Everything a chat completion body generated, for counting when it reports no usage: each
@@ -361,25 +460,20 @@ async fn forward_stream(
     call: &Admitted,
     body: Value,
     client_wants_usage: bool,
-    dialect: Box<dyn StreamDialect>,
+    dialect: &dyn Dialect,
 ) -> Result<HttpResponse, ApiError> {
-    let stream = tokio::time::timeout_at(
-        call.deadline,
-        with_provider_failover(
-            &state.routing.keys,
-            &call.providers,
-            &call.route.name,
-            state.max_failover_attempts,
-            |target| {
-                let client = call_path.upstream.clone();
-                let body = body.clone();
-                async move { client.chat_stream(&target, body, client_wants_usage).await }
-            },
-        ),
-    )
-    .await
-    .map_err(|_| upstream_error(UpstreamError::Timeout))?
-    .map_err(upstream_error)?;
+    let stream = through_providers(state, call_path, call, |client, target| {
+        let native = call.native_for(&target);
+        let body = body.clone();
+        async move {
+            match native {
+                Some(native) => client.messages_stream(&target, native).await,
+                None => client.chat_stream(&target, body, client_wants_usage).await,
+            }
+        }
+    })
+    .await?;
+    let dialect = dialect.stream(stream.is_native());
     // The provider accepted the call: from here it is billed, whatever the client does. The
     // provider's stream is read to its end by a task of its own, independently of the client.
     let (chunks, to_client) = mpsc::channel(STREAM_READ_AHEAD);

@@ -14,10 +14,6 @@ use crate::error::ApiError;
 use crate::state::{AppState, CallPath};
 use catalog::Route;
 
-fn invalid(message: &str) -> ApiError {
-    ApiError::InvalidRequest(message.to_owned())
-}
-
 /// The most tokens each choice may generate: `max_completion_tokens` and the older
 /// `max_tokens`, each at most the model's limit, and the larger of the two when both are sent
 /// (providers differ in which one they honour, so the hold covers either); the model's limit
@@ -31,12 +27,12 @@ fn completion_limit(body: &mut Value, route: &Route) -> Result<u32, ApiError> {
         let requested = value
             .as_u64()
             .filter(|n| *n >= 1)
-            .ok_or_else(|| invalid(&format!("{field} must be a positive integer")))?;
+            .ok_or_else(|| ApiError::invalid(format!("{field} must be a positive integer")))?;
         let requested = u32::try_from(requested)
             .ok()
             .filter(|n| *n <= route.max_output_tokens)
             .ok_or_else(|| {
-                invalid(&format!(
+                ApiError::invalid(format!(
                     "{field} must be at most {} for model {}",
                     route.max_output_tokens, route.name
                 ))
@@ -63,33 +59,18 @@ pub async fn complete(
 /// Validates a chat completions request and sizes its hold; nothing is written, so a request
 /// refused here costs nothing.
 pub fn prepare(state: &AppState, mut body: Value) -> Result<Call, ApiError> {
-    if !body.is_object() {
-        return Err(invalid("the body must be a JSON object"));
-    }
-    let model = body
-        .get("model")
-        .and_then(Value::as_str)
-        .ok_or_else(|| invalid("model is required"))?;
-    let route = state
-        .routing
-        .route(model)
-        .filter(|r| r.kind == ModelKind::Chat)
-        .ok_or_else(|| {
-            ApiError::ModelNotFound(format!(
-                "model {model:?} does not exist or is not a chat model"
-            ))
-        })?;
+    let route = call::route_of(state, &body, ModelKind::Chat)?;
     if body
         .get("messages")
         .and_then(Value::as_array)
         .is_none_or(Vec::is_empty)
     {
-        return Err(invalid("messages must be a non-empty array"));
+        return Err(ApiError::invalid("messages must be a non-empty array"));
     }
     let stream = match body.get("stream") {
         None | Some(Value::Null) => false,
         Some(Value::Bool(b)) => *b,
-        Some(_) => return Err(invalid("stream must be a boolean")),
+        Some(_) => return Err(ApiError::invalid("stream must be a boolean")),
     };
     let completion_limit = completion_limit(&mut body, &route)?;
     // `n` choices each generate up to the limit.
@@ -98,7 +79,7 @@ pub fn prepare(state: &AppState, mut body: Value) -> Result<Call, ApiError> {
         Some(n) => n
             .as_u64()
             .filter(|n| (1..=16).contains(n))
-            .ok_or_else(|| invalid("n must be an integer between 1 and 16"))?,
+            .ok_or_else(|| ApiError::invalid("n must be an integer between 1 and 16"))?,
     };
     // Providers that cannot take the request are skipped; when none can, it is refused before
     // the hold: what cannot be translated costs nothing and writes nothing.
@@ -124,7 +105,7 @@ pub fn prepare(state: &AppState, mut body: Value) -> Result<Call, ApiError> {
     }
     // What the hold cannot count would be served for less than the provider bills.
     if let Some(field) = tokens::unpriced_input(&body) {
-        return Err(invalid(&field));
+        return Err(ApiError::invalid(field));
     }
     let prompt_text = tokens::prompt_text(&body);
     let worst_case = Usage {
@@ -139,7 +120,7 @@ pub fn prepare(state: &AppState, mut body: Value) -> Result<Call, ApiError> {
     let max_cost = route
         .pricing
         .max_cost(&worst_case)
-        .map_err(|_| invalid("the request is too large to be priced"))?;
+        .map_err(|_| ApiError::invalid("the request is too large to be priced"))?;
     let messages = body["messages"].as_array().map_or(0, Vec::len) as u64;
     let operation = if stream {
         Operation::ChatStream {
@@ -158,6 +139,7 @@ pub fn prepare(state: &AppState, mut body: Value) -> Result<Call, ApiError> {
         operation,
         max_cost,
         max_tokens: worst_case.prompt_tokens + worst_case.completion_tokens,
+        native: None,
         prompt: PromptCount {
             text: prompt_text,
             extra_tokens: tokens::prompt_framing(messages),

@@ -15,10 +15,6 @@ use crate::state::{AppState, CallPath};
 /// OpenAI's limit on the inputs of one request.
 const MAX_INPUTS: usize = 2048;
 
-fn invalid(message: impl Into<String>) -> ApiError {
-    ApiError::InvalidRequest(message.into())
-}
-
 /// `POST /v1/embeddings`.
 pub async fn embed(
     state: Arc<AppState>,
@@ -32,32 +28,21 @@ pub async fn embed(
 }
 
 fn prepare(state: &AppState, body: Value) -> Result<Call, ApiError> {
-    if !body.is_object() {
-        return Err(invalid("the body must be a JSON object"));
-    }
-    let model = body
-        .get("model")
-        .and_then(Value::as_str)
-        .ok_or_else(|| invalid("model is required"))?;
-    let route = state
-        .routing
-        .route(model)
-        .filter(|r| r.kind == ModelKind::Embedding)
-        .ok_or_else(|| {
-            ApiError::ModelNotFound(format!(
-                "model {model:?} does not exist or is not an embedding model"
-            ))
-        })?;
+    let route = call::route_of(state, &body, ModelKind::Embedding)?;
     let prompt = input_prompt(body.get("input"))?;
     match body.get("encoding_format") {
         None | Some(Value::Null) => {}
         Some(Value::String(format)) if matches!(format.as_str(), "float" | "base64") => {}
-        Some(_) => return Err(invalid("encoding_format must be \"float\" or \"base64\"")),
+        Some(_) => {
+            return Err(ApiError::invalid(
+                "encoding_format must be \"float\" or \"base64\"",
+            ));
+        }
     }
     if let Some(dimensions) = body.get("dimensions").filter(|v| !v.is_null())
         && dimensions.as_u64().is_none_or(|d| d < 1)
     {
-        return Err(invalid("dimensions must be a positive integer"));
+        return Err(ApiError::invalid("dimensions must be a positive integer"));
     }
     // Byte-level BPE never makes more tokens than bytes; a token id is one token.
     let worst_case = Usage {
@@ -67,7 +52,7 @@ fn prepare(state: &AppState, body: Value) -> Result<Call, ApiError> {
     let max_cost = route
         .pricing
         .max_cost(&worst_case)
-        .map_err(|_| invalid("the request is too large to be priced"))?;
+        .map_err(|_| ApiError::invalid("the request is too large to be priced"))?;
     Ok(Call {
         providers: route.providers(),
         route,
@@ -75,6 +60,7 @@ fn prepare(state: &AppState, body: Value) -> Result<Call, ApiError> {
         operation: Operation::Embeddings,
         max_cost,
         max_tokens: worst_case.prompt_tokens,
+        native: None,
         prompt,
     })
 }
@@ -87,10 +73,10 @@ fn input_prompt(input: Option<&Value>) -> Result<PromptCount, ApiError> {
     match input {
         Some(Value::String(text)) => add_text(&mut prompt, text, "input")?,
         Some(Value::Array(items)) if items.is_empty() => {
-            return Err(invalid("input must not be empty"));
+            return Err(ApiError::invalid("input must not be empty"));
         }
         Some(Value::Array(items)) if items.len() > MAX_INPUTS => {
-            return Err(invalid(format!(
+            return Err(ApiError::invalid(format!(
                 "input must have at most {MAX_INPUTS} items"
             )));
         }
@@ -104,19 +90,21 @@ fn input_prompt(input: Option<&Value>) -> Result<PromptCount, ApiError> {
                     Value::Array(ids) if !ids.is_empty() && ids.iter().all(Value::is_u64) => {
                         prompt.extra_tokens += ids.len() as u64;
                     }
-                    _ => return Err(invalid(format!("input[{i}]: {shape}"))),
+                    _ => return Err(ApiError::invalid(format!("input[{i}]: {shape}"))),
                 }
             }
         }
-        None | Some(Value::Null) => return Err(invalid("input is required")),
-        Some(_) => return Err(invalid(shape)),
+        None | Some(Value::Null) => return Err(ApiError::invalid("input is required")),
+        Some(_) => return Err(ApiError::invalid(shape)),
     }
     Ok(prompt)
 }
 
 fn add_text(prompt: &mut PromptCount, text: &str, field: &str) -> Result<(), ApiError> {
     if text.is_empty() {
-        return Err(invalid(format!("{field} must not be an empty string")));
+        return Err(ApiError::invalid(format!(
+            "{field} must not be an empty string"
+        )));
     }
     if !prompt.text.is_empty() {
         prompt.text.push('\n');

@@ -52,10 +52,6 @@ pub struct ImageJobRequest {
     pub callback_url: Option<String>,
 }
 
-fn invalid(message: &str) -> ApiError {
-    ApiError::InvalidRequest(message.to_owned())
-}
-
 /// Validates, holds `n × per_image` (+ per_request), inserts the job PENDING and publishes
 /// `{job_id}` in the background. A failed publish leaves the job PENDING for the sweeper.
 pub async fn submit(
@@ -75,22 +71,22 @@ pub async fn submit(
         })?;
     let n = request.n.unwrap_or(1);
     if !(1..=10).contains(&n) {
-        return Err(invalid("n must be between 1 and 10"));
+        return Err(ApiError::invalid("n must be between 1 and 10"));
     }
     let prompt = request.prompt.trim();
     if prompt.is_empty() || prompt.chars().count() > MAX_PROMPT_CHARS {
-        return Err(invalid("prompt must be 1 to 4000 characters"));
+        return Err(ApiError::invalid("prompt must be 1 to 4000 characters"));
     }
     let size = request.size.as_deref().unwrap_or("1024x1024");
     if !SIZES.contains(&size) {
-        return Err(invalid(&format!(
+        return Err(ApiError::invalid(format!(
             "size must be one of {}",
             SIZES.join(", ")
         )));
     }
     if let Some(url) = &request.callback_url {
         if url.len() > 2048 {
-            return Err(invalid("callback_url is too long"));
+            return Err(ApiError::invalid("callback_url is too long"));
         }
         upstream::egress::check_target(url, state.allow_private_callbacks)
             .await
@@ -102,7 +98,7 @@ pub async fn submit(
             images: n,
             ..Usage::default()
         })
-        .map_err(|_| invalid("the request cannot be priced"))?;
+        .map_err(|_| ApiError::invalid("the request cannot be priced"))?;
     let mut payload = json!({"model": route.name, "prompt": prompt, "n": n, "size": size});
     for (field, value) in [
         ("quality", &request.quality),

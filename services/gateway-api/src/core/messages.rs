@@ -1,8 +1,9 @@
-//! Anthropic's Messages API inbound: the request translated into a chat request (then
-//! validated, held, forwarded and billed like any chat call, on `core::call`, so a model of any
-//! provider kind serves it; an Anthropic provider gets it translated back by
-//! `upstream::anthropic`), the answer and its stream translated into Anthropic's shapes.
-//! Errors on this route have Anthropic's shape (see `routes::messages`).
+//! Anthropic's Messages API inbound: the request translated into a chat request, which is
+//! validated, held for and billed like any chat call (on `core::call`). An Anthropic provider
+//! gets the client's request itself, passed through (with its upstream model's name), and its
+//! answer and events go back as they came; any other provider gets the chat request, and its
+//! answer and stream are translated into Anthropic's shapes. Errors on this route have
+//! Anthropic's shape (see `routes::messages`).
 
 use std::sync::Arc;
 
@@ -13,14 +14,10 @@ use serde_json::{Map, Value, json};
 use uuid::Uuid;
 
 use crate::auth::KeyHolder;
-use crate::core::call::{self, Dialect, StreamDialect, sse_event};
+use crate::core::call::{self, ChatDelta, Dialect, StreamDialect, chat_deltas, sse_event};
 use crate::core::chat;
 use crate::error::ApiError;
 use crate::state::{AppState, CallPath};
-
-fn invalid(message: impl Into<String>) -> ApiError {
-    ApiError::InvalidRequest(message.into())
-}
 
 /// `POST /v1/messages`.
 pub async fn create(
@@ -29,28 +26,39 @@ pub async fn create(
     holder: KeyHolder,
     body: Value,
 ) -> Result<HttpResponse, ApiError> {
-    let (chat_request, model) = translate_request(body)?;
-    let call = chat::prepare(&state, chat_request)?;
+    let (chat_request, model) = translate_request(body.clone())?;
+    let mut call = chat::prepare(&state, chat_request)?;
+    call.native = Some(body);
     call::run(state, call_path, holder, call, Arc::new(Messages { model })).await
 }
 
 /// A Messages request as a chat completions request (and the model named), or the 400 naming
 /// what cannot be translated. Extended thinking, `top_k`, `cache_control` marks and thinking
-/// blocks quoted back have no chat equivalent and are dropped.
+/// blocks quoted back have no chat equivalent and are dropped (an Anthropic provider gets
+/// them: it is sent the request itself).
 fn translate_request(body: Value) -> Result<(Value, String), ApiError> {
     let Value::Object(mut body) = body else {
-        return Err(invalid("the body must be a JSON object"));
+        return Err(ApiError::invalid("the body must be a JSON object"));
     };
     let model = body
         .get("model")
         .and_then(Value::as_str)
-        .ok_or_else(|| invalid("model: field required"))?
+        .ok_or_else(|| ApiError::invalid("model: field required"))?
         .to_owned();
     let max_tokens = body
         .get("max_tokens")
         .filter(|v| v.as_u64().is_some_and(|n| n >= 1))
         .cloned()
-        .ok_or_else(|| invalid("max_tokens: a positive integer is required"))?;
+        .ok_or_else(|| ApiError::invalid("max_tokens: a positive integer is required"))?;
+    // Billed by the provider beyond tokens (MCP servers' and code containers' use), so not
+    // held for: refused, as an Anthropic provider would be sent them as they are.
+    for field in ["mcp_servers", "container"] {
+        if body.get(field).is_some_and(|v| !v.is_null()) {
+            return Err(ApiError::invalid(format!(
+                "{field}: not priced by this platform"
+            )));
+        }
+    }
     let mut chat = Map::new();
     chat.insert("model".to_owned(), Value::String(model.clone()));
     chat.insert("max_tokens".to_owned(), max_tokens);
@@ -63,13 +71,15 @@ fn translate_request(body: Value) -> Result<(Value, String), ApiError> {
             let text = blocks_text(&blocks, "system")?;
             messages.push(json!({"role": "system", "content": text}));
         }
-        Some(_) => return Err(invalid("system: must be a string or text blocks")),
+        Some(_) => return Err(ApiError::invalid("system: must be a string or text blocks")),
     }
     let Some(Value::Array(inbound)) = body.remove("messages") else {
-        return Err(invalid("messages: must be an array"));
+        return Err(ApiError::invalid("messages: must be an array"));
     };
     if inbound.is_empty() {
-        return Err(invalid("messages: at least one message is required"));
+        return Err(ApiError::invalid(
+            "messages: at least one message is required",
+        ));
     }
     for (i, message) in inbound.iter().enumerate() {
         translate_message(message, i, &mut messages)?;
@@ -81,7 +91,11 @@ fn translate_request(body: Value) -> Result<(Value, String), ApiError> {
         Some(Value::Array(stops)) if stops.iter().all(Value::is_string) => {
             chat.insert("stop".to_owned(), Value::Array(stops));
         }
-        Some(_) => return Err(invalid("stop_sequences: must be an array of strings")),
+        Some(_) => {
+            return Err(ApiError::invalid(
+                "stop_sequences: must be an array of strings",
+            ));
+        }
     }
     if let Some(tools) = body.remove("tools").filter(|v| !v.is_null()) {
         chat.insert("tools".to_owned(), translate_tools(tools)?);
@@ -120,7 +134,7 @@ fn blocks_text(blocks: &[Value], field: &str) -> Result<String, ApiError> {
                 text.push_str(piece);
             }
             _ => {
-                return Err(invalid(format!(
+                return Err(ApiError::invalid(format!(
                     "{field}[{j}]: only text blocks can be translated here"
                 )));
             }
@@ -135,7 +149,7 @@ fn translate_message(message: &Value, i: usize, out: &mut Vec<Value>) -> Result<
     let role = match message.get("role").and_then(Value::as_str) {
         Some(role @ ("user" | "assistant")) => role,
         _ => {
-            return Err(invalid(format!(
+            return Err(ApiError::invalid(format!(
                 "messages.{i}.role: must be \"user\" or \"assistant\""
             )));
         }
@@ -147,7 +161,7 @@ fn translate_message(message: &Value, i: usize, out: &mut Vec<Value>) -> Result<
         }
         Some(Value::Array(blocks)) => blocks,
         _ => {
-            return Err(invalid(format!(
+            return Err(ApiError::invalid(format!(
                 "messages.{i}.content: must be a string or an array of blocks"
             )));
         }
@@ -162,7 +176,7 @@ fn translate_message(message: &Value, i: usize, out: &mut Vec<Value>) -> Result<
                 let text = block
                     .get("text")
                     .and_then(Value::as_str)
-                    .ok_or_else(|| invalid(format!("{}.text: must be a string", at())))?;
+                    .ok_or_else(|| ApiError::invalid(format!("{}.text: must be a string", at())))?;
                 parts.push(json!({"type": "text", "text": text}));
             }
             ("user", "image") => parts.push(translate_image(block, &at())?),
@@ -170,7 +184,9 @@ fn translate_message(message: &Value, i: usize, out: &mut Vec<Value>) -> Result<
                 let id = block
                     .get("tool_use_id")
                     .and_then(Value::as_str)
-                    .ok_or_else(|| invalid(format!("{}.tool_use_id: must be a string", at())))?;
+                    .ok_or_else(|| {
+                        ApiError::invalid(format!("{}.tool_use_id: must be a string", at()))
+                    })?;
                 let content = match block.get("content") {
                     None | Some(Value::Null) => String::new(),
                     Some(Value::String(text)) => text.clone(),
@@ -178,7 +194,7 @@ fn translate_message(message: &Value, i: usize, out: &mut Vec<Value>) -> Result<
                         blocks_text(blocks, &format!("{}.content", at()))?
                     }
                     Some(_) => {
-                        return Err(invalid(format!(
+                        return Err(ApiError::invalid(format!(
                             "{}.content: must be a string or text blocks",
                             at()
                         )));
@@ -188,10 +204,9 @@ fn translate_message(message: &Value, i: usize, out: &mut Vec<Value>) -> Result<
             }
             ("assistant", "tool_use") => {
                 let field = |name: &str| {
-                    block
-                        .get(name)
-                        .and_then(Value::as_str)
-                        .ok_or_else(|| invalid(format!("{}.{name}: must be a string", at())))
+                    block.get(name).and_then(Value::as_str).ok_or_else(|| {
+                        ApiError::invalid(format!("{}.{name}: must be a string", at()))
+                    })
                 };
                 let input = block.get("input").cloned().unwrap_or_else(|| json!({}));
                 tool_calls.push(json!({
@@ -203,7 +218,7 @@ fn translate_message(message: &Value, i: usize, out: &mut Vec<Value>) -> Result<
             // Earlier reasoning quoted back: no chat provider reads it.
             ("assistant", "thinking" | "redacted_thinking") => {}
             _ => {
-                return Err(invalid(format!(
+                return Err(ApiError::invalid(format!(
                     "{}.type: {kind:?} blocks in {role} messages cannot be translated for this model",
                     at()
                 )));
@@ -233,7 +248,7 @@ fn translate_image(block: &Value, at: &str) -> Result<Value, ApiError> {
             let (Some(media_type), Some(data)) =
                 (source["media_type"].as_str(), source["data"].as_str())
             else {
-                return Err(invalid(format!(
+                return Err(ApiError::invalid(format!(
                     "{at}.source: media_type and data are required"
                 )));
             };
@@ -241,10 +256,10 @@ fn translate_image(block: &Value, at: &str) -> Result<Value, ApiError> {
         }
         Some("url") => source["url"]
             .as_str()
-            .ok_or_else(|| invalid(format!("{at}.source.url: must be a string")))?
+            .ok_or_else(|| ApiError::invalid(format!("{at}.source.url: must be a string")))?
             .to_owned(),
         _ => {
-            return Err(invalid(format!(
+            return Err(ApiError::invalid(format!(
                 "{at}.source.type: only base64 and url images can be translated"
             )));
         }
@@ -256,14 +271,14 @@ fn translate_image(block: &Value, at: &str) -> Result<Value, ApiError> {
 /// computer use, ...) cannot run at a chat provider.
 fn translate_tools(tools: Value) -> Result<Value, ApiError> {
     let Value::Array(tools) = tools else {
-        return Err(invalid("tools: must be an array"));
+        return Err(ApiError::invalid("tools: must be an array"));
     };
     let mut out = Vec::with_capacity(tools.len());
     for (i, tool) in tools.iter().enumerate() {
         match tool.get("type").and_then(Value::as_str) {
             None | Some("custom") => {}
             Some(kind) => {
-                return Err(invalid(format!(
+                return Err(ApiError::invalid(format!(
                     "tools.{i}.type: server tool {kind:?} cannot be translated for this model; only client tools"
                 )));
             }
@@ -271,7 +286,7 @@ fn translate_tools(tools: Value) -> Result<Value, ApiError> {
         let name = tool
             .get("name")
             .and_then(Value::as_str)
-            .ok_or_else(|| invalid(format!("tools.{i}.name: must be a string")))?;
+            .ok_or_else(|| ApiError::invalid(format!("tools.{i}.name: must be a string")))?;
         let mut function = json!({"name": name});
         if let Some(description) = tool.get("description").filter(|v| !v.is_null()) {
             function["description"] = description.clone();
@@ -298,11 +313,11 @@ fn translate_tool_choice(choice: &Value) -> Result<(Value, Option<bool>), ApiErr
             let name = choice
                 .get("name")
                 .and_then(Value::as_str)
-                .ok_or_else(|| invalid("tool_choice.name: must be a string"))?;
+                .ok_or_else(|| ApiError::invalid("tool_choice.name: must be a string"))?;
             json!({"type": "function", "function": {"name": name}})
         }
         _ => {
-            return Err(invalid(
+            return Err(ApiError::invalid(
                 "tool_choice.type: must be \"auto\", \"any\", \"tool\" or \"none\"",
             ));
         }
@@ -350,7 +365,10 @@ fn tool_input(arguments: &str) -> Value {
 }
 
 impl Dialect for Messages {
-    fn answer(&self, body: Bytes, usage: &Usage) -> Bytes {
+    fn answer(&self, body: Bytes, native: bool, usage: &Usage) -> Bytes {
+        if native {
+            return body; // Anthropic's own message, with the public model's name
+        }
         let completion: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
         let choice = &completion["choices"][0];
         let message = &choice["message"];
@@ -379,7 +397,10 @@ impl Dialect for Messages {
         Bytes::from(answer.to_string())
     }
 
-    fn stream(&self) -> Box<dyn StreamDialect> {
+    fn stream(&self, native: bool) -> Box<dyn StreamDialect> {
+        if native {
+            return Box::new(NativeEvents { held: Vec::new() });
+        }
         Box::new(MessageEvents {
             model: self.model.clone(),
             started: false,
@@ -387,6 +408,34 @@ impl Dialect for Messages {
             open: None,
             finish_reason: None,
         })
+    }
+}
+
+/// Anthropic's own events passed through, but for the last two (`message_delta` with the usage
+/// and `message_stop`), which wait until the charge is durable.
+struct NativeEvents {
+    held: Vec<u8>,
+}
+
+impl StreamDialect for NativeEvents {
+    fn events(&mut self, events: Bytes) -> Bytes {
+        let mut out = Vec::with_capacity(events.len());
+        for (event, data) in upstream::sse_events(&events) {
+            let last = data
+                .as_ref()
+                .and_then(|data| data["type"].as_str())
+                .is_some_and(|kind| matches!(kind, "message_delta" | "message_stop"));
+            if last {
+                self.held.extend_from_slice(event);
+            } else {
+                out.extend_from_slice(event);
+            }
+        }
+        Bytes::from(out)
+    }
+
+    fn end(&mut self, _usage: &Usage) -> Bytes {
+        Bytes::from(std::mem::take(&mut self.held))
     }
 }
 
@@ -451,45 +500,32 @@ impl MessageEvents {
 impl StreamDialect for MessageEvents {
     fn events(&mut self, events: Bytes) -> Bytes {
         let mut out = String::new();
-        for chunk in upstream::chat_chunks(&events) {
+        for delta in chat_deltas(&events) {
             self.start(&mut out);
-            let Some(choice) = chunk
-                .get("choices")
-                .and_then(Value::as_array)
-                .and_then(|c| c.first())
-            else {
-                continue;
-            };
-            let delta = &choice["delta"];
-            if let Some(text) = delta["content"].as_str().filter(|t| !t.is_empty()) {
-                if !matches!(self.open, Some(OpenBlock::Text)) {
-                    self.open_block(
-                        &mut out,
-                        OpenBlock::Text,
-                        json!({"type": "text", "text": ""}),
-                    );
+            match delta {
+                ChatDelta::Text(text) => {
+                    if !matches!(self.open, Some(OpenBlock::Text)) {
+                        let block = json!({"type": "text", "text": ""});
+                        self.open_block(&mut out, OpenBlock::Text, block);
+                    }
+                    self.delta(&mut out, json!({"type": "text_delta", "text": text}));
                 }
-                self.delta(&mut out, json!({"type": "text_delta", "text": text}));
-            }
-            for call in delta["tool_calls"].as_array().into_iter().flatten() {
-                let index = call["index"].as_u64().unwrap_or(0);
-                if !matches!(self.open, Some(OpenBlock::ToolUse(open)) if open == index) {
-                    let block = json!({"type": "tool_use", "id": call["id"],
-                        "name": call["function"]["name"], "input": {}});
-                    self.open_block(&mut out, OpenBlock::ToolUse(index), block);
+                ChatDelta::ToolCall(call) => {
+                    let index = call["index"].as_u64().unwrap_or(0);
+                    if !matches!(self.open, Some(OpenBlock::ToolUse(open)) if open == index) {
+                        let block = json!({"type": "tool_use", "id": call["id"],
+                            "name": call["function"]["name"], "input": {}});
+                        self.open_block(&mut out, OpenBlock::ToolUse(index), block);
+                    }
+                    if let Some(arguments) = call["function"]["arguments"]
+                        .as_str()
+                        .filter(|a| !a.is_empty())
+                    {
+                        let delta = json!({"type": "input_json_delta", "partial_json": arguments});
+                        self.delta(&mut out, delta);
+                    }
                 }
-                if let Some(arguments) = call["function"]["arguments"]
-                    .as_str()
-                    .filter(|a| !a.is_empty())
-                {
-                    self.delta(
-                        &mut out,
-                        json!({"type": "input_json_delta", "partial_json": arguments}),
-                    );
-                }
-            }
-            if let Some(reason) = choice["finish_reason"].as_str() {
-                self.finish_reason = Some(reason.to_owned());
+                ChatDelta::Finish(reason) => self.finish_reason = Some(reason),
             }
         }
         Bytes::from(out)
@@ -595,6 +631,14 @@ mod tests {
                 json!({"model": "m", "max_tokens": 5, "messages": text, "tool_choice": {"type": "maybe"}}),
                 "tool_choice.type:",
             ),
+            (
+                json!({"model": "m", "max_tokens": 5, "messages": text, "mcp_servers": [{"type": "url"}]}),
+                "mcp_servers:",
+            ),
+            (
+                json!({"model": "m", "max_tokens": 5, "messages": text, "container": "c"}),
+                "container:",
+            ),
         ] {
             let message = translate_request(body.clone()).unwrap_err().to_string();
             assert!(message.starts_with(named), "{body}: {message}");
@@ -611,7 +655,7 @@ mod tests {
         let dialect = Messages {
             model: "claude".to_owned(),
         };
-        let mut stream = dialect.stream();
+        let mut stream = dialect.stream(false);
         let mut text = String::from_utf8(
             stream
                 .events(sse(&[
@@ -663,6 +707,34 @@ mod tests {
     }
 
     #[test]
+    fn anthropics_own_events_pass_but_the_last_two_wait_for_the_charge() {
+        let dialect = Messages {
+            model: "claude".to_owned(),
+        };
+        let mut stream = dialect.stream(true);
+        let events = concat!(
+            "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{}}\n\n",
+            "event: ping\ndata: {\"type\":\"ping\"}\n\n",
+            "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0}\n\n",
+            "event: message_delta\ndata: {\"type\":\"message_delta\",\"usage\":{\"output_tokens\":3}}\n\n",
+            "event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n",
+        );
+        let passed = stream.events(Bytes::from_static(events.as_bytes()));
+        let passed = std::str::from_utf8(&passed).unwrap();
+        assert!(passed.contains("event: ping") && passed.contains("content_block_delta"));
+        assert!(!passed.contains("message_delta") && !passed.contains("message_stop"));
+        let end = stream.end(&Usage::default());
+        let end = std::str::from_utf8(&end).unwrap();
+        assert!(end.starts_with("event: message_delta") && end.ends_with("message_stop\"}\n\n"));
+        let answer = dialect.answer(
+            Bytes::from_static(b"{\"type\":\"message\"}"),
+            true,
+            &Usage::default(),
+        );
+        assert_eq!(&answer[..], b"{\"type\":\"message\"}", "passed through");
+    }
+
+    #[test]
     fn a_whole_answer_is_an_anthropic_message() {
         let completion = json!({"choices": [{"index": 0, "finish_reason": "length", "message": {
             "role": "assistant", "content": "cut", "tool_calls": [
@@ -672,6 +744,7 @@ mod tests {
         }
         .answer(
             Bytes::from(completion.to_string()),
+            false,
             &Usage {
                 prompt_tokens: 2,
                 completion_tokens: 1,

@@ -14,14 +14,10 @@ use serde_json::{Map, Value, json};
 use uuid::Uuid;
 
 use crate::auth::KeyHolder;
-use crate::core::call::{self, Dialect, StreamDialect, sse_event};
+use crate::core::call::{self, ChatDelta, Dialect, StreamDialect, chat_deltas, sse_event};
 use crate::core::chat;
 use crate::error::ApiError;
 use crate::state::{AppState, CallPath};
-
-fn invalid(message: impl Into<String>) -> ApiError {
-    ApiError::InvalidRequest(message.into())
-}
 
 /// `POST /v1/responses`.
 pub async fn respond(
@@ -63,7 +59,7 @@ const ECHOED: [(&str, Value); 9] = [
 /// translated.
 fn translate_request(body: Value) -> Result<(Value, Echo), ApiError> {
     let Value::Object(mut body) = body else {
-        return Err(invalid("the body must be a JSON object"));
+        return Err(ApiError::invalid("the body must be a JSON object"));
     };
     for (field, why) in [
         (
@@ -77,11 +73,11 @@ fn translate_request(body: Value) -> Result<(Value, Echo), ApiError> {
         ("prompt", "stored prompt templates are not supported"),
     ] {
         if body.get(field).is_some_and(|v| !v.is_null()) {
-            return Err(invalid(format!("{field}: {why}")));
+            return Err(ApiError::invalid(format!("{field}: {why}")));
         }
     }
     if body.get("background").and_then(Value::as_bool) == Some(true) {
-        return Err(invalid(
+        return Err(ApiError::invalid(
             "background: background responses are not supported",
         ));
     }
@@ -102,16 +98,20 @@ fn translate_request(body: Value) -> Result<(Value, Echo), ApiError> {
     match body.remove("instructions") {
         None | Some(Value::Null) => {}
         Some(Value::String(text)) => messages.push(json!({"role": "system", "content": text})),
-        Some(_) => return Err(invalid("instructions must be a string")),
+        Some(_) => return Err(ApiError::invalid("instructions must be a string")),
     }
     match body.remove("input") {
         Some(Value::String(text)) => messages.push(json!({"role": "user", "content": text})),
         Some(Value::Array(items)) => translate_items(items, &mut messages)?,
-        None | Some(Value::Null) => return Err(invalid("input is required")),
-        Some(_) => return Err(invalid("input must be a string or an array of items")),
+        None | Some(Value::Null) => return Err(ApiError::invalid("input is required")),
+        Some(_) => {
+            return Err(ApiError::invalid(
+                "input must be a string or an array of items",
+            ));
+        }
     }
     if messages.is_empty() {
-        return Err(invalid("input must not be empty"));
+        return Err(ApiError::invalid("input must not be empty"));
     }
     chat.insert("messages".to_owned(), Value::Array(messages));
     match body.remove("max_output_tokens") {
@@ -119,7 +119,11 @@ fn translate_request(body: Value) -> Result<(Value, Echo), ApiError> {
         Some(limit) if limit.as_u64().is_some_and(|n| n >= 1) => {
             chat.insert("max_tokens".to_owned(), limit);
         }
-        Some(_) => return Err(invalid("max_output_tokens must be a positive integer")),
+        Some(_) => {
+            return Err(ApiError::invalid(
+                "max_output_tokens must be a positive integer",
+            ));
+        }
     }
     if let Some(tools) = body.remove("tools").filter(|v| !v.is_null()) {
         chat.insert("tools".to_owned(), translate_tools(tools)?);
@@ -195,7 +199,7 @@ fn translate_items(items: Vec<Value>, messages: &mut Vec<Value>) -> Result<(), A
                     Some(Value::String(text)) => text.clone(),
                     Some(Value::Array(parts)) => parts_text(parts, i)?,
                     _ => {
-                        return Err(invalid(format!(
+                        return Err(ApiError::invalid(format!(
                             "input[{i}].output must be a string or text parts"
                         )));
                     }
@@ -208,7 +212,7 @@ fn translate_items(items: Vec<Value>, messages: &mut Vec<Value>) -> Result<(), A
             }
             "reasoning" => {}
             other => {
-                return Err(invalid(format!(
+                return Err(ApiError::invalid(format!(
                     "input[{i}].type: {other:?} items cannot be translated for this model's provider"
                 )));
             }
@@ -221,7 +225,7 @@ fn required_text(item: &Value, field: &str, i: usize) -> Result<String, ApiError
     item.get(field)
         .and_then(Value::as_str)
         .map(str::to_owned)
-        .ok_or_else(|| invalid(format!("input[{i}].{field} must be a string")))
+        .ok_or_else(|| ApiError::invalid(format!("input[{i}].{field} must be a string")))
 }
 
 /// The text of `output_text`/`input_text` parts (a function call's output given as parts).
@@ -231,7 +235,7 @@ fn parts_text(parts: &[Value], i: usize) -> Result<String, ApiError> {
         match part.get("text").and_then(Value::as_str) {
             Some(piece) => text.push_str(piece),
             None => {
-                return Err(invalid(format!(
+                return Err(ApiError::invalid(format!(
                     "input[{i}].output[{j}]: only text parts can be translated"
                 )));
             }
@@ -245,7 +249,7 @@ fn translate_message(item: &Value, i: usize) -> Result<Value, ApiError> {
         Some(role @ ("user" | "assistant" | "system")) => role,
         Some("developer") => "system",
         _ => {
-            return Err(invalid(format!(
+            return Err(ApiError::invalid(format!(
                 "input[{i}].role must be user, assistant, system or developer"
             )));
         }
@@ -270,7 +274,7 @@ fn translate_message(item: &Value, i: usize) -> Result<Value, ApiError> {
             }
         }
         _ => {
-            return Err(invalid(format!(
+            return Err(ApiError::invalid(format!(
                 "input[{i}].content must be a string or an array of parts"
             )));
         }
@@ -282,10 +286,9 @@ fn translate_part(part: &Value, i: usize, j: usize) -> Result<Value, ApiError> {
     let kind = part.get("type").and_then(Value::as_str).unwrap_or("");
     match kind {
         "input_text" | "output_text" | "text" => {
-            let text = part
-                .get("text")
-                .and_then(Value::as_str)
-                .ok_or_else(|| invalid(format!("input[{i}].content[{j}].text must be a string")))?;
+            let text = part.get("text").and_then(Value::as_str).ok_or_else(|| {
+                ApiError::invalid(format!("input[{i}].content[{j}].text must be a string"))
+            })?;
             Ok(json!({"type": "text", "text": text}))
         }
         "refusal" => Ok(
@@ -293,7 +296,7 @@ fn translate_part(part: &Value, i: usize, j: usize) -> Result<Value, ApiError> {
         ),
         "input_image" => {
             let url = part.get("image_url").and_then(Value::as_str).ok_or_else(|| {
-                invalid(format!(
+                ApiError::invalid(format!(
                     "input[{i}].content[{j}].image_url: only images given by URL can be translated"
                 ))
             })?;
@@ -303,7 +306,7 @@ fn translate_part(part: &Value, i: usize, j: usize) -> Result<Value, ApiError> {
             }
             Ok(json!({"type": "image_url", "image_url": image}))
         }
-        other => Err(invalid(format!(
+        other => Err(ApiError::invalid(format!(
             "input[{i}].content[{j}].type: {other:?} parts are not priced by this platform"
         ))),
     }
@@ -313,20 +316,20 @@ fn translate_part(part: &Value, i: usize, j: usize) -> Result<Value, ApiError> {
 /// code interpreter, ...) run at OpenAI, not at a chat provider.
 fn translate_tools(tools: Value) -> Result<Value, ApiError> {
     let Value::Array(tools) = tools else {
-        return Err(invalid("tools must be an array"));
+        return Err(ApiError::invalid("tools must be an array"));
     };
     let mut out = Vec::with_capacity(tools.len());
     for (i, tool) in tools.iter().enumerate() {
         let kind = tool.get("type").and_then(Value::as_str).unwrap_or("");
         if kind != "function" {
-            return Err(invalid(format!(
+            return Err(ApiError::invalid(format!(
                 "tools[{i}].type: built-in {kind:?} tools cannot be translated for this model's provider; only function tools"
             )));
         }
         let name = tool
             .get("name")
             .and_then(Value::as_str)
-            .ok_or_else(|| invalid(format!("tools[{i}].name must be a string")))?;
+            .ok_or_else(|| ApiError::invalid(format!("tools[{i}].name must be a string")))?;
         let mut function = json!({"name": name});
         for field in ["description", "parameters", "strict"] {
             if let Some(value) = tool.get(field).filter(|v| !v.is_null()) {
@@ -345,10 +348,10 @@ fn translate_tool_choice(choice: Value) -> Result<Value, ApiError> {
             let name = named
                 .get("name")
                 .and_then(Value::as_str)
-                .ok_or_else(|| invalid("tool_choice.name must be a string"))?;
+                .ok_or_else(|| ApiError::invalid("tool_choice.name must be a string"))?;
             Ok(json!({"type": "function", "function": {"name": name}}))
         }
-        _ => Err(invalid(
+        _ => Err(ApiError::invalid(
             "tool_choice must be \"auto\", \"none\", \"required\" or a function",
         )),
     }
@@ -368,7 +371,7 @@ fn translate_format(format: Value) -> Result<Option<Value>, ApiError> {
             }
             Ok(Some(json!({"type": "json_schema", "json_schema": schema})))
         }
-        Some(other) => Err(invalid(format!(
+        Some(other) => Err(ApiError::invalid(format!(
             "text.format.type: {other:?} is not one of text, json_object, json_schema"
         ))),
     }
@@ -378,7 +381,7 @@ fn translate_format(format: Value) -> Result<Option<Value>, ApiError> {
 struct Responses(Arc<Echo>);
 
 impl Dialect for Responses {
-    fn answer(&self, body: Bytes, usage: &Usage) -> Bytes {
+    fn answer(&self, body: Bytes, _native: bool, usage: &Usage) -> Bytes {
         let completion: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
         let choice = &completion["choices"][0];
         let message = &choice["message"];
@@ -412,7 +415,7 @@ impl Dialect for Responses {
         Bytes::from(response.to_string())
     }
 
-    fn stream(&self) -> Box<dyn StreamDialect> {
+    fn stream(&self, _native: bool) -> Box<dyn StreamDialect> {
         Box::new(ResponseEvents {
             echo: Arc::clone(&self.0),
             id: new_id("resp"),
@@ -539,16 +542,9 @@ impl ResponseEvents {
             None,
             None,
         );
-        self.emit(out, "response.created", json!({"response": response}));
-        let response = response_object(
-            &self.echo,
-            &self.id,
-            self.created_at,
-            Vec::new(),
-            None,
-            None,
-        );
-        self.emit(out, "response.in_progress", json!({"response": response}));
+        for kind in ["response.created", "response.in_progress"] {
+            self.emit(out, kind, json!({"response": response}));
+        }
     }
 
     fn text_delta(&mut self, out: &mut String, delta: &str) {
@@ -673,24 +669,12 @@ impl ResponseEvents {
 impl StreamDialect for ResponseEvents {
     fn events(&mut self, events: Bytes) -> Bytes {
         let mut out = String::new();
-        for chunk in upstream::chat_chunks(&events) {
+        for delta in chat_deltas(&events) {
             self.start(&mut out);
-            let Some(choice) = chunk
-                .get("choices")
-                .and_then(Value::as_array)
-                .and_then(|c| c.first())
-            else {
-                continue;
-            };
-            let delta = &choice["delta"];
-            if let Some(text) = delta["content"].as_str().filter(|t| !t.is_empty()) {
-                self.text_delta(&mut out, text);
-            }
-            for call in delta["tool_calls"].as_array().into_iter().flatten() {
-                self.tool_call_delta(&mut out, call);
-            }
-            if let Some(reason) = choice["finish_reason"].as_str() {
-                self.finish_reason = Some(reason.to_owned());
+            match delta {
+                ChatDelta::Text(text) => self.text_delta(&mut out, &text),
+                ChatDelta::ToolCall(call) => self.tool_call_delta(&mut out, &call),
+                ChatDelta::Finish(reason) => self.finish_reason = Some(reason),
             }
         }
         Bytes::from(out)
@@ -875,7 +859,7 @@ mod tests {
 
     #[test]
     fn a_chat_stream_becomes_response_events_ending_with_the_billed_usage() {
-        let mut stream = Responses(Arc::new(echo())).stream();
+        let mut stream = Responses(Arc::new(echo())).stream(false);
         let first = stream.events(sse(&[
             json!({"choices": [{"index": 0, "delta": {"role": "assistant", "content": "Hel"}}]}),
             json!({"choices": [{"index": 0, "delta": {"content": "lo"}}]}),
@@ -937,7 +921,7 @@ mod tests {
             ..Usage::default()
         };
         let answer =
-            Responses(Arc::new(echo())).answer(Bytes::from(completion.to_string()), &usage);
+            Responses(Arc::new(echo())).answer(Bytes::from(completion.to_string()), false, &usage);
         let response: Value = serde_json::from_slice(&answer).unwrap();
         assert_eq!(response["object"], "response");
         assert_eq!(response["model"], "m");
