@@ -893,7 +893,7 @@ def cmd_report(a):
       "the mock (keepalive upstream, access log off); *gateway* = gateway-api (release build, "
       f"`RUST_LOG={meta['rust_log']}`, default workers and pool sizes) doing the whole path: access-key "
       "lookup (then cached for `calls.key_cache_ttl_ms`, 1 s, and re-checked in the background after "
-      "half of it), hold on the balance, forward to the "
+      "half of it), admission (this process's credit lease of the user, in memory, else a hold on the balance), forward to the "
       "mock, price the usage, make the charge durable before answering (publisher confirms; the "
       "charges that finish while a publish awaits its confirm share the next message), with billing-worker "
       "running and settling every charge into PostgreSQL.")
@@ -1037,11 +1037,12 @@ def cmd_report(a):
             w(f"| pgbench single-row UPDATE transactions, 8 clients | **{fmt(pgb)}** | "
               f"{', '.join(fmt(r['tps']) for r in pg_runs)} | | {other(pg_runs)}% |")
         w("")
-        w("Batched mode settles a whole batch (up to 64) in one transaction of a fixed number of set-based, "
+        w("Batched mode settles a whole batch (up to `batch_max`, 512 by default) in one transaction of a fixed number of set-based, "
           "prepared statements (look up the request ids already settled, delete the settled holds, take "
           "leased calls' costs from their leases, then one call of the SQL function `settle_usage`, which "
-          "locks the users in id order, debits them and writes the ledger and usage rows, right before "
-          "the commit); single mode (`BATCH_MAX=1`) settles each charge in its own transaction.")
+          "locks the users in id order, debits them and writes the ledger and usage rows, and one "
+          "statement adding the charges of keys and users with a spend limit to their spend totals, "
+          "right before the commit); single mode (`BATCH_MAX=1`) settles each charge in its own transaction.")
         w("")
 
     mem = by(kind="memory")
