@@ -188,6 +188,18 @@ async fn a_tpm_limit_counts_the_estimate_and_gives_back_what_was_not_used() {
     // The two calls used far fewer tokens than estimated: the difference came back.
     let again = call_via(&app, &app.address, &key, &body).await;
     assert_eq!(again.status, 200, "{}", again.body);
+    // A call whose estimate alone passes the limit is told so.
+    let small = key_with(&app, &setup, json!({"tpm_limit": 100})).await;
+    let huge = call_via(&app, &app.address, &small, &body).await;
+    assert_eq!(huge.status, 429, "{}", huge.body);
+    assert!(
+        huge.body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("lower max_tokens"),
+        "{}",
+        huge.body
+    );
 }
 
 fn decimal(text: &str) -> BigDecimal {

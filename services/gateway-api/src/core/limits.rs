@@ -257,6 +257,18 @@ impl Limits {
     async fn take(&self, key: WindowKey, need: i64, limit: i64) -> Result<i64, ApiError> {
         let now = Utc::now();
         let minute = minute_of(now);
+        if need > limit {
+            // No minute can ever admit it: say so rather than invite retries.
+            return Err(ApiError::Limited(Box::new(Limited::rate(
+                format!(
+                    "this call may use up to {need} tokens, more than this {}'s tpm_limit of \
+                     {limit}; lower max_tokens or shorten the prompt",
+                    key.scope.as_str()
+                ),
+                seconds_left(now),
+                Vec::new(),
+            ))));
+        }
         let short = {
             let mut slices = self.slices.lock().unwrap_or_else(PoisonError::into_inner);
             let slice = slices.entry(key).or_default();
