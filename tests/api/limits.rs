@@ -428,4 +428,38 @@ async fn pending_jobs_per_user_are_capped() {
     let third = submit().await;
     assert_eq!(third.status.as_u16(), 429, "{}", third.text);
     assert_eq!(third.json["error"]["code"], "rate_limited");
+    // A key's rate limit counts job submissions too, and a spend limit covers their holds.
+    let admin = app.admin_token().to_owned();
+    app.send(
+        reqwest::Method::PUT,
+        &format!("/v1/admin/users/{}/limits", setup.user_id),
+        integration_tests::Credential::Bearer(&admin),
+        Some(json!({"max_pending_jobs": 100})),
+    )
+    .await
+    .assert_status(200);
+    room_in_minute(10).await;
+    let per_minute = key_with(&app, &setup, json!({"rpm_limit": 1})).await;
+    let spend = key_with(&app, &setup, json!({"spend_limit": "0.05"})).await;
+    let submit_with = |key: String| {
+        let app = &app;
+        async move {
+            app.send(
+                reqwest::Method::POST,
+                "/v1/jobs/image-generation",
+                integration_tests::Credential::Bearer(&key),
+                Some(json!({"model": image_model, "prompt": "a cat"})),
+            )
+            .await
+        }
+    };
+    submit_with(per_minute.clone()).await.assert_status(202);
+    submit_with(per_minute)
+        .await
+        .assert_error(429, "rate_limited");
+    // One image costs 0.04: the first job fits in 0.05, the second would pass it.
+    submit_with(spend.clone()).await.assert_status(202);
+    submit_with(spend)
+        .await
+        .assert_error(429, "spend_limit_reached");
 }
