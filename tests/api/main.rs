@@ -2,6 +2,7 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod abuse;
 mod anthropic;
 mod bad_input;
 mod catalog;

@@ -26,6 +26,12 @@ pub enum ApiError {
     PayloadTooLarge(String),
     #[error("{0}")]
     RateLimited(String),
+    /// 429 `rate_limited` with `Retry-After` (sign-in and sign-up throttles).
+    #[error("{message}")]
+    Throttled {
+        message: String,
+        retry_after_seconds: u64,
+    },
     #[error("{0}")]
     Unavailable(String),
     #[error("{0}")]
@@ -62,7 +68,7 @@ impl ApiError {
             ApiError::ModelNotFound(_) => "model_not_found",
             ApiError::Conflict(_) => "conflict",
             ApiError::PayloadTooLarge(_) => "payload_too_large",
-            ApiError::RateLimited(_) => "rate_limited",
+            ApiError::RateLimited(_) | ApiError::Throttled { .. } => "rate_limited",
             ApiError::Unavailable(_) => "unavailable",
             ApiError::UpstreamError(_) => "upstream_error",
             ApiError::UpstreamTimeout(_) => "upstream_timeout",
@@ -81,7 +87,7 @@ impl ApiError {
             ApiError::Unauthorized(_) => "authentication_error",
             ApiError::Forbidden(_) => "permission_error",
             ApiError::InsufficientBalance(_) => "insufficient_quota",
-            ApiError::RateLimited(_) => "rate_limit_error",
+            ApiError::RateLimited(_) | ApiError::Throttled { .. } => "rate_limit_error",
             ApiError::Unavailable(_)
             | ApiError::Internal(_)
             | ApiError::UpstreamError(_)
@@ -136,7 +142,7 @@ impl ResponseError for ApiError {
             ApiError::NotFound(_) | ApiError::ModelNotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
-            ApiError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::RateLimited(_) | ApiError::Throttled { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::UpstreamError(_) => StatusCode::BAD_GATEWAY,
             ApiError::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
@@ -148,7 +154,15 @@ impl ResponseError for ApiError {
         if let ApiError::Internal(cause) = self {
             tracing::error!(%cause, "internal error");
         }
-        HttpResponse::build(self.status_code()).json(self.body())
+        let mut response = HttpResponse::build(self.status_code());
+        if let ApiError::Throttled {
+            retry_after_seconds,
+            ..
+        } = self
+        {
+            response.insert_header(("retry-after", retry_after_seconds.to_string()));
+        }
+        response.json(self.body())
     }
 }
 

@@ -132,7 +132,7 @@ fn spawn_routing_reloads(state: web::Data<AppState>, every_ms: u64) {
 
 async fn random_dummy_hash(cost: u32) -> Result<String, StartupError> {
     let seed = uuid::Uuid::new_v4().to_string();
-    identity::hash_password(&seed, cost)
+    identity::hash_password_at_start(&seed, cost)
         .await
         .map_err(StartupError::Bootstrap)
 }

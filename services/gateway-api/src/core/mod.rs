@@ -8,5 +8,6 @@ pub mod chat;
 pub mod identity;
 pub mod jobs;
 pub mod orders;
+pub mod throttle;
 pub mod tokens;
 pub mod users;

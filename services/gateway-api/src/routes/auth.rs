@@ -1,7 +1,6 @@
 //! `/v1/auth`: registration and login.
 
-use actix_web::{HttpResponse, web};
-use domain::Role;
+use actix_web::{HttpRequest, HttpResponse, web};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
@@ -42,29 +41,40 @@ pub struct LoginResponse {
 
 /// Create an account (always the `user` role).
 #[utoipa::path(post, path = "/v1/auth/register", tag = "auth", request_body = Credentials,
-    responses((status = 201, body = UserEnvelope), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody)))]
+    responses((status = 201, body = UserEnvelope), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody),
+        (status = 429, description = "too many registrations from this address, or too many password hashes in progress; see `Retry-After`", body = ErrorBody)))]
 pub async fn register(
     state: web::Data<AppState>,
+    req: HttpRequest,
     body: web::Json<Credentials>,
 ) -> Result<HttpResponse, ApiError> {
-    let mut conn = state.conn().await?;
-    let user =
-        identity::create_user(&state, &mut conn, &body.email, &body.password, Role::User).await?;
+    let address = state.guards.address_of(&req);
+    let user = identity::register(&state, &address, &body.email, &body.password).await?;
     Ok(HttpResponse::Created().json(UserEnvelope { user: user.into() }))
 }
 
 /// Exchange email and password for a session token.
 #[utoipa::path(post, path = "/v1/auth/login", tag = "auth", request_body = Credentials,
-    responses((status = 200, body = LoginResponse), (status = 401, body = ErrorBody)))]
+    responses((status = 200, body = LoginResponse), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 429, description = "too many failed sign-ins for this account or from this address; see `Retry-After`", body = ErrorBody)))]
 pub async fn login(
     state: web::Data<AppState>,
+    req: HttpRequest,
     body: web::Json<Credentials>,
 ) -> Result<HttpResponse, ApiError> {
-    let session = identity::login(&state, &body.email, &body.password).await?;
-    Ok(HttpResponse::Ok().json(LoginResponse {
-        access_token: session.token,
-        token_type: "Bearer",
-        expires_in: state.jwt_ttl_seconds,
-        user: session.user.into(),
-    }))
+    let address = state.guards.address_of(&req);
+    let session = identity::login(&state, &address, &body.email, &body.password).await?;
+    Ok(HttpResponse::Ok()
+        .insert_header(no_store())
+        .json(LoginResponse {
+            access_token: session.token,
+            token_type: "Bearer",
+            expires_in: state.jwt_ttl_seconds,
+            user: session.user.into(),
+        }))
+}
+
+/// Responses that carry a credential must not be stored by any cache.
+pub fn no_store() -> (actix_web::http::header::HeaderName, &'static str) {
+    (actix_web::http::header::CACHE_CONTROL, "no-store")
 }

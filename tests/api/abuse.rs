@@ -1,0 +1,202 @@
+//! Sign-in and sign-up abuse: throttles that lock out only the attacker's address or the
+//! attacked account, the cap on password hashes, the negative cache of unknown access keys.
+
+use integration_tests::{Reply, TestApp, spawn_app_with};
+use reqwest::Method;
+use serde_json::json;
+
+/// Sends a login as if from `client` (behind the trusted proxy 127.0.0.1).
+async fn login_from(app: &TestApp, client: &str, email: &str, password: &str) -> Reply {
+    let response = app
+        .client
+        .post(format!("{}/v1/auth/login", app.address))
+        .header("x-forwarded-for", client)
+        .json(&json!({"email": email, "password": password}))
+        .send()
+        .await
+        .unwrap();
+    TestApp::read(response).await
+}
+
+async fn register_from(app: &TestApp, client: &str) -> Reply {
+    let email = format!("r{}@example.com", uuid::Uuid::new_v4().simple());
+    let response = app
+        .client
+        .post(format!("{}/v1/auth/register", app.address))
+        .header("x-forwarded-for", client)
+        .json(&json!({"email": email, "password": "password-123"}))
+        .send()
+        .await
+        .unwrap();
+    TestApp::read(response).await
+}
+
+fn retry_after(reply: &Reply) -> u64 {
+    reply
+        .headers
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no Retry-After: {:?}", reply.headers))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn failed_logins_lock_out_only_the_attacker_and_the_attacked_account() {
+    let app = spawn_app_with(|s| {
+        s.abuse.failures_per_account = 3;
+        s.abuse.failures_per_address = 5;
+        s.abuse.backoff_base_ms = 30_000;
+        s.abuse.trusted_proxies = "127.0.0.1/32".to_owned();
+    })
+    .await;
+    let (_, victim) = app.register("password-123").await;
+    let (_, bystander) = app.register("password-123").await;
+    let attacker = "203.0.113.9";
+
+    // The account's 3 free failures, then 429 with Retry-After, before any hashing.
+    for _ in 0..3 {
+        login_from(&app, attacker, &victim, "wrong-password")
+            .await
+            .assert_error(401, "unauthorized");
+    }
+    let refused = login_from(&app, attacker, &victim, "wrong-password").await;
+    refused.assert_error(429, "rate_limited");
+    assert!(
+        (1..=30).contains(&retry_after(&refused)),
+        "{:?}",
+        refused.headers
+    );
+    // Even the right password waits out the block (the attacker cannot test guesses).
+    login_from(&app, attacker, &victim, "password-123")
+        .await
+        .assert_error(429, "rate_limited");
+
+    // Another account is not affected, from another address.
+    let ok = login_from(&app, "198.51.100.4", &bystander, "password-123").await;
+    ok.assert_status(200);
+    assert_eq!(ok.headers["cache-control"], "no-store");
+
+    // The attacker's address runs out on other accounts too (3 failures counted so far).
+    for _ in 0..2 {
+        login_from(&app, attacker, &bystander, "wrong-password")
+            .await
+            .assert_error(401, "unauthorized");
+    }
+    login_from(&app, attacker, &bystander, "password-123")
+        .await
+        .assert_error(429, "rate_limited");
+    // ...while the bystander still signs in from elsewhere.
+    login_from(&app, "198.51.100.4", &bystander, "password-123")
+        .await
+        .assert_status(200);
+
+    // An address in X-Forwarded-For before the one the trusted proxy appended is ignored:
+    // the attacker cannot pick a fresh address by sending the header itself.
+    let spoofed = format!("192.0.2.77, {attacker}");
+    login_from(&app, &spoofed, &bystander, "password-123")
+        .await
+        .assert_error(429, "rate_limited");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn registrations_are_limited_per_address() {
+    let app = spawn_app_with(|s| {
+        s.abuse.registrations_per_address = 3;
+        s.abuse.trusted_proxies = "127.0.0.1/32".to_owned();
+    })
+    .await;
+    let users_before = app.count("users").await;
+    for _ in 0..3 {
+        register_from(&app, "203.0.113.50").await.assert_status(201);
+    }
+    let refused = register_from(&app, "203.0.113.50").await;
+    refused.assert_error(429, "rate_limited");
+    assert!(retry_after(&refused) >= 1);
+    assert_eq!(
+        app.count("users").await,
+        users_before + 3,
+        "a refused registration wrote"
+    );
+    register_from(&app, "203.0.113.51").await.assert_status(201);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn password_hashes_beyond_the_cap_are_refused_with_retry_after() {
+    let app = spawn_app_with(|s| {
+        s.auth.bcrypt_cost = 8;
+        s.abuse.hashes_in_flight = 1;
+        s.abuse.hash_wait_ms = 1;
+    })
+    .await;
+    let logins = (0..16).map(|i| {
+        let app = &app;
+        async move {
+            app.send(
+                Method::POST,
+                "/v1/auth/login",
+                integration_tests::Credential::None,
+                Some(
+                    json!({"email": format!("nobody{i}@example.com"), "password": "password-123"}),
+                ),
+            )
+            .await
+        }
+    });
+    let replies = futures_util::future::join_all(logins).await;
+    let mut throttled = 0;
+    for reply in &replies {
+        match reply.status.as_u16() {
+            401 => {}
+            429 => {
+                reply.assert_error(429, "rate_limited");
+                assert_eq!(retry_after(reply), 1);
+                throttled += 1;
+            }
+            other => panic!("unexpected {other}: {}", reply.text),
+        }
+    }
+    assert!(
+        throttled > 0,
+        "16 concurrent hashes with 1 permit: none refused"
+    );
+    assert!(throttled < 16, "every hash refused");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unknown_access_key_is_refused_from_memory() {
+    let app = spawn_app_with(|s| s.abuse.unknown_key_cache_ttl_ms = 60_000).await;
+    let counted = |text: &str| -> f64 {
+        text.lines()
+            .find(|l| l.starts_with("access_key_unknown_cached_total"))
+            .and_then(|l| l.split_whitespace().last())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0)
+    };
+    let metrics = || async {
+        app.client
+            .get(format!("{}/metrics", app.address))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    };
+    let key = format!("sk-{}", uuid::Uuid::new_v4().simple());
+    let before = counted(&metrics().await);
+    for _ in 0..3 {
+        app.send(
+            Method::GET,
+            "/v1/models",
+            integration_tests::Credential::AccessKeyHeader(&key),
+            None,
+        )
+        .await
+        .assert_error(401, "unauthorized");
+    }
+    let after = counted(&metrics().await);
+    assert!(
+        after - before >= 2.0,
+        "cached refusals: {before} -> {after}"
+    );
+}
