@@ -200,3 +200,125 @@ async fn an_unknown_access_key_is_refused_from_memory() {
         "cached refusals: {before} -> {after}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sign_out_and_a_password_change_end_every_session() {
+    let app = spawn_app_with(|s| s.abuse.failures_per_account = 2).await;
+    let (_, email) = app.register("password-123").await;
+    let first = app.login(&email, "password-123").await;
+    let second = app.login(&email, "password-123").await;
+    app.get("/v1/me", &first).await.assert_status(200);
+
+    let out = app
+        .send(
+            Method::POST,
+            "/v1/auth/logout",
+            integration_tests::Credential::Bearer(&first),
+            None,
+        )
+        .await;
+    assert_eq!(out.status.as_u16(), 204, "{}", out.text);
+    app.get("/v1/me", &first)
+        .await
+        .assert_error(401, "unauthorized");
+    app.get("/v1/me", &second)
+        .await
+        .assert_error(401, "unauthorized");
+    // Signing in again works; the new session is valid.
+    let third = app.login(&email, "password-123").await;
+    app.get("/v1/me", &third).await.assert_status(200);
+
+    // A wrong current password is refused, counted, and changes nothing.
+    let change = |current: &'static str| {
+        let token = third.clone();
+        let app = &app;
+        async move {
+            app.post(
+                "/v1/auth/password",
+                &token,
+                json!({"current_password": current, "new_password": "new-password-456"}),
+            )
+            .await
+        }
+    };
+    change("wrong-password")
+        .await
+        .assert_error(403, "forbidden");
+    app.post(
+        "/v1/auth/password",
+        &third,
+        json!({"current_password": "password-123", "new_password": "short"}),
+    )
+    .await
+    .assert_error(400, "invalid_request");
+    app.get("/v1/me", &third).await.assert_status(200);
+    let changed = change("password-123").await;
+    assert_eq!(changed.status.as_u16(), 204, "{}", changed.text);
+    app.get("/v1/me", &third)
+        .await
+        .assert_error(401, "unauthorized");
+    let fourth = app.login(&email, "new-password-456").await;
+    app.get("/v1/me", &fourth).await.assert_status(200);
+    let old = app
+        .send(
+            Method::POST,
+            "/v1/auth/login",
+            integration_tests::Credential::None,
+            Some(json!({"email": email, "password": "password-123"})),
+        )
+        .await;
+    old.assert_error(401, "unauthorized");
+
+    // Wrong current passwords count against the account, with failed logins (the old password
+    // above was one): a stolen session cannot guess on.
+    let guess = || async {
+        app.post(
+            "/v1/auth/password",
+            &fourth,
+            json!({"current_password": "guess-123", "new_password": "new-password-789"}),
+        )
+        .await
+    };
+    guess().await.assert_error(403, "forbidden");
+    let refused = guess().await;
+    refused.assert_error(429, "rate_limited");
+    assert!(retry_after(&refused) >= 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_response_carries_the_security_headers_and_api_answers_are_not_stored() {
+    let app = spawn_app_with(|s| s.security.hsts_max_age_seconds = 600).await;
+    for path in ["/v1/me", "/healthz", "/no-such-route", "/"] {
+        let reply = app
+            .send(Method::GET, path, integration_tests::Credential::None, None)
+            .await;
+        let h = &reply.headers;
+        assert_eq!(h["x-content-type-options"], "nosniff", "{path}");
+        assert_eq!(h["x-frame-options"], "DENY", "{path}");
+        assert_eq!(
+            h["content-security-policy"], "frame-ancestors 'none'",
+            "{path}"
+        );
+        assert_eq!(h["referrer-policy"], "no-referrer", "{path}");
+        assert_eq!(
+            h["strict-transport-security"], "max-age=600; includeSubDomains",
+            "{path}"
+        );
+    }
+    let (_, token) = app.new_user().await;
+    let key = app
+        .post("/v1/me/access-keys", &token, json!({"name": "k"}))
+        .await;
+    key.assert_status(201);
+    assert_eq!(key.headers["cache-control"], "no-store");
+    let plain = integration_tests::spawn_app().await;
+    let reply = plain
+        .send(
+            Method::GET,
+            "/healthz",
+            integration_tests::Credential::None,
+            None,
+        )
+        .await;
+    assert!(reply.headers.get("strict-transport-security").is_none());
+}

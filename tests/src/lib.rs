@@ -69,6 +69,7 @@ pub fn test_settings(database_url: String) -> Settings {
         },
         security: SecuritySettings {
             master_key: master_key.into(),
+            hsts_max_age_seconds: 0,
         },
         // Tests register many users and try wrong passwords from 127.0.0.1: generous limits
         // here; tests/api/abuse.rs sets tight ones.

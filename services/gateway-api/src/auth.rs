@@ -28,21 +28,20 @@ pub struct Claims {
     pub iat: i64,
     pub exp: i64,
     pub iss: String,
-    /// Stamp of the password the token was issued under (see [`password_stamp`]); a token
-    /// without it, or with another password's, is refused.
+    /// Stamp of the password and session generation the token was issued under (see
+    /// [`session_stamp`]); a token without it, or with another one, is refused.
     #[serde(default)]
     pub stamp: Option<String>,
 }
 
-/// A short keyed digest of the user's password hash, carried in the session token: a new
-/// password (a new bcrypt hash, whose salt is random) ends every session opened before it.
-/// Keyed, so the token, which its holder can read, tells nothing about the hash.
-pub fn password_stamp(state: &AppState, password_hash: &str) -> String {
-    let mut stamp = domain::signature::sign(
-        &state.session_stamp_secret,
-        "session",
-        password_hash.as_bytes(),
-    );
+/// A short keyed digest of the user's password hash and session generation, carried in the
+/// session token: a new password (a new bcrypt hash, whose salt is random) or a sign-out (a new
+/// generation) ends every session opened before it. Keyed, so the token, which its holder can
+/// read, tells nothing about the hash.
+pub fn session_stamp(state: &AppState, user: &User) -> String {
+    let stamped = format!("{}:{}", user.session_generation, user.password_hash);
+    let mut stamp =
+        domain::signature::sign(&state.session_stamp_secret, "session", stamped.as_bytes());
     stamp.truncate(32);
     stamp
 }
@@ -55,7 +54,7 @@ pub fn issue_token(state: &AppState, user: &User) -> Result<String, ApiError> {
         iat: now,
         exp: now + state.jwt_ttl_seconds,
         iss: ISSUER.to_owned(),
-        stamp: Some(password_stamp(state, &user.password_hash)),
+        stamp: Some(session_stamp(state, user)),
     };
     jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &state.jwt_encoding)
         .map_err(|e| ApiError::Internal(format!("signing a token: {e}")))
@@ -124,10 +123,11 @@ impl FromRequest for SessionUser {
                     "this account is disabled".to_owned(),
                 ));
             }
-            let stamp = password_stamp(&state, &user.password_hash);
+            let stamp = session_stamp(&state, &user);
             if claims.stamp.as_deref() != Some(stamp.as_str()) {
                 return Err(ApiError::Unauthorized(
-                    "the password changed since this token was issued; sign in again".to_owned(),
+                    "this session ended (signed out, or the password changed); sign in again"
+                        .to_owned(),
                 ));
             }
             Ok(SessionUser(user))

@@ -179,6 +179,10 @@ pub struct AuthSettings {
 pub struct SecuritySettings {
     /// Base64 of 32 random bytes: the AES-256-GCM key for provider secrets at rest.
     pub master_key: SecretString,
+    /// `Strict-Transport-Security: max-age=...` on every response; 0 (the default) sends none
+    /// (set it when clients reach the gateway over HTTPS only).
+    #[serde(default)]
+    pub hsts_max_age_seconds: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -11,7 +11,7 @@ use utoipa_swagger_ui::SwaggerUi;
 
 use crate::core::identity;
 use crate::error::ApiError;
-use crate::middleware::{json_errors, record_metrics, request_id};
+use crate::middleware::{json_errors, no_store_api, record_metrics, request_id, security_headers};
 use crate::openapi::ApiDoc;
 use crate::routes;
 use crate::settings::Settings;
@@ -144,6 +144,7 @@ fn serve(
     settings: &Settings,
 ) -> Result<Server, StartupError> {
     let body_limit = settings.server.body_limit_bytes;
+    let hsts_max_age_seconds = settings.security.hsts_max_age_seconds;
     let metrics = web::Data::new(metrics);
     let openapi = ApiDoc::openapi();
     // actix's own default: one worker per physical core.
@@ -173,6 +174,8 @@ fn serve(
                 Err::<actix_web::HttpResponse, _>(ApiError::NotFound("no such route".to_owned()))
             }))
             .wrap(from_fn(json_errors))
+            .wrap(from_fn(no_store_api))
+            .wrap(security_headers(hsts_max_age_seconds))
             .wrap(Compress::default())
             .wrap(from_fn(record_metrics))
             .wrap(from_fn(request_id))

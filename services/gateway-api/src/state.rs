@@ -22,7 +22,7 @@ pub struct AppState {
     pub jwt_encoding: EncodingKey,
     pub jwt_decoding: DecodingKey,
     pub jwt_ttl_seconds: i64,
-    /// Keys the password stamp in session tokens (see `auth::password_stamp`).
+    /// Keys the password stamp in session tokens (see `auth::session_stamp`).
     pub session_stamp_secret: Vec<u8>,
     pub bcrypt_cost: u32,
     /// Login and registration throttles, the password-hash cap, trusted proxies.

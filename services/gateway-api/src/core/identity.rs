@@ -152,6 +152,47 @@ async fn check_password(
     }
 }
 
+/// Ends every session token of the user (this one included).
+pub async fn sign_out(state: &AppState, user_id: i64) -> Result<(), ApiError> {
+    let mut conn = state.conn().await?;
+    users::end_sessions(&mut conn, user_id).await?;
+    Ok(())
+}
+
+/// A user's own password change: the current password is checked (counted against the
+/// account like a login, so a stolen session cannot guess it without limit), then every
+/// session token ends, this one included (the stamp covers the password hash).
+pub async fn change_password(
+    state: &AppState,
+    user: &User,
+    current: &str,
+    new: &str,
+) -> Result<(), ApiError> {
+    Password::validate(new).map_err(|e| ApiError::InvalidRequest(e.to_string()))?;
+    let accounts = &state.guards.login_accounts;
+    accounts
+        .attempt(&user.email)
+        .map_err(|wait| throttle::too_many("failed password checks for this account", wait))?;
+    if !verify_password(state, current, &user.password_hash).await? {
+        return Err(ApiError::Forbidden(
+            "the current password is wrong".to_owned(),
+        ));
+    }
+    accounts.clear(&user.email);
+    let password_hash = hash_password(state, new).await?;
+    let mut conn = state.conn().await?;
+    users::update(
+        &mut conn,
+        user.id,
+        users::UserChanges {
+            password_hash: Some(password_hash),
+            ..Default::default()
+        },
+    )
+    .await?;
+    Ok(())
+}
+
 /// Creates the configured admin when no admin exists yet; an email already taken by a normal
 /// account is never promoted (whoever registered it would become admin).
 pub async fn bootstrap_admin(
