@@ -315,6 +315,16 @@ async fn private_callback_targets_are_refused_unless_allowed() {
         "http://169.254.169.254/latest",
         "http://localhost/x",
         "http://[::1]/x",
+        // Every form of IPv6 that carries an IPv4 address, and the reserved IPv4 ranges.
+        "http://[64:ff9b::7f00:1]/x",
+        "http://[64:ff9b:1::a00:1]/x",
+        "http://[2002:7f00:1::1]/x",
+        "http://[::127.0.0.1]/x",
+        "http://[::ffff:10.0.0.1]/x",
+        "http://[::ffff:8.8.8.8]/x",
+        "http://198.18.0.1/x",
+        "http://240.0.0.1/x",
+        "http://255.255.255.255/x",
     ] {
         submit(
             &app,
