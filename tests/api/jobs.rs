@@ -108,6 +108,9 @@ async fn a_job_completes_and_is_billed_once_per_image() {
         )
         .await;
     assert_eq!(mine.assert_status(200)["total"], 1);
+    // Lists leave results out; the job itself keeps its result.
+    assert_eq!(mine.json["data"][0]["status"], "COMPLETED");
+    assert!(mine.json["data"][0]["result"].is_null(), "{}", mine.text);
     let all = app
         .get(
             &format!("/v1/admin/jobs?user_id={}", s.user_id),
@@ -115,6 +118,7 @@ async fn a_job_completes_and_is_billed_once_per_image() {
         )
         .await;
     assert_eq!(all.assert_status(200)["data"][0]["job_id"], job_id.as_str());
+    assert!(all.json["data"][0]["result"].is_null(), "{}", all.text);
     let (_, user_token) = app.new_user().await;
     app.get("/v1/admin/jobs", &user_token)
         .await
