@@ -175,6 +175,7 @@ async fn an_unknown_access_key_is_refused_from_memory() {
     let metrics = || async {
         app.client
             .get(format!("{}/metrics", app.address))
+            .bearer_auth(app.admin_token())
             .send()
             .await
             .unwrap()

@@ -52,6 +52,7 @@ pub fn test_settings(database_url: String) -> Settings {
             port: 0,
             body_limit_bytes: BODY_LIMIT,
             workers: Some(2),
+            ops_port: None,
             shutdown_grace_seconds: 10,
         },
         database: DatabaseSettings {

@@ -134,6 +134,11 @@ pub struct ServerSettings {
     pub body_limit_bytes: usize,
     #[serde(default)]
     pub workers: Option<usize>,
+    /// When set, /healthz, /readyz and /metrics are also served on this port of `host`
+    /// without credentials (for Prometheus; keep it off the ingress). On the API port,
+    /// /metrics needs an admin token.
+    #[serde(default)]
+    pub ops_port: Option<u16>,
     /// After SIGTERM, in-flight requests get this long to finish.
     pub shutdown_grace_seconds: u64,
 }
