@@ -4,6 +4,7 @@
 
 mod abuse;
 mod anthropic;
+mod attacks;
 mod bad_input;
 mod catalog;
 mod chat;
