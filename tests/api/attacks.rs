@@ -399,7 +399,7 @@ async fn one_balance_spent_from_many_keys_at_once_never_overdraws() {
     .await;
     let (balance, ledger_sum) = app.balance_and_ledger_sum(setup.user_id).await;
     assert!(
-        balance >= bigdecimal::BigDecimal::from(0),
+        !bigdecimal::Signed::is_negative(&balance),
         "overdraft: {balance}"
     );
     assert_eq!(balance, ledger_sum);
