@@ -745,7 +745,12 @@ async fn with_the_broker_down_during_calls_no_charge_is_lost_and_none_doubled() 
         call().await.assert_status(200);
     }
     let metrics = app
-        .send(Method::GET, "/metrics", Credential::None, None)
+        .send(
+            Method::GET,
+            "/metrics",
+            Credential::Bearer(app.admin_token()),
+            None,
+        )
         .await;
     assert!(
         metrics

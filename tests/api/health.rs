@@ -12,8 +12,26 @@ async fn health_ready_metrics_and_docs_answer() {
         .send(Method::GET, "/readyz", Credential::None, None)
         .await;
     assert_eq!(ready.assert_status(200)["status"], "ready");
+    // /metrics on the API port: admins only.
+    app.send(Method::GET, "/metrics", Credential::None, None)
+        .await
+        .assert_error(401, "unauthorized");
+    let (_, user_token) = app.new_user().await;
+    app.send(
+        Method::GET,
+        "/metrics",
+        Credential::Bearer(&user_token),
+        None,
+    )
+    .await
+    .assert_error(403, "forbidden");
     let metrics = app
-        .send(Method::GET, "/metrics", Credential::None, None)
+        .send(
+            Method::GET,
+            "/metrics",
+            Credential::Bearer(app.admin_token()),
+            None,
+        )
         .await;
     assert_eq!(metrics.status, 200);
     assert!(
@@ -126,4 +144,31 @@ fn settings_out_of_range_are_refused_at_start() {
     let mut settings = valid.clone();
     settings.calls.holds_in_flight = 64;
     assert!(settings.validate().is_ok());
+}
+
+/// With `server.ops_port`, /healthz, /readyz and /metrics are served there without credentials
+/// (for Prometheus), while the API port keeps /metrics for admins.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_ops_port_serves_metrics_without_credentials() {
+    let mut settings = integration_tests::test_settings(integration_tests::create_database().await);
+    settings.server.ops_port = Some(0);
+    let app = gateway_api::Application::build(settings).await.unwrap();
+    let ops = app.ops_port().expect("ops port bound");
+    let api = app.port();
+    tokio::spawn(app.run_until_stopped());
+    let client = reqwest::Client::new();
+    for path in ["/healthz", "/readyz", "/metrics"] {
+        let reply = client
+            .get(format!("http://127.0.0.1:{ops}{path}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(reply.status(), 200, "{path}");
+    }
+    let public = client
+        .get(format!("http://127.0.0.1:{api}/metrics"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(public.status(), 401);
 }

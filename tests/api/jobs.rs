@@ -108,6 +108,9 @@ async fn a_job_completes_and_is_billed_once_per_image() {
         )
         .await;
     assert_eq!(mine.assert_status(200)["total"], 1);
+    // Lists leave results out; the job itself keeps its result.
+    assert_eq!(mine.json["data"][0]["status"], "COMPLETED");
+    assert!(mine.json["data"][0]["result"].is_null(), "{}", mine.text);
     let all = app
         .get(
             &format!("/v1/admin/jobs?user_id={}", s.user_id),
@@ -115,6 +118,7 @@ async fn a_job_completes_and_is_billed_once_per_image() {
         )
         .await;
     assert_eq!(all.assert_status(200)["data"][0]["job_id"], job_id.as_str());
+    assert!(all.json["data"][0]["result"].is_null(), "{}", all.text);
     let (_, user_token) = app.new_user().await;
     app.get("/v1/admin/jobs", &user_token)
         .await
@@ -315,6 +319,16 @@ async fn private_callback_targets_are_refused_unless_allowed() {
         "http://169.254.169.254/latest",
         "http://localhost/x",
         "http://[::1]/x",
+        // Every form of IPv6 that carries an IPv4 address, and the reserved IPv4 ranges.
+        "http://[64:ff9b::7f00:1]/x",
+        "http://[64:ff9b:1::a00:1]/x",
+        "http://[2002:7f00:1::1]/x",
+        "http://[::127.0.0.1]/x",
+        "http://[::ffff:10.0.0.1]/x",
+        "http://[::ffff:8.8.8.8]/x",
+        "http://198.18.0.1/x",
+        "http://240.0.0.1/x",
+        "http://255.255.255.255/x",
     ] {
         submit(
             &app,

@@ -2,7 +2,9 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod abuse;
 mod anthropic;
+mod attacks;
 mod bad_input;
 mod catalog;
 mod chat;

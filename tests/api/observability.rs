@@ -50,7 +50,12 @@ async fn calls_and_jobs_move_the_counters() {
 
     let metrics = eventually(10, || async {
         let text = app
-            .send(Method::GET, "/metrics", Credential::None, None)
+            .send(
+                Method::GET,
+                "/metrics",
+                Credential::Bearer(app.admin_token()),
+                None,
+            )
             .await
             .text;
         sample(&text, "billing_holds_open", &[])

@@ -8,7 +8,8 @@ use base64::Engine;
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use gateway_api::Settings;
 use gateway_api::settings::{
-    AuthSettings, BootstrapSettings, CallSettings, OrderSettings, SecuritySettings, ServerSettings,
+    AbuseSettings, AuthSettings, BootstrapSettings, CallSettings, OrderSettings, SecuritySettings,
+    ServerSettings,
 };
 use messaging::BrokerSettings;
 use persistence::DatabaseSettings;
@@ -51,6 +52,7 @@ pub fn test_settings(database_url: String) -> Settings {
             port: 0,
             body_limit_bytes: BODY_LIMIT,
             workers: Some(2),
+            ops_port: None,
             shutdown_grace_seconds: 10,
         },
         database: DatabaseSettings {
@@ -68,6 +70,22 @@ pub fn test_settings(database_url: String) -> Settings {
         },
         security: SecuritySettings {
             master_key: master_key.into(),
+            hsts_max_age_seconds: 0,
+        },
+        // Tests register many users and try wrong passwords from 127.0.0.1: generous limits
+        // here; tests/api/abuse.rs sets tight ones.
+        abuse: AbuseSettings {
+            failures_per_account: 1_000,
+            failures_per_address: 1_000_000,
+            backoff_base_ms: 1_000,
+            backoff_max_ms: 300_000,
+            forget_after_seconds: 900,
+            registrations_per_address: 1_000_000,
+            registration_backoff_base_ms: 60_000,
+            hashes_in_flight: 4,
+            hash_wait_ms: 5_000,
+            unknown_key_cache_ttl_ms: 0,
+            trusted_proxies: String::new(),
         },
         orders: OrderSettings {
             max_amount: domain::Money::parse("10000").unwrap(),

@@ -444,6 +444,16 @@ pub fn view(job: &Job, model: &str) -> domain::JobView {
     }
 }
 
+/// The Job object as job lists show it: without `result` (a result can be megabytes of image
+/// data; a page of 200 would be an easy way to make the API do a lot of work). The single-job
+/// GET keeps it.
+pub fn summary(job: &Job, model: &str) -> domain::JobView {
+    domain::JobView {
+        result: None,
+        ..view(job, model)
+    }
+}
+
 /// The job if it belongs to this user; another user's job is `NotFound`, like an unknown one.
 pub async fn find_for_user(
     conn: &mut AsyncPgConnection,

@@ -11,6 +11,7 @@ diesel::table! {
         created_at -> Timestamptz,
         updated_at -> Timestamptz,
         held -> Numeric,
+        session_generation -> Int8,
     }
 }
 

@@ -23,6 +23,8 @@ pub struct User {
     pub updated_at: DateTime<Utc>,
     /// The sum of the user's open holds; `balance - held` is what a new call may reserve.
     pub held: BigDecimal,
+    /// Raised by sign-out; part of the session token's stamp (gateway-api's `auth`).
+    pub session_generation: i64,
 }
 
 #[derive(Debug, Insertable)]
@@ -95,6 +97,18 @@ pub async fn list(conn: &mut AsyncPgConnection, page: Page) -> Result<Paged<User
         .await?;
     let total = users::table.count().get_result(conn).await?;
     Ok(Paged { rows, total })
+}
+
+/// Ends every session token of the user (sign-out): their stamp no longer matches.
+pub async fn end_sessions(conn: &mut AsyncPgConnection, id: i64) -> Result<User, StoreError> {
+    Ok(diesel::update(users::table.find(id))
+        .set((
+            users::session_generation.eq(users::session_generation + 1),
+            users::updated_at.eq(Utc::now()),
+        ))
+        .returning(User::as_returning())
+        .get_result(conn)
+        .await?)
 }
 
 pub async fn update(

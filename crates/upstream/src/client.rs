@@ -403,12 +403,48 @@ impl UpstreamClient {
                 .await
                 .map_err(UpstreamError::from_reqwest)?;
             let response = ensure_success(response).await?;
-            response.bytes().await.map_err(UpstreamError::from_reqwest)
+            read_capped(response, RESPONSE_BODY_LIMIT).await
         };
         tokio::time::timeout(self.total_timeout, exchange)
             .await
             .map_err(|_| UpstreamError::Timeout)?
     }
+}
+
+/// The largest whole (not streamed) provider answer read: ten large images in base64 fit; a
+/// provider that sends more is treated as broken, not buffered without end.
+pub const RESPONSE_BODY_LIMIT: usize = 64 * 1024 * 1024;
+
+/// Reads a whole body, refusing one larger than `limit` as a protocol error (as soon as the
+/// limit is passed, without reading the rest).
+async fn read_capped(
+    mut response: reqwest::Response,
+    limit: usize,
+) -> Result<Bytes, UpstreamError> {
+    if response
+        .content_length()
+        .is_some_and(|length| length > limit as u64)
+    {
+        return Err(too_large(limit));
+    }
+    let mut body = bytes::BytesMut::new();
+    while let Some(chunk) = response
+        .chunk()
+        .await
+        .map_err(UpstreamError::from_reqwest)?
+    {
+        if body.len() + chunk.len() > limit {
+            return Err(too_large(limit));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body.freeze())
+}
+
+fn too_large(limit: usize) -> UpstreamError {
+    UpstreamError::Protocol(format!(
+        "the provider's answer is larger than {limit} bytes"
+    ))
 }
 
 /// Passes a 2xx response on; turns any other into its classified error, keeping the start of its body.

@@ -49,8 +49,11 @@ impl UpstreamError {
         }
     }
 
-    /// Classifies a transport error of reqwest, keeping its cause chain in the message.
+    /// Classifies a transport error of reqwest, keeping its cause chain in the message but not
+    /// the provider's URL: these messages reach clients ("the provider failed: ..."), and a
+    /// provider's address (host, path, a key in a query string) is the operator's business.
     pub fn from_reqwest(error: reqwest::Error) -> Self {
+        let error = error.without_url();
         if error.is_timeout() {
             return Self::Timeout;
         }

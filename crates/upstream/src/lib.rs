@@ -21,7 +21,7 @@ mod pool;
 mod settings;
 mod sse;
 
-pub use client::{ChatResponse, ImagesResponse, Target, UpstreamClient};
+pub use client::{ChatResponse, ImagesResponse, RESPONSE_BODY_LIMIT, Target, UpstreamClient};
 pub use error::UpstreamError;
 pub use pool::{KeyPool, PickedKey, ProviderKey, with_failover};
 pub use settings::UpstreamSettings;

@@ -30,21 +30,20 @@ pub struct Claims {
     pub iat: i64,
     pub exp: i64,
     pub iss: String,
-    /// Stamp of the password the token was issued under (see [`password_stamp`]); a token
-    /// without it, or with another password's, is refused.
+    /// Stamp of the password and session generation the token was issued under (see
+    /// [`session_stamp`]); a token without it, or with another one, is refused.
     #[serde(default)]
     pub stamp: Option<String>,
 }
 
-/// A short keyed digest of the user's password hash, carried in the session token: a new
-/// password (a new bcrypt hash, whose salt is random) ends every session opened before it.
-/// Keyed, so the token, which its holder can read, tells nothing about the hash.
-pub fn password_stamp(state: &AppState, password_hash: &str) -> String {
-    let mut stamp = domain::signature::sign(
-        &state.session_stamp_secret,
-        "session",
-        password_hash.as_bytes(),
-    );
+/// A short keyed digest of the user's password hash and session generation, carried in the
+/// session token: a new password (a new bcrypt hash, whose salt is random) or a sign-out (a new
+/// generation) ends every session opened before it. Keyed, so the token, which its holder can
+/// read, tells nothing about the hash.
+pub fn session_stamp(state: &AppState, user: &User) -> String {
+    let stamped = format!("{}:{}", user.session_generation, user.password_hash);
+    let mut stamp =
+        domain::signature::sign(&state.session_stamp_secret, "session", stamped.as_bytes());
     stamp.truncate(32);
     stamp
 }
@@ -57,7 +56,7 @@ pub fn issue_token(state: &AppState, user: &User) -> Result<String, ApiError> {
         iat: now,
         exp: now + state.jwt_ttl_seconds,
         iss: ISSUER.to_owned(),
-        stamp: Some(password_stamp(state, &user.password_hash)),
+        stamp: Some(session_stamp(state, user)),
     };
     jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &state.jwt_encoding)
         .map_err(|e| ApiError::Internal(format!("signing a token: {e}")))
@@ -126,10 +125,11 @@ impl FromRequest for SessionUser {
                     "this account is disabled".to_owned(),
                 ));
             }
-            let stamp = password_stamp(&state, &user.password_hash);
+            let stamp = session_stamp(&state, &user);
             if claims.stamp.as_deref() != Some(stamp.as_str()) {
                 return Err(ApiError::Unauthorized(
-                    "the password changed since this token was issued; sign in again".to_owned(),
+                    "this session ended (signed out, or the password changed); sign in again"
+                        .to_owned(),
                 ));
             }
             Ok(SessionUser(user))
@@ -206,6 +206,12 @@ impl FromRequest for KeyHolder {
                 }
                 return Ok(hit.holder);
             }
+            if state.key_cache.is_known_unknown(&hash) {
+                metrics::counter!("access_key_unknown_cached_total").increment(1);
+                return Err(ApiError::Unauthorized(
+                    "invalid, revoked or expired access key".to_owned(),
+                ));
+            }
             check_key(&state, hash, now).await?.ok_or_else(|| {
                 ApiError::Unauthorized("invalid, revoked or expired access key".to_owned())
             })
@@ -223,6 +229,7 @@ async fn check_key(
     let mut conn = state.conn().await?;
     let Some((key, user)) = persistence::access_keys::authenticate(&mut conn, &hash).await? else {
         state.key_cache.forget_hash(&hash);
+        state.key_cache.remember_unknown(hash);
         return Ok(None);
     };
     // Record use at most once a minute per key, so the hot path rarely writes.
@@ -251,11 +258,16 @@ async fn check_key(
 ///
 /// The bound on staleness is the TTL: a key revoked, expired or whose owner was disabled stops
 /// working within it on every replica (the replica that makes the change forgets the key at
-/// once, see `forget_key` and `forget_user`). Unknown keys are never cached, so a wrong key
-/// always costs a lookup and a new key works at once. The map holds at most `CAPACITY` keys.
+/// once, see `forget_key` and `forget_user`). The map holds at most `CAPACITY` keys.
+///
+/// A key that matched nothing (unknown, revoked, expired, owner disabled) is refused without a
+/// lookup for `unknown_ttl`, so random `sk-...` strings cost no database round trip; a new key
+/// is random, so it is never in that set. At most `UNKNOWN_CAPACITY` such keys are held.
 pub struct KeyCache {
     ttl: Duration,
     entries: RwLock<HashMap<[u8; 32], Known>>,
+    unknown_ttl: Duration,
+    unknown: RwLock<HashMap<[u8; 32], Instant>>,
 }
 
 #[derive(Clone)]
@@ -279,12 +291,44 @@ struct Hit {
 
 impl KeyCache {
     const CAPACITY: usize = 100_000;
+    const UNKNOWN_CAPACITY: usize = 50_000;
 
-    pub fn new(ttl: Duration) -> KeyCache {
+    pub fn new(ttl: Duration, unknown_ttl: Duration) -> KeyCache {
         KeyCache {
             ttl,
             entries: RwLock::new(HashMap::new()),
+            unknown_ttl,
+            unknown: RwLock::new(HashMap::new()),
         }
+    }
+
+    /// Whether this key matched nothing less than `unknown_ttl` ago.
+    fn is_known_unknown(&self, hash: &[u8; 32]) -> bool {
+        !self.unknown_ttl.is_zero()
+            && self
+                .unknown
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .get(hash)
+                .is_some_and(|seen| seen.elapsed() < self.unknown_ttl)
+    }
+
+    fn remember_unknown(&self, hash: [u8; 32]) {
+        if self.unknown_ttl.is_zero() {
+            return;
+        }
+        let mut unknown = self
+            .unknown
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if unknown.len() >= Self::UNKNOWN_CAPACITY {
+            let ttl = self.unknown_ttl;
+            unknown.retain(|_, seen| seen.elapsed() < ttl);
+            if unknown.len() >= Self::UNKNOWN_CAPACITY {
+                unknown.clear();
+            }
+        }
+        unknown.insert(hash, Instant::now());
     }
 
     fn get(&self, hash: &[u8; 32], now: DateTime<Utc>) -> Option<Hit> {
@@ -391,7 +435,7 @@ mod tests {
 
     #[test]
     fn a_cached_key_is_trusted_only_for_the_ttl() {
-        let cache = KeyCache::new(Duration::from_millis(80));
+        let cache = KeyCache::new(Duration::from_millis(80), Duration::ZERO);
         let now = Utc::now();
         cache.put([1; 32], &key(7, 70, None), Arc::default(), now);
         let hit = cache
@@ -405,7 +449,7 @@ mod tests {
 
     #[test]
     fn forgetting_a_key_or_a_user_takes_effect_at_once() {
-        let cache = KeyCache::new(Duration::from_secs(60));
+        let cache = KeyCache::new(Duration::from_secs(60), Duration::ZERO);
         let now = Utc::now();
         cache.put([1; 32], &key(1, 10, None), Arc::default(), now);
         cache.put([2; 32], &key(2, 10, None), Arc::default(), now);
@@ -420,7 +464,7 @@ mod tests {
 
     #[test]
     fn an_expiring_key_is_not_served_past_its_expiry() {
-        let cache = KeyCache::new(Duration::from_secs(60));
+        let cache = KeyCache::new(Duration::from_secs(60), Duration::ZERO);
         let now = Utc::now();
         cache.put(
             [1; 32],
@@ -445,7 +489,7 @@ mod tests {
 
     #[test]
     fn one_caller_is_told_to_recheck_a_key_past_half_its_ttl() {
-        let cache = KeyCache::new(Duration::from_millis(200));
+        let cache = KeyCache::new(Duration::from_millis(200), Duration::ZERO);
         let now = Utc::now();
         cache.put([1; 32], &key(7, 70, None), Arc::default(), now);
         assert!(cache.get(&[1; 32], now).is_some_and(|h| !h.refresh));
@@ -466,8 +510,26 @@ mod tests {
     }
 
     #[test]
+    fn an_unknown_key_is_refused_from_memory_for_a_short_while() {
+        let cache = KeyCache::new(Duration::from_secs(60), Duration::from_millis(80));
+        assert!(!cache.is_known_unknown(&[9; 32]));
+        cache.remember_unknown([9; 32]);
+        assert!(cache.is_known_unknown(&[9; 32]));
+        assert!(!cache.is_known_unknown(&[8; 32]));
+        std::thread::sleep(Duration::from_millis(100));
+        assert!(!cache.is_known_unknown(&[9; 32]), "stale negative entry");
+        for i in 0..=KeyCache::UNKNOWN_CAPACITY {
+            let mut hash = [0u8; 32];
+            hash[..8].copy_from_slice(&(i as u64).to_le_bytes());
+            cache.remember_unknown(hash);
+        }
+        let held = cache.unknown.read().map(|m| m.len()).unwrap_or(0);
+        assert!(held <= KeyCache::UNKNOWN_CAPACITY, "{held}");
+    }
+
+    #[test]
     fn a_zero_ttl_caches_nothing() {
-        let cache = KeyCache::new(Duration::ZERO);
+        let cache = KeyCache::new(Duration::ZERO, Duration::ZERO);
         let now = Utc::now();
         cache.put([1; 32], &key(1, 10, None), Arc::default(), now);
         assert!(cache.get(&[1; 32], now).is_none());

@@ -26,7 +26,8 @@ pub enum ApiError {
     PayloadTooLarge(String),
     #[error("{0}")]
     RateLimited(String),
-    /// A rate, concurrency or spend limit refused the call (429, with its headers).
+    /// A rate, concurrency or spend limit, or a sign-in/sign-up throttle, refused the request
+    /// (429, with `Retry-After` and the limit's headers).
     #[error("{}", .0.message)]
     Limited(Box<Limited>),
     #[error("{0}")]

@@ -151,3 +151,37 @@ pub async fn reload_routes_after_write(
     }
     Ok(response)
 }
+
+/// The security headers every response carries (each only if the handler set none): no MIME
+/// sniffing, no framing by other sites, no referrer to other sites, and HSTS when configured
+/// (`security.hsts_max_age_seconds`; only behind TLS, which the ingress terminates).
+pub fn security_headers(hsts_max_age_seconds: u64) -> actix_web::middleware::DefaultHeaders {
+    let headers = actix_web::middleware::DefaultHeaders::new()
+        .add((header::X_CONTENT_TYPE_OPTIONS, "nosniff"))
+        .add((header::X_FRAME_OPTIONS, "DENY"))
+        .add((header::CONTENT_SECURITY_POLICY, "frame-ancestors 'none'"))
+        .add((header::REFERRER_POLICY, "no-referrer"));
+    if hsts_max_age_seconds == 0 {
+        return headers;
+    }
+    headers.add((
+        header::STRICT_TRANSPORT_SECURITY,
+        format!("max-age={hsts_max_age_seconds}; includeSubDomains"),
+    ))
+}
+
+/// `Cache-Control: no-store` on every API answer (`/v1/...`) that did not set its own: they
+/// carry session tokens, key secrets, balances; no shared or browser cache may keep them.
+pub async fn no_store_api(
+    req: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<impl MessageBody>, Error> {
+    let api = req.path().starts_with("/v1/");
+    let mut response = next.call(req).await?;
+    if api && !response.headers().contains_key(header::CACHE_CONTROL) {
+        response
+            .headers_mut()
+            .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    }
+    Ok(response)
+}

@@ -10,7 +10,7 @@ use crate::routes::{admin, auth, chat, health, jobs, limits, me, messages, model
     info(title = "AI PaaS gateway", description = "Register LLM providers and models, top up a balance, and call any model with an OpenAI client; every call billed exactly once."),
     paths(
         health::healthz, health::readyz, health::metrics,
-        auth::register, auth::login,
+        auth::register, auth::login, auth::logout, auth::change_password,
         me::me, me::create_access_key, me::list_access_keys, me::revoke_access_key,
         me::create_order, me::list_orders, me::ledger, me::usage,
         orders::complete, orders::payment_callback,

@@ -27,6 +27,19 @@ connect_timeout_ms = 5000
 jwt_ttl_seconds = 86400
 bcrypt_cost = 12
 
+[abuse]
+failures_per_account = 5
+failures_per_address = 20
+backoff_base_ms = 1000
+backoff_max_ms = 300000
+forget_after_seconds = 900
+registrations_per_address = 10
+registration_backoff_base_ms = 60000
+hashes_in_flight = 4
+hash_wait_ms = 1000
+unknown_key_cache_ttl_ms = 5000
+trusted_proxies = ""
+
 [orders]
 max_amount = "100000"
 payment_tolerance_seconds = 300
@@ -61,6 +74,7 @@ pub struct Settings {
     pub database: DatabaseSettings,
     pub auth: AuthSettings,
     pub security: SecuritySettings,
+    pub abuse: AbuseSettings,
     pub orders: OrderSettings,
     #[serde(default)]
     pub bootstrap: BootstrapSettings,
@@ -120,8 +134,42 @@ pub struct ServerSettings {
     pub body_limit_bytes: usize,
     #[serde(default)]
     pub workers: Option<usize>,
+    /// When set, /healthz, /readyz and /metrics are also served on this port of `host`
+    /// without credentials (for Prometheus; keep it off the ingress). On the API port,
+    /// /metrics needs an admin token.
+    #[serde(default)]
+    pub ops_port: Option<u16>,
     /// After SIGTERM, in-flight requests get this long to finish.
     pub shutdown_grace_seconds: u64,
+}
+
+/// Defences against hostile clients (see `core::throttle` and docs/SECURITY.md).
+#[derive(Debug, Clone, Deserialize)]
+pub struct AbuseSettings {
+    /// Failed logins to one account allowed before backoff starts.
+    pub failures_per_account: u32,
+    /// Failed logins from one client address (IPv6: its /64) allowed before backoff starts.
+    pub failures_per_address: u32,
+    /// The first block after the free failures; each further failure doubles it.
+    pub backoff_base_ms: u64,
+    /// The longest block.
+    pub backoff_max_ms: u64,
+    /// An account or address with no attempt for this long starts over.
+    pub forget_after_seconds: u64,
+    /// Registrations from one address allowed before backoff starts.
+    pub registrations_per_address: u32,
+    /// The first block on registrations from an address past the allowed number.
+    pub registration_backoff_base_ms: u64,
+    /// Password hashes (bcrypt) computed at once, across login, registration and password
+    /// changes; a request that cannot start one within `hash_wait_ms` answers 429.
+    pub hashes_in_flight: usize,
+    pub hash_wait_ms: u64,
+    /// An access key that matched nothing is refused without a lookup for this long (random
+    /// `sk-...` strings cannot drain the database pool). 0 = no negative cache.
+    pub unknown_key_cache_ttl_ms: u64,
+    /// CIDRs (comma separated) of the proxies in front of the gateway: only a peer in this
+    /// list has its `X-Forwarded-For` read; empty = the TCP peer is the client.
+    pub trusted_proxies: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -136,6 +184,10 @@ pub struct AuthSettings {
 pub struct SecuritySettings {
     /// Base64 of 32 random bytes: the AES-256-GCM key for provider secrets at rest.
     pub master_key: SecretString,
+    /// `Strict-Transport-Security: max-age=...` on every response; 0 (the default) sends none
+    /// (set it when clients reach the gateway over HTTPS only).
+    #[serde(default)]
+    pub hsts_max_age_seconds: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -184,6 +236,14 @@ impl Settings {
         }
         if !(4..=31).contains(&self.auth.bcrypt_cost) {
             return invalid("auth.bcrypt_cost must be between 4 and 31");
+        }
+        if let Err(message) =
+            crate::core::throttle::parse_trusted_proxies(&self.abuse.trusted_proxies)
+        {
+            return invalid(&format!("abuse.trusted_proxies: {message}"));
+        }
+        if self.abuse.hashes_in_flight == 0 {
+            return invalid("abuse.hashes_in_flight must be at least 1");
         }
         if self.auth.jwt_ttl_seconds <= 0 {
             return invalid("auth.jwt_ttl_seconds must be positive");

@@ -11,7 +11,7 @@ use utoipa_swagger_ui::SwaggerUi;
 
 use crate::core::identity;
 use crate::error::ApiError;
-use crate::middleware::{json_errors, record_metrics, request_id};
+use crate::middleware::{json_errors, no_store_api, record_metrics, request_id, security_headers};
 use crate::openapi::ApiDoc;
 use crate::routes;
 use crate::settings::Settings;
@@ -42,6 +42,26 @@ pub struct Application {
     port: u16,
     server: Server,
     state: web::Data<AppState>,
+    /// The ops listener (`server.ops_port`): /healthz, /readyz and /metrics without
+    /// credentials, for Prometheus and probes; not to be exposed by the ingress.
+    ops: Option<(Server, u16)>,
+}
+
+/// Readiness on the ops port: Postgres answers through the pool (busy counts as ready, as on
+/// the API's /readyz).
+struct DatabaseReadiness(persistence::Pool);
+
+impl runtime::ops::Readiness for DatabaseReadiness {
+    fn check(
+        &self,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send + '_>> {
+        Box::pin(async move {
+            match persistence::ping(&self.0).await {
+                Ok(()) | Err(persistence::StoreError::Busy) => Ok(()),
+                Err(error) => Err(format!("database: {error}")),
+            }
+        })
+    }
 }
 
 impl Application {
@@ -78,16 +98,35 @@ impl Application {
         crate::core::admission::spawn_upkeep(&state.leases);
         let listener = TcpListener::bind((settings.server.host.as_str(), settings.server.port))?;
         let port = listener.local_addr()?.port();
+        let ops = match settings.server.ops_port {
+            Some(ops_port) => {
+                let host: std::net::IpAddr = settings.server.host.parse().map_err(|_| {
+                    StartupError::Config("server.host must be an IP address".to_owned())
+                })?;
+                Some(runtime::ops::serve_ops(
+                    std::net::SocketAddr::new(host, ops_port),
+                    std::sync::Arc::new(DatabaseReadiness(state.pool.clone())),
+                    metrics.clone(),
+                )?)
+            }
+            None => None,
+        };
         let server = serve(listener, state.clone(), metrics, &settings)?;
         Ok(Application {
             port,
             server,
             state,
+            ops,
         })
     }
 
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// The bound ops port, when `server.ops_port` is set.
+    pub fn ops_port(&self) -> Option<u16> {
+        self.ops.as_ref().map(|(_, port)| *port)
     }
 
     pub fn pool(&self) -> persistence::Pool {
@@ -98,7 +137,15 @@ impl Application {
     /// connections, in-flight requests finish), then waits for the charges still being handed
     /// to billing, so a stop loses none.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
+        let ops = self.ops.map(|(server, _)| {
+            let handle = server.handle();
+            tokio::spawn(server);
+            handle
+        });
         let served = self.server.await;
+        if let Some(ops) = ops {
+            ops.stop(true).await;
+        }
         if !self.state.background.drain(SHUTDOWN_DRAIN).await {
             tracing::error!("billing deliveries still running at exit; their holds will expire");
         }
@@ -132,7 +179,7 @@ fn spawn_routing_reloads(state: web::Data<AppState>, every_ms: u64) {
 
 async fn random_dummy_hash(cost: u32) -> Result<String, StartupError> {
     let seed = uuid::Uuid::new_v4().to_string();
-    identity::hash_password(&seed, cost)
+    identity::hash_password_at_start(&seed, cost)
         .await
         .map_err(StartupError::Bootstrap)
 }
@@ -144,6 +191,7 @@ fn serve(
     settings: &Settings,
 ) -> Result<Server, StartupError> {
     let body_limit = settings.server.body_limit_bytes;
+    let hsts_max_age_seconds = settings.security.hsts_max_age_seconds;
     let metrics = web::Data::new(metrics);
     let openapi = ApiDoc::openapi();
     // actix's own default: one worker per physical core.
@@ -173,6 +221,8 @@ fn serve(
                 Err::<actix_web::HttpResponse, _>(ApiError::NotFound("no such route".to_owned()))
             }))
             .wrap(from_fn(json_errors))
+            .wrap(from_fn(no_store_api))
+            .wrap(security_headers(hsts_max_age_seconds))
             .wrap(Compress::default())
             .wrap(from_fn(record_metrics))
             .wrap(from_fn(request_id))

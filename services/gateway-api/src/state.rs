@@ -22,9 +22,11 @@ pub struct AppState {
     pub jwt_encoding: EncodingKey,
     pub jwt_decoding: DecodingKey,
     pub jwt_ttl_seconds: i64,
-    /// Keys the password stamp in session tokens (see `auth::password_stamp`).
+    /// Keys the password stamp in session tokens (see `auth::session_stamp`).
     pub session_stamp_secret: Vec<u8>,
     pub bcrypt_cost: u32,
+    /// Login and registration throttles, the password-hash cap, trusted proxies.
+    pub guards: crate::core::throttle::Guards,
     /// A bcrypt hash of random bytes at the configured cost (see `core::identity::login`).
     pub dummy_password_hash: String,
     pub secret_box: SecretBox,
@@ -223,6 +225,7 @@ impl AppState {
             jwt_ttl_seconds: settings.auth.jwt_ttl_seconds,
             session_stamp_secret: jwt_secret.to_vec(),
             bcrypt_cost: settings.auth.bcrypt_cost,
+            guards: crate::core::throttle::Guards::new(&settings.abuse),
             dummy_password_hash,
             secret_box: SecretBox::new(master_key),
             max_order_amount: settings.orders.max_amount.clone(),
@@ -240,9 +243,10 @@ impl AppState {
             background,
             leases,
             charges,
-            key_cache: KeyCache::new(std::time::Duration::from_millis(
-                settings.calls.key_cache_ttl_ms,
-            )),
+            key_cache: KeyCache::new(
+                std::time::Duration::from_millis(settings.calls.key_cache_ttl_ms),
+                std::time::Duration::from_millis(settings.abuse.unknown_key_cache_ttl_ms),
+            ),
             limits,
             job_submissions,
             job_republisher,

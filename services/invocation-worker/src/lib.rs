@@ -161,9 +161,8 @@ impl Application {
             jobs: settings.jobs.clone(),
             webhooks: settings.webhooks.clone(),
             max_failover_attempts: settings.upstream.max_failover_attempts,
-            http: reqwest::Client::builder()
-                .redirect(reqwest::redirect::Policy::none())
-                .build()
+            // Webhooks: only to public addresses, checked at connect time (DNS rebinding).
+            http: upstream::egress::client(settings.webhooks.allow_private_targets)
                 .map_err(|e| WorkerError::InvalidSettings(e.to_string()))?,
             webhooks_due: tokio::sync::Notify::new(),
         });

@@ -194,4 +194,32 @@ async fn a_closed_port_is_a_connect_error() {
         .expect_err("fails");
     assert!(matches!(error, UpstreamError::Connect(_)), "{error:?}");
     assert!(error.is_key_failure());
+    // The message reaches clients: the provider's address is not in it.
+    let port = uri.rsplit(':').next().expect("port");
+    for shown in [error.to_string(), format!("{error:?}")] {
+        assert!(
+            !shown.contains(port) && !shown.contains("127.0.0.1"),
+            "{shown}"
+        );
+        assert!(!shown.contains("chat/completions"), "{shown}");
+    }
+}
+
+#[tokio::test]
+async fn an_answer_larger_than_the_cap_is_refused_not_buffered() {
+    let server = MockServer::start().await;
+    let huge = "x".repeat(upstream::RESPONSE_BODY_LIMIT + 1);
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(200).set_body_raw(huge, "application/json"))
+        .mount(&server)
+        .await;
+    let error = client()
+        .chat(&target(&server.uri(), "k"), json!({"messages": []}))
+        .await
+        .expect_err("too large");
+    assert!(
+        matches!(&error, UpstreamError::Protocol(m) if m.contains("larger than")),
+        "{error:?}"
+    );
+    assert!(!error.to_string().contains(&server.uri()), "{error}");
 }

@@ -6,12 +6,25 @@ use persistence::{AsyncPgConnection, Pool};
 use secrecy::ExposeSecret;
 
 use crate::auth::issue_token;
+use crate::core::throttle;
 use crate::error::ApiError;
 use crate::settings::BootstrapSettings;
 use crate::state::AppState;
 
-/// bcrypt is slow on purpose: it runs off the async workers.
-pub async fn hash_password(password: &str, cost: u32) -> Result<String, ApiError> {
+/// bcrypt is slow on purpose: it runs off the async workers, at most
+/// `abuse.hashes_in_flight` at once (see `throttle::HashGate`).
+pub async fn hash_password(state: &AppState, password: &str) -> Result<String, ApiError> {
+    let (password, cost) = (password.to_owned(), state.bcrypt_cost);
+    state
+        .guards
+        .hashes
+        .run(move || bcrypt::hash(password, cost))
+        .await?
+        .map_err(|e| ApiError::Internal(format!("bcrypt: {e}")))
+}
+
+/// Hashing at start-up (bootstrap admin, the dummy hash), before any request can compete.
+pub async fn hash_password_at_start(password: &str, cost: u32) -> Result<String, ApiError> {
     let password = password.to_owned();
     tokio::task::spawn_blocking(move || bcrypt::hash(password, cost))
         .await
@@ -19,11 +32,35 @@ pub async fn hash_password(password: &str, cost: u32) -> Result<String, ApiError
         .map_err(|e| ApiError::Internal(format!("bcrypt: {e}")))
 }
 
-async fn verify_password(password: &str, hash: &str) -> Result<bool, ApiError> {
+pub async fn verify_password(
+    state: &AppState,
+    password: &str,
+    hash: &str,
+) -> Result<bool, ApiError> {
     let (password, hash) = (password.to_owned(), hash.to_owned());
-    tokio::task::spawn_blocking(move || bcrypt::verify(password, &hash).unwrap_or(false))
+    state
+        .guards
+        .hashes
+        .run(move || bcrypt::verify(password, &hash).unwrap_or(false))
         .await
-        .map_err(|e| ApiError::Internal(format!("hashing task: {e}")))
+}
+
+/// Self-registration: at most `abuse.registrations_per_address` from one address before
+/// backoff; the attempt is counted whatever its outcome.
+pub async fn register(
+    state: &AppState,
+    client_address: &str,
+    email: &str,
+    password: &str,
+) -> Result<User, ApiError> {
+    parse_credentials(email, password)?;
+    state
+        .guards
+        .registrations
+        .attempt(client_address)
+        .map_err(|wait| throttle::too_many("registrations from this address", wait))?;
+    let mut conn = state.conn().await?;
+    create_user(state, &mut conn, email, password, Role::User).await
 }
 
 pub fn parse_credentials(email: &str, password: &str) -> Result<Email, ApiError> {
@@ -41,7 +78,7 @@ pub async fn create_user(
     role: Role,
 ) -> Result<User, ApiError> {
     let email = parse_credentials(email, password)?;
-    let password_hash = hash_password(password, state.bcrypt_cost).await?;
+    let password_hash = hash_password(state, password).await?;
     Ok(users::insert(
         conn,
         NewUser {
@@ -58,8 +95,39 @@ pub struct Session {
     pub user: User,
 }
 
-/// Wrong email, wrong password and a disabled account all answer the same 401.
-pub async fn login(state: &AppState, email: &str, password: &str) -> Result<Session, ApiError> {
+/// Wrong email, wrong password and a disabled account all answer the same 401. Every attempt
+/// counts against the account and the client address until it succeeds; past their free
+/// attempts both back off exponentially (429 with `Retry-After`, checked before any hashing).
+/// A success clears the account's count and takes back this attempt from the address's.
+pub async fn login(
+    state: &AppState,
+    client_address: &str,
+    email: &str,
+    password: &str,
+) -> Result<Session, ApiError> {
+    let account = email.trim().to_lowercase();
+    let guards = &state.guards;
+    guards
+        .login_addresses
+        .attempt(client_address)
+        .map_err(|wait| throttle::too_many("failed sign-ins from this address", wait))?;
+    if let Err(wait) = guards.login_accounts.attempt(&account) {
+        guards.login_addresses.forgive_one(client_address);
+        return Err(throttle::too_many("failed sign-ins to this account", wait));
+    }
+    let session = check_password(state, email, password).await;
+    if session.is_ok() {
+        guards.login_accounts.clear(&account);
+        guards.login_addresses.forgive_one(client_address);
+    }
+    session
+}
+
+async fn check_password(
+    state: &AppState,
+    email: &str,
+    password: &str,
+) -> Result<Session, ApiError> {
     let refused = || ApiError::Unauthorized("invalid email or password".to_owned());
     let user = match Email::parse(email) {
         Ok(email) => {
@@ -74,7 +142,7 @@ pub async fn login(state: &AppState, email: &str, password: &str) -> Result<Sess
         .map_or(state.dummy_password_hash.as_str(), |u| {
             u.password_hash.as_str()
         });
-    let password_ok = verify_password(password, hash).await?;
+    let password_ok = verify_password(state, password, hash).await?;
     match user {
         Some(user) if password_ok && user.status == domain::UserStatus::Active => {
             let token = issue_token(state, &user)?;
@@ -82,6 +150,47 @@ pub async fn login(state: &AppState, email: &str, password: &str) -> Result<Sess
         }
         _ => Err(refused()),
     }
+}
+
+/// Ends every session token of the user (this one included).
+pub async fn sign_out(state: &AppState, user_id: i64) -> Result<(), ApiError> {
+    let mut conn = state.conn().await?;
+    users::end_sessions(&mut conn, user_id).await?;
+    Ok(())
+}
+
+/// A user's own password change: the current password is checked (counted against the
+/// account like a login, so a stolen session cannot guess it without limit), then every
+/// session token ends, this one included (the stamp covers the password hash).
+pub async fn change_password(
+    state: &AppState,
+    user: &User,
+    current: &str,
+    new: &str,
+) -> Result<(), ApiError> {
+    Password::validate(new).map_err(|e| ApiError::InvalidRequest(e.to_string()))?;
+    let accounts = &state.guards.login_accounts;
+    accounts
+        .attempt(&user.email)
+        .map_err(|wait| throttle::too_many("failed password checks for this account", wait))?;
+    if !verify_password(state, current, &user.password_hash).await? {
+        return Err(ApiError::Forbidden(
+            "the current password is wrong".to_owned(),
+        ));
+    }
+    accounts.clear(&user.email);
+    let password_hash = hash_password(state, new).await?;
+    let mut conn = state.conn().await?;
+    users::update(
+        &mut conn,
+        user.id,
+        users::UserChanges {
+            password_hash: Some(password_hash),
+            ..Default::default()
+        },
+    )
+    .await?;
+    Ok(())
 }
 
 /// Creates the configured admin when no admin exists yet; an email already taken by a normal
@@ -109,7 +218,7 @@ pub async fn bootstrap_admin(
         );
         return Ok(());
     }
-    let password_hash = hash_password(password.expose_secret(), bcrypt_cost).await?;
+    let password_hash = hash_password_at_start(password.expose_secret(), bcrypt_cost).await?;
     match users::insert(
         &mut conn,
         NewUser {

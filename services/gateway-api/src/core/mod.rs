@@ -13,5 +13,6 @@ pub mod limits;
 pub mod messages;
 pub mod orders;
 pub mod responses;
+pub mod throttle;
 pub mod tokens;
 pub mod users;

@@ -50,7 +50,7 @@ pub async fn update(
     let password_hash = match &update.password {
         Some(password) => {
             Password::validate(password).map_err(|e| ApiError::InvalidRequest(e.to_string()))?;
-            Some(hash_password(password, state.bcrypt_cost).await?)
+            Some(hash_password(state, password).await?)
         }
         None => None,
     };

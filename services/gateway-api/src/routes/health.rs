@@ -4,6 +4,7 @@ use actix_web::{HttpResponse, web};
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde_json::json;
 
+use crate::auth::AdminUser;
 use crate::error::ApiError;
 use crate::state::AppState;
 
@@ -63,9 +64,12 @@ mod tests {
     }
 }
 
-/// Prometheus text exposition.
-#[utoipa::path(get, path = "/metrics", tag = "operations", responses((status = 200)))]
-pub async fn metrics(handle: web::Data<PrometheusHandle>) -> HttpResponse {
+/// Prometheus text exposition; admins only here (the counters tell a lot about the platform's
+/// users and traffic). Prometheus scrapes the ops port (`server.ops_port`) instead.
+#[utoipa::path(get, path = "/metrics", tag = "operations", security(("token" = [])),
+    responses((status = 200, content_type = "text/plain"), (status = 401, body = crate::error::ErrorBody),
+        (status = 403, body = crate::error::ErrorBody)))]
+pub async fn metrics(handle: web::Data<PrometheusHandle>, _admin: AdminUser) -> HttpResponse {
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4")
         .body(handle.render())

@@ -65,7 +65,7 @@ pub async fn get(
     Ok(HttpResponse::Ok().json(jobs::get(&state, holder.user_id, &job_id).await?))
 }
 
-/// The caller's jobs, newest first.
+/// The caller's jobs, newest first; `result` is always null here (GET /v1/jobs/{job_id} has it).
 #[utoipa::path(get, path = "/v1/jobs", tag = "jobs", security(("access_key" = [])),
     params(ListQuery), responses((status = 200, body = ListResponse<JobView>)))]
 pub async fn list(
@@ -77,12 +77,12 @@ pub async fn list(
     let list = jobs::list(&state, Some(holder.user_id), page).await?;
     Ok(
         HttpResponse::Ok().json(ListResponse::from_page(list, page, |(job, model)| {
-            Ok(persistence::jobs::view(&job, &model))
+            Ok(persistence::jobs::summary(&job, &model))
         })?),
     )
 }
 
-/// Every job, optionally of one user.
+/// Every job, optionally of one user; `result` is always null here.
 #[utoipa::path(get, path = "/v1/admin/jobs", tag = "admin", security(("token" = [])),
     params(AdminListQuery), responses((status = 200, body = ListResponse<JobView>)))]
 pub async fn admin_list(
@@ -94,7 +94,7 @@ pub async fn admin_list(
     let list = jobs::list(&state, query.user_id, page).await?;
     Ok(
         HttpResponse::Ok().json(ListResponse::from_page(list, page, |(job, model)| {
-            Ok(persistence::jobs::view(&job, &model))
+            Ok(persistence::jobs::summary(&job, &model))
         })?),
     )
 }
