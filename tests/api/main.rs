@@ -9,6 +9,7 @@ mod bad_input;
 mod catalog;
 mod chat;
 mod health;
+mod hostile_text;
 mod identity;
 mod jobs;
 mod leases;
