@@ -4,23 +4,11 @@
 
 use chrono::Utc;
 use integration_tests::{BillingWorker, Credential, eventually, spawn_app};
-use jsonwebtoken::{EncodingKey, Header};
 use mock_llm::MockConfig;
 use reqwest::Method;
 use serde_json::{Value, json};
 
 const SECRET: &str = "test-jwt-secret-that-is-long-enough-0123456789";
-
-fn forge(secret: &str, alg: jsonwebtoken::Algorithm, sub: &str, exp_offset: i64) -> String {
-    let now = Utc::now().timestamp();
-    let claims = json!({"sub": sub, "role": "admin", "iat": now, "exp": now + exp_offset, "iss": "ai-gateway"});
-    jsonwebtoken::encode(
-        &Header::new(alg),
-        &claims,
-        &EncodingKey::from_secret(secret.as_bytes()),
-    )
-    .unwrap()
-}
 
 fn unsigned(sub: &str) -> String {
     use base64::Engine;
@@ -137,11 +125,16 @@ async fn every_forged_missing_or_misplaced_credential_is_refused_and_writes_noth
         ("garbage", "garbage".to_owned()),
         (
             "expired",
-            forge(SECRET, jsonwebtoken::Algorithm::HS256, admin_sub, -3600),
+            integration_tests::forge_token(
+                SECRET,
+                jsonwebtoken::Algorithm::HS256,
+                admin_sub,
+                -3600,
+            ),
         ),
         (
             "wrong signature",
-            forge(
+            integration_tests::forge_token(
                 "another-secret-another-secret-another",
                 jsonwebtoken::Algorithm::HS256,
                 admin_sub,
@@ -150,7 +143,7 @@ async fn every_forged_missing_or_misplaced_credential_is_refused_and_writes_noth
         ),
         (
             "HS512",
-            forge(SECRET, jsonwebtoken::Algorithm::HS512, admin_sub, 3600),
+            integration_tests::forge_token(SECRET, jsonwebtoken::Algorithm::HS512, admin_sub, 3600),
         ),
         ("alg none", unsigned(admin_sub)),
         ("an access key", setup.access_key.clone()),

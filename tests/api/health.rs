@@ -144,6 +144,23 @@ fn settings_out_of_range_are_refused_at_start() {
     let mut settings = valid.clone();
     settings.calls.holds_in_flight = 64;
     assert!(settings.validate().is_ok());
+    for (proxies, ok) in [
+        ("10.0.0.0/8, 192.168.1.1, fd00::/8", true),
+        ("", true),
+        ("10.0.0.0/33", false),
+        ("proxy.internal", false),
+    ] {
+        let mut settings = valid.clone();
+        settings.abuse.trusted_proxies = proxies.to_owned();
+        let outcome = settings.validate().map_err(|e| e.to_string());
+        assert_eq!(outcome.is_ok(), ok, "{proxies}: {outcome:?}");
+        if let Err(error) = outcome {
+            assert!(error.contains("abuse.trusted_proxies"), "{error}");
+        }
+    }
+    let mut settings = valid.clone();
+    settings.abuse.hashes_in_flight = 0;
+    assert!(settings.validate().is_err());
 }
 
 /// With `server.ops_port`, /healthz, /readyz and /metrics are served there without credentials

@@ -1,6 +1,5 @@
 use chrono::Utc;
 use integration_tests::{ADMIN_EMAIL, Credential, spawn_app};
-use jsonwebtoken::{EncodingKey, Header};
 use reqwest::Method;
 use serde_json::json;
 
@@ -129,17 +128,6 @@ async fn login_failures_look_alike() {
     );
 }
 
-fn forge(secret: &str, alg: jsonwebtoken::Algorithm, sub: &str, exp_offset: i64) -> String {
-    let now = Utc::now().timestamp();
-    let claims = json!({"sub": sub, "role": "admin", "iat": now, "exp": now + exp_offset, "iss": "ai-gateway"});
-    jsonwebtoken::encode(
-        &Header::new(alg),
-        &claims,
-        &EncodingKey::from_secret(secret.as_bytes()),
-    )
-    .unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn tampered_expired_foreign_and_unsigned_tokens_are_refused() {
     let app = spawn_app().await;
@@ -149,12 +137,13 @@ async fn tampered_expired_foreign_and_unsigned_tokens_are_refused() {
 
     app.get("/v1/me", &token).await.assert_status(200);
     // A token signed with our secret but expired an hour ago.
-    let expired = forge(secret, jsonwebtoken::Algorithm::HS256, &sub, -3600);
+    let expired =
+        integration_tests::forge_token(secret, jsonwebtoken::Algorithm::HS256, &sub, -3600);
     app.get("/v1/me", &expired)
         .await
         .assert_error(401, "unauthorized");
     // Signed with another secret.
-    let foreign = forge(
+    let foreign = integration_tests::forge_token(
         "another-secret-another-secret-another",
         jsonwebtoken::Algorithm::HS256,
         &sub,
@@ -164,7 +153,8 @@ async fn tampered_expired_foreign_and_unsigned_tokens_are_refused() {
         .await
         .assert_error(401, "unauthorized");
     // HS512 with our secret: only HS256 is accepted.
-    let other_alg = forge(secret, jsonwebtoken::Algorithm::HS512, &sub, 3600);
+    let other_alg =
+        integration_tests::forge_token(secret, jsonwebtoken::Algorithm::HS512, &sub, 3600);
     app.get("/v1/me", &other_alg)
         .await
         .assert_error(401, "unauthorized");
@@ -265,7 +255,7 @@ async fn a_new_password_ends_the_sessions_opened_before_it() {
     let after = app.login(&email, "new-password-2").await;
     app.get("/v1/me", &after).await.assert_status(200);
     // A token forged without the stamp, though signed with our secret, is refused.
-    let unstamped = forge(
+    let unstamped = integration_tests::forge_token(
         "test-jwt-secret-that-is-long-enough-0123456789",
         jsonwebtoken::Algorithm::HS256,
         &user_id.to_string(),

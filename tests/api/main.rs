@@ -10,6 +10,7 @@ mod catalog;
 mod chat;
 mod embeddings;
 mod health;
+mod hostile_text;
 mod identity;
 mod jobs;
 mod leases;

@@ -1190,3 +1190,21 @@ impl Drop for GatewayProcess {
         }
     }
 }
+
+/// A session token with an admin role claim for user `sub`, signed with `secret` by `alg` and
+/// expiring `exp_offset` seconds from now: for forged-token tests.
+pub fn forge_token(
+    secret: &str,
+    alg: jsonwebtoken::Algorithm,
+    sub: &str,
+    exp_offset: i64,
+) -> String {
+    let now = chrono::Utc::now().timestamp();
+    let claims = json!({"sub": sub, "role": "admin", "iat": now, "exp": now + exp_offset, "iss": "ai-gateway"});
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(alg),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .unwrap()
+}

@@ -21,6 +21,9 @@ pub enum StoreError {
     /// A conditional update found the row in another state.
     #[error("conflict: {0}")]
     StateConflict(String),
+    /// Text Postgres cannot store (a NUL character): the caller's input, not a fault.
+    #[error("text contains a character the database cannot store (NUL)")]
+    InvalidText,
     #[error("database error: {0}")]
     Database(#[source] DieselError),
     #[error("connection pool: {0}")]
@@ -43,6 +46,17 @@ impl From<DieselError> for StoreError {
                     DatabaseErrorKind::UniqueViolation => StoreError::Unique(constraint),
                     DatabaseErrorKind::ForeignKeyViolation => StoreError::ForeignKey(constraint),
                     DatabaseErrorKind::CheckViolation => StoreError::Check(constraint),
+                    // SQLSTATE 22021 and 22P05, which diesel does not classify: a NUL in a text
+                    // value, or `\u0000` in a JSONB one.
+                    _ if info
+                        .message()
+                        .starts_with("invalid byte sequence for encoding")
+                        || info
+                            .message()
+                            .starts_with("unsupported Unicode escape sequence") =>
+                    {
+                        StoreError::InvalidText
+                    }
                     _ => StoreError::Database(error),
                 }
             }

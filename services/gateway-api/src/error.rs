@@ -243,6 +243,9 @@ impl From<StoreError> for ApiError {
             StoreError::Check(constraint) => {
                 ApiError::InvalidRequest(format!("value refused by rule {constraint}"))
             }
+            StoreError::InvalidText => {
+                ApiError::InvalidRequest("text fields must not contain NUL characters".to_owned())
+            }
             StoreError::InsufficientBalance => {
                 ApiError::Conflict("the balance cannot go below zero".to_owned())
             }
