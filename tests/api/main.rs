@@ -6,6 +6,7 @@ mod anthropic;
 mod bad_input;
 mod catalog;
 mod chat;
+mod console;
 mod embeddings;
 mod health;
 mod identity;

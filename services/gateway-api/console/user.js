@@ -1,0 +1,210 @@
+// The screens of every signed-in user, and signing up and in.
+
+import { all, api, get, post, session, streamChat } from './api.js';
+import {
+  badge, copy, day, download, errorBox, field, form, h, notice, section, show, sumMoney, table, when,
+} from './ui.js';
+
+export function login(main) {
+  main.append(h('div', { class: 'card auth' }, form({ 'aria-label': 'Sign in' }, [
+    field('Email', { name: 'email', type: 'email', autocomplete: 'username', required: true }),
+    field('Password', { name: 'password', type: 'password', autocomplete: 'current-password', required: true }),
+  ], async ({ email, password }) => {
+    const answer = await post('/v1/auth/login', { email, password });
+    session.save(answer.access_token, answer.user);
+    location.hash = '#/';
+  }, 'Sign in'), h('p', {}, 'No account yet? ', h('a', { href: '#/register' }, 'Sign up'))));
+}
+
+export function register(main) {
+  main.append(h('div', { class: 'card auth' }, form({ 'aria-label': 'Sign up' }, [
+    field('Email', { name: 'email', type: 'email', autocomplete: 'username', required: true }),
+    field('Password', { name: 'password', type: 'password', autocomplete: 'new-password', required: true, minlength: 8 }, '(at least 8 characters)'),
+  ], async ({ email, password }) => {
+    await post('/v1/auth/register', { email, password });
+    const answer = await post('/v1/auth/login', { email, password });
+    session.save(answer.access_token, answer.user);
+    location.hash = '#/';
+  }, 'Create account'), h('p', {}, 'Already registered? ', h('a', { href: '#/login' }, 'Sign in'))));
+}
+
+const stat = (label, value, id) => h('div', { class: 'card stat' },
+  h('div', { class: 'label', id: `${id}-label` }, label),
+  h('div', { class: 'value', id, 'aria-labelledby': `${id}-label` }, value));
+
+/// Spend per key of `rows` (usage logs), as labelled bars.
+function bars(title, rows, keyOf) {
+  const totals = new Map();
+  for (const row of rows) totals.set(keyOf(row), sumMoney([totals.get(keyOf(row)) || '0', row.cost]));
+  const entries = [...totals].sort((a, b) => (a[0] < b[0] ? -1 : 1));
+  const max = Math.max(...entries.map(([, v]) => Number(v)), 0);
+  return h('div', { class: 'card' }, h('h2', {}, title), entries.length
+    ? h('div', { class: 'bars', role: 'list' }, entries.map(([name, value]) => {
+      const fill = h('div', { class: 'fill' });
+      fill.style.width = `${max > 0 ? (Number(value) / max) * 100 : 0}%`;
+      return h('div', { class: 'bar', role: 'listitem' }, h('span', {}, name), fill, h('span', { class: 'num' }, value));
+    }))
+    : h('p', { class: 'muted' }, 'No calls in this range.'));
+}
+
+export async function overview(main) {
+  const body = h('div');
+  main.append(body);
+  await section(body, async () => {
+    const [me, usage] = await Promise.all([get('/v1/me'), all('/v1/me/usage')]);
+    session.setUser(me);
+    return { me, usage };
+  }, ({ me, usage }) => {
+    const charts = h('div');
+    const since = field('Since', { type: 'date', name: 'since' });
+    const draw = () => {
+      const from = since.querySelector('input').value;
+      const rows = usage.filter((r) => !from || day(r.created_at) >= from);
+      show(charts, bars('Spend per day', rows, (r) => day(r.created_at)), bars('Spend per model', rows, (r) => r.model));
+    };
+    since.querySelector('input').addEventListener('change', draw);
+    draw();
+    return [
+      h('div', { class: 'stats' },
+        stat('Balance', me.balance, 'balance'),
+        stat('Total spend (last 1000 calls)', sumMoney(usage.map((r) => r.cost)), 'spend'),
+        stat('Calls', String(usage.length), 'calls')),
+      h('p', {}, h('a', { class: 'button', href: '#/topup' }, 'Top up'), ' ', h('a', { href: '#/keys' }, 'Create an access key')),
+      h('div', { class: 'row' }, since), charts,
+    ];
+  });
+}
+
+export async function topup(main) {
+  const list = h('div');
+  const refresh = () => section(list, () => get('/v1/me/orders?limit=50'), (page) => table('Orders', [
+    ['Order', (o) => o.order_no], ['Amount', (o) => o.amount, { num: true }],
+    ['Status', (o) => badge(o.status)], ['Created', (o) => when(o.created_at)], ['Updated', (o) => when(o.updated_at)],
+  ], page.data, 'No orders yet.'));
+  main.append(h('div', { class: 'card' }, form({ 'aria-label': 'New order' }, [
+    field('Amount', { name: 'amount', inputmode: 'decimal', required: true, pattern: '[0-9]+(\\.[0-9]{1,2})?', placeholder: '10.00' }, '(up to 2 decimals)'),
+  ], async ({ amount }, el) => {
+    const order = await post('/v1/me/orders', { amount });
+    el.reset();
+    refresh();
+    return `Order ${order.order_no} created for ${order.amount}: it is credited once payment completes.`;
+  }, 'Create order')), h('h2', {}, 'Your orders'), list);
+  await refresh();
+}
+
+const LIMITS = [
+  ['rpm_limit', 'Requests per minute'], ['tpm_limit', 'Tokens per minute'],
+  ['max_concurrency', 'Concurrent calls'], ['spend_limit', 'Spend limit'],
+];
+
+export async function keys(main) {
+  const list = h('div');
+  const secret = h('div', { 'aria-live': 'polite' });
+  const refresh = () => section(list, () => get('/v1/me/access-keys?limit=200'), (page) => table('Access keys', [
+    ['Name', (k) => k.name], ['Prefix', (k) => h('code', {}, k.prefix)],
+    ['Limits', (k) => LIMITS.filter(([f]) => k[f] !== null).map(([f, n]) => `${n}: ${k[f]}`).join(', ') + (k.spend_limit ? ` (${k.spend_limit_period})` : '') || 'defaults'],
+    ['Created', (k) => when(k.created_at)], ['Last used', (k) => when(k.last_used_at)],
+    ['Status', (k) => badge(k.revoked ? 'revoked' : 'active')],
+    ['', (k) => (k.revoked ? '' : h('button', {
+      type: 'button', class: 'danger', 'aria-label': `Revoke ${k.name}`,
+      onclick: async (e) => {
+        if (!confirm(`Revoke the key "${k.name}"? Calls with it stop at once.`)) return;
+        e.target.disabled = true;
+        try { await api('DELETE', `/v1/me/access-keys/${k.id}`); await refresh(); } catch (error) { list.prepend(errorBox(error)); }
+      },
+    }, 'Revoke'))],
+  ], page.data, 'No access keys yet: create one to call models.'));
+  main.append(h('div', { class: 'card' }, form({ 'aria-label': 'New access key' }, [
+    field('Name', { name: 'name', required: true, placeholder: 'my app' }),
+    h('div', { class: 'row' },
+      LIMITS.map(([name, label]) => field(label, { name, inputmode: 'decimal' }, '(optional)')),
+      field('Spend period', { tag: 'select', name: 'spend_limit_period', options: [['total', 'total'], ['day', 'per day'], ['month', 'per month']] })),
+  ], async (data, el) => {
+    const body = { name: data.name };
+    for (const [name] of LIMITS) {
+      if (data[name] === '') continue;
+      body[name] = name === 'spend_limit' ? data[name] : Number(data[name]);
+    }
+    if (body.spend_limit) body.spend_limit_period = data.spend_limit_period;
+    const key = await post('/v1/me/access-keys', body);
+    el.reset();
+    sessionStorage.setItem('gw.lastKey', key.key);
+    const button = h('button', { type: 'button', class: 'secondary', onclick: (e) => copy(key.key, e.target) }, 'Copy');
+    show(secret, h('div', { class: 'card' },
+      h('p', {}, h('strong', {}, `Key "${key.name}" created.`), ' Copy it now: it is shown only once.'),
+      h('div', { class: 'secret' }, h('code', { id: 'new-secret' }, key.key), button)));
+    button.focus();
+    refresh();
+  }, 'Create key')), secret, h('h2', {}, 'Your keys'), list);
+  await refresh();
+}
+
+const csvCell = (v) => (/[",\n]/.test(String(v)) ? `"${String(v).replaceAll('"', '""')}"` : String(v));
+
+export async function usage(main) {
+  const body = h('div');
+  main.append(body);
+  await section(body, () => all('/v1/me/usage'), (rows) => {
+    const models = [...new Set(rows.map((r) => r.model))].sort();
+    const out = h('div');
+    const filters = h('form', { class: 'row', 'aria-label': 'Filter usage' },
+      field('Model', { tag: 'select', name: 'model', options: [['', 'all models'], ...models.map((m) => [m, m])] }),
+      field('From', { type: 'date', name: 'from' }), field('To', { type: 'date', name: 'to' }));
+    let shown = rows;
+    const draw = () => {
+      const f = Object.fromEntries(new FormData(filters).entries());
+      shown = rows.filter((r) => (!f.model || r.model === f.model)
+        && (!f.from || day(r.created_at) >= f.from) && (!f.to || day(r.created_at) <= f.to));
+      show(out, h('p', { class: 'muted', role: 'status' }, `${shown.length} calls, ${sumMoney(shown.map((r) => r.cost))} spent`),
+        table('Usage log', [
+          ['Time', (r) => when(r.created_at)], ['Model', (r) => r.model],
+          ['Prompt', (r) => r.prompt_tokens, { num: true }], ['Completion', (r) => r.completion_tokens, { num: true }],
+          ['Images', (r) => r.images, { num: true }], ['Cost', (r) => r.cost, { num: true }],
+        ], shown, 'No calls match.'));
+    };
+    filters.addEventListener('change', draw);
+    filters.addEventListener('submit', (e) => e.preventDefault());
+    draw();
+    const exportCsv = () => {
+      const head = ['created_at', 'request_id', 'model', 'prompt_tokens', 'completion_tokens', 'images', 'cost'];
+      const lines = [head.join(','), ...shown.map((r) => head.map((c) => csvCell(r[c])).join(','))];
+      download('usage.csv', `${lines.join('\n')}\n`);
+    };
+    return [filters, h('p', {}, h('button', { type: 'button', class: 'secondary', onclick: exportCsv }, 'Export CSV')), out];
+  });
+}
+
+export async function ledger(main) {
+  const body = h('div');
+  main.append(body);
+  await section(body, () => get('/v1/me/ledger?limit=200'), (page) => table('Ledger', [
+    ['Time', (e) => when(e.created_at)], ['Kind', (e) => e.kind], ['Change', (e) => e.delta, { num: true }],
+    ['Balance after', (e) => e.balance_after, { num: true }], ['Reference', (e) => e.reference ?? ''],
+  ], page.data, 'No entries yet: a top-up or a call writes one.'));
+}
+
+export async function playground(main) {
+  const answer = h('div', { class: 'answer', id: 'answer', 'aria-live': 'polite', 'aria-label': 'Answer' });
+  const cost = h('div', { 'aria-live': 'polite' });
+  main.append(h('div', { class: 'card' }, form({ 'aria-label': 'Chat' }, [
+    field('Access key', { name: 'key', type: 'password', autocomplete: 'off', required: true, value: sessionStorage.getItem('gw.lastKey') || '' }, '(paste one, or create one under Access keys)'),
+    field('Model', { name: 'model', required: true, placeholder: 'model name' }),
+    field('Message', { tag: 'textarea', name: 'prompt', required: true }),
+  ], async ({ key, model, prompt }) => {
+    show(answer);
+    show(cost);
+    const before = (await get('/v1/me/usage?limit=1')).data[0]?.id ?? 0;
+    await streamChat(key, { model, messages: [{ role: 'user', content: prompt }] }, (text) => answer.append(text));
+    show(cost, h('p', { class: 'muted', role: 'status' }, 'Waiting for the charge…'));
+    for (let i = 0; i < 40; i += 1) {
+      const row = (await get('/v1/me/usage?limit=5')).data.find((r) => r.id > before && r.model === model);
+      if (row) {
+        show(cost, notice(`Cost ${row.cost} (${row.prompt_tokens} prompt + ${row.completion_tokens} completion tokens)`));
+        return null;
+      }
+      await new Promise((r) => setTimeout(r, 500));
+    }
+    show(cost, h('p', { class: 'muted' }, 'The charge is not in the usage log yet; see Usage later.'));
+    return null;
+  }, 'Send')), h('h2', {}, 'Answer'), answer, cost);
+}

@@ -1,0 +1,215 @@
+// The web console in Debian's headless Chromium: a user and an admin go through the main
+// flows, and each flow is checked both on the page and in what the API then holds.
+// Driven by tests/api/console.rs; env: BASE_URL, ADMIN_EMAIL, ADMIN_PASSWORD, USER_EMAIL,
+// USER_PASSWORD, MODEL, ARTIFACTS (screenshot directory).
+
+import assert from 'node:assert/strict';
+import { mkdirSync, readFileSync } from 'node:fs';
+import { createRequire } from 'node:module';
+import { chromium } from 'playwright-core';
+
+const env = (name) => {
+  const value = process.env[name];
+  assert.ok(value, `${name} must be set`);
+  return value;
+};
+const BASE = env('BASE_URL');
+const MODEL = env('MODEL');
+const ARTIFACTS = env('ARTIFACTS');
+mkdirSync(ARTIFACTS, { recursive: true });
+const AXE = readFileSync(createRequire(import.meta.url).resolve('axe-core/axe.min.js'), 'utf8');
+
+/// The API, called directly: what it holds after each flow.
+async function api(method, path, token, body) {
+  const response = await fetch(`${BASE}${path}`, {
+    method,
+    headers: { Authorization: `Bearer ${token}`, 'Content-Type': 'application/json' },
+    body: body && JSON.stringify(body),
+  });
+  const json = await response.json();
+  assert.ok(response.ok, `${method} ${path}: ${response.status} ${JSON.stringify(json)}`);
+  return json;
+}
+async function tokenOf(email, password) {
+  const response = await fetch(`${BASE}/v1/auth/login`, {
+    method: 'POST', headers: { 'Content-Type': 'application/json' }, body: JSON.stringify({ email, password }),
+  });
+  return (await response.json()).access_token;
+}
+
+const violations = [];
+/// axe-core on the current page: serious and critical violations are collected.
+async function audit(page, name) {
+  await page.evaluate(AXE);
+  const result = await page.evaluate(() => window.axe.run(document, { resultTypes: ['violations'] }));
+  for (const v of result.violations.filter((v) => ['serious', 'critical'].includes(v.impact))) {
+    violations.push(`${name}: ${v.id} (${v.impact}) ${v.help}: ${v.nodes.map((n) => n.target.join(' ')).join(', ')}`);
+  }
+}
+/// No horizontal scrolling of the page itself (wide tables scroll inside their region).
+async function fitsWidth(page, name) {
+  const [scroll, width, wide] = await page.evaluate(() => [
+    document.documentElement.scrollWidth, window.innerWidth,
+    [...document.querySelectorAll('body *')].filter((e) => e.getBoundingClientRect().right > window.innerWidth)
+      .slice(0, 5).map((e) => `${e.tagName}.${e.className}#${e.id}`),
+  ]);
+  assert.ok(scroll <= width, `${name} is ${scroll}px wide in a ${width}px window: ${wide}`);
+}
+async function visit(page, hash, heading) {
+  await page.goto(`${BASE}/${hash}`);
+  await page.getByRole('heading', { level: 1, name: heading }).waitFor();
+  await page.getByText('Loading…').first().waitFor({ state: 'detached' }).catch(() => {});
+}
+const shot = (page, name) => page.screenshot({ path: `${ARTIFACTS}/${name}.png`, fullPage: true });
+
+async function signIn(page, email, password) {
+  await page.goto(`${BASE}/`);
+  await page.getByRole('heading', { level: 1, name: 'Sign in' }).waitFor();
+  await audit(page, 'sign in');
+  await page.getByLabel('Email').fill(email);
+  await page.getByLabel('Password').fill(password);
+  await page.getByRole('button', { name: 'Sign in' }).click();
+  await page.getByRole('heading', { level: 1, name: 'Overview' }).waitFor();
+}
+
+const browser = await chromium.launch({ executablePath: '/usr/bin/chromium', headless: true, args: ['--no-sandbox'] });
+try {
+  const userToken = await tokenOf(env('USER_EMAIL'), env('USER_PASSWORD'));
+  const adminToken = await tokenOf(env('ADMIN_EMAIL'), env('ADMIN_PASSWORD'));
+
+  // A wrong password shows the API's message.
+  const userContext = await browser.newContext({ viewport: { width: 1200, height: 800 } });
+  const user = await userContext.newPage();
+  const pageErrors = [];
+  user.on('pageerror', (e) => pageErrors.push(String(e)));
+  await user.goto(`${BASE}/`);
+  await user.getByLabel('Email').fill(env('USER_EMAIL'));
+  await user.getByLabel('Password').fill('not-the-password');
+  await user.getByRole('button', { name: 'Sign in' }).click();
+  const loginError = await user.getByRole('alert').textContent();
+  assert.ok(loginError.length > 0 && !loginError.includes('Something went wrong'), loginError);
+
+  // The user signs in: the overview shows the API's balance.
+  await signIn(user, env('USER_EMAIL'), env('USER_PASSWORD'));
+  let me = await api('GET', '/v1/me', userToken);
+  await user.locator('#balance').filter({ hasText: me.balance }).waitFor();
+  await audit(user, 'overview');
+  await shot(user, 'overview');
+
+  // An access key with limits: its secret is shown once, the API holds the limits.
+  await visit(user, '#/keys', 'Access keys');
+  await user.getByLabel('Name').fill('console key');
+  await user.getByLabel('Requests per minute').fill('60');
+  await user.getByLabel('Spend limit').fill('5');
+  await user.getByLabel('Spend period').selectOption('day');
+  await user.getByRole('button', { name: 'Create key' }).click();
+  const secret = (await user.locator('#new-secret').textContent()).trim();
+  assert.match(secret, /^sk-/);
+  await user.getByRole('cell', { name: 'console key', exact: true }).waitFor();
+  const keys = (await api('GET', '/v1/me/access-keys', userToken)).data;
+  const created = keys.find((k) => k.name === 'console key');
+  assert.ok(created, JSON.stringify(keys));
+  assert.equal(created.rpm_limit, 60);
+  assert.equal(created.spend_limit_period, 'day');
+  assert.ok(secret.startsWith(created.prefix), `${secret} / ${created.prefix}`);
+  await audit(user, 'access keys');
+  await shot(user, 'keys');
+  await user.reload();
+  await user.getByRole('cell', { name: 'console key', exact: true }).waitFor();
+  assert.equal(await user.locator('#new-secret').count(), 0, 'the secret is shown only once');
+
+  // An order: shown pending, and pending in the API.
+  await visit(user, '#/topup', 'Top up');
+  await user.getByLabel('Amount').fill('25');
+  await user.getByRole('button', { name: 'Create order' }).click();
+  const created_notice = await user.getByRole('status').filter({ hasText: 'Order' }).textContent();
+  const orderNo = created_notice.match(/Order (\S+)/)[1];
+  const order = (await api('GET', '/v1/me/orders', userToken)).data.find((o) => o.order_no === orderNo);
+  assert.equal(order?.status, 'PENDING');
+  await user.getByRole('cell', { name: orderNo, exact: true }).waitFor();
+  await audit(user, 'top up');
+
+  // The admin completes it.
+  const adminContext = await browser.newContext({ viewport: { width: 1200, height: 800 } });
+  const admin = await adminContext.newPage();
+  admin.on('pageerror', (e) => pageErrors.push(String(e)));
+  await signIn(admin, env('ADMIN_EMAIL'), env('ADMIN_PASSWORD'));
+  await visit(admin, '#/admin/orders', 'Orders');
+  await audit(admin, 'admin orders');
+  await admin.getByRole('button', { name: `Complete order ${orderNo}` }).click();
+  await admin.getByRole('row', { name: new RegExp(`${orderNo}.*COMPLETED`) }).waitFor();
+  const done = (await api('GET', '/v1/admin/orders', adminToken)).data.find((o) => o.order_no === orderNo);
+  assert.equal(done.status, 'COMPLETED');
+  await shot(admin, 'admin-orders');
+
+  // The balance the user's page shows is the API's.
+  me = await api('GET', '/v1/me', userToken);
+  await visit(user, '#/', 'Overview');
+  assert.equal((await user.locator('#balance').textContent()).trim(), me.balance);
+  await visit(user, '#/topup', 'Top up');
+  await user.getByRole('row', { name: new RegExp(`${orderNo}.*COMPLETED`) }).waitFor();
+
+  // The playground streams an answer with the key just created, then shows its cost.
+  await visit(user, '#/playground', 'Playground');
+  assert.equal(await user.getByLabel('Access key').inputValue(), secret);
+  await user.getByLabel('Model').fill(MODEL);
+  await user.getByLabel('Message').fill('Say hello to the console');
+  await user.getByRole('button', { name: 'Send' }).click();
+  await user.locator('#answer').filter({ hasText: /\S/ }).waitFor();
+  const costText = await user.getByRole('status').filter({ hasText: /^Cost / }).textContent({ timeout: 30000 });
+  const usage = (await api('GET', '/v1/me/usage', userToken)).data;
+  assert.equal(usage.length, 1, JSON.stringify(usage));
+  assert.ok(costText.startsWith(`Cost ${usage[0].cost} `), `${costText} / ${usage[0].cost}`);
+  assert.ok((await user.locator('#answer').textContent()).trim().length > 0);
+  await audit(user, 'playground');
+  await shot(user, 'playground');
+
+  // The usage log lists it and exports it as CSV; the ledger has the top-up and the charge.
+  await visit(user, '#/usage', 'Usage');
+  await user.getByRole('cell', { name: MODEL, exact: true }).first().waitFor();
+  const [download] = await Promise.all([user.waitForEvent('download'), user.getByRole('button', { name: 'Export CSV' }).click()]);
+  const csv = readFileSync(await download.path(), 'utf8');
+  assert.ok(csv.startsWith('created_at,request_id,model'), csv);
+  assert.ok(csv.includes(usage[0].request_id) && csv.includes(usage[0].cost), csv);
+  await audit(user, 'usage');
+  await visit(user, '#/ledger', 'Ledger');
+  await user.getByRole('cell', { name: 'charge', exact: true }).first().waitFor();
+  await user.getByRole('cell', { name: 'topup', exact: true }).first().waitFor();
+  await audit(user, 'ledger');
+
+  // Models: bad JSON is refused before sending, the server's message is shown.
+  await visit(admin, '#/admin/models', 'Models');
+  await admin.getByLabel('Name', { exact: false }).first().fill('console-model');
+  await admin.getByLabel('Provider id').fill('1');
+  await admin.getByLabel('Upstream model').fill('mock-gpt');
+  await admin.getByLabel('Pricing (JSON)').fill('{"input_per_million": ');
+  await admin.getByRole('button', { name: 'Create model' }).click();
+  await admin.getByRole('alert').filter({ hasText: 'not valid JSON' }).waitFor();
+  await admin.getByLabel('Pricing (JSON)').fill('{"input_per_million": "0.1"}');
+  await admin.getByRole('button', { name: 'Create model' }).click();
+  const serverError = await admin.getByRole('alert').textContent();
+  assert.match(serverError, /output/i, 'the API names the missing output price');
+  const models = (await api('GET', '/v1/admin/models', adminToken)).data;
+  assert.ok(!models.some((m) => m.name === 'console-model'), 'a refused model is not saved');
+  await audit(admin, 'admin models');
+  for (const [hash, heading] of [['#/admin/users', 'Users'], ['#/admin/providers', 'Providers']]) {
+    await visit(admin, hash, heading);
+    await audit(admin, heading);
+  }
+  await admin.getByText('…-key').first().waitFor();
+  await shot(admin, 'admin-providers');
+
+  // A phone-sized screen.
+  await user.setViewportSize({ width: 390, height: 844 });
+  for (const [hash, heading] of [['#/', 'Overview'], ['#/keys', 'Access keys'], ['#/usage', 'Usage'], ['#/playground', 'Playground']]) {
+    await visit(user, hash, heading);
+    await fitsWidth(user, heading);
+  }
+  await shot(user, 'phone-keys');
+
+  assert.deepEqual(pageErrors, [], 'no script errors');
+  assert.deepEqual(violations, [], 'axe: serious or critical violations');
+  console.log('console e2e passed');
+} finally {
+  await browser.close();
+}
