@@ -58,6 +58,12 @@ async fn the_console_is_served_at_the_root_with_its_assets_and_api_paths_stay_js
         );
         assert!(!asset.text.contains("https://"), "{file} fetches nothing");
     }
+    let spec = app
+        .send(Method::GET, "/openapi.json", Credential::None, None)
+        .await;
+    let paths = &spec.assert_status(200)["paths"];
+    assert!(paths["/"]["get"].is_object());
+    assert!(paths["/console/{digest}/{file}"]["get"].is_object());
     for missing in [
         format!("{base}nope.js"),
         "/console/0000000000000000/app.js".to_owned(),

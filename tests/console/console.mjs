@@ -176,6 +176,10 @@ try {
   await user.getByRole('cell', { name: 'charge', exact: true }).first().waitFor();
   await user.getByRole('cell', { name: 'topup', exact: true }).first().waitFor();
   await audit(user, 'ledger');
+  await visit(user, '#/', 'Overview');
+  await user.getByText('Spend per model').waitFor();
+  await user.getByRole('listitem').filter({ hasText: MODEL }).waitFor();
+  await shot(user, 'console');
 
   // Models: bad JSON is refused before sending, the server's message is shown.
   await visit(admin, '#/admin/models', 'Models');

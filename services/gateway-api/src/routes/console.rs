@@ -82,7 +82,9 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/console/{digest}/{file}", web::get().to(asset));
 }
 
-/// The console's page.
+/// The web console's page (HTML; its scripts call this API with a login token).
+#[utoipa::path(get, path = "/", tag = "console",
+    responses((status = 200, description = "The console's HTML page", content_type = "text/html")))]
 pub async fn page() -> HttpResponse {
     HttpResponse::Ok()
         .content_type("text/html; charset=utf-8")
@@ -93,7 +95,13 @@ pub async fn page() -> HttpResponse {
         .body(PAGE.as_str())
 }
 
-/// One asset of this build; another build's digest or an unknown file is a 404.
+/// One asset of the console (script, style, icon) of this build, cached for good; another
+/// build's digest or an unknown file is a 404.
+#[utoipa::path(get, path = "/console/{digest}/{file}", tag = "console",
+    params(("digest" = String, Path, description = "this build's asset digest, as the page names it"),
+        ("file" = String, Path, description = "the asset's file name")),
+    responses((status = 200, description = "The asset"),
+        (status = 404, body = crate::error::ErrorBody)))]
 pub async fn asset(path: web::Path<(String, String)>) -> Result<HttpResponse, ApiError> {
     let (digest, file) = path.into_inner();
     let found = ASSETS
