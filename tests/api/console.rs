@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::Command;
 
 use integration_tests::{
-    ADMIN_EMAIL, ADMIN_PASSWORD, BillingWorker, Credential, eventually, spawn_app,
+    ADMIN_EMAIL, ADMIN_PASSWORD, BillingWorker, Credential, InvocationWorker, eventually, spawn_app,
 };
 use reqwest::Method;
 
@@ -89,6 +89,7 @@ async fn a_user_and_an_admin_use_the_console_in_chromium() {
     );
     let app = spawn_app().await;
     let worker = BillingWorker::start(&app).await;
+    let jobs = InvocationWorker::start(&app).await;
     let setup = app.mock_setup("openai").await;
     let me = app.get("/v1/me", &setup.token).await;
     let email = me.assert_status(200)["email"].as_str().unwrap().to_owned();
@@ -118,7 +119,7 @@ async fn a_user_and_an_admin_use_the_console_in_chromium() {
         String::from_utf8_lossy(&output.stderr)
     );
     // What the browser did is what the database holds: the 25 top-up credited once on top of
-    // the setup's 10, one playground call charged, the books balanced.
+    // the setup's 10, one playground call and one image job charged, the books balanced.
     let orders = app.get("/v1/me/orders", &setup.token).await;
     let orders = &orders.assert_status(200)["data"];
     assert_eq!(orders.as_array().unwrap().len(), 1);
@@ -127,7 +128,7 @@ async fn a_user_and_an_admin_use_the_console_in_chromium() {
     assert_eq!(amount, "25".parse::<bigdecimal::BigDecimal>().unwrap());
     let usage = eventually(15, || async {
         let rows = app.usage_of(setup.user_id).await;
-        (rows.len() == 1).then_some(rows)
+        (rows.len() == 2).then_some(rows)
     })
     .await;
     let balance: bigdecimal::BigDecimal = app.get("/v1/me", &setup.token).await.json["balance"]
@@ -135,10 +136,11 @@ async fn a_user_and_an_admin_use_the_console_in_chromium() {
         .unwrap()
         .parse()
         .unwrap();
-    let expected: bigdecimal::BigDecimal =
-        "35".parse::<bigdecimal::BigDecimal>().unwrap() - &usage[0].2;
+    let spent: bigdecimal::BigDecimal = usage.iter().map(|row| &row.2).sum();
+    let expected = "35".parse::<bigdecimal::BigDecimal>().unwrap() - spent;
     assert_eq!(balance, expected);
     assert_eq!(app.open_holds(setup.user_id).await, 0);
     app.assert_books_balance().await;
+    jobs.stop().await;
     worker.stop().await;
 }

@@ -164,9 +164,25 @@ try {
   await audit(user, 'playground');
   await shot(user, 'playground');
 
+  // An image job: submitted from the page, shown completed with its images, as the API holds it.
+  await visit(user, '#/jobs', 'Jobs');
+  await user.getByLabel('Image model').fill('demo-image');
+  await user.getByLabel('Prompt').fill('a red fox');
+  await user.getByRole('button', { name: 'Submit image job' }).click();
+  await user.getByRole('status').filter({ hasText: /^Job / }).waitFor({ timeout: 40000 });
+  const jobs = (await api('GET', '/v1/jobs', secret)).data;
+  assert.equal(jobs.length, 1, JSON.stringify(jobs));
+  assert.equal(jobs[0].status, 'COMPLETED', JSON.stringify(jobs[0]));
+  await user.getByRole('row', { name: new RegExp(`${jobs[0].job_id.slice(0, 8)}.*demo-image.*COMPLETED`) }).waitFor();
+  assert.equal(await user.getByRole('img', { name: `image 1 of job ${jobs[0].job_id.slice(0, 8)}` }).count(), 1);
+  await audit(user, 'jobs');
+  await shot(user, 'jobs');
+
   // The usage log lists it and exports it as CSV; the ledger has the top-up and the charge.
   await visit(user, '#/usage', 'Usage');
   await user.getByRole('cell', { name: MODEL, exact: true }).first().waitFor();
+  await user.getByLabel('Model').selectOption(MODEL);
+  await user.getByRole('status').filter({ hasText: `1 calls, ${usage[0].cost} spent` }).waitFor();
   const [download] = await Promise.all([user.waitForEvent('download'), user.getByRole('button', { name: 'Export CSV' }).click()]);
   const csv = readFileSync(await download.path(), 'utf8');
   assert.ok(csv.startsWith('created_at,request_id,model'), csv);
@@ -196,6 +212,12 @@ try {
   const models = (await api('GET', '/v1/admin/models', adminToken)).data;
   assert.ok(!models.some((m) => m.name === 'console-model'), 'a refused model is not saved');
   await audit(admin, 'admin models');
+  await visit(admin, '#/admin/jobs', 'All jobs');
+  await admin.getByRole('row', { name: new RegExp(`${jobs[0].job_id.slice(0, 8)}.*COMPLETED`) }).waitFor();
+  await audit(admin, 'admin jobs');
+  await visit(admin, '#/admin/usage', 'All usage');
+  await admin.getByRole('cell', { name: 'demo-image', exact: true }).waitFor();
+  await audit(admin, 'admin usage');
   for (const [hash, heading] of [['#/admin/users', 'Users'], ['#/admin/providers', 'Providers']]) {
     await visit(admin, hash, heading);
     await audit(admin, heading);

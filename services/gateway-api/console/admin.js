@@ -122,3 +122,26 @@ export async function providers(main) {
     ], p.keys, 'No keys: calls to this provider cannot be served.')))
     : h('p', { class: 'muted' }, 'No providers yet (POST /v1/admin/providers).')));
 }
+
+/// A filterable admin list (`?user_id=`).
+async function byUser(main, path, caption, columns, empty) {
+  const list = h('div');
+  const filter = h('form', { class: 'row', 'aria-label': `Filter ${caption}` },
+    field('User id', { name: 'user_id', type: 'number', min: 1 }, '(optional)'), h('div', {}, h('button', { type: 'submit' }, 'Filter')));
+  const refresh = (userId) => section(list, () => get(`${path}?limit=200${userId ? `&user_id=${userId}` : ''}`),
+    (page) => [h('p', { class: 'muted', role: 'status' }, `${page.total} in all, the latest ${page.data.length} shown`), table(caption, columns, page.data, empty)]);
+  filter.addEventListener('submit', (e) => { e.preventDefault(); refresh(new FormData(filter).get('user_id')); });
+  main.append(filter, list);
+  await refresh();
+}
+
+export const usage = (main) => byUser(main, '/v1/admin/usage-logs', 'All usage', [
+  ['Time', (r) => when(r.created_at)], ['User', (r) => r.user_id, { num: true }], ['Model', (r) => r.model],
+  ['Prompt', (r) => r.prompt_tokens, { num: true }], ['Completion', (r) => r.completion_tokens, { num: true }],
+  ['Images', (r) => r.images, { num: true }], ['Cost', (r) => r.cost, { num: true }],
+], 'No calls yet.');
+
+export const jobs = (main) => byUser(main, '/v1/admin/jobs', 'All jobs', [
+  ['Job', (j) => h('code', {}, j.job_id.slice(0, 8))], ['Model', (j) => j.model], ['Status', (j) => badge(j.status)],
+  ['Cost', (j) => j.cost ?? '—', { num: true }], ['Created', (j) => when(j.created_at)], ['Updated', (j) => when(j.updated_at)],
+], 'No jobs yet.');

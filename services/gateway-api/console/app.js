@@ -12,10 +12,13 @@ const USER_ROUTES = [
   ['#/usage', 'Usage', user.usage],
   ['#/ledger', 'Ledger', user.ledger],
   ['#/playground', 'Playground', user.playground],
+  ['#/jobs', 'Jobs', user.jobs],
 ];
 const ADMIN_ROUTES = [
   ['#/admin/users', 'Users', admin.users],
   ['#/admin/orders', 'Orders', admin.orders],
+  ['#/admin/usage', 'All usage', admin.usage],
+  ['#/admin/jobs', 'All jobs', admin.jobs],
   ['#/admin/models', 'Models', admin.models],
   ['#/admin/providers', 'Providers', admin.providers],
 ];

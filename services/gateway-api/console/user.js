@@ -183,12 +183,64 @@ export async function ledger(main) {
   ], page.data, 'No entries yet: a top-up or a call writes one.'));
 }
 
+/// The access key the key-based screens use: the one just created, or one the user pastes.
+function keyField() {
+  return field('Access key', { name: 'key', type: 'password', autocomplete: 'off', required: true, value: sessionStorage.getItem('gw.lastKey') || '' }, '(paste one, or create one under Access keys)');
+}
+
+/// Fills `list` (a datalist) with the models the key may call.
+async function offerModels(key, list) {
+  if (!key) return;
+  try {
+    const models = await api('GET', '/v1/models', undefined, { key });
+    show(list, models.data.map((m) => h('option', { value: m.id })));
+  } catch { /* a wrong key is reported when it is used */ }
+}
+
+export async function jobs(main) {
+  const list = h('div');
+  const keyInput = keyField();
+  const models = h('datalist', { id: 'job-models' });
+  const key = () => keyInput.querySelector('input').value;
+  const refresh = () => (key() ? section(list, () => api('GET', '/v1/jobs?limit=50', undefined, { key: key() }), (page) => table('Jobs', [
+    ['Job', (j) => h('code', {}, j.job_id.slice(0, 8))], ['Model', (j) => j.model], ['Status', (j) => badge(j.status)],
+    ['Cost', (j) => j.cost ?? '—', { num: true }], ['Created', (j) => when(j.created_at)],
+    ['Result', (j) => (j.error ? j.error.message ?? JSON.stringify(j.error)
+      : h('span', { class: 'row' }, (j.result?.data || []).map((img, i) => h('a', { href: img.url || '#', target: '_blank', rel: 'noreferrer' },
+        h('img', { class: 'thumb', src: img.url || (img.b64_json ? `data:image/png;base64,${img.b64_json}` : ''), alt: `image ${i + 1} of job ${j.job_id.slice(0, 8)}` })))))],
+  ], page.data, 'No jobs yet.')) : show(list, h('p', { class: 'muted' }, 'Enter an access key to see its user\'s jobs.')));
+  keyInput.querySelector('input').addEventListener('change', () => { offerModels(key(), models); refresh(); });
+  main.append(h('div', { class: 'card' }, form({ 'aria-label': 'New image job' }, [
+    keyInput, models,
+    h('div', { class: 'row' },
+      field('Image model', { name: 'model', required: true, list: 'job-models' }),
+      field('Images', { name: 'n', type: 'number', min: 1, max: 10, value: 1 })),
+    field('Prompt', { tag: 'textarea', name: 'prompt', required: true }),
+  ], async ({ model, n, prompt }) => {
+    const job = await api('POST', '/v1/jobs/image-generation', { model, prompt, n: Number(n) }, { key: key() });
+    await refresh();
+    let status = job.status;
+    for (let i = 0; i < 60 && !['COMPLETED', 'FAILED'].includes(status); i += 1) {
+      await new Promise((r) => setTimeout(r, 500));
+      status = (await api('GET', `/v1/jobs/${job.job_id}`, undefined, { key: key() })).status;
+    }
+    await refresh();
+    return `Job ${job.job_id.slice(0, 8)}: ${status}.`;
+  }, 'Submit image job')), h('p', {}, h('button', { type: 'button', class: 'secondary', onclick: () => refresh() }, 'Refresh')), list);
+  offerModels(key(), models);
+  await refresh();
+}
+
 export async function playground(main) {
   const answer = h('div', { class: 'answer', id: 'answer', 'aria-live': 'polite', 'aria-label': 'Answer' });
   const cost = h('div', { 'aria-live': 'polite' });
+  const keyInput = keyField();
+  const models = h('datalist', { id: 'chat-models' });
+  keyInput.querySelector('input').addEventListener('change', (e) => offerModels(e.target.value, models));
+  offerModels(keyInput.querySelector('input').value, models);
   main.append(h('div', { class: 'card' }, form({ 'aria-label': 'Chat' }, [
-    field('Access key', { name: 'key', type: 'password', autocomplete: 'off', required: true, value: sessionStorage.getItem('gw.lastKey') || '' }, '(paste one, or create one under Access keys)'),
-    field('Model', { name: 'model', required: true, placeholder: 'model name' }),
+    keyInput, models,
+    field('Model', { name: 'model', required: true, placeholder: 'model name', list: 'chat-models' }),
     field('Message', { tag: 'textarea', name: 'prompt', required: true }),
   ], async ({ key, model, prompt }) => {
     show(answer);
@@ -206,5 +258,6 @@ export async function playground(main) {
     }
     show(cost, h('p', { class: 'muted' }, 'The charge is not in the usage log yet; see Usage later.'));
     return null;
-  }, 'Send')), h('h2', {}, 'Answer'), answer, cost);
+  }, 'Send')), h('h2', {}, 'Answer'), answer, cost,
+  h('p', {}, 'Images are generated as jobs: ', h('a', { href: '#/jobs' }, 'submit an image job')));
 }

@@ -54,8 +54,9 @@ const ASSETS: &[(&str, &str, &[u8])] = &[
 
 const INDEX: &str = include_str!("../../console/index.html");
 
-/// Scripts and styles come from this origin only; no inline script, no framing.
-const CSP: &str = "default-src 'self'; img-src 'self' data:; object-src 'none'; \
+/// Scripts and styles come from this origin only; no inline script, no framing. Images may also
+/// come from https (a job's results are at its provider's URLs).
+const CSP: &str = "default-src 'self'; img-src 'self' data: https:; object-src 'none'; \
                    base-uri 'none'; form-action 'self'; frame-ancestors 'none'";
 
 /// FNV-1a over every asset, in hex: the assets' URL prefix.
