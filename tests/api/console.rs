@@ -119,7 +119,8 @@ async fn a_user_and_an_admin_use_the_console_in_chromium() {
         String::from_utf8_lossy(&output.stderr)
     );
     // What the browser did is what the database holds: the 25 top-up credited once on top of
-    // the setup's 10, one playground call and one image job charged, the books balanced.
+    // the setup's 10, one playground call and one image job charged, the admin's adjustment
+    // credited, the books balanced.
     let orders = app.get("/v1/me/orders", &setup.token).await;
     let orders = &orders.assert_status(200)["data"];
     assert_eq!(orders.as_array().unwrap().len(), 1);
@@ -137,7 +138,8 @@ async fn a_user_and_an_admin_use_the_console_in_chromium() {
         .parse()
         .unwrap();
     let spent: bigdecimal::BigDecimal = usage.iter().map(|row| &row.2).sum();
-    let expected = "35".parse::<bigdecimal::BigDecimal>().unwrap() - spent;
+    // 10 + the 25 order + the admin's 1.5 adjustment.
+    let expected = "36.5".parse::<bigdecimal::BigDecimal>().unwrap() - spent;
     assert_eq!(balance, expected);
     assert_eq!(app.open_holds(setup.user_id).await, 0);
     app.assert_books_balance().await;

@@ -62,13 +62,20 @@ async function visit(page, hash, heading) {
 }
 const shot = (page, name) => page.screenshot({ path: `${ARTIFACTS}/${name}.png`, fullPage: true });
 
+/// Signs in with the keyboard only: Tab from the top of the page to the form, Enter submits.
 async function signIn(page, email, password) {
   await page.goto(`${BASE}/`);
   await page.getByRole('heading', { level: 1, name: 'Sign in' }).waitFor();
   await audit(page, 'sign in');
-  await page.getByLabel('Email').fill(email);
-  await page.getByLabel('Password').fill(password);
-  await page.getByRole('button', { name: 'Sign in' }).click();
+  const focused = () => page.evaluate(() => document.activeElement?.getAttribute('name') || document.activeElement?.textContent);
+  for (let i = 0; i < 10 && (await focused()) !== 'email'; i += 1) await page.keyboard.press('Tab');
+  assert.equal(await focused(), 'email', 'the email field is reached with Tab');
+  const outline = await page.evaluate(() => getComputedStyle(document.activeElement).outlineStyle);
+  assert.notEqual(outline, 'none', 'the focused field shows its focus');
+  await page.keyboard.type(email);
+  await page.keyboard.press('Tab');
+  await page.keyboard.type(password);
+  await page.keyboard.press('Enter');
   await page.getByRole('heading', { level: 1, name: 'Overview' }).waitFor();
 }
 
@@ -196,6 +203,35 @@ try {
   await user.getByText('Spend per model').waitFor();
   await user.getByRole('listitem').filter({ hasText: MODEL }).waitFor();
   await shot(user, 'console');
+
+  // Users: a balance adjustment with its reason, and disabling a user, both as the API holds them.
+  await visit(admin, '#/admin/users', 'Users');
+  await admin.getByLabel('Search by email').fill(env('USER_EMAIL'));
+  await admin.getByRole('button', { name: `Adjust balance of ${env('USER_EMAIL')}` }).click();
+  await admin.getByLabel('Amount').fill('1.5');
+  await admin.getByLabel('Reason').fill('console goodwill');
+  await admin.getByRole('button', { name: 'Adjust', exact: true }).click();
+  const before = me.balance;
+  const adjusted = await admin.getByRole('status').filter({ hasText: 'is now' }).textContent();
+  me = await api('GET', '/v1/me', userToken);
+  assert.ok(adjusted.endsWith(`is now ${me.balance}.`), `${adjusted} / ${me.balance}`);
+  const adjustment = (await api('GET', '/v1/me/ledger', userToken)).data.find((e) => e.kind === 'adjustment' && e.delta.startsWith('1.5'));
+  assert.ok(adjustment, `no adjustment of 1.5 in the ledger (balance ${before} -> ${me.balance})`);
+  await admin.getByLabel('Amount').fill('-100000');
+  await admin.getByLabel('Reason').fill('too much');
+  await admin.getByRole('button', { name: 'Adjust', exact: true }).click();
+  await admin.getByRole('alert').waitFor();
+  assert.equal((await api('GET', '/v1/me', userToken)).balance, me.balance, 'a refused adjustment changes nothing');
+  const extra = `x${Date.now()}@example.com`;
+  await fetch(`${BASE}/v1/auth/register`, { method: 'POST', headers: { 'Content-Type': 'application/json' }, body: JSON.stringify({ email: extra, password: 'password-123' }) });
+  await admin.reload();
+  await admin.getByLabel('Search by email').fill(extra);
+  await admin.getByRole('button', { name: `Disable ${extra}` }).click();
+  await admin.getByRole('button', { name: `Enable ${extra}` }).waitFor();
+  const extraUser = (await api('GET', '/v1/admin/users?limit=200', adminToken)).data.find((u) => u.email === extra);
+  assert.equal(extraUser.status, 'disabled');
+  await audit(admin, 'admin users');
+  await shot(admin, 'admin-users');
 
   // Models: bad JSON is refused before sending, the server's message is shown.
   await visit(admin, '#/admin/models', 'Models');
