@@ -125,6 +125,22 @@ try {
   await user.getByRole('cell', { name: 'console key', exact: true }).waitFor();
   assert.equal(await user.locator('#new-secret').count(), 0, 'the secret is shown only once');
 
+  // Limits edited in place (an emptied field removes the limit), and a key revoked.
+  await user.getByRole('button', { name: 'Edit limits of console key' }).click();
+  await user.getByLabel('Requests per minute').nth(1).fill('');
+  await user.getByLabel('Tokens per minute').nth(1).fill('100000');
+  await user.getByRole('button', { name: 'Save limits' }).click();
+  await user.getByRole('status').filter({ hasText: 'Limits of "console key" saved.' }).waitFor();
+  const edited = (await api('GET', '/v1/me/access-keys', userToken)).data.find((k) => k.name === 'console key');
+  assert.equal(edited.rpm_limit, null);
+  assert.equal(edited.tpm_limit, 100000);
+  assert.equal(edited.spend_limit_period, 'day');
+  user.once('dialog', (dialog) => dialog.accept());
+  await user.getByRole('button', { name: 'Revoke test' }).click();
+  await user.getByRole('row', { name: /^test .*revoked/ }).waitFor();
+  const revoked = (await api('GET', '/v1/me/access-keys', userToken)).data.find((k) => k.name === 'test');
+  assert.equal(revoked.revoked, true);
+
   // An order: shown pending, and pending in the API.
   await visit(user, '#/topup', 'Top up');
   await user.getByLabel('Amount').fill('25');

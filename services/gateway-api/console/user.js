@@ -97,6 +97,21 @@ const LIMITS = [
   ['max_concurrency', 'Concurrent calls'], ['spend_limit', 'Spend limit'],
 ];
 
+const PERIODS = [['total', 'total'], ['day', 'per day'], ['month', 'per month']];
+
+/// The limits of a key form as the API takes them; an empty field is left out, or `empty`.
+function limitsOf(data, empty) {
+  const body = {};
+  for (const [name] of LIMITS) {
+    if (data[name] === '') {
+      if (empty !== undefined) body[name] = empty;
+    } else {
+      body[name] = name === 'spend_limit' ? data[name] : Number(data[name]);
+    }
+  }
+  return body;
+}
+
 export async function keys(main) {
   const list = h('div');
   const secret = h('div', { 'aria-live': 'polite' });
@@ -105,26 +120,39 @@ export async function keys(main) {
     ['Limits', (k) => LIMITS.filter(([f]) => k[f] !== null).map(([f, n]) => `${n}: ${k[f]}`).join(', ') + (k.spend_limit ? ` (${k.spend_limit_period})` : '') || 'defaults'],
     ['Created', (k) => when(k.created_at)], ['Last used', (k) => when(k.last_used_at)],
     ['Status', (k) => badge(k.revoked ? 'revoked' : 'active')],
-    ['', (k) => (k.revoked ? '' : h('button', {
+    ['', (k) => (k.revoked ? '' : h('span', { class: 'row' }, h('button', {
+      type: 'button', class: 'secondary', 'aria-label': `Edit limits of ${k.name}`, onclick: () => edit(k),
+    }, 'Edit limits'), h('button', {
       type: 'button', class: 'danger', 'aria-label': `Revoke ${k.name}`,
       onclick: async (e) => {
         if (!confirm(`Revoke the key "${k.name}"? Calls with it stop at once.`)) return;
         e.target.disabled = true;
         try { await api('DELETE', `/v1/me/access-keys/${k.id}`); await refresh(); } catch (error) { list.prepend(errorBox(error)); }
       },
-    }, 'Revoke'))],
+    }, 'Revoke')))],
   ], page.data, 'No access keys yet: create one to call models.'));
+  // A key's limits changed in place: an emptied field removes that limit (the default applies).
+  const edit = (k) => {
+    const inputs = LIMITS.map(([name, label]) => field(label, { name, inputmode: 'decimal', value: k[name] ?? '' }, '(empty: default)'));
+    const period = field('Spend period', { tag: 'select', name: 'spend_limit_period', options: PERIODS });
+    period.querySelector('select').value = k.spend_limit_period;
+    show(secret, h('div', { class: 'card' }, h('h2', {}, `Limits of "${k.name}"`), form({ 'aria-label': `Limits of ${k.name}` },
+      [h('div', { class: 'row' }, inputs, period)], async (data) => {
+        const body = limitsOf(data, null);
+        body.spend_limit_period = data.spend_limit_period;
+        await api('PATCH', `/v1/me/access-keys/${k.id}`, body);
+        await refresh();
+        return `Limits of "${k.name}" saved.`;
+      }, 'Save limits')));
+    secret.querySelector('input').focus();
+  };
   main.append(h('div', { class: 'card' }, form({ 'aria-label': 'New access key' }, [
     field('Name', { name: 'name', required: true, placeholder: 'my app' }),
     h('div', { class: 'row' },
       LIMITS.map(([name, label]) => field(label, { name, inputmode: 'decimal' }, '(optional)')),
-      field('Spend period', { tag: 'select', name: 'spend_limit_period', options: [['total', 'total'], ['day', 'per day'], ['month', 'per month']] })),
+      field('Spend period', { tag: 'select', name: 'spend_limit_period', options: PERIODS })),
   ], async (data, el) => {
-    const body = { name: data.name };
-    for (const [name] of LIMITS) {
-      if (data[name] === '') continue;
-      body[name] = name === 'spend_limit' ? data[name] : Number(data[name]);
-    }
+    const body = { name: data.name, ...limitsOf(data) };
     if (body.spend_limit) body.spend_limit_period = data.spend_limit_period;
     const key = await post('/v1/me/access-keys', body);
     el.reset();
