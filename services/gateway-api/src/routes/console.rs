@@ -129,4 +129,16 @@ mod tests {
         assert!(!PAGE.contains("{{ASSETS}}"));
         assert!(ASSETS.iter().all(|(_, _, bytes)| !bytes.is_empty()));
     }
+
+    /// The budget is ~200 KB of compressed script for the first page; the whole
+    /// console's script, uncompressed, is kept well under it.
+    #[test]
+    fn the_whole_console_script_stays_small() {
+        let script: usize = ASSETS
+            .iter()
+            .filter(|(_, content_type, _)| content_type.starts_with("text/javascript"))
+            .map(|(_, _, bytes)| bytes.len())
+            .sum();
+        assert!(script < 100_000, "{script} bytes of script");
+    }
 }
