@@ -25,13 +25,16 @@ services:
 check-deploy:
 	deploy/check.sh
 
-# The official OpenAI SDKs the end-to-end tests drive (PyPI and npm, pinned).
+# The official OpenAI SDKs the end-to-end tests drive (PyPI and npm, pinned), and the console's
+# browser test tools (playwright-core, axe-core; they drive Debian's chromium package).
 sdk-deps:
 	@[ -x .run/sdk-venv/bin/python ] || python3 -m venv .run/sdk-venv
 	@.run/sdk-venv/bin/python -c "import openai, anthropic" 2>/dev/null \
 		|| .run/sdk-venv/bin/pip install -q -r tests/sdk/requirements.txt
 	@[ -d tests/sdk/node_modules/openai ] && [ -d tests/sdk/node_modules/@anthropic-ai/sdk ] \
 		|| (cd tests/sdk && npm ci --no-audit --no-fund --loglevel=error)
+	@[ -d tests/console/node_modules/playwright-core ] && [ -d tests/console/node_modules/axe-core ] \
+		|| (cd tests/console && npm ci --no-audit --no-fund --loglevel=error)
 
 # Test databases are named gwtest_<uuid>; drop what earlier runs left behind.
 clean-test-dbs:

@@ -53,6 +53,7 @@ API="http://$HOST:$PORT" MOCK_URL="http://127.0.0.1:${MOCK_PORT:-9200}/v1" deplo
 cat <<INFO
 
   AI gateway is running (Ctrl-C stops all three services)
+    Console:  http://$HOST:$PORT/  (sign in as the admin below, or sign up)
     API:      http://$HOST:$PORT
     Docs:     http://$HOST:$PORT/docs/
     OpenAPI:  http://$HOST:$PORT/openapi.json

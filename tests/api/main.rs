@@ -8,6 +8,7 @@ mod attacks;
 mod bad_input;
 mod catalog;
 mod chat;
+mod console;
 mod embeddings;
 mod health;
 mod hostile_text;

@@ -3,13 +3,15 @@
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use crate::routes::{admin, auth, chat, health, jobs, limits, me, messages, models, orders};
+use crate::routes::{
+    admin, auth, chat, console, health, jobs, limits, me, messages, models, orders,
+};
 
 #[derive(OpenApi)]
 #[openapi(
     info(title = "AI PaaS gateway", description = "Register LLM providers and models, top up a balance, and call any model with an OpenAI client; every call billed exactly once."),
     paths(
-        health::healthz, health::readyz, health::metrics,
+        health::healthz, health::readyz, health::metrics, console::page, console::asset,
         auth::register, auth::login, auth::logout, auth::change_password,
         me::me, me::create_access_key, me::list_access_keys, me::revoke_access_key,
         me::create_order, me::list_orders, me::ledger, me::usage,

@@ -3,6 +3,7 @@
 pub mod admin;
 pub mod auth;
 pub mod chat;
+pub mod console;
 pub mod health;
 pub mod jobs;
 pub mod limits;
@@ -25,4 +26,5 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     chat::configure(cfg);
     messages::configure(cfg);
     jobs::configure(cfg);
+    console::configure(cfg);
 }
