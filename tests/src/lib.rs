@@ -9,7 +9,7 @@ use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use gateway_api::Settings;
 use gateway_api::settings::{
     AbuseSettings, AuthSettings, BootstrapSettings, CallSettings, OrderSettings, SecuritySettings,
-    ServerSettings,
+    ServerSettings, StatsSettings,
 };
 use messaging::BrokerSettings;
 use persistence::DatabaseSettings;
@@ -117,6 +117,12 @@ pub fn test_settings(database_url: String) -> Settings {
             lease_idle_ms: 5_000,
             key_cache_ttl_ms: 1000,
             holds_in_flight: 1,
+        },
+        // Statistics written soon after the calls, so tests see them within a poll or two.
+        stats: StatsSettings {
+            flush_ms: 200,
+            sample_ms: 1000,
+            retention_days: 30,
         },
     }
 }

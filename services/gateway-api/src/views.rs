@@ -419,6 +419,11 @@ pub struct UsageLogView {
     pub id: i64,
     pub request_id: uuid::Uuid,
     pub user_id: i64,
+    /// The access key the call was made with (null for rows of a key since deleted).
+    pub access_key_id: Option<i64>,
+    /// `overrun` when the call priced above what its reservation covered (it is then in
+    /// `GET /v1/admin/overruns`), else `charged`.
+    pub status: domain::UsageStatus,
     pub model: String,
     pub prompt_tokens: i64,
     pub completion_tokens: i64,
@@ -431,9 +436,11 @@ pub struct UsageLogView {
 impl From<UsageLog> for UsageLogView {
     fn from(u: UsageLog) -> Self {
         UsageLogView {
+            status: u.status(),
             id: u.id,
             request_id: u.request_id,
             user_id: u.user_id,
+            access_key_id: u.access_key_id,
             model: u.model_name,
             prompt_tokens: u.prompt_tokens,
             completion_tokens: u.completion_tokens,
@@ -561,4 +568,103 @@ fn page(limit: Option<i64>, offset: Option<i64>) -> Result<persistence::Page, Ap
         ));
     }
     Ok(persistence::Page { limit, offset })
+}
+
+/// `GET /v1/me/usage`: the page and the filters.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct UsageQuery {
+    pub limit: Option<i64>,
+    pub offset: Option<i64>,
+    /// Calls made with this access key (one of the caller's; another's is a 400).
+    pub access_key_id: Option<i64>,
+    /// Calls of this model (its public name).
+    pub model: Option<String>,
+    /// Calls at or after this time (RFC 3339).
+    pub from: Option<DateTime<Utc>>,
+    /// Calls before this time (RFC 3339); after `from`.
+    pub to: Option<DateTime<Utc>>,
+    /// `charged` or `overrun`.
+    #[param(value_type = Option<String>)]
+    pub status: Option<domain::UsageStatus>,
+}
+
+impl UsageQuery {
+    pub fn page(&self) -> Result<persistence::Page, ApiError> {
+        page(self.limit, self.offset)
+    }
+
+    pub fn filters(self) -> crate::core::statistics::UsageQuery {
+        crate::core::statistics::UsageQuery {
+            user_id: None,
+            access_key_id: self.access_key_id,
+            model: self.model,
+            from: self.from,
+            to: self.to,
+            status: self.status,
+        }
+    }
+}
+
+/// `GET /v1/admin/usage-logs`: the filters of [`UsageQuery`] and `?user_id=`.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct AdminUsageQuery {
+    pub limit: Option<i64>,
+    pub offset: Option<i64>,
+    pub user_id: Option<i64>,
+    /// Calls made with this access key.
+    pub access_key_id: Option<i64>,
+    /// Calls of this model (its public name).
+    pub model: Option<String>,
+    /// Calls at or after this time (RFC 3339).
+    pub from: Option<DateTime<Utc>>,
+    /// Calls before this time (RFC 3339); after `from`.
+    pub to: Option<DateTime<Utc>>,
+    /// `charged` or `overrun`.
+    #[param(value_type = Option<String>)]
+    pub status: Option<domain::UsageStatus>,
+}
+
+impl AdminUsageQuery {
+    pub fn page(&self) -> Result<persistence::Page, ApiError> {
+        page(self.limit, self.offset)
+    }
+
+    pub fn filters(self) -> crate::core::statistics::UsageQuery {
+        crate::core::statistics::UsageQuery {
+            user_id: self.user_id,
+            access_key_id: self.access_key_id,
+            model: self.model,
+            from: self.from,
+            to: self.to,
+            status: self.status,
+        }
+    }
+}
+
+/// `GET /v1/me/spend`: UTC days, both included (default: the last 30 days, ending today).
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct SpendQuery {
+    /// The first day (YYYY-MM-DD).
+    #[param(value_type = Option<String>, example = "2026-11-02")]
+    pub from: Option<chrono::NaiveDate>,
+    /// The last day (YYYY-MM-DD); at most 366 days after `from`.
+    #[param(value_type = Option<String>, example = "2026-12-01")]
+    pub to: Option<chrono::NaiveDate>,
+}
+
+/// `GET /v1/admin/overview`.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct OverviewQuery {
+    /// The start (RFC 3339; rounded down to its bucket). Default: the 24 hours or 30 days up
+    /// to `to`, the bucket of `to` last.
+    pub from: Option<DateTime<Utc>>,
+    /// The end (RFC 3339, excluded; default now).
+    pub to: Option<DateTime<Utc>>,
+    /// `hour` (default; at most 744) or `day` (at most 366).
+    #[param(value_type = Option<String>)]
+    pub bucket: Option<crate::core::statistics::Bucket>,
 }

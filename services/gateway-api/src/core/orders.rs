@@ -61,6 +61,17 @@ async fn complete(
         })
 }
 
+/// Marks a PENDING order FAILED (its payment did not happen); not PENDING 409, unknown 404.
+pub async fn fail_by_admin(state: &AppState, order_no: &str) -> Result<Order, ApiError> {
+    let mut conn = state.conn().await?;
+    orders::fail(&mut conn, order_no)
+        .await
+        .map_err(|e| match e {
+            StoreError::NotFound => ApiError::NotFound(format!("order {order_no} not found")),
+            other => other.into(),
+        })
+}
+
 pub async fn complete_by_admin(
     state: &AppState,
     order_no: &str,
