@@ -5,9 +5,9 @@ use std::str::FromStr;
 
 use bigdecimal::BigDecimal;
 use diesel_async::RunQueryDsl;
-use integration_tests::{BillingWorker, Credential, TestApp, eventually, spawn_app};
+use integration_tests::{BillingWorker, Credential, TestApp, eventually, ids, spawn_app};
 use reqwest::Method;
-use serde_json::{Value, json};
+use serde_json::json;
 
 fn dec(s: &str) -> BigDecimal {
     BigDecimal::from_str(s).unwrap()
@@ -50,15 +50,6 @@ async fn key_id(app: &TestApp, token: &str, name: &str) -> i64 {
         .post("/v1/me/access-keys", token, json!({"name": name}))
         .await;
     created.assert_status(201)["id"].as_i64().unwrap()
-}
-
-fn ids(list: &Value) -> Vec<i64> {
-    list["data"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|u| u["id"].as_i64().unwrap())
-        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -577,6 +577,16 @@ impl InvocationWorker {
     }
 }
 
+/// The `id`s of a list answer's rows, in order.
+pub fn ids(list: &Value) -> Vec<i64> {
+    list["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|row| row["id"].as_i64().unwrap())
+        .collect()
+}
+
 /// Polls `check` until it returns `Some`, for up to `seconds`; never a fixed sleep.
 pub async fn eventually<T, F, Fut>(seconds: u64, mut check: F) -> T
 where

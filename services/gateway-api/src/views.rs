@@ -554,7 +554,8 @@ impl AdminListQuery {
     }
 }
 
-fn page(limit: Option<i64>, offset: Option<i64>) -> Result<persistence::Page, ApiError> {
+/// The page of a list from `?limit=` and `?offset=`.
+pub fn page(limit: Option<i64>, offset: Option<i64>) -> Result<persistence::Page, ApiError> {
     let limit = limit.unwrap_or(50);
     if !(1..=200).contains(&limit) {
         return Err(ApiError::InvalidRequest(
@@ -568,79 +569,6 @@ fn page(limit: Option<i64>, offset: Option<i64>) -> Result<persistence::Page, Ap
         ));
     }
     Ok(persistence::Page { limit, offset })
-}
-
-/// `GET /v1/me/usage`: the page and the filters.
-#[derive(Debug, Deserialize, IntoParams)]
-#[serde(deny_unknown_fields)]
-pub struct UsageQuery {
-    pub limit: Option<i64>,
-    pub offset: Option<i64>,
-    /// Calls made with this access key (one of the caller's; another's is a 400).
-    pub access_key_id: Option<i64>,
-    /// Calls of this model (its public name).
-    pub model: Option<String>,
-    /// Calls at or after this time (RFC 3339).
-    pub from: Option<DateTime<Utc>>,
-    /// Calls before this time (RFC 3339); after `from`.
-    pub to: Option<DateTime<Utc>>,
-    /// `charged` or `overrun`.
-    #[param(value_type = Option<String>)]
-    pub status: Option<domain::UsageStatus>,
-}
-
-impl UsageQuery {
-    pub fn page(&self) -> Result<persistence::Page, ApiError> {
-        page(self.limit, self.offset)
-    }
-
-    pub fn filters(self) -> crate::core::statistics::UsageQuery {
-        crate::core::statistics::UsageQuery {
-            user_id: None,
-            access_key_id: self.access_key_id,
-            model: self.model,
-            from: self.from,
-            to: self.to,
-            status: self.status,
-        }
-    }
-}
-
-/// `GET /v1/admin/usage-logs`: the filters of [`UsageQuery`] and `?user_id=`.
-#[derive(Debug, Deserialize, IntoParams)]
-#[serde(deny_unknown_fields)]
-pub struct AdminUsageQuery {
-    pub limit: Option<i64>,
-    pub offset: Option<i64>,
-    pub user_id: Option<i64>,
-    /// Calls made with this access key.
-    pub access_key_id: Option<i64>,
-    /// Calls of this model (its public name).
-    pub model: Option<String>,
-    /// Calls at or after this time (RFC 3339).
-    pub from: Option<DateTime<Utc>>,
-    /// Calls before this time (RFC 3339); after `from`.
-    pub to: Option<DateTime<Utc>>,
-    /// `charged` or `overrun`.
-    #[param(value_type = Option<String>)]
-    pub status: Option<domain::UsageStatus>,
-}
-
-impl AdminUsageQuery {
-    pub fn page(&self) -> Result<persistence::Page, ApiError> {
-        page(self.limit, self.offset)
-    }
-
-    pub fn filters(self) -> crate::core::statistics::UsageQuery {
-        crate::core::statistics::UsageQuery {
-            user_id: self.user_id,
-            access_key_id: self.access_key_id,
-            model: self.model,
-            from: self.from,
-            to: self.to,
-            status: self.status,
-        }
-    }
 }
 
 /// `GET /v1/me/spend`: UTC days, both included (default: the last 30 days, ending today).

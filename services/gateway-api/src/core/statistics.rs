@@ -19,7 +19,7 @@ use persistence::stats::{self, CallCounts};
 use persistence::usage::{self, UsageFilter, UsageLog};
 use persistence::{Page, Paged};
 use serde::{Deserialize, Serialize};
-use utoipa::ToSchema;
+use utoipa::{IntoParams, ToSchema};
 
 use crate::error::ApiError;
 use crate::state::AppState;
@@ -191,14 +191,24 @@ async fn broker_depths(state: &AppState) -> (Option<i64>, Option<i64>) {
 
 // ---- usage, filtered
 
-/// The usage list's filters as the API takes them; `user_id` only on the admin route.
-#[derive(Debug, Default)]
+/// The usage lists' page and filters (`GET /v1/me/usage`, `GET /v1/admin/usage-logs`).
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
 pub struct UsageQuery {
+    pub limit: Option<i64>,
+    pub offset: Option<i64>,
+    /// Calls of this user: the admin's list only (400 on `/v1/me/usage`).
     pub user_id: Option<i64>,
+    /// Calls made with this access key (on `/v1/me/usage` one of the caller's, else 400).
     pub access_key_id: Option<i64>,
+    /// Calls of this model (its public name).
     pub model: Option<String>,
+    /// Calls at or after this time (RFC 3339).
     pub from: Option<DateTime<Utc>>,
+    /// Calls before this time (RFC 3339); after `from`.
     pub to: Option<DateTime<Utc>>,
+    /// `charged` or `overrun`.
+    #[param(value_type = Option<String>)]
     pub status: Option<UsageStatus>,
 }
 
@@ -208,8 +218,13 @@ pub async fn usage(
     state: &AppState,
     own: Option<i64>,
     query: UsageQuery,
-    page: Page,
-) -> Result<Paged<UsageLog>, ApiError> {
+) -> Result<(Paged<UsageLog>, Page), ApiError> {
+    let page = crate::views::page(query.limit, query.offset)?;
+    if own.is_some() && query.user_id.is_some() {
+        return Err(ApiError::invalid(
+            "user_id filters the admin's usage list only",
+        ));
+    }
     if let (Some(from), Some(to)) = (query.from, query.to)
         && from >= to
     {
@@ -232,7 +247,7 @@ pub async fn usage(
         to: query.to,
         status: query.status,
     };
-    Ok(usage::list(&mut conn, &filter, page).await?)
+    Ok((usage::list(&mut conn, &filter, page).await?, page))
 }
 
 // ---- a user's spend per day and model

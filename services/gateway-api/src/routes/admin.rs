@@ -18,9 +18,8 @@ use crate::error::{ApiError, ErrorBody};
 use crate::middleware::{reload_routes_after_write, require_admin};
 use crate::state::AppState;
 use crate::views::{
-    AdminListQuery, AdminUsageQuery, LedgerEntryView, ListQuery, ListResponse, ModelRouteView,
-    ModelView, OrderView, OverrunView, OverviewQuery, ProviderKeyView, ProviderView, UsageLogView,
-    UserView,
+    AdminListQuery, LedgerEntryView, ListQuery, ListResponse, ModelRouteView, ModelView, OrderView,
+    OverrunView, OverviewQuery, ProviderKeyView, ProviderView, UsageLogView, UserView,
 };
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
@@ -692,16 +691,14 @@ pub async fn list_orders(
 
 /// Every billed call, optionally filtered by user, key, model, time and status.
 #[utoipa::path(get, path = "/v1/admin/usage-logs", tag = "admin", security(("token" = [])),
-    params(AdminUsageQuery), responses((status = 200, body = ListResponse<UsageLogView>),
+    params(statistics::UsageQuery), responses((status = 200, body = ListResponse<UsageLogView>),
         (status = 400, body = ErrorBody), (status = 403, body = ErrorBody)))]
 pub async fn list_usage_logs(
     state: web::Data<AppState>,
     _admin: AdminUser,
-    query: web::Query<AdminUsageQuery>,
+    query: web::Query<statistics::UsageQuery>,
 ) -> Result<HttpResponse, ApiError> {
-    let query = query.into_inner();
-    let page = query.page()?;
-    let list = statistics::usage(&state, None, query.filters(), page).await?;
+    let (list, page) = statistics::usage(&state, None, query.into_inner()).await?;
     Ok(
         HttpResponse::Ok().json(ListResponse::from_page(list, page, |u| {
             Ok(UsageLogView::from(u))

@@ -13,7 +13,7 @@ use crate::error::{ApiError, ErrorBody};
 use crate::state::AppState;
 use crate::views::{
     AccessKeyView, CreatedAccessKeyView, LedgerEntryView, ListQuery, ListResponse, OrderView,
-    SpendQuery, UsageLogView, UsageQuery, UserView,
+    SpendQuery, UsageLogView, UserView,
 };
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
@@ -135,16 +135,14 @@ pub async fn ledger(
 
 /// The user's billed calls, newest first, optionally filtered by key, model, time and status.
 #[utoipa::path(get, path = "/v1/me/usage", tag = "me", security(("token" = [])),
-    params(UsageQuery), responses((status = 200, body = ListResponse<UsageLogView>),
+    params(statistics::UsageQuery), responses((status = 200, body = ListResponse<UsageLogView>),
         (status = 400, body = ErrorBody, description = "a bad filter: an unparseable time, from not before to, an unknown status, or another user's access key")))]
 pub async fn usage(
     state: web::Data<AppState>,
     session: SessionUser,
-    query: web::Query<UsageQuery>,
+    query: web::Query<statistics::UsageQuery>,
 ) -> Result<HttpResponse, ApiError> {
-    let query = query.into_inner();
-    let page = query.page()?;
-    let list = statistics::usage(&state, Some(session.0.id), query.filters(), page).await?;
+    let (list, page) = statistics::usage(&state, Some(session.0.id), query.into_inner()).await?;
     Ok(
         HttpResponse::Ok().json(ListResponse::from_page(list, page, |u| {
             Ok(UsageLogView::from(u))
