@@ -2,8 +2,9 @@
 //! admin overview over time (billed spend, calls by outcome with latency, queue depths).
 //!
 //! Calls by outcome are counted in memory by each replica ([`CallStats`], atomics only) and
-//! added to `call_stats` with one upsert per `stats.flush_ms`; a replica killed with SIGKILL
-//! loses at most that interval of statistics, never money (charges go through billing).
+//! added to `call_stats` with one upsert per `stats.flush_ms`, in the minute of the flush (a
+//! call may land up to one interval late); a replica killed with SIGKILL loses at most that
+//! interval of statistics, never money (charges go through billing).
 //! Queue depths are sampled into `queue_samples` by one replica at a time.
 
 use std::collections::BTreeMap;
