@@ -110,6 +110,9 @@ pub fn test_settings(database_url: String) -> Settings {
             allow_private_callbacks: true,
             billing_batch_max: 256,
             billing_publishes_in_flight: 4,
+            // The shipped default: at a test's low rates, charges are kept in the outbox first.
+            outbox_first_below: 1500,
+            outbox_forward_linger_ms: 20,
             stream_stall_ms: 30_000,
             lease_max_percent: 25,
             lease_min_calls: 32,
@@ -886,12 +889,14 @@ impl BrokerOutage {
     }
 
     /// A gateway that reaches the broker through this proxy, and gives up on a publish
-    /// confirm after a second.
+    /// confirm after a second. Its calls' charges always go to the broker first (never the
+    /// outbox first, as they would at a test's low rate), so an outage takes the fallback.
     pub async fn spawn_app_behind(&self) -> TestApp {
         let url = self.url();
         spawn_app_with(|settings| {
             settings.broker.url = url;
             settings.broker.publish_confirm_timeout_ms = 1000;
+            settings.calls.outbox_first_below = 0;
         })
         .await
     }

@@ -67,6 +67,7 @@ pub struct AppState {
 
 /// Runs work that must outlive its request on the main runtime (actix's per-worker runtimes
 /// stop with their workers) and lets shutdown wait for it, so no charge is dropped on SIGTERM.
+
 #[derive(Clone)]
 pub struct Background {
     runtime: tokio::runtime::Handle,
@@ -178,15 +179,18 @@ impl AppState {
     ) -> AppState {
         let jwt_secret = settings.auth.jwt_secret.expose_secret().as_bytes();
         let background = Background::on_current_runtime();
-        // No linger: a call's answer waits for its charge to be durable; under load the
-        // charges that finish while a publish awaits its confirm share the next one.
+        // A call's answer waits for its charge to be durable: under load the charges that
+        // finish while a publish awaits its confirm share the next one; at low rates a charge
+        // is kept in the outbox (the main pool: the commit waits for the WAL flush) and then
+        // forwarded, and only that forwarding lingers, for company.
         let charges = charges::ChargeSink::start(
             broker.clone(),
             pool.clone(),
             &charges::SinkSettings {
                 batch_max: settings.calls.billing_batch_max,
                 in_flight: settings.calls.billing_publishes_in_flight,
-                linger: std::time::Duration::ZERO,
+                linger: std::time::Duration::from_millis(settings.calls.outbox_forward_linger_ms),
+                outbox_first_below: settings.calls.outbox_first_below,
             },
         );
         // Grants commit with the WAL flush (the main pool): a lease lost to a Postgres crash

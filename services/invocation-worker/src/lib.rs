@@ -151,6 +151,8 @@ impl Application {
                     batch_max: jobs::BATCH_MAX,
                     in_flight: 1,
                     linger: Duration::from_millis(settings.jobs.billing_linger_ms),
+                    // Job charges are in the outbox already, with the job's completion.
+                    outbox_first_below: 0,
                 },
             ),
             broker: broker.clone(),
