@@ -42,6 +42,30 @@ OURS = {"wrk", "hey", "mock-llm", "gateway-api", "billing-worker", "nginx", "pos
         "seq", "make", "erl", "sh", "dropdb", "createdb", "process_api"}
 
 
+def serves_bench_database(pid):
+    """Whether a postgres process counts for the benchmark: the server's own processes (WAL
+    writer, checkpointer, ...) and the backends of the benchmark's database (BENCH_PG_DB), but
+    not backends of other databases (another test suite on the shared instance)."""
+    database = os.environ.get("BENCH_PG_DB")
+    if not database:
+        return True
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            title = f.read().replace(b"\0", b" ").decode(errors="replace").split()
+    except OSError:
+        return True
+    # A backend's title is "postgres: [CLUSTER:] USER DATABASE ADDRESS(PORT) STATE"; the
+    # server's own processes (checkpointer, walwriter, ...) have no address in theirs.
+    if title[:1] != ["postgres:"]:
+        return True
+    title = title[1:]
+    if title and title[0].endswith(":"):
+        title = title[1:]
+    if len(title) >= 3 and ("(" in title[2] or title[2] == "[local]"):
+        return title[1] == database
+    return True
+
+
 def proc_ticks():
     ticks = {}
     for pid in os.listdir("/proc"):
@@ -57,6 +81,8 @@ def proc_ticks():
         ppid = int(fields[1])
         if pid == "2" or ppid == 2:  # kernel threads
             continue
+        if name == "postgres" and not serves_bench_database(pid):
+            name = "postgres-other"
         ticks[pid] = (name, int(fields[11]) + int(fields[12]))
     return ticks
 

@@ -38,6 +38,9 @@ STREAM_MOCK_PORT=19291
 WORKER_OPS_PORT=19102
 DB=ai_gateway_bench
 PGBENCH_DB=ai_gateway_bench_pgbench
+# CPU accounting counts the PostgreSQL backends of this database (and the server's own processes),
+# not those of other databases on the shared instance (bench.py serves_bench_database).
+export BENCH_PG_DB=$DB
 PREFIX=bench_
 QUEUE=${PREFIX}billing_log_queue
 export RUST_LOG=warn
