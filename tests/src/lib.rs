@@ -108,6 +108,7 @@ pub fn test_settings(database_url: String) -> Settings {
             hold_ttl_seconds: 60,
             catalog_refresh_ms: 1000,
             allow_private_callbacks: true,
+            callback_hosts_file: None,
             billing_batch_max: 256,
             billing_publishes_in_flight: 4,
             stream_stall_ms: 30_000,
@@ -337,6 +338,15 @@ impl TestApp {
     }
 
     /// Credits a user through an order completed by the admin.
+    /// Creates (or rotates) the user's webhook signing secret and answers it.
+    pub async fn webhook_secret(&self, token: &str) -> String {
+        let reply = self.post("/v1/me/webhook-secret", token, json!({})).await;
+        reply.assert_status(201)["secret"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    }
+
     pub async fn top_up(&self, token: &str, amount: &str) -> Value {
         let order = self
             .post("/v1/me/orders", token, json!({"amount": amount}))
@@ -524,8 +534,6 @@ pub fn test_master_key() -> String {
     base64::engine::general_purpose::STANDARD.encode([42u8; 32])
 }
 
-pub const WEBHOOK_SECRET: &str = "webhook-secret-for-tests";
-
 /// Settings of an invocation-worker for this test's database and queues: short leases and
 /// retries so takeovers and backoff happen within a test.
 pub fn invocation_settings(app: &TestApp) -> invocation_worker::Settings {
@@ -549,7 +557,6 @@ pub fn invocation_settings(app: &TestApp) -> invocation_worker::Settings {
     settings.jobs.stranded_after_seconds = 1;
     settings.jobs.sweep_interval_ms = 200;
     settings.jobs.catalog_refresh_ms = 500;
-    settings.webhooks.secret = Some(WEBHOOK_SECRET.to_owned());
     settings.webhooks.retry_base_ms = 200;
     settings.webhooks.allow_private_targets = true;
     settings

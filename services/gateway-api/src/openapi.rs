@@ -14,6 +14,7 @@ use crate::routes::{
         health::healthz, health::readyz, health::metrics, console::page, console::asset,
         auth::register, auth::login, auth::logout, auth::change_password,
         me::me, me::create_access_key, me::list_access_keys, me::revoke_access_key,
+        me::rotate_webhook_secret, me::webhook_secret,
         me::create_order, me::list_orders, me::ledger, me::usage,
         orders::complete, orders::payment_callback,
         admin::list_users, admin::create_user, admin::get_user, admin::update_user,

@@ -26,6 +26,21 @@ pub struct UserView {
     pub created_at: DateTime<Utc>,
 }
 
+/// A job-webhook signing secret, just created or rotated: the only time it is shown.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct WebhookSecretView {
+    /// `whsec_...`: the HMAC-SHA256 key of the user's webhooks' `X-Signature`.
+    pub secret: String,
+    pub created_at: DateTime<Utc>,
+}
+
+/// Whether the user has a webhook signing secret; never the secret itself.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct WebhookSecretStatusView {
+    pub exists: bool,
+    pub created_at: Option<DateTime<Utc>>,
+}
+
 impl From<User> for UserView {
     fn from(user: User) -> Self {
         UserView {
