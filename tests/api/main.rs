@@ -25,3 +25,4 @@ mod pricing;
 mod responses;
 mod routes;
 mod sdk;
+mod webhooks;

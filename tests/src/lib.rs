@@ -1110,6 +1110,11 @@ impl GatewayProcess {
     /// answers `/readyz`. It loads the model catalog as it starts: spawn it after the test's
     /// models exist.
     pub async fn spawn(app: &TestApp) -> GatewayProcess {
+        Self::spawn_with(app, &[]).await
+    }
+
+    /// [`Self::spawn`] with more environment variables (settings such as `APP__ABUSE__...`).
+    pub async fn spawn_with(app: &TestApp, env: &[(&str, &str)]) -> GatewayProcess {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -1129,6 +1134,7 @@ impl GatewayProcess {
             .env("APP__AUTH__BCRYPT_COST", "4")
             .env("APP__SECURITY__MASTER_KEY", test_master_key())
             .env("RUST_LOG", "warn")
+            .envs(env.iter().copied())
             .spawn()
             .unwrap();
         let mut gateway = GatewayProcess {
