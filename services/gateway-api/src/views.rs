@@ -537,7 +537,9 @@ impl<T: ToSchema> ListResponse<T> {
 #[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
 pub struct ListQuery {
+    #[param(minimum = 1, maximum = 200)]
     pub limit: Option<i64>,
+    #[param(minimum = 0, maximum = 10000000)]
     pub offset: Option<i64>,
 }
 
@@ -551,7 +553,9 @@ impl ListQuery {
 #[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
 pub struct AdminListQuery {
+    #[param(minimum = 1, maximum = 200)]
     pub limit: Option<i64>,
+    #[param(minimum = 0, maximum = 10000000)]
     pub offset: Option<i64>,
     pub user_id: Option<i64>,
 }
