@@ -236,14 +236,7 @@ async fn webhooks_to_every_blocked_range_are_refused_at_delivery() {
     let s = setup(&app).await;
     app.webhook_secret(&s.token).await;
     let receiver = WebhookReceiver::start(0).await;
-    let port = receiver
-        .url
-        .split(':')
-        .nth(2)
-        .unwrap()
-        .split('/')
-        .next()
-        .unwrap();
+    let port = receiver.port;
     let targets = [
         format!("http://127.0.0.1:{port}/loopback"),
         format!("http://localhost:{port}/loopback-by-name"),
@@ -299,14 +292,7 @@ async fn a_name_rebound_to_loopback_after_submission_is_never_reached() {
     let s = setup(&app).await;
     app.webhook_secret(&s.token).await;
     let receiver = WebhookReceiver::start(0).await;
-    let port = receiver
-        .url
-        .split(':')
-        .nth(2)
-        .unwrap()
-        .split('/')
-        .next()
-        .unwrap();
+    let port = receiver.port;
     let url = format!("http://rebind.test:{port}/hooks/job");
     let job = job_id(submit_hooked(&app, &s.access_key, &url).await).await;
 

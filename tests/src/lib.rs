@@ -950,6 +950,8 @@ pub struct ReceivedWebhook {
 /// `fail_first` requests, then 200.
 pub struct WebhookReceiver {
     pub url: String,
+    /// The port of `url` (on 127.0.0.1).
+    pub port: u16,
     pub received: std::sync::Arc<std::sync::Mutex<Vec<ReceivedWebhook>>>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -958,7 +960,8 @@ impl WebhookReceiver {
     pub async fn start(fail_first: usize) -> WebhookReceiver {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}/hooks/job", listener.local_addr().unwrap());
+        let port = listener.local_addr().unwrap().port();
+        let url = format!("http://127.0.0.1:{port}/hooks/job");
         let received = std::sync::Arc::new(std::sync::Mutex::new(Vec::<ReceivedWebhook>::new()));
         let log = std::sync::Arc::clone(&received);
         let task = tokio::spawn(async move {
@@ -1025,6 +1028,7 @@ impl WebhookReceiver {
         });
         WebhookReceiver {
             url,
+            port,
             received,
             task,
         }
