@@ -97,6 +97,10 @@ pub struct CallSettings {
     pub catalog_refresh_ms: u64,
     /// Job webhooks to loopback or private addresses are refused unless set (SSRF).
     pub allow_private_callbacks: bool,
+    /// A hosts file whose entries win over DNS when a `callback_url` host is checked (read at
+    /// every lookup); unset in production. Tests rebind names with it.
+    #[serde(default)]
+    pub callback_hosts_file: Option<std::path::PathBuf>,
     /// At most this many charges in one message to `billing_log_queue`.
     pub billing_batch_max: usize,
     /// Batches being published (awaiting the broker's confirm) at once; charges that finish

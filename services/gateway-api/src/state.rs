@@ -46,6 +46,8 @@ pub struct AppState {
     /// A streaming client that takes no chunk for this long is cut off (`calls.stream_stall_ms`).
     pub stream_stall: std::time::Duration,
     pub allow_private_callbacks: bool,
+    /// Resolves `callback_url` hosts (`calls.callback_hosts_file`, else DNS).
+    pub callback_resolver: upstream::egress::Resolver,
     /// Work that outlives its request (billing deliveries, hold releases).
     pub background: Background,
     /// This process's credit leases (see `core::admission`).
@@ -244,6 +246,9 @@ impl AppState {
             call_deadline: settings.upstream.total_timeout(),
             stream_stall: std::time::Duration::from_millis(settings.calls.stream_stall_ms),
             allow_private_callbacks: settings.calls.allow_private_callbacks,
+            callback_resolver: upstream::egress::Resolver::new(
+                settings.calls.callback_hosts_file.clone(),
+            ),
             background,
             leases,
             charges,

@@ -16,3 +16,4 @@ pub mod responses;
 pub mod throttle;
 pub mod tokens;
 pub mod users;
+pub mod webhook_secrets;
