@@ -3,7 +3,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 DB_NAME ?= ai_gateway
 
-.PHONY: run test services sdk-deps lint fmt migrate build clean-test-dbs check-deploy bench bench-kill
+.PHONY: run test fuzz services sdk-deps lint fmt migrate build clean-test-dbs check-deploy bench bench-kill
 
 run:
 	deploy/local/run.sh
@@ -20,17 +20,28 @@ test: services clean-test-dbs sdk-deps check-deploy
 services:
 	deploy/local/ensure-services.sh
 
+# schemathesis against /openapi.json with many examples per operation (`make test` runs a few):
+# no 5xx, every answer as documented. SCHEMATHESIS_MAX_EXAMPLES=N to change.
+fuzz: services sdk-deps
+	$(CARGO) build --workspace --bins
+	SCHEMATHESIS_MAX_EXAMPLES=$${SCHEMATHESIS_MAX_EXAMPLES:-200} \
+		$(CARGO) test -p integration-tests --test api -- --nocapture schemathesis::
+
 # Offline checks of deploy/ and k8s/: hadolint, kustomize render + Kubernetes/KEDA schemas,
 # compose schema, RabbitMQ definitions vs the code's topology, Grafana dashboard metrics.
 check-deploy:
 	deploy/check.sh
 
-# The official OpenAI SDKs the end-to-end tests drive (PyPI and npm, pinned), and the console's
-# browser test tools (playwright-core, axe-core; they drive Debian's chromium package).
+# The official OpenAI SDKs the end-to-end tests drive (PyPI and npm, pinned), schemathesis (PyPI,
+# pinned; tests/api/schemathesis.rs), and the console's browser test tools (playwright-core,
+# axe-core; they drive Debian's chromium package).
 sdk-deps:
 	@[ -x .run/sdk-venv/bin/python ] || python3 -m venv .run/sdk-venv
 	@.run/sdk-venv/bin/python -c "import openai, anthropic" 2>/dev/null \
 		|| .run/sdk-venv/bin/pip install -q -r tests/sdk/requirements.txt
+	@[ -x .run/schemathesis-venv/bin/python ] || python3 -m venv .run/schemathesis-venv
+	@.run/schemathesis-venv/bin/pip freeze 2>/dev/null | grep -qxF "$$(cat tests/schemathesis/requirements.txt)" \
+		|| .run/schemathesis-venv/bin/pip install -q -r tests/schemathesis/requirements.txt
 	@[ -d tests/sdk/node_modules/openai ] && [ -d tests/sdk/node_modules/@anthropic-ai/sdk ] \
 		|| (cd tests/sdk && npm ci --no-audit --no-fund --loglevel=error)
 	@[ -d tests/console/node_modules/playwright-core ] && [ -d tests/console/node_modules/axe-core ] \

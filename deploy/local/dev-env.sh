@@ -12,4 +12,3 @@ ensure() {
 ensure APP__AUTH__JWT_SECRET "$(random 48)"
 ensure APP__SECURITY__MASTER_KEY "$(head -c 32 /dev/urandom | base64)"
 ensure APP__ORDERS__PAYMENT_WEBHOOK_SECRET "$(random 24)"
-ensure APP__WEBHOOKS__SECRET "$(random 24)"

@@ -1,15 +1,26 @@
 //! Sign-in and sign-up abuse: throttles that lock out only the attacker's address or the
 //! attacked account, the cap on password hashes, the negative cache of unknown access keys.
 
-use integration_tests::{Reply, TestApp, spawn_app_with};
+use integration_tests::{GatewayProcess, Reply, TestApp, spawn_app_with};
 use reqwest::Method;
 use serde_json::json;
 
 /// Sends a login as if from `client` (behind the trusted proxy 127.0.0.1).
 async fn login_from(app: &TestApp, client: &str, email: &str, password: &str) -> Reply {
+    login_at(app, &app.address, client, email, password).await
+}
+
+/// [`login_from`] to the gateway at `gateway` (another replica on the same database).
+async fn login_at(
+    app: &TestApp,
+    gateway: &str,
+    client: &str,
+    email: &str,
+    password: &str,
+) -> Reply {
     let response = app
         .client
-        .post(format!("{}/v1/auth/login", app.address))
+        .post(format!("{gateway}/v1/auth/login"))
         .header("x-forwarded-for", client)
         .json(&json!({"email": email, "password": password}))
         .send()
@@ -96,6 +107,90 @@ async fn failed_logins_lock_out_only_the_attacker_and_the_attacked_account() {
     login_from(&app, &spoofed, &bystander, "password-123")
         .await
         .assert_error(429, "rate_limited");
+}
+
+/// The per-account count lives in Postgres: failures spread over two gateway processes on one
+/// database lock the account after the same number as on one, whatever the address; a success
+/// on one replica clears the count on both; other accounts still sign in from the same
+/// addresses, on both.
+#[tokio::test(flavor = "multi_thread")]
+async fn failed_logins_spread_over_two_gateways_lock_out_after_the_same_number() {
+    let app = spawn_app_with(|s| {
+        s.abuse.failures_per_account = 4;
+        s.abuse.backoff_base_ms = 30_000;
+        s.abuse.trusted_proxies = "127.0.0.1/32".to_owned();
+    })
+    .await;
+    let other = GatewayProcess::spawn_with(
+        &app,
+        &[
+            ("APP__ABUSE__FAILURES_PER_ACCOUNT", "4"),
+            ("APP__ABUSE__FAILURES_PER_ADDRESS", "1000000"),
+            ("APP__ABUSE__BACKOFF_BASE_MS", "30000"),
+            ("APP__ABUSE__TRUSTED_PROXIES", "127.0.0.1/32"),
+        ],
+    )
+    .await;
+    let gateways = [app.address.clone(), other.address.clone()];
+    let (_, victim) = app.register("password-123").await;
+    let (_, bystander) = app.register("password-123").await;
+
+    // 4 failures, alternating between the replicas, each from an address of its own (so only
+    // the account's count can refuse): all 401. Counted in memory, each replica would allow 4.
+    for i in 0..4 {
+        let address = format!("203.0.113.{}", 10 + i);
+        login_at(&app, &gateways[i % 2], &address, &victim, "wrong-password")
+            .await
+            .assert_error(401, "unauthorized");
+    }
+    // The next attempt is refused on both replicas, from fresh addresses, right password too.
+    for (i, gateway) in gateways.iter().enumerate() {
+        let refused = login_at(
+            &app,
+            gateway,
+            &format!("198.51.100.{i}"),
+            &victim,
+            "password-123",
+        )
+        .await;
+        refused.assert_error(429, "rate_limited");
+        assert!(
+            (1..=30).contains(&retry_after(&refused)),
+            "{:?}",
+            refused.headers
+        );
+    }
+    // Another account signs in on both replicas, from the addresses that failed on the victim.
+    for (i, gateway) in gateways.iter().enumerate() {
+        login_at(
+            &app,
+            gateway,
+            &format!("203.0.113.{}", 10 + i),
+            &bystander,
+            "password-123",
+        )
+        .await
+        .assert_status(200);
+    }
+    // A success on one replica clears the account's count on the other: 3 failures, a
+    // success on the first, then 3 more failures on the second are all 401, not 429.
+    let fail_three_times = async |gateway: &str| {
+        for _ in 0..3 {
+            login_at(&app, gateway, "192.0.2.1", &bystander, "wrong-password")
+                .await
+                .assert_error(401, "unauthorized");
+        }
+    };
+    fail_three_times(&gateways[1]).await;
+    login_at(&app, &gateways[0], "192.0.2.1", &bystander, "password-123")
+        .await
+        .assert_status(200);
+    fail_three_times(&gateways[1]).await;
+    assert_eq!(
+        app.count("login_failures").await,
+        2,
+        "the victim's and the bystander's"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -923,7 +923,8 @@ async fn stream_whole(app: &TestApp, access_key: &str, body: &Value) -> (String,
 /// billing-worker runs, so it stays there), with nothing to wait for.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_calls_charge_is_in_the_queue_before_its_answer_ends() {
-    let app = spawn_app().await;
+    // Broker group commit (as above `calls.outbox_first_below` calls per second).
+    let app = spawn_app_with(|s| s.calls.outbox_first_below = 0).await;
     let setup = app
         .chat_setup(mock(MockConfig::default()).await, &[("good-key", 1)], "10")
         .await;
@@ -951,6 +952,47 @@ async fn a_calls_charge_is_in_the_queue_before_its_answer_ends() {
     let (_, text) = stream_whole(&app, &setup.access_key, &body).await;
     assert!(text.ends_with("data: [DONE]\n\n"), "{text}");
     assert_eq!(app.queue_depth(&broker, &queue).await, 4);
+}
+
+/// At a low rate (the default below 1500 calls per second) a call's charge is made durable in
+/// the Postgres outbox before the answer ends, and forwarded to the broker afterwards.
+#[tokio::test(flavor = "multi_thread")]
+async fn at_a_low_rate_a_calls_charge_is_in_the_outbox_before_its_answer_ends() {
+    // Forwarding waits a minute for company, so the outbox shows every charge kept so far.
+    let app = spawn_app_with(|s| s.calls.outbox_forward_linger_ms = 60_000).await;
+    let setup = app
+        .chat_setup(mock(MockConfig::default()).await, &[("good-key", 1)], "10")
+        .await;
+    for expected in 1..=3 {
+        app.send(
+            Method::POST,
+            "/v1/chat/completions",
+            Credential::Bearer(&setup.access_key),
+            Some(chat(&setup.model, "one two")),
+        )
+        .await
+        .assert_status(200);
+        assert_eq!(
+            app.count("billing_outbox").await,
+            expected,
+            "the charge was in the outbox when the answer arrived"
+        );
+    }
+    let mut body = chat(&setup.model, "stream it");
+    body["stream"] = json!(true);
+    let (_, text) = stream_whole(&app, &setup.access_key, &body).await;
+    assert!(text.ends_with("data: [DONE]\n\n"), "{text}");
+    assert_eq!(app.count("billing_outbox").await, 4);
+    // Billing-worker's sweep settles what is in the outbox, each charge once.
+    let worker = BillingWorker::start(&app).await;
+    let rows = eventually(30, || async {
+        let rows = app.usage_of(setup.user_id).await;
+        (rows.len() == 4).then_some(rows)
+    })
+    .await;
+    assert_eq!(rows.len(), 4);
+    app.assert_books_balance().await;
+    worker.stop().await;
 }
 
 /// The provider accepted the call, so it is billed even if the client leaves before the
@@ -1016,7 +1058,7 @@ async fn a_slow_reader_cannot_outlive_the_calls_deadline() {
         .await
         .unwrap();
     assert_eq!(unread.status(), 200);
-    let rows = eventually(8, || async {
+    let rows = eventually(15, || async {
         let rows = app.usage_of(setup.user_id).await;
         (rows.len() == 1).then_some(rows)
     })

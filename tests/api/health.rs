@@ -57,6 +57,7 @@ async fn health_ready_metrics_and_docs_answer() {
         "/v1/me",
         "/v1/me/access-keys",
         "/v1/me/access-keys/{id}",
+        "/v1/me/webhook-secret",
         "/v1/me/orders",
         "/v1/me/ledger",
         "/v1/me/usage",
@@ -103,6 +104,23 @@ async fn every_response_carries_a_request_id_and_unknown_routes_are_json_404() {
         .send(Method::GET, "/no/such/route", Credential::None, None)
         .await;
     reply.assert_error(404, "not_found");
+    // A known path under a method it does not take: 405 with `Allow` (found by schemathesis).
+    for (method, path, allow) in [
+        (Method::PUT, "/v1/me", "GET, HEAD"),
+        (Method::DELETE, "/v1/jobs/image-generation", "POST"),
+        (
+            Method::POST,
+            "/v1/admin/users/7",
+            "DELETE, GET, HEAD, PATCH",
+        ),
+        (Method::PUT, "/v1/admin/access-keys/7", "PATCH"),
+    ] {
+        let token = Credential::Bearer(app.admin_token());
+        let refused = app.send(method, path, token, None).await;
+        assert_eq!(refused.status, 405, "{path}: {}", refused.text);
+        refused.assert_error(405, "method_not_allowed");
+        assert_eq!(refused.headers["allow"], allow, "{path}");
+    }
     let generated = reply
         .headers
         .get("x-request-id")

@@ -5,8 +5,8 @@ use std::str::FromStr;
 
 use bigdecimal::BigDecimal;
 use integration_tests::{
-    BillingWorker, ChatSetup, Credential, InvocationWorker, Reply, TestApp, WEBHOOK_SECRET,
-    WebhookReceiver, eventually, spawn_app,
+    BillingWorker, ChatSetup, Credential, InvocationWorker, Reply, TestApp, WebhookReceiver,
+    eventually, spawn_app,
 };
 use mock_llm::MockConfig;
 use reqwest::Method;
@@ -407,6 +407,7 @@ async fn webhooks_are_signed_retried_and_verifiable() {
     let app = spawn_app().await;
     let worker = InvocationWorker::start(&app).await;
     let s = setup(&app, "1").await;
+    let secret = app.webhook_secret(&s.token).await;
     let receiver = WebhookReceiver::start(1).await;
     let reply = submit(
         &app,
@@ -433,7 +434,7 @@ async fn webhooks_are_signed_retried_and_verifiable() {
         let (t, v1) = header.split_once(",v1=").unwrap();
         let t = t.trim_start_matches("t=");
         assert!(
-            domain::signature::verify(WEBHOOK_SECRET.as_bytes(), t, &hook.body, v1),
+            domain::signature::verify(secret.as_bytes(), t, &hook.body, v1),
             "signature must verify"
         );
         assert!(!domain::signature::verify(
@@ -463,6 +464,7 @@ async fn a_webhook_goes_out_as_soon_as_its_job_ends_not_at_the_next_sweep() {
     settings.jobs.sweep_interval_ms = 60_000;
     let worker = InvocationWorker::start_with(settings).await;
     let s = setup(&app, "1").await;
+    app.webhook_secret(&s.token).await;
     let receiver = WebhookReceiver::start(0).await;
     for prompt in ["a quick hook", "forbidden [[reject]]"] {
         let reply = submit(

@@ -167,9 +167,12 @@ async fn two_gateways_leasing_one_balance_never_admit_more_than_it_covers() {
     let worker = BillingWorker::start(&a).await;
     let setup = a
         .chat_setup(
+            // Slow enough that every call of the burst is admitted before the first one ends
+            // (even on a loaded machine): a call that ends gives back the unused part of its
+            // reservation, and calls admitted with it would exceed the bound checked below.
             mock_llm::start(
                 MockConfig {
-                    latency_ms: 1_500,
+                    latency_ms: 5_000,
                     ..MockConfig::default()
                 },
                 "127.0.0.1",

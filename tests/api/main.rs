@@ -25,4 +25,6 @@ mod overruns;
 mod pricing;
 mod responses;
 mod routes;
+mod schemathesis;
 mod sdk;
+mod webhooks;

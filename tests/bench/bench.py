@@ -42,6 +42,30 @@ OURS = {"wrk", "hey", "mock-llm", "gateway-api", "billing-worker", "nginx", "pos
         "seq", "make", "erl", "sh", "dropdb", "createdb", "process_api"}
 
 
+def serves_bench_database(pid):
+    """Whether a postgres process counts for the benchmark: the server's own processes (WAL
+    writer, checkpointer, ...) and the backends of the benchmark's database (BENCH_PG_DB), but
+    not backends of other databases (another test suite on the shared instance)."""
+    database = os.environ.get("BENCH_PG_DB")
+    if not database:
+        return True
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            title = f.read().replace(b"\0", b" ").decode(errors="replace").split()
+    except OSError:
+        return True
+    # A backend's title is "postgres: [CLUSTER:] USER DATABASE ADDRESS(PORT) STATE"; the
+    # server's own processes (checkpointer, walwriter, ...) have no address in theirs.
+    if title[:1] != ["postgres:"]:
+        return True
+    title = title[1:]
+    if title and title[0].endswith(":"):
+        title = title[1:]
+    if len(title) >= 3 and ("(" in title[2] or title[2] == "[local]"):
+        return title[1] == database
+    return True
+
+
 def proc_ticks():
     ticks = {}
     for pid in os.listdir("/proc"):
@@ -57,6 +81,8 @@ def proc_ticks():
         ppid = int(fields[1])
         if pid == "2" or ppid == 2:  # kernel threads
             continue
+        if name == "postgres" and not serves_bench_database(pid):
+            name = "postgres-other"
         ticks[pid] = (name, int(fields[11]) + int(fields[12]))
     return ticks
 
@@ -399,6 +425,13 @@ async def open_loop(a, keys):
         "p99_ms": percentile(latencies, 99), "max_ms": latencies[-1] if latencies else float("nan"),
         "send_lag_p99_ms": percentile(lags, 99) * 1000, "conn_wait_max_ms": max(waits or [0]) * 1000,
     }
+
+
+def cmd_add_cpu(a):
+    """Adds to a result (JSON on stdin) the CPU used since a `cpu-snap`, per accounted process."""
+    result = json.load(sys.stdin)
+    result["cpu_s"] = cpu_since(a.cpu_before)
+    print(json.dumps(result))
 
 
 def cmd_openloop(a):
@@ -894,9 +927,13 @@ def cmd_report(a):
       f"`RUST_LOG={meta['rust_log']}`, default workers and pool sizes) doing the whole path: access-key "
       "lookup (then cached for `calls.key_cache_ttl_ms`, 1 s, and re-checked in the background after "
       "half of it), admission (this process's credit lease of the user, in memory, else a hold on the balance), forward to the "
-      "mock, price the usage, make the charge durable before answering (publisher confirms; the "
-      "charges that finish while a publish awaits its confirm share the next message), with billing-worker "
-      "running and settling every charge into PostgreSQL.")
+      "mock, price the usage, make the charge durable before answering (above "
+      "`calls.outbox_first_below`, 1,500 calls/s per process, by publisher confirms: the charges that "
+      "finish while a publish awaits its confirm share the next message; below it, by one group-committed "
+      "insert into the Postgres outbox, forwarded to the broker afterwards), with billing-worker "
+      "running and settling every charge into PostgreSQL. So the saturation runs measure the broker "
+      "path and the 500 and 1000 req/s latency runs the outbox path; the CPU per call at 1000 req/s is "
+      "reported below for that path.")
     w(f"- **Callers**: {meta['users']} bench users with one access key each (balance 1,000,000); the "
       "load rotates over the keys request by request, except *gateway, one key*, where every request "
       "carries the same access key (one busy customer)" +
@@ -1017,6 +1054,25 @@ def cmd_report(a):
                   f"{fmt(lat_med('gateway', rate, 'p90_ms') - lat_med('direct', rate, 'p90_ms'), 1)} | "
                   f"{fmt(lat_med('gateway', rate, 'p99_ms') - lat_med('direct', rate, 'p99_ms'), 1)} | | |")
         w("")
+        cpu_lat = {rate: [r for r in rs if r.get("cpu_s") and r.get("ok")]
+                   for (t, rate), rs in lat.items() if t == "gateway"}
+        cpu_lat = {rate: rs for rate, rs in cpu_lat.items() if rs}
+        if cpu_lat:
+            w("CPU per answered call at these rates (gateway runs; µs, medians of the repeats; from the "
+              "start of a run until billing-worker had settled its calls). Below "
+              "`calls.outbox_first_below` (1,500 calls/s) charges are kept in the outbox first, so "
+              "PostgreSQL does more per call here than at saturation.")
+            w("")
+            names = [(n, label) for n, label in CPU_ACCOUNTED
+                     if any(r["cpu_s"].get(n, 0) > 0 for rs in cpu_lat.values() for r in rs)]
+            w("| rate (req/s) | " + " | ".join(label for _, label in names) + " | total |")
+            w("|---|" + "---|" * (len(names) + 1))
+            for rate in sorted(cpu_lat):
+                rs = cpu_lat[rate]
+                per = {n: median([r["cpu_s"].get(n, 0) / r["ok"] * 1e6 for r in rs]) for n, _ in names}
+                total = median([sum(r["cpu_s"].values()) / r["ok"] * 1e6 for r in rs])
+                w(f"| {rate} | " + " | ".join(fmt(per[n]) for n, _ in names) + f" | **{fmt(total)}** |")
+            w("")
 
     if by(kind="settlement") or by(kind="pgbench"):
         w("## Settlement (billing-worker) and PostgreSQL")
@@ -1129,6 +1185,9 @@ def main():
     s.add_argument("--target", required=True)
     s.add_argument("--repeat", type=int, default=0)
     s.set_defaults(func=cmd_openloop)
+    s = sub.add_parser("add-cpu")
+    s.add_argument("--cpu-before", required=True)
+    s.set_defaults(func=cmd_add_cpu)
     s = sub.add_parser("publish")
     s.add_argument("--n", type=int, required=True)
     s.add_argument("--users", required=True)

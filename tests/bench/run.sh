@@ -38,6 +38,9 @@ STREAM_MOCK_PORT=19291
 WORKER_OPS_PORT=19102
 DB=ai_gateway_bench
 PGBENCH_DB=ai_gateway_bench_pgbench
+# CPU accounting counts the PostgreSQL backends of this database (and the server's own processes),
+# not those of other databases on the shared instance (bench.py serves_bench_database).
+export BENCH_PG_DB=$DB
 PREFIX=bench_
 QUEUE=${PREFIX}billing_log_queue
 export RUST_LOG=warn
@@ -295,10 +298,18 @@ if phase latency; then
                     $PY hey-json --target $target --rate "$rate" --seconds "$DURATION" --repeat "$r" \
                         --window "$t0" "$(now)" <"$WORK/hey.out" >"$WORK/latency.json"
                 else
+                    $PY cpu-snap --out "$WORK/cpu-before.json"
                     run openloop $PY openloop --port "$(port_of $target)" --keys "$WORK/keys.txt" --rate "$rate" \
                         --seconds "$DURATION" --target $target --repeat "$r" ||
                         die "open-loop load against $target: $(tail -5 "$WORK/openloop.err")"
-                    cp "$WORK/openloop.out" "$WORK/latency.json"
+                    if [ $target = gateway ]; then
+                        # The CPU per call at this rate, settling included (the outbox path below
+                        # calls.outbox_first_below, the broker path above it).
+                        drain
+                        $PY add-cpu --cpu-before "$WORK/cpu-before.json" <"$WORK/openloop.out" >"$WORK/latency.json"
+                    else
+                        cp "$WORK/openloop.out" "$WORK/latency.json"
+                    fi
                 fi
                 tee -a "$RESULTS" <"$WORK/latency.json" >&2
                 if [ $target = gateway ] && ! python3 -c 'import json, sys; r = json.load(open(sys.argv[1])); sys.exit(r["achieved_rps"] < 0.95 * r["rate"])' "$WORK/latency.json"; then

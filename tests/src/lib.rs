@@ -108,8 +108,12 @@ pub fn test_settings(database_url: String) -> Settings {
             hold_ttl_seconds: 60,
             catalog_refresh_ms: 1000,
             allow_private_callbacks: true,
+            callback_hosts_file: None,
             billing_batch_max: 256,
             billing_publishes_in_flight: 4,
+            // The shipped default: at a test's low rates, charges are kept in the outbox first.
+            outbox_first_below: 1500,
+            outbox_forward_linger_ms: 20,
             stream_stall_ms: 30_000,
             lease_max_percent: 25,
             lease_min_calls: 32,
@@ -343,6 +347,15 @@ impl TestApp {
     }
 
     /// Credits a user through an order completed by the admin.
+    /// Creates (or rotates) the user's webhook signing secret and answers it.
+    pub async fn webhook_secret(&self, token: &str) -> String {
+        let reply = self.post("/v1/me/webhook-secret", token, json!({})).await;
+        reply.assert_status(201)["secret"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    }
+
     pub async fn top_up(&self, token: &str, amount: &str) -> Value {
         let order = self
             .post("/v1/me/orders", token, json!({"amount": amount}))
@@ -530,8 +543,6 @@ pub fn test_master_key() -> String {
     base64::engine::general_purpose::STANDARD.encode([42u8; 32])
 }
 
-pub const WEBHOOK_SECRET: &str = "webhook-secret-for-tests";
-
 /// Settings of an invocation-worker for this test's database and queues: short leases and
 /// retries so takeovers and backoff happen within a test.
 pub fn invocation_settings(app: &TestApp) -> invocation_worker::Settings {
@@ -555,7 +566,6 @@ pub fn invocation_settings(app: &TestApp) -> invocation_worker::Settings {
     settings.jobs.stranded_after_seconds = 1;
     settings.jobs.sweep_interval_ms = 200;
     settings.jobs.catalog_refresh_ms = 500;
-    settings.webhooks.secret = Some(WEBHOOK_SECRET.to_owned());
     settings.webhooks.retry_base_ms = 200;
     settings.webhooks.allow_private_targets = true;
     settings
@@ -902,12 +912,14 @@ impl BrokerOutage {
     }
 
     /// A gateway that reaches the broker through this proxy, and gives up on a publish
-    /// confirm after a second.
+    /// confirm after a second. Its calls' charges always go to the broker first (never the
+    /// outbox first, as they would at a test's low rate), so an outage takes the fallback.
     pub async fn spawn_app_behind(&self) -> TestApp {
         let url = self.url();
         spawn_app_with(|settings| {
             settings.broker.url = url;
             settings.broker.publish_confirm_timeout_ms = 1000;
+            settings.calls.outbox_first_below = 0;
         })
         .await
     }
@@ -959,6 +971,8 @@ pub struct ReceivedWebhook {
 /// `fail_first` requests, then 200.
 pub struct WebhookReceiver {
     pub url: String,
+    /// The port of `url` (on 127.0.0.1).
+    pub port: u16,
     pub received: std::sync::Arc<std::sync::Mutex<Vec<ReceivedWebhook>>>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -967,7 +981,8 @@ impl WebhookReceiver {
     pub async fn start(fail_first: usize) -> WebhookReceiver {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}/hooks/job", listener.local_addr().unwrap());
+        let port = listener.local_addr().unwrap().port();
+        let url = format!("http://127.0.0.1:{port}/hooks/job");
         let received = std::sync::Arc::new(std::sync::Mutex::new(Vec::<ReceivedWebhook>::new()));
         let log = std::sync::Arc::clone(&received);
         let task = tokio::spawn(async move {
@@ -1034,6 +1049,7 @@ impl WebhookReceiver {
         });
         WebhookReceiver {
             url,
+            port,
             received,
             task,
         }
@@ -1119,6 +1135,11 @@ impl GatewayProcess {
     /// answers `/readyz`. It loads the model catalog as it starts: spawn it after the test's
     /// models exist.
     pub async fn spawn(app: &TestApp) -> GatewayProcess {
+        Self::spawn_with(app, &[]).await
+    }
+
+    /// [`Self::spawn`] with more environment variables (settings such as `APP__ABUSE__...`).
+    pub async fn spawn_with(app: &TestApp, env: &[(&str, &str)]) -> GatewayProcess {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -1138,6 +1159,7 @@ impl GatewayProcess {
             .env("APP__AUTH__BCRYPT_COST", "4")
             .env("APP__SECURITY__MASTER_KEY", test_master_key())
             .env("RUST_LOG", "warn")
+            .envs(env.iter().copied())
             .spawn()
             .unwrap();
         let mut gateway = GatewayProcess {

@@ -4,10 +4,19 @@
 //!
 //! Group commit: one publish per free slot carries every charge that arrived while the earlier
 //! publishes awaited their confirms (up to `batch_max`), so under load the broker stores one
-//! message per batch and at low load a lone charge waits for no one. An optional linger lets
-//! charges that are already safe (jobs: in the outbox with their completion) wait for company.
+//! message per batch and at low load a lone charge waits for no one. Charges that are already
+//! safe (jobs: in the outbox with their completion) are forwarded by a lane of their own that
+//! lingers for company, since no caller waits for them.
+//!
+//! Outbox first at low rates: a broker confirm (a quorum queue's Raft commit) takes longer than
+//! one Postgres commit, and at low rates there is no one to share it with. So while this sink
+//! sees fewer than `outbox_first_below` charges per second, a charge whose caller waits is made
+//! durable by inserting it into the outbox (group-committed too), and then forwarded to the
+//! broker like a job's charge. Above that rate every charge goes by broker group commit, which
+//! costs Postgres nothing per call. Either way the charge is durable before the caller answers.
 
-use std::time::Duration;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use domain::{BillingBatch, BillingMessage};
 use messaging::{BILLING_LOG_QUEUE, Broker};
@@ -39,49 +48,97 @@ pub struct NotDurable;
 /// How a sink batches.
 #[derive(Debug, Clone)]
 pub struct SinkSettings {
-    /// Charges in one message at most.
+    /// Charges in one message (and one outbox statement) at most.
     pub batch_max: usize,
-    /// Publishes awaiting their confirm at once.
+    /// Publishes of waiting callers' charges awaiting their confirm at once.
     pub in_flight: usize,
-    /// Once a slot is free and a charge is in, how long more may join. Zero for charges whose
-    /// caller waits (a call's answer): group commit alone batches them under load.
+    /// For charges already in the outbox (forwarded with no caller waiting): once the first is
+    /// in, how long more may join its message.
     pub linger: Duration,
+    /// Below this many charges per second, a waiting caller's charge is made durable in the
+    /// outbox rather than by a broker confirm (see the module documentation); 0 = never.
+    pub outbox_first_below: u32,
 }
 
 /// Hands charges to `billing_log_queue`; see the module documentation.
 #[derive(Clone)]
 pub struct ChargeSink {
-    batcher: Batcher<Entry, bool>,
+    /// Charges only in memory whose caller waits: no linger.
+    publish: Batcher<Entry, bool>,
+    /// Charges already in the outbox: lingering.
+    forward: Batcher<Entry, bool>,
+    outbox_first: Option<OutboxFirst>,
+}
+
+#[derive(Clone)]
+struct OutboxFirst {
+    below: u32,
+    rate: Arc<RateMeter>,
+    lane: Batcher<BillingMessage, bool>,
 }
 
 impl ChargeSink {
-    /// Starts the publishing task on the current tokio runtime; it ends, after publishing what
-    /// is queued, when every handle is dropped. `outbox` takes charges the broker would not.
+    /// Starts the publishing tasks on the current tokio runtime; they end, after publishing
+    /// what is queued, when every handle is dropped. `outbox` takes charges the broker would
+    /// not, and, at low rates, the waiting callers' charges (see the module documentation).
     pub fn start(broker: Broker, outbox: Pool, settings: &SinkSettings) -> ChargeSink {
-        let batcher = Batcher::start_lingering(
-            settings.batch_max.max(1),
-            settings.in_flight.max(1),
-            settings.linger,
-            move |entries: Vec<Entry>| {
-                let broker = broker.clone();
-                let outbox = outbox.clone();
-                async move { Ok(deliver(&broker, &outbox, entries).await) }
-            },
-        );
-        ChargeSink { batcher }
+        let lane = |in_flight: usize, linger: Duration| {
+            let broker = broker.clone();
+            let outbox = outbox.clone();
+            Batcher::start_lingering(
+                settings.batch_max.max(1),
+                in_flight.max(1),
+                linger,
+                move |entries: Vec<Entry>| {
+                    let broker = broker.clone();
+                    let outbox = outbox.clone();
+                    async move { Ok(deliver(&broker, &outbox, entries).await) }
+                },
+            )
+        };
+        let outbox_first = (settings.outbox_first_below > 0).then(|| {
+            let outbox = outbox.clone();
+            OutboxFirst {
+                below: settings.outbox_first_below,
+                rate: Arc::new(RateMeter::default()),
+                lane: Batcher::start(settings.batch_max.max(1), 1, move |charges| {
+                    let outbox = outbox.clone();
+                    async move { Ok(keep(&outbox, charges).await) }
+                }),
+            }
+        });
+        ChargeSink {
+            publish: lane(settings.in_flight, Duration::ZERO),
+            forward: lane(1, settings.linger),
+            outbox_first,
+        }
     }
 
     /// Resolves once `charge` is durable; the caller may then answer. `Err` only when neither
     /// the broker nor Postgres took it (logged as lost).
     pub async fn make_durable(&self, charge: BillingMessage) -> Result<(), NotDurable> {
         metrics::gauge!("billing_publish_queue").increment(1.0);
+        let durable = self.durable(charge).await;
+        metrics::gauge!("billing_publish_queue").decrement(1.0);
+        durable
+    }
+
+    async fn durable(&self, charge: BillingMessage) -> Result<(), NotDurable> {
+        if let Some(first) = &self.outbox_first
+            && first.rate.tick(Instant::now()) < first.below
+            && matches!(first.lane.call(charge.clone()).await, Ok(true))
+        {
+            metrics::counter!("billing_kept_total", "path" => "outbox_first").increment(1);
+            // Publishing it only makes billing sooner: if this process dies first,
+            // billing-worker's sweeper settles it from the outbox.
+            self.forward_from_outbox(charge);
+            return Ok(());
+        }
         let entry = Entry {
             charge,
             kept: Kept::InMemory,
         };
-        let durable = self.batcher.call(entry).await;
-        metrics::gauge!("billing_publish_queue").decrement(1.0);
-        match durable {
+        match self.publish.call(entry).await {
             Ok(true) => Ok(()),
             Ok(false) | Err(_) => Err(NotDurable),
         }
@@ -90,11 +147,92 @@ impl ChargeSink {
     /// Publishes a charge already in the outbox, without waiting; `false` if the sink stopped
     /// (the outbox sweeper settles it then).
     pub fn forward_from_outbox(&self, charge: BillingMessage) -> bool {
-        self.batcher.send(Entry {
+        self.forward.send(Entry {
             charge,
             kept: Kept::InOutbox,
         })
     }
+}
+
+/// Charges handed to a sink per second, from the last full quarter second (or the current one,
+/// when it already counts more): a burst switches to the broker within one charge.
+#[derive(Debug)]
+struct RateMeter {
+    slots: Mutex<Slots>,
+}
+
+#[derive(Debug)]
+struct Slots {
+    start: Instant,
+    current: u32,
+    previous: u32,
+}
+
+const RATE_SLOT: Duration = Duration::from_millis(250);
+const SLOTS_PER_SECOND: u32 = 4;
+
+impl Default for RateMeter {
+    fn default() -> Self {
+        RateMeter {
+            slots: Mutex::new(Slots {
+                start: Instant::now(),
+                current: 0,
+                previous: 0,
+            }),
+        }
+    }
+}
+
+impl RateMeter {
+    /// Counts one charge at `now`; answers the rate, per second, before it.
+    fn tick(&self, now: Instant) -> u32 {
+        // The counts stay consistent whatever a panicking holder left: take them as they are.
+        let mut slots = self.slots.lock().unwrap_or_else(PoisonError::into_inner);
+        let elapsed = now.saturating_duration_since(slots.start);
+        if elapsed >= RATE_SLOT * 2 {
+            slots.previous = 0;
+            slots.current = 0;
+            slots.start = now;
+        } else if elapsed >= RATE_SLOT {
+            slots.previous = slots.current;
+            slots.current = 0;
+            slots.start += RATE_SLOT;
+        }
+        let rate = slots.previous.max(slots.current) * SLOTS_PER_SECOND;
+        slots.current = slots.current.saturating_add(1);
+        rate
+    }
+}
+
+/// Writes `charges` to the outbox in one statement (one commit with the WAL flush); answers,
+/// per charge, whether it is there.
+async fn keep(outbox: &Pool, charges: Vec<BillingMessage>) -> Vec<bool> {
+    let rows = rows_of(charges.iter());
+    let kept = !rows.is_empty() && park(outbox, &rows).await;
+    let kept: std::collections::HashSet<Uuid> = if kept {
+        rows.into_iter().map(|(id, _)| id).collect()
+    } else {
+        Default::default()
+    };
+    charges
+        .iter()
+        .map(|c| kept.contains(&c.request_id))
+        .collect()
+}
+
+/// The outbox rows of `charges` (a charge that cannot be serialised is logged and left out).
+fn rows_of<'a>(
+    charges: impl Iterator<Item = &'a BillingMessage>,
+) -> Vec<(Uuid, serde_json::Value)> {
+    charges
+        .filter_map(|charge| match serde_json::to_value(charge) {
+            Ok(payload) => Some((charge.request_id, payload)),
+            Err(error) => {
+                tracing::error!(%error, request_id = %charge.request_id, "charge not serialisable");
+                None
+            }
+        })
+        .collect()
 }
 
 /// Publishes `entries` as one confirmed message; if the broker does not confirm, writes those
@@ -127,17 +265,12 @@ async fn deliver(broker: &Broker, outbox: &Pool, entries: Vec<Entry>) -> Vec<boo
             vec![true; count]
         }
         Err(error) => {
-            let parked: Vec<(Uuid, serde_json::Value)> = entries
-                .iter()
-                .filter(|e| e.kept == Kept::InMemory)
-                .filter_map(|e| match serde_json::to_value(&e.charge) {
-                    Ok(payload) => Some((e.charge.request_id, payload)),
-                    Err(error) => {
-                        tracing::error!(%error, request_id = %e.charge.request_id, "charge not serialisable");
-                        None
-                    }
-                })
-                .collect();
+            let parked = rows_of(
+                entries
+                    .iter()
+                    .filter(|e| e.kept == Kept::InMemory)
+                    .map(|e| &e.charge),
+            );
             tracing::warn!(%error, %message_id, count, parked = parked.len(), "billing publish failed; using the outbox");
             let parked_ok = parked.is_empty() || park(outbox, &parked).await;
             let parked: std::collections::HashSet<Uuid> =
@@ -180,4 +313,24 @@ async fn park(outbox: &Pool, parked: &[(Uuid, serde_json::Value)]) -> bool {
 async fn forget(outbox: &Pool, request_ids: &[Uuid]) -> Result<(), StoreError> {
     let mut conn = outbox.get().await?;
     persistence::billing::outbox_delete_requests(&mut conn, request_ids).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_rate_is_the_last_full_quarter_second_or_the_current_one_if_busier() {
+        let meter = RateMeter::default();
+        let t0 = meter.slots.lock().expect("slots").start;
+        // 10 charges in the first quarter second: each sees the count before it, times four.
+        let seen: Vec<u32> = (0..10).map(|_| meter.tick(t0)).collect();
+        assert_eq!(seen, (0..10).map(|n| n * 4).collect::<Vec<_>>());
+        // The next quarter second starts from the last one's 10 (40 per second).
+        assert_eq!(meter.tick(t0 + RATE_SLOT), 40);
+        assert_eq!(meter.tick(t0 + RATE_SLOT + Duration::from_millis(10)), 40);
+        // Half a second of silence: the rate is zero again.
+        assert_eq!(meter.tick(t0 + RATE_SLOT * 4), 0);
+        assert_eq!(meter.tick(t0 + RATE_SLOT * 4), 4);
+    }
 }

@@ -51,6 +51,15 @@ fn charge() -> BillingMessage {
 }
 
 fn sink(broker: &Broker, pool: &Pool, linger: Duration) -> ChargeSink {
+    sink_with(broker, pool, linger, 0)
+}
+
+fn sink_with(
+    broker: &Broker,
+    pool: &Pool,
+    linger: Duration,
+    outbox_first_below: u32,
+) -> ChargeSink {
     ChargeSink::start(
         broker.clone(),
         pool.clone(),
@@ -58,6 +67,7 @@ fn sink(broker: &Broker, pool: &Pool, linger: Duration) -> ChargeSink {
             batch_max: 256,
             in_flight: 1,
             linger,
+            outbox_first_below,
         },
     )
 }
@@ -208,5 +218,62 @@ async fn a_charge_from_the_outbox_is_published_then_forgotten_there() {
     expected.sort();
     assert_eq!(ids, expected);
     assert_eq!(messages, 1, "the linger let the three share one message");
+    cleanup(&broker).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn at_a_low_rate_a_charge_is_in_the_outbox_when_made_durable_then_published_and_forgotten() {
+    let (broker, pool) = (broker().await, database().await);
+    // The forwarding lingers long enough that the outbox row is certainly still there when
+    // make_durable returns (a lone charge waits the whole linger for company).
+    let sink = sink_with(&broker, &pool, Duration::from_secs(2), 1_000_000);
+    let charge = charge();
+    sink.make_durable(charge.clone()).await.expect("durable");
+    assert_eq!(
+        outbox_ids(&pool).await,
+        vec![charge.request_id],
+        "kept in the outbox first"
+    );
+    // Then forwarded to the broker, and forgotten in the outbox once confirmed.
+    let deadline = Instant::now() + WAIT;
+    while !outbox_ids(&pool).await.is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "the kept charge was never forwarded"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (messages, ids) = drain(&broker).await;
+    assert_eq!(
+        (messages, ids),
+        (1, vec![charge.request_id]),
+        "published exactly once"
+    );
+    cleanup(&broker).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn above_the_rate_charges_go_by_broker_group_commit_and_postgres_is_not_written() {
+    let (broker, pool) = (broker().await, database().await);
+    // 40 charges at once are far above 4 per second: after the first one (the rate before it
+    // is zero), every charge goes to the broker, in the queue when make_durable returns.
+    let sink = sink_with(&broker, &pool, Duration::from_secs(30), 4);
+    let first = charge();
+    sink.make_durable(first.clone()).await.expect("durable");
+    let charges: Vec<BillingMessage> = (0..40).map(|_| charge()).collect();
+    let results =
+        futures_util::future::join_all(charges.iter().map(|c| sink.make_durable(c.clone()))).await;
+    assert!(results.iter().all(Result::is_ok), "{results:?}");
+    // The first one is in the outbox (its forward lingers 30 s); the burst is not.
+    assert_eq!(outbox_ids(&pool).await, vec![first.request_id]);
+    let (messages, mut ids) = drain(&broker).await;
+    let mut expected: Vec<Uuid> = charges.iter().map(|c| c.request_id).collect();
+    ids.sort();
+    expected.sort();
+    assert_eq!(ids, expected, "the burst is in the queue, each charge once");
+    assert!(
+        messages <= 2,
+        "{messages} messages for 40 charges waiting together"
+    );
     cleanup(&broker).await;
 }

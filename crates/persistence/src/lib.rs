@@ -12,6 +12,7 @@ pub mod jobs;
 pub mod leases;
 pub mod ledger;
 pub mod limits;
+pub mod login_failures;
 pub mod orders;
 mod page;
 mod pool;
@@ -23,6 +24,7 @@ pub mod stored;
 pub mod testing;
 pub mod usage;
 pub mod users;
+pub mod webhook_secrets;
 
 pub use diesel_async::AsyncPgConnection;
 pub use error::StoreError;

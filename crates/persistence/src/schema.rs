@@ -163,6 +163,23 @@ diesel::table! {
 }
 
 diesel::table! {
+    webhook_secrets (user_id) {
+        user_id -> Int8,
+        sealed -> Bytea,
+        created_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    login_failures (account) {
+        account -> Text,
+        attempts -> Int4,
+        blocked_until -> Nullable<Timestamptz>,
+        last_attempt_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
     webhook_deliveries (id) {
         id -> Int8,
         job_id -> Uuid,
@@ -229,6 +246,7 @@ diesel::joinable!(orders -> users (user_id));
 diesel::joinable!(balance_ledger -> users (user_id));
 diesel::joinable!(usage_logs -> users (user_id));
 diesel::joinable!(async_jobs -> users (user_id));
+diesel::joinable!(webhook_secrets -> users (user_id));
 diesel::joinable!(async_jobs -> llm_models (model_id));
 
 diesel::allow_tables_to_appear_in_same_query!(
@@ -246,6 +264,8 @@ diesel::allow_tables_to_appear_in_same_query!(
     balance_holds,
     billing_outbox,
     webhook_deliveries,
+    webhook_secrets,
+    login_failures,
     call_stats,
     queue_samples,
 );

@@ -1,6 +1,7 @@
 //! Calls we make to addresses our users chose (job webhooks): the SSRF guard.
 
 use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use reqwest::dns::{Addrs, Name, Resolve, Resolving};
@@ -47,9 +48,55 @@ pub fn is_private(ip: IpAddr) -> bool {
     }
 }
 
+/// How the names of user-chosen targets resolve: with the system resolver, unless a hosts file
+/// is configured; its entries (`/etc/hosts` format, read again at every lookup) come first. For
+/// tests that rebind a name mid-flight, and for operators who pin names.
+#[derive(Debug, Clone, Default)]
+pub struct Resolver {
+    hosts_file: Option<PathBuf>,
+}
+
+impl Resolver {
+    pub fn new(hosts_file: Option<PathBuf>) -> Resolver {
+        Resolver { hosts_file }
+    }
+
+    /// Every address of `host`, with `port`.
+    pub async fn lookup(&self, host: &str, port: u16) -> std::io::Result<Vec<SocketAddr>> {
+        if let Some(path) = &self.hosts_file {
+            let text = tokio::fs::read_to_string(path).await?;
+            let pinned = hosts_entries(&text, host);
+            if !pinned.is_empty() {
+                return Ok(pinned
+                    .into_iter()
+                    .map(|ip| SocketAddr::new(ip, port))
+                    .collect());
+            }
+        }
+        Ok(tokio::net::lookup_host((host, port)).await?.collect())
+    }
+}
+
+/// The addresses a hosts file gives `host` (lines `ADDRESS NAME...`, `#` comments).
+fn hosts_entries(text: &str, host: &str) -> Vec<IpAddr> {
+    text.lines()
+        .filter_map(|line| {
+            let mut fields = line.split('#').next()?.split_whitespace();
+            let ip = fields.next()?.parse::<IpAddr>().ok()?;
+            fields
+                .any(|name| name.eq_ignore_ascii_case(host))
+                .then_some(ip)
+        })
+        .collect()
+}
+
 /// Refuses a URL that is not http(s), or whose host resolves to a private address (unless
 /// `allow_private`). Checked at submission and again before every delivery (DNS may change).
-pub async fn check_target(url: &str, allow_private: bool) -> Result<(), String> {
+pub async fn check_target(
+    url: &str,
+    allow_private: bool,
+    resolver: &Resolver,
+) -> Result<(), String> {
     let parsed =
         reqwest::Url::parse(url).map_err(|_| "callback_url must be an absolute URL".to_owned())?;
     if !matches!(parsed.scheme(), "http" | "https") {
@@ -68,9 +115,11 @@ pub async fn check_target(url: &str, allow_private: bool) -> Result<(), String> 
     let host = host.trim_start_matches('[').trim_end_matches(']');
     let addresses: Vec<IpAddr> = match host.parse::<IpAddr>() {
         Ok(ip) => vec![ip],
-        Err(_) => tokio::net::lookup_host((host, port))
+        Err(_) => resolver
+            .lookup(host, port)
             .await
             .map_err(|_| format!("callback_url host {host} does not resolve"))?
+            .into_iter()
             .map(|a| a.ip())
             .collect(),
     };
@@ -85,25 +134,29 @@ pub async fn check_target(url: &str, allow_private: bool) -> Result<(), String> 
 /// goes to an address checked when it is made, not to whatever the name resolves to after an
 /// earlier check: a name that answers a public address to `check_target` and a private one a
 /// moment later (DNS rebinding) cannot reach the private one.
-pub fn client(allow_private: bool) -> reqwest::Result<reqwest::Client> {
+pub fn client(allow_private: bool, resolver: Resolver) -> reqwest::Result<reqwest::Client> {
     let builder = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .no_proxy();
     if allow_private {
         return builder.build();
     }
-    builder.dns_resolver(Arc::new(PublicOnly)).build()
+    builder
+        .dns_resolver(Arc::new(PublicOnly { resolver }))
+        .build()
 }
 
-/// Resolves with the system resolver and refuses the name if any answer is not public.
-struct PublicOnly;
+/// Resolves with `resolver` and refuses the name if any answer is not public.
+struct PublicOnly {
+    resolver: Resolver,
+}
 
 impl Resolve for PublicOnly {
     fn resolve(&self, name: Name) -> Resolving {
         let host = name.as_str().to_owned();
+        let resolver = self.resolver.clone();
         Box::pin(async move {
-            let addresses: Vec<SocketAddr> =
-                tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
+            let addresses = resolver.lookup(&host, 0).await?;
             if addresses.is_empty() || addresses.iter().any(|a| is_private(a.ip())) {
                 return Err(format!("{host} resolves to an address that is not public").into());
             }
@@ -162,27 +215,51 @@ mod tests {
     #[tokio::test]
     async fn targets_are_checked() {
         assert!(
-            check_target("http://127.0.0.1:9000/hook", false)
+            check_target("http://127.0.0.1:9000/hook", false, &Resolver::default())
                 .await
                 .is_err()
         );
         assert!(
-            check_target("http://169.254.169.254/latest/meta-data", false)
+            check_target(
+                "http://169.254.169.254/latest/meta-data",
+                false,
+                &Resolver::default()
+            )
+            .await
+            .is_err()
+        );
+        assert!(
+            check_target("http://[::1]/x", false, &Resolver::default())
                 .await
                 .is_err()
         );
-        assert!(check_target("http://[::1]/x", false).await.is_err());
-        assert!(check_target("http://localhost/x", false).await.is_err());
-        assert!(check_target("ftp://8.8.8.8/x", false).await.is_err());
         assert!(
-            check_target("http://user:pw@8.8.8.8/x", false)
+            check_target("http://localhost/x", false, &Resolver::default())
                 .await
                 .is_err()
         );
-        assert!(check_target("not a url", false).await.is_err());
-        assert!(check_target("https://8.8.8.8/hook", false).await.is_ok());
         assert!(
-            check_target("http://127.0.0.1:9000/hook", true)
+            check_target("ftp://8.8.8.8/x", false, &Resolver::default())
+                .await
+                .is_err()
+        );
+        assert!(
+            check_target("http://user:pw@8.8.8.8/x", false, &Resolver::default())
+                .await
+                .is_err()
+        );
+        assert!(
+            check_target("not a url", false, &Resolver::default())
+                .await
+                .is_err()
+        );
+        assert!(
+            check_target("https://8.8.8.8/hook", false, &Resolver::default())
+                .await
+                .is_ok()
+        );
+        assert!(
+            check_target("http://127.0.0.1:9000/hook", true, &Resolver::default())
                 .await
                 .is_ok()
         );
@@ -196,18 +273,56 @@ mod tests {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let accepted = tokio::spawn(async move { listener.accept().await.is_ok() });
-        let guarded = client(false).unwrap();
+        let guarded = client(false, Resolver::default()).unwrap();
         let refused = guarded
             .get(format!("http://localhost:{port}/hook"))
             .send()
             .await;
         assert!(refused.is_err(), "a private address was reached by name");
-        let open = client(true).unwrap();
+        let open = client(true, Resolver::default()).unwrap();
         let reached = open.get(format!("http://localhost:{port}/hook")).send();
         let _ = tokio::time::timeout(std::time::Duration::from_secs(2), reached).await;
         assert!(
             accepted.await.unwrap(),
             "the permissive client never connected"
         );
+    }
+
+    /// A name rebound between the check and the connection: the hosts file gives a public
+    /// address when `check_target` looks, then 127.0.0.1 (where a real listener waits) when
+    /// the client connects. The client vets the address it connects to, so it never connects.
+    #[tokio::test]
+    async fn a_name_rebound_after_the_check_is_refused_when_connecting() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let accepted = tokio::spawn(async move { listener.accept().await.is_ok() });
+        let hosts = std::env::temp_dir().join(format!("egress-hosts-{}", std::process::id()));
+        std::fs::write(&hosts, "# pinned\n8.8.8.8 rebind.test other.test\n").unwrap();
+        let resolver = Resolver::new(Some(hosts.clone()));
+        let url = format!("http://rebind.test:{port}/hook");
+        check_target(&url, false, &resolver).await.unwrap();
+        std::fs::write(&hosts, "127.0.0.1 rebind.test\n").unwrap();
+        assert!(check_target(&url, false, &resolver).await.is_err());
+        let refused = client(false, resolver).unwrap().get(&url).send().await;
+        let error = format!(
+            "{:?}",
+            refused.expect_err("a rebound name was connected to")
+        );
+        assert!(error.contains("not public"), "{error}");
+        std::fs::remove_file(&hosts).unwrap();
+        // The refusal came from the resolver, before any connection was attempted.
+        assert!(!accepted.is_finished(), "the listener was reached");
+        accepted.abort();
+    }
+
+    #[test]
+    fn hosts_entries_are_matched_by_name() {
+        let text = "127.0.0.1 localhost\n# 10.0.0.1 commented.test\n::1 six.test SIX.other # x\n";
+        assert_eq!(
+            hosts_entries(text, "six.other"),
+            ["::1".parse::<IpAddr>().unwrap()]
+        );
+        assert!(hosts_entries(text, "commented.test").is_empty());
+        assert!(hosts_entries(text, "missing.test").is_empty());
     }
 }

@@ -20,6 +20,9 @@ pub enum ApiError {
     NotFound(String),
     #[error("{0}")]
     ModelNotFound(String),
+    /// A known path under a method it does not take (405, with `Allow`: the methods it takes).
+    #[error("{path} does not take this method; it takes {allow}")]
+    MethodNotAllowed { path: String, allow: String },
     #[error("{0}")]
     Conflict(String),
     #[error("{0}")]
@@ -99,6 +102,7 @@ impl ApiError {
             ApiError::InsufficientBalance(_) => "insufficient_balance",
             ApiError::Forbidden(_) => "forbidden",
             ApiError::NotFound(_) => "not_found",
+            ApiError::MethodNotAllowed { .. } => "method_not_allowed",
             ApiError::ModelNotFound(_) => "model_not_found",
             ApiError::Conflict(_) => "conflict",
             ApiError::PayloadTooLarge(_) => "payload_too_large",
@@ -117,6 +121,7 @@ impl ApiError {
         match self {
             ApiError::InvalidRequest(_)
             | ApiError::NotFound(_)
+            | ApiError::MethodNotAllowed { .. }
             | ApiError::ModelNotFound(_)
             | ApiError::Conflict(_)
             | ApiError::PayloadTooLarge(_) => "invalid_request_error",
@@ -143,7 +148,9 @@ impl ApiError {
     /// as they expect.
     fn anthropic_kind(&self) -> &'static str {
         match self {
-            ApiError::InvalidRequest(_) | ApiError::Conflict(_) => "invalid_request_error",
+            ApiError::InvalidRequest(_)
+            | ApiError::Conflict(_)
+            | ApiError::MethodNotAllowed { .. } => "invalid_request_error",
             ApiError::Unauthorized(_) => "authentication_error",
             ApiError::InsufficientBalance(_) => "billing_error",
             ApiError::Forbidden(_) => "permission_error",
@@ -175,6 +182,20 @@ impl ApiError {
         }
     }
 
+    /// What a request that matched no route gets: 405 with `Allow` when its path is one of
+    /// the API's under another method (the OpenAPI document lists them), else 404.
+    pub fn unrouted(path: &str) -> ApiError {
+        let allowed = crate::openapi::allowed_methods(path);
+        if allowed.is_empty() {
+            ApiError::NotFound("no such route".to_owned())
+        } else {
+            ApiError::MethodNotAllowed {
+                path: path.to_owned(),
+                allow: allowed.join(", "),
+            }
+        }
+    }
+
     /// The error a bare status stands for, used to give non-JSON error responses our body.
     pub fn from_status(status: StatusCode) -> ApiError {
         let reason = status.canonical_reason().unwrap_or("error").to_lowercase();
@@ -203,6 +224,7 @@ impl ResponseError for ApiError {
             ApiError::InsufficientBalance(_) => StatusCode::PAYMENT_REQUIRED,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) | ApiError::ModelNotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::RateLimited(_) | ApiError::Limited(_) => StatusCode::TOO_MANY_REQUESTS,
@@ -218,6 +240,9 @@ impl ResponseError for ApiError {
             tracing::error!(%cause, "internal error");
         }
         let mut response = HttpResponse::build(self.status_code());
+        if let ApiError::MethodNotAllowed { allow, .. } = self {
+            response.insert_header(("allow", allow.as_str()));
+        }
         if let ApiError::Limited(limited) = self {
             let kind = if limited.spend { "spend" } else { "rate" };
             metrics::counter!("limits_refused_total", "kind" => kind).increment(1);

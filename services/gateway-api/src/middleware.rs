@@ -95,9 +95,13 @@ pub async fn json_errors(
     if !(status.is_client_error() || status.is_server_error()) || is_json {
         return Ok(response.map_into_left_body());
     }
-    let error = ApiError::from_status(status);
     let (req, _) = response.into_parts();
-    let replaced = HttpResponse::build(status).json(error.body());
+    let replaced = if matches!(status.as_u16(), 404 | 405) {
+        // actix's own: a path no route matched, or a resource's other method.
+        actix_web::ResponseError::error_response(&ApiError::unrouted(req.path()))
+    } else {
+        HttpResponse::build(status).json(ApiError::from_status(status).body())
+    };
     Ok(ServiceResponse::new(req, replaced).map_into_right_body())
 }
 

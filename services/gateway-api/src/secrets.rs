@@ -1,5 +1,6 @@
-//! Secret material minted by the API: access keys (shown once, stored as a hash), order
-//! numbers, and the payment-callback signature check.
+//! Secret material minted by the API: access keys (shown once, stored as a hash), webhook
+//! signing secrets (shown once, stored sealed), order numbers, and the payment-callback
+//! signature check.
 
 use base64::Engine;
 use sha2::{Digest, Sha256};
@@ -46,6 +47,15 @@ pub fn hash_access_key(secret: &str) -> [u8; 32] {
     Sha256::digest(secret.as_bytes()).into()
 }
 
+/// A job-webhook signing secret: `whsec_` followed by 256 random bits in URL-safe base64.
+pub fn generate_webhook_secret() -> Result<String, SecretError> {
+    let bytes: [u8; 32] = random_bytes()?;
+    Ok(format!(
+        "whsec_{}",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+    ))
+}
+
 /// A random, unguessable order number.
 pub fn generate_order_no() -> Result<String, SecretError> {
     let bytes: [u8; 16] = random_bytes()?;
@@ -82,6 +92,13 @@ mod tests {
         assert_eq!(a.prefix, a.secret[..11]);
         assert_eq!(a.hash, hash_access_key(&a.secret));
         assert_ne!(a.hash, b.hash);
+    }
+
+    #[test]
+    fn webhook_secrets_are_random_and_prefixed() {
+        let a = generate_webhook_secret().unwrap();
+        assert!(a.starts_with("whsec_") && a.len() == 6 + 43, "{a}");
+        assert_ne!(a, generate_webhook_secret().unwrap());
     }
 
     #[test]

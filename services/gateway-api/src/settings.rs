@@ -56,6 +56,8 @@ catalog_refresh_ms = 2000
 allow_private_callbacks = false
 billing_batch_max = 256
 billing_publishes_in_flight = 4
+outbox_first_below = 1500
+outbox_forward_linger_ms = 20
 stream_stall_ms = 30000
 lease_max_percent = 25
 lease_min_calls = 32
@@ -121,11 +123,24 @@ pub struct CallSettings {
     pub catalog_refresh_ms: u64,
     /// Job webhooks to loopback or private addresses are refused unless set (SSRF).
     pub allow_private_callbacks: bool,
+    /// A hosts file whose entries win over DNS when a `callback_url` host is checked (read at
+    /// every lookup); unset in production. Tests rebind names with it.
+    #[serde(default)]
+    pub callback_hosts_file: Option<std::path::PathBuf>,
     /// At most this many charges in one message to `billing_log_queue`.
     pub billing_batch_max: usize,
     /// Batches being published (awaiting the broker's confirm) at once; charges that finish
     /// meanwhile wait and go together in the next batch.
     pub billing_publishes_in_flight: usize,
+    /// Below this many calls per second (in this process), a call's charge is made durable
+    /// by an insert into the Postgres outbox (one commit, faster than a quorum queue's confirm
+    /// when nothing is there to share it) and forwarded to the broker afterwards; above it, by
+    /// broker group commit (no Postgres statement per call). 0 = always the broker.
+    pub outbox_first_below: u32,
+    /// How long a charge kept in the outbox first waits for others to share its message to
+    /// the broker. No answer waits for it: it only delays settlement (the call's reservation
+    /// covers the charge meanwhile, and a crash leaves it to billing-worker's outbox sweep).
+    pub outbox_forward_linger_ms: u64,
     /// A streaming client that has not taken the next chunk for this long (the buffer of
     /// chunks read ahead from the provider being full) is cut off; the provider's stream is
     /// still read to its end and billed.

@@ -218,8 +218,8 @@ fn serve(
             .configure(routes::configure)
             .service(web::redirect("/docs", "/docs/"))
             .service(SwaggerUi::new("/docs/{_:.*}").url("/openapi.json", openapi.clone()))
-            .default_service(web::to(|| async {
-                Err::<actix_web::HttpResponse, _>(ApiError::NotFound("no such route".to_owned()))
+            .default_service(web::to(|req: actix_web::HttpRequest| async move {
+                Err::<actix_web::HttpResponse, _>(ApiError::unrouted(req.path()))
             }))
             .wrap(from_fn(json_errors))
             .wrap(from_fn(no_store_api))

@@ -46,6 +46,8 @@ pub struct AppState {
     /// A streaming client that takes no chunk for this long is cut off (`calls.stream_stall_ms`).
     pub stream_stall: std::time::Duration,
     pub allow_private_callbacks: bool,
+    /// Resolves `callback_url` hosts (`calls.callback_hosts_file`, else DNS).
+    pub callback_resolver: upstream::egress::Resolver,
     /// Work that outlives its request (billing deliveries, hold releases).
     pub background: Background,
     /// This process's credit leases (see `core::admission`).
@@ -69,6 +71,7 @@ pub struct AppState {
 
 /// Runs work that must outlive its request on the main runtime (actix's per-worker runtimes
 /// stop with their workers) and lets shutdown wait for it, so no charge is dropped on SIGTERM.
+
 #[derive(Clone)]
 pub struct Background {
     runtime: tokio::runtime::Handle,
@@ -180,15 +183,18 @@ impl AppState {
     ) -> AppState {
         let jwt_secret = settings.auth.jwt_secret.expose_secret().as_bytes();
         let background = Background::on_current_runtime();
-        // No linger: a call's answer waits for its charge to be durable; under load the
-        // charges that finish while a publish awaits its confirm share the next one.
+        // A call's answer waits for its charge to be durable: under load the charges that
+        // finish while a publish awaits its confirm share the next one; at low rates a charge
+        // is kept in the outbox (the main pool: the commit waits for the WAL flush) and then
+        // forwarded, and only that forwarding lingers, for company.
         let charges = charges::ChargeSink::start(
             broker.clone(),
             pool.clone(),
             &charges::SinkSettings {
                 batch_max: settings.calls.billing_batch_max,
                 in_flight: settings.calls.billing_publishes_in_flight,
-                linger: std::time::Duration::ZERO,
+                linger: std::time::Duration::from_millis(settings.calls.outbox_forward_linger_ms),
+                outbox_first_below: settings.calls.outbox_first_below,
             },
         );
         // Grants commit with the WAL flush (the main pool): a lease lost to a Postgres crash
@@ -242,6 +248,9 @@ impl AppState {
             call_deadline: settings.upstream.total_timeout(),
             stream_stall: std::time::Duration::from_millis(settings.calls.stream_stall_ms),
             allow_private_callbacks: settings.calls.allow_private_callbacks,
+            callback_resolver: upstream::egress::Resolver::new(
+                settings.calls.callback_hosts_file.clone(),
+            ),
             background,
             leases,
             charges,

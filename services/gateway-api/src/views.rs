@@ -26,6 +26,21 @@ pub struct UserView {
     pub created_at: DateTime<Utc>,
 }
 
+/// A job-webhook signing secret, just created or rotated: the only time it is shown.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct WebhookSecretView {
+    /// `whsec_...`: the HMAC-SHA256 key of the user's webhooks' `X-Signature`.
+    pub secret: String,
+    pub created_at: DateTime<Utc>,
+}
+
+/// Whether the user has a webhook signing secret; never the secret itself.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct WebhookSecretStatusView {
+    pub exists: bool,
+    pub created_at: Option<DateTime<Utc>>,
+}
+
 impl From<User> for UserView {
     fn from(user: User) -> Self {
         UserView {
@@ -529,7 +544,9 @@ impl<T: ToSchema> ListResponse<T> {
 #[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
 pub struct ListQuery {
+    #[param(minimum = 1, maximum = 200)]
     pub limit: Option<i64>,
+    #[param(minimum = 0, maximum = 10000000)]
     pub offset: Option<i64>,
 }
 
@@ -543,7 +560,9 @@ impl ListQuery {
 #[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
 pub struct AdminListQuery {
+    #[param(minimum = 1, maximum = 200)]
     pub limit: Option<i64>,
+    #[param(minimum = 0, maximum = 10000000)]
     pub offset: Option<i64>,
     pub user_id: Option<i64>,
 }

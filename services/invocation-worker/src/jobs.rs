@@ -40,17 +40,19 @@ pub struct JobSettings {
     pub billing_linger_ms: u64,
 }
 
-/// Signed webhooks of terminal jobs.
+/// Signed webhooks of terminal jobs; each is signed with its job owner's own secret
+/// (`POST /v1/me/webhook-secret`, sealed under the master key).
 #[derive(Debug, Clone, Deserialize)]
 pub struct WebhookSettings {
-    /// HMAC-SHA256 secret of this deployment; webhooks are not sent without it.
-    #[serde(default)]
-    pub secret: Option<String>,
     pub max_attempts: i32,
     pub retry_base_ms: u64,
     pub timeout_ms: u64,
     /// Loopback and private-network targets are refused unless this is set (SSRF).
     pub allow_private_targets: bool,
+    /// A hosts file whose entries win over DNS for webhook hosts (read at every lookup); unset
+    /// in production. Tests rebind names with it.
+    #[serde(default)]
+    pub hosts_file: Option<std::path::PathBuf>,
 }
 
 pub struct Runner {
@@ -70,6 +72,8 @@ pub struct Runner {
     pub webhooks: WebhookSettings,
     pub max_failover_attempts: u32,
     pub http: reqwest::Client,
+    /// Resolves webhook hosts, for the check before each delivery (`http` has its own copy).
+    pub resolver: upstream::egress::Resolver,
     /// Woken when a job with a `callback_url` ends, so its webhook goes out at once rather
     /// than at the next sweep (see `deliver_webhooks_forever`).
     pub webhooks_due: tokio::sync::Notify,
@@ -333,12 +337,10 @@ impl Runner {
     }
 
     /// Sends up to [`WEBHOOK_BATCH`] due webhooks: the Job object, signed `X-Signature:
-    /// t=<unix>,v1=<hex HMAC-SHA256 of "t.body">`; a failure is retried with backoff up to
-    /// `max_attempts`. Answers how many were attempted.
+    /// t=<unix>,v1=<hex HMAC-SHA256 of "t.body">` with the secret its job's owner has when it
+    /// is sent (a rotation applies to webhooks already queued); a failure is retried with
+    /// backoff up to `max_attempts`. Answers how many were attempted.
     pub async fn deliver_webhooks(&self) -> Result<usize, StoreError> {
-        let Some(secret) = self.webhooks.secret.clone() else {
-            return Ok(0);
-        };
         let mut conn = self.conn().await?;
         // Claimed for twice the delivery timeout: a parallel sweeper skips them meanwhile.
         let claim_seconds = i64::try_from(self.webhooks.timeout_ms / 500)
@@ -355,7 +357,10 @@ impl Runner {
         for webhook in due {
             let (job, model) = jobs::find(&mut conn, webhook.job_id).await?;
             let view = jobs::view(&job, &model);
-            let outcome = self.post_webhook(&webhook.url, &secret, &view).await;
+            let outcome = match self.signing_secret(&mut conn, job.user_id).await? {
+                Ok(secret) => self.post_webhook(&webhook.url, &secret, &view).await,
+                Err(refused) => Err(refused),
+            };
             let retry_in = backoff(self.webhooks.retry_base_ms, 3_600_000, webhook.attempts + 1);
             let retry_in =
                 chrono::Duration::from_std(retry_in).unwrap_or_else(|_| chrono::Duration::hours(1));
@@ -371,8 +376,29 @@ impl Runner {
         Ok(attempted)
     }
 
+    /// The user's webhook signing secret, opened; `Ok(Err(why))` when it cannot sign (the user
+    /// has none: only jobs queued before per-user secrets existed), recorded as the attempt's
+    /// error.
+    async fn signing_secret(
+        &self,
+        conn: &mut persistence::AsyncPgConnection,
+        user_id: i64,
+    ) -> Result<Result<String, String>, StoreError> {
+        let Some(sealed) = persistence::webhook_secrets::sealed(conn, user_id).await? else {
+            return Ok(Err(
+                "the job's owner has no webhook signing secret (POST /v1/me/webhook-secret)"
+                    .to_owned(),
+            ));
+        };
+        Ok(self.secrets.open(&sealed).map_err(|error| {
+            tracing::error!(%error, user_id, "a webhook signing secret cannot be opened");
+            "the webhook signing secret cannot be opened".to_owned()
+        }))
+    }
+
     async fn post_webhook(&self, url: &str, secret: &str, view: &JobView) -> Result<(), String> {
-        upstream::egress::check_target(url, self.webhooks.allow_private_targets).await?;
+        upstream::egress::check_target(url, self.webhooks.allow_private_targets, &self.resolver)
+            .await?;
         let body = serde_json::to_vec(view).map_err(|e| e.to_string())?;
         let signature = domain::signature::header(secret.as_bytes(), Utc::now().timestamp(), &body);
         let response = self

@@ -122,6 +122,7 @@ impl Application {
             .key()
             .ok_or_else(|| WorkerError::InvalidSettings("security.master_key".to_owned()))?;
         let secrets = catalog::SecretBox::new(&master_key);
+        let resolver = upstream::egress::Resolver::new(settings.webhooks.hosts_file.clone());
         let routing = Arc::new(catalog::Routing::new(upstream::KeyPool::new(
             &settings.upstream,
         )));
@@ -151,6 +152,8 @@ impl Application {
                     batch_max: jobs::BATCH_MAX,
                     in_flight: 1,
                     linger: Duration::from_millis(settings.jobs.billing_linger_ms),
+                    // Job charges are in the outbox already, with the job's completion.
+                    outbox_first_below: 0,
                 },
             ),
             broker: broker.clone(),
@@ -162,8 +165,12 @@ impl Application {
             webhooks: settings.webhooks.clone(),
             max_failover_attempts: settings.upstream.max_failover_attempts,
             // Webhooks: only to public addresses, checked at connect time (DNS rebinding).
-            http: upstream::egress::client(settings.webhooks.allow_private_targets)
-                .map_err(|e| WorkerError::InvalidSettings(e.to_string()))?,
+            http: upstream::egress::client(
+                settings.webhooks.allow_private_targets,
+                resolver.clone(),
+            )
+            .map_err(|e| WorkerError::InvalidSettings(e.to_string()))?,
+            resolver,
             webhooks_due: tokio::sync::Notify::new(),
         });
         let handler = Arc::new(InvocationHandler(Arc::clone(&runner)));

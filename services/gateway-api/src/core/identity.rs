@@ -96,9 +96,10 @@ pub struct Session {
 }
 
 /// Wrong email, wrong password and a disabled account all answer the same 401. Every attempt
-/// counts against the account and the client address until it succeeds; past their free
-/// attempts both back off exponentially (429 with `Retry-After`, checked before any hashing).
-/// A success clears the account's count and takes back this attempt from the address's.
+/// counts against the account (in Postgres, for every replica) and the client address (in this
+/// process) until it succeeds; past their free attempts both back off exponentially (429 with
+/// `Retry-After`, checked before any hashing). A success clears the account's count and takes
+/// back this attempt from the address's.
 pub async fn login(
     state: &AppState,
     client_address: &str,
@@ -111,16 +112,25 @@ pub async fn login(
         .login_addresses
         .attempt(client_address)
         .map_err(|wait| throttle::too_many("failed sign-ins from this address", wait))?;
-    if let Err(wait) = guards.login_accounts.attempt(&account) {
-        guards.login_addresses.forgive_one(client_address);
-        return Err(throttle::too_many("failed sign-ins to this account", wait));
+    // Counted for every replica at once (Postgres), before any hashing.
+    let counted = async {
+        let mut conn = state.conn().await?;
+        guards
+            .login_accounts
+            .attempt(&mut conn, &account)
+            .await?
+            .map_err(|wait| throttle::too_many("failed sign-ins to this account", wait))
     }
-    let session = check_password(state, email, password).await;
-    if session.is_ok() {
-        guards.login_accounts.clear(&account);
+    .await;
+    if let Err(refused) = counted {
         guards.login_addresses.forgive_one(client_address);
+        return Err(refused);
     }
-    session
+    let session = check_password(state, email, password).await?;
+    let mut conn = state.conn().await?;
+    guards.login_accounts.clear(&mut conn, &account).await?;
+    guards.login_addresses.forgive_one(client_address);
+    Ok(session)
 }
 
 async fn check_password(
@@ -171,16 +181,17 @@ pub async fn change_password(
     Password::validate(new).map_err(|e| ApiError::InvalidRequest(e.to_string()))?;
     let accounts = &state.guards.login_accounts;
     accounts
-        .attempt(&user.email)
+        .attempt(&mut *state.conn().await?, &user.email)
+        .await?
         .map_err(|wait| throttle::too_many("failed password checks for this account", wait))?;
     if !verify_password(state, current, &user.password_hash).await? {
         return Err(ApiError::Forbidden(
             "the current password is wrong".to_owned(),
         ));
     }
-    accounts.clear(&user.email);
-    let password_hash = hash_password(state, new).await?;
     let mut conn = state.conn().await?;
+    accounts.clear(&mut conn, &user.email).await?;
+    let password_hash = hash_password(state, new).await?;
     users::update(
         &mut conn,
         user.id,

@@ -88,9 +88,14 @@ pub async fn submit(
         if url.len() > 2048 {
             return Err(ApiError::invalid("callback_url is too long"));
         }
-        upstream::egress::check_target(url, state.allow_private_callbacks)
-            .await
-            .map_err(ApiError::InvalidRequest)?;
+        upstream::egress::check_target(
+            url,
+            state.allow_private_callbacks,
+            &state.callback_resolver,
+        )
+        .await
+        .map_err(ApiError::InvalidRequest)?;
+        crate::core::webhook_secrets::require(&state, holder.user_id).await?;
     }
     let hold = route
         .pricing

@@ -17,3 +17,4 @@ pub mod statistics;
 pub mod throttle;
 pub mod tokens;
 pub mod users;
+pub mod webhook_secrets;

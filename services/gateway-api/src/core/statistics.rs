@@ -337,7 +337,12 @@ pub async fn spend(
     to: Option<NaiveDate>,
 ) -> Result<SpendView, ApiError> {
     let to = to.unwrap_or_else(|| Utc::now().date_naive());
-    let from = from.unwrap_or(to - TimeDelta::days(DEFAULT_SPEND_DAYS - 1));
+    let from = match from {
+        Some(from) => from,
+        None => to
+            .checked_sub_signed(TimeDelta::days(DEFAULT_SPEND_DAYS - 1))
+            .ok_or_else(|| ApiError::invalid("to is out of range"))?,
+    };
     if from > to {
         return Err(ApiError::invalid("from must not be after to"));
     }
@@ -509,11 +514,11 @@ pub async fn overview(
     let from = match from {
         Some(from) => from,
         // The current bucket and the ones before it.
-        None => {
-            to.duration_trunc(bucket.width())
-                .map_err(|_| ApiError::invalid("to is out of range"))?
-                - bucket.width() * (bucket.default_count() - 1)
-        }
+        None => to
+            .duration_trunc(bucket.width())
+            .ok()
+            .and_then(|end| end.checked_sub_signed(bucket.width() * (bucket.default_count() - 1)))
+            .ok_or_else(|| ApiError::invalid("to is out of range"))?,
     };
     if from >= to {
         return Err(ApiError::invalid("from must be before to"));
@@ -551,8 +556,10 @@ pub async fn overview(
     drop(conn);
     let (invocation_queue, billing_queue) = broker_depths(state).await;
     let buckets = (0..count)
-        .map(|i| {
-            let at = start + bucket.width() * i32::try_from(i).unwrap_or(i32::MAX);
+        .map_while(|i| {
+            start.checked_add_signed(bucket.width() * i32::try_from(i).unwrap_or(i32::MAX))
+        })
+        .map(|at| {
             let billed = spend.get(&at);
             let counted = calls.get(&at);
             let answered = counted.map_or(0, |c| {

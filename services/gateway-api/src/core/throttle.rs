@@ -2,9 +2,10 @@
 //! exponential backoff (failed logins per account and per address, registrations per address),
 //! the cap on password hashes running at once, and the client address behind trusted proxies.
 //!
-//! The throttles live in this process's memory: each replica counts on its own (an attacker
-//! spread over N replicas gets N times the free attempts) and a restart, kill -9 included,
-//! forgets them. docs/SECURITY.md states what that costs.
+//! Failed sign-ins per account are counted in Postgres, so every replica sees the same count
+//! and a restart forgets nothing. The per-address throttles (sign-ins and registrations) live in
+//! this process's memory: each replica counts on its own (an address spread over N replicas
+//! gets N times its free attempts) and a restart forgets them. docs/SECURITY.md states why.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -14,24 +15,79 @@ use std::time::{Duration, Instant};
 use actix_web::HttpRequest;
 use ipnet::IpNet;
 
+use persistence::AsyncPgConnection;
+use persistence::login_failures::{self, Attempts};
+
 use crate::error::{ApiError, Limited};
 use crate::settings::AbuseSettings;
 
-/// Counts attempts per key; the `free`-th attempt and each one after it (the n-th) block the
-/// key for `base * 2^(n - free)`, at most `max`. A key left alone for `forget_after` starts over.
-pub struct Throttle {
+/// The backoff rule of every throttle: the `free`-th attempt on a key and each one after it (the
+/// n-th) block the key for `base * 2^(n - free)`, at most `max`; a key left alone for
+/// `forget_after` starts over. Written once, for the throttles in memory ([`Throttle`]) and the
+/// one in Postgres ([`SharedThrottle`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Backoff {
     free: u32,
     base: Duration,
     max: Duration,
     forget_after: Duration,
-    entries: Mutex<HashMap<String, Attempts>>,
 }
 
-#[derive(Clone, Copy)]
-struct Attempts {
-    count: u32,
-    blocked_until: Option<Instant>,
-    last: Instant,
+impl Backoff {
+    pub fn new(free: u32, base: Duration, max: Duration, forget_after: Duration) -> Backoff {
+        Backoff {
+            free,
+            base,
+            max,
+            forget_after,
+        }
+    }
+
+    /// The key's record after one more attempt at `now`; `Err(wait)` while the key is blocked,
+    /// and then nothing is counted.
+    pub fn next(&self, before: Option<Attempts>, now: u64) -> Result<Attempts, Duration> {
+        let mut count = 0;
+        if let Some(before) = before {
+            if let Some(until) = before.blocked_until.filter(|until| *until > now) {
+                return Err(Duration::from_millis(until - now));
+            }
+            if u128::from(now.saturating_sub(before.last)) < self.forget_after.as_millis() {
+                count = before.count;
+            }
+        }
+        let count = count.saturating_add(1);
+        Ok(Attempts {
+            count,
+            blocked_until: self.block_for(count).map(|wait| {
+                now.saturating_add(u64::try_from(wait.as_millis()).unwrap_or(u64::MAX))
+            }),
+            last: now,
+        })
+    }
+
+    /// The record after one attempt is taken back (it succeeded, but the key keeps the rest).
+    pub fn forgive_one(&self, mut attempts: Attempts) -> Attempts {
+        attempts.count = attempts.count.saturating_sub(1);
+        if self.block_for(attempts.count).is_none() {
+            attempts.blocked_until = None;
+        }
+        attempts
+    }
+
+    /// The block that the `count`-th attempt puts on its key.
+    fn block_for(&self, count: u32) -> Option<Duration> {
+        let over = count.checked_sub(self.free.max(1))?;
+        let factor = 2u32.saturating_pow(over);
+        Some(self.base.saturating_mul(factor).min(self.max))
+    }
+}
+
+/// Counts attempts per key in this process's memory, by the rule of [`Backoff`].
+pub struct Throttle {
+    backoff: Backoff,
+    /// The zero of this throttle's clock.
+    epoch: Instant,
+    entries: Mutex<HashMap<String, Attempts>>,
 }
 
 impl Throttle {
@@ -39,12 +95,10 @@ impl Throttle {
     /// is not tracked (memory stays bounded; see docs/SECURITY.md).
     const CAPACITY: usize = 100_000;
 
-    pub fn new(free: u32, base: Duration, max: Duration, forget_after: Duration) -> Throttle {
+    pub fn new(backoff: Backoff) -> Throttle {
         Throttle {
-            free,
-            base,
-            max,
-            forget_after,
+            backoff,
+            epoch: Instant::now(),
             entries: Mutex::new(HashMap::new()),
         }
     }
@@ -56,46 +110,29 @@ impl Throttle {
         self.attempt_at(key, Instant::now())
     }
 
+    fn millis(&self, at: Instant) -> u64 {
+        u64::try_from(at.saturating_duration_since(self.epoch).as_millis()).unwrap_or(u64::MAX)
+    }
+
     fn attempt_at(&self, key: &str, now: Instant) -> Result<(), Duration> {
+        let now = self.millis(now);
         let mut entries = self.lock();
         if let Some(entry) = entries.get_mut(key) {
-            if let Some(until) = entry.blocked_until.filter(|until| *until > now) {
-                return Err(until - now);
-            }
-            if now.duration_since(entry.last) >= self.forget_after {
-                entry.count = 0;
-            }
-            entry.count = entry.count.saturating_add(1);
-            entry.last = now;
-            entry.blocked_until = self.block_for(entry.count).map(|wait| now + wait);
+            *entry = self.backoff.next(Some(*entry), now)?;
             return Ok(());
         }
         if entries.len() >= Self::CAPACITY {
-            let forget_after = self.forget_after;
+            let forget_after = self.backoff.forget_after.as_millis();
             entries.retain(|_, e| {
                 e.blocked_until.is_some_and(|until| until > now)
-                    || now.duration_since(e.last) < forget_after
+                    || u128::from(now.saturating_sub(e.last)) < forget_after
             });
             if entries.len() >= Self::CAPACITY {
                 return Ok(());
             }
         }
-        entries.insert(
-            key.to_owned(),
-            Attempts {
-                count: 1,
-                blocked_until: self.block_for(1).map(|wait| now + wait),
-                last: now,
-            },
-        );
+        entries.insert(key.to_owned(), self.backoff.next(None, now)?);
         Ok(())
-    }
-
-    /// The block that the `count`-th attempt puts on its key.
-    fn block_for(&self, count: u32) -> Option<Duration> {
-        let over = count.checked_sub(self.free.max(1))?;
-        let factor = 2u32.saturating_pow(over);
-        Some(self.base.saturating_mul(factor).min(self.max))
     }
 
     /// The attempt succeeded: the key starts over.
@@ -107,10 +144,7 @@ impl Throttle {
     /// other accounts): only this attempt is taken back.
     pub fn forgive_one(&self, key: &str) {
         if let Some(entry) = self.lock().get_mut(key) {
-            entry.count = entry.count.saturating_sub(1);
-            if self.block_for(entry.count).is_none() {
-                entry.blocked_until = None;
-            }
+            *entry = self.backoff.forgive_one(*entry);
         }
     }
 
@@ -122,11 +156,47 @@ impl Throttle {
     }
 }
 
+/// Counts attempts per key in Postgres (`login_failures`), by the rule of [`Backoff`] on the
+/// database's clock, so every gateway replica sees the same count: used for failed sign-ins per
+/// account. Costs one short transaction per attempt (an attempt also costs a bcrypt hash) and
+/// one statement per success.
+pub struct SharedThrottle {
+    backoff: Backoff,
+}
+
+impl SharedThrottle {
+    pub fn new(backoff: Backoff) -> SharedThrottle {
+        SharedThrottle { backoff }
+    }
+
+    /// Like [`Throttle::attempt`], across replicas: the key's row is locked while it is
+    /// counted. `Ok(Err(wait))` when the key is blocked.
+    pub async fn attempt(
+        &self,
+        conn: &mut AsyncPgConnection,
+        key: &str,
+    ) -> Result<Result<(), Duration>, ApiError> {
+        let backoff = self.backoff;
+        Ok(
+            login_failures::attempt(conn, key, backoff.forget_after, |before, now| {
+                backoff.next(before, now)
+            })
+            .await?,
+        )
+    }
+
+    /// The attempt succeeded: the key starts over, on every replica.
+    pub async fn clear(&self, conn: &mut AsyncPgConnection, key: &str) -> Result<(), ApiError> {
+        login_failures::clear(conn, key).await?;
+        Ok(())
+    }
+}
+
 /// Every defence of this module, built from `[abuse]`.
 pub struct Guards {
     pub hashes: HashGate,
-    /// Failed logins per account (the normalised email).
-    pub login_accounts: Throttle,
+    /// Failed logins per account (the normalised email), shared by every replica.
+    pub login_accounts: SharedThrottle,
     /// Failed logins per client address.
     pub login_addresses: Throttle,
     pub registrations: Throttle,
@@ -138,7 +208,7 @@ impl Guards {
         let forget_after = Duration::from_secs(settings.forget_after_seconds);
         let max = Duration::from_millis(settings.backoff_max_ms);
         let login = |free| {
-            Throttle::new(
+            Backoff::new(
                 free,
                 Duration::from_millis(settings.backoff_base_ms),
                 max,
@@ -150,14 +220,14 @@ impl Guards {
                 settings.hashes_in_flight,
                 Duration::from_millis(settings.hash_wait_ms),
             ),
-            login_accounts: login(settings.failures_per_account),
-            login_addresses: login(settings.failures_per_address),
-            registrations: Throttle::new(
+            login_accounts: SharedThrottle::new(login(settings.failures_per_account)),
+            login_addresses: Throttle::new(login(settings.failures_per_address)),
+            registrations: Throttle::new(Backoff::new(
                 settings.registrations_per_address,
                 Duration::from_millis(settings.registration_backoff_base_ms),
                 max.max(Duration::from_millis(settings.registration_backoff_base_ms)),
                 forget_after,
-            ),
+            )),
             // Checked by `Settings::validate`.
             trusted_proxies: parse_trusted_proxies(&settings.trusted_proxies).unwrap_or_default(),
         }
@@ -288,12 +358,12 @@ mod tests {
     use super::*;
 
     fn throttle() -> Throttle {
-        Throttle::new(
+        Throttle::new(Backoff::new(
             3,
             Duration::from_secs(1),
             Duration::from_secs(8),
             Duration::from_secs(600),
-        )
+        ))
     }
 
     #[test]

@@ -8,12 +8,12 @@ use utoipa::ToSchema;
 use crate::auth::SessionUser;
 use crate::core::access_keys::AccessKeyInput;
 use crate::core::statistics::{self, SpendView};
-use crate::core::{access_keys, orders};
+use crate::core::{access_keys, orders, webhook_secrets};
 use crate::error::{ApiError, ErrorBody};
 use crate::state::AppState;
 use crate::views::{
     AccessKeyView, CreatedAccessKeyView, LedgerEntryView, ListQuery, ListResponse, OrderView,
-    SpendQuery, UsageLogView, UserView,
+    SpendQuery, UsageLogView, UserView, WebhookSecretStatusView, WebhookSecretView,
 };
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
@@ -24,6 +24,11 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             "/v1/me/access-keys/{id}",
             web::delete().to(revoke_access_key),
         )
+        .route(
+            "/v1/me/webhook-secret",
+            web::post().to(rotate_webhook_secret),
+        )
+        .route("/v1/me/webhook-secret", web::get().to(webhook_secret))
         .route("/v1/me/orders", web::post().to(create_order))
         .route("/v1/me/orders", web::get().to(list_orders))
         .route("/v1/me/ledger", web::get().to(ledger))
@@ -75,6 +80,33 @@ pub async fn revoke_access_key(
 ) -> Result<HttpResponse, ApiError> {
     access_keys::revoke(&state, session.0.id, id.into_inner()).await?;
     Ok(HttpResponse::NoContent().finish())
+}
+
+/// Create or rotate the signing secret of the user's job webhooks. The secret is in this
+/// response only; the one before stops signing at once (webhooks still queued are signed with
+/// the new one when they are sent).
+#[utoipa::path(post, path = "/v1/me/webhook-secret", tag = "me", security(("token" = [])),
+    responses((status = 201, body = WebhookSecretView), (status = 401, body = ErrorBody)))]
+pub async fn rotate_webhook_secret(
+    state: web::Data<AppState>,
+    session: SessionUser,
+) -> Result<HttpResponse, ApiError> {
+    let (secret, created_at) = webhook_secrets::rotate(&state, session.0.id).await?;
+    Ok(HttpResponse::Created().json(WebhookSecretView { secret, created_at }))
+}
+
+/// Whether the user has a webhook signing secret, and since when; never the secret.
+#[utoipa::path(get, path = "/v1/me/webhook-secret", tag = "me", security(("token" = [])),
+    responses((status = 200, body = WebhookSecretStatusView), (status = 401, body = ErrorBody)))]
+pub async fn webhook_secret(
+    state: web::Data<AppState>,
+    session: SessionUser,
+) -> Result<HttpResponse, ApiError> {
+    let created_at = webhook_secrets::created_at(&state, session.0.id).await?;
+    Ok(HttpResponse::Ok().json(WebhookSecretStatusView {
+        exists: created_at.is_some(),
+        created_at,
+    }))
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
