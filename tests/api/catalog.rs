@@ -4,7 +4,7 @@ use std::str::FromStr;
 
 use bigdecimal::BigDecimal;
 use diesel_async::RunQueryDsl;
-use integration_tests::{ADMIN_EMAIL, Credential, TestApp, spawn_app};
+use integration_tests::{ADMIN_EMAIL, Credential, TestApp, ids, spawn_app};
 use reqwest::Method;
 use serde_json::{Value, json};
 
@@ -99,14 +99,6 @@ async fn admin_lists_users_newest_first_with_pagination() {
     assert_eq!(second["role"], "user");
     assert_eq!(third["role"], "admin");
 
-    let ids = |list: &Value| -> Vec<i64> {
-        list["data"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|u| u["id"].as_i64().unwrap())
-            .collect()
-    };
     let all = app.get("/v1/admin/users", app.admin_token()).await;
     let all = all.assert_status(200);
     assert_eq!(all["total"], 4);

@@ -119,13 +119,15 @@ async fn a_user_and_an_admin_use_the_console_in_chromium() {
         String::from_utf8_lossy(&output.stderr)
     );
     // What the browser did is what the database holds: the 25 top-up credited once on top of
-    // the setup's 10, one playground call and one image job charged, the admin's adjustment
-    // credited, the books balanced.
+    // the setup's 10 (the order of 3 failed, credited nothing), one playground call and one
+    // image job charged, the admin's adjustment credited, the books balanced.
     let orders = app.get("/v1/me/orders", &setup.token).await;
     let orders = &orders.assert_status(200)["data"];
-    assert_eq!(orders.as_array().unwrap().len(), 1);
-    assert_eq!(orders[0]["status"], "COMPLETED");
-    let amount: bigdecimal::BigDecimal = orders[0]["amount"].as_str().unwrap().parse().unwrap();
+    assert_eq!(orders.as_array().unwrap().len(), 2);
+    assert_eq!(orders[0]["status"], "FAILED");
+    assert_eq!(orders[0]["amount"], "3");
+    assert_eq!(orders[1]["status"], "COMPLETED");
+    let amount: bigdecimal::BigDecimal = orders[1]["amount"].as_str().unwrap().parse().unwrap();
     assert_eq!(amount, "25".parse::<bigdecimal::BigDecimal>().unwrap());
     let usage = eventually(15, || async {
         let rows = app.usage_of(setup.user_id).await;

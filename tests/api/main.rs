@@ -9,6 +9,7 @@ mod bad_input;
 mod catalog;
 mod chat;
 mod console;
+mod console_data;
 mod embeddings;
 mod health;
 mod hostile_text;

@@ -80,6 +80,7 @@ async function signIn(page, email, password) {
 }
 
 const browser = await chromium.launch({ executablePath: '/usr/bin/chromium', headless: true, args: ['--no-sandbox'] });
+const failing = [];
 try {
   const userToken = await tokenOf(env('USER_EMAIL'), env('USER_PASSWORD'));
   const adminToken = await tokenOf(env('ADMIN_EMAIL'), env('ADMIN_PASSWORD'));
@@ -87,6 +88,7 @@ try {
   // A wrong password shows the API's message.
   const userContext = await browser.newContext({ viewport: { width: 1200, height: 800 } });
   const user = await userContext.newPage();
+  failing.push(['user', user]);
   const pageErrors = [];
   user.on('pageerror', (e) => pageErrors.push(String(e)));
   await user.goto(`${BASE}/`);
@@ -155,6 +157,7 @@ try {
   // The admin completes it.
   const adminContext = await browser.newContext({ viewport: { width: 1200, height: 800 } });
   const admin = await adminContext.newPage();
+  failing.push(['admin', admin]);
   admin.on('pageerror', (e) => pageErrors.push(String(e)));
   await signIn(admin, env('ADMIN_EMAIL'), env('ADMIN_PASSWORD'));
   await visit(admin, '#/admin/orders', 'Orders');
@@ -163,6 +166,16 @@ try {
   await admin.getByRole('row', { name: new RegExp(`${orderNo}.*COMPLETED`) }).waitFor();
   const done = (await api('GET', '/v1/admin/orders', adminToken)).data.find((o) => o.order_no === orderNo);
   assert.equal(done.status, 'COMPLETED');
+  // Another order, failed: FAILED in the API, and nothing credited.
+  const unpaid = await api('POST', '/v1/me/orders', userToken, { amount: '3' });
+  const balanceBefore = (await api('GET', '/v1/me', userToken)).balance;
+  await admin.reload();
+  await admin.getByRole('button', { name: `Fail order ${unpaid.order_no}` }).click();
+  await admin.getByRole('row', { name: new RegExp(`${unpaid.order_no}.*FAILED`) }).waitFor();
+  const failed = (await api('GET', '/v1/admin/orders', adminToken)).data.find((o) => o.order_no === unpaid.order_no);
+  assert.equal(failed.status, 'FAILED');
+  assert.equal((await api('GET', '/v1/me', userToken)).balance, balanceBefore);
+  await audit(admin, 'admin orders after failing');
   await shot(admin, 'admin-orders');
 
   // The balance the user's page shows is the API's.
@@ -175,7 +188,7 @@ try {
   // The playground streams an answer with the key just created, then shows its cost.
   await visit(user, '#/playground', 'Playground');
   assert.equal(await user.getByLabel('Access key').inputValue(), secret);
-  await user.getByLabel('Model').fill(MODEL);
+  await user.getByLabel('Model', { exact: true }).fill(MODEL);
   await user.getByLabel('Message').fill('Say hello to the console');
   await user.getByRole('button', { name: 'Send' }).click();
   await user.locator('#answer').filter({ hasText: /\S/ }).waitFor();
@@ -187,37 +200,75 @@ try {
   await audit(user, 'playground');
   await shot(user, 'playground');
 
-  // An image job: submitted from the page, shown completed with its images, as the API holds it.
-  await visit(user, '#/jobs', 'Jobs');
+  // An image job from the playground: its image and its cost shown, as the API holds them.
   await user.getByLabel('Image model').fill('demo-image');
-  await user.getByLabel('Prompt').fill('a red fox');
-  await user.getByRole('button', { name: 'Submit image job' }).click();
-  await user.getByRole('status').filter({ hasText: /^Job / }).waitFor({ timeout: 40000 });
+  await user.getByLabel('Image prompt').fill('a red fox');
+  await user.getByRole('button', { name: 'Generate' }).click();
+  const jobText = await user.getByRole('status').filter({ hasText: /^Job .*cost/ }).textContent({ timeout: 40000 });
   const jobs = (await api('GET', '/v1/jobs', secret)).data;
   assert.equal(jobs.length, 1, JSON.stringify(jobs));
   assert.equal(jobs[0].status, 'COMPLETED', JSON.stringify(jobs[0]));
+  assert.equal(jobText, `Job ${jobs[0].job_id.slice(0, 8)}: COMPLETED, cost ${jobs[0].cost}.`);
+  await user.getByRole('img', { name: `image 1 of job ${jobs[0].job_id.slice(0, 8)}` }).waitFor();
+  await audit(user, 'playground image');
+  await shot(user, 'playground-image');
+  // The jobs screen lists it with its image.
+  await visit(user, '#/jobs', 'Jobs');
   await user.getByRole('row', { name: new RegExp(`${jobs[0].job_id.slice(0, 8)}.*demo-image.*COMPLETED`) }).waitFor();
   assert.equal(await user.getByRole('img', { name: `image 1 of job ${jobs[0].job_id.slice(0, 8)}` }).count(), 1);
   await audit(user, 'jobs');
   await shot(user, 'jobs');
 
   // The usage log lists it and exports it as CSV; the ledger has the top-up and the charge.
+  // Filters go to the API: what the page counts is what the API answers for the same filter.
   await visit(user, '#/usage', 'Usage');
   await user.getByRole('cell', { name: MODEL, exact: true }).first().waitFor();
-  await user.getByLabel('Model').selectOption(MODEL);
-  await user.getByRole('status').filter({ hasText: `1 calls, ${usage[0].cost} spent` }).waitFor();
+  const matches = async (label) => {
+    const text = await user.getByRole('status').filter({ hasText: 'calls match' }).textContent();
+    return Number(text.match(/^(\d+) calls match/)[1]);
+  };
+  const applied = async (query, expect) => {
+    await user.getByRole('button', { name: 'Apply' }).click();
+    await user.getByRole('status').filter({ hasText: `${expect} calls match` }).waitFor();
+    assert.equal((await api('GET', `/v1/me/usage?${query}`, userToken)).total, expect, query);
+  };
+  assert.equal(await matches(), 2, 'the chat call and the image job');
+  await user.getByLabel('Model', { exact: true }).fill(MODEL);
+  await applied(`model=${MODEL}`, 1);
+  await user.getByLabel('Status').selectOption('overrun');
+  await applied(`model=${MODEL}&status=overrun`, 0);
+  await user.getByRole('paragraph').filter({ hasText: 'No calls match.' }).waitFor();
+  await user.getByLabel('Status').selectOption('charged');
+  const today = new Date().toISOString().slice(0, 10);
+  await user.getByLabel('From').fill(today);
+  await user.getByLabel('To').fill(today);
+  await applied(`model=${MODEL}&status=charged&from=${today}T00:00:00Z`, 1);
+  await user.getByLabel('Key').selectOption({ label: 'console key' });
+  await applied(`model=${MODEL}&status=charged&access_key_id=${created.id}`, 1);
   const [download] = await Promise.all([user.waitForEvent('download'), user.getByRole('button', { name: 'Export CSV' }).click()]);
   const csv = readFileSync(await download.path(), 'utf8');
-  assert.ok(csv.startsWith('created_at,request_id,model'), csv);
-  assert.ok(csv.includes(usage[0].request_id) && csv.includes(usage[0].cost), csv);
+  assert.ok(csv.startsWith('created_at,request_id,access_key_id,model'), csv);
+  assert.equal(csv.trim().split('\n').length, 2, `the export holds the filtered rows: ${csv}`);
+  assert.ok(csv.includes(usage[0].request_id) && csv.includes(usage[0].cost) && csv.includes(',charged'), csv);
+  await user.getByLabel('Model', { exact: true }).fill('demo-image');
+  await applied(`model=demo-image&access_key_id=${created.id}`, 1);
   await audit(user, 'usage');
   await visit(user, '#/ledger', 'Ledger');
   await user.getByRole('cell', { name: 'charge', exact: true }).first().waitFor();
   await user.getByRole('cell', { name: 'topup', exact: true }).first().waitFor();
   await audit(user, 'ledger');
+  // The overview charts spend per day and model; its numbers are the API's.
   await visit(user, '#/', 'Overview');
-  await user.getByText('Spend per model').waitFor();
+  await user.getByRole('img', { name: /Spend per day and model/ }).waitFor();
   await user.getByRole('listitem').filter({ hasText: MODEL }).waitFor();
+  const spend = await api('GET', '/v1/me/spend', userToken);
+  assert.equal((await user.locator('#spend').textContent()).trim(), spend.total.spend);
+  assert.equal(spend.total.calls, 2);
+  await user.getByRole('cell', { name: spend.models.find((m) => m.model === MODEL).spend, exact: true }).first().waitFor();
+  assert.ok(await user.locator('svg.chart rect').count() >= 1, 'the chart has bars');
+  await user.getByText('Spend per day and model: the numbers').click();
+  await user.getByRole('region', { name: 'Spend per day and model' }).getByRole('columnheader', { name: MODEL }).waitFor();
+  await audit(user, 'overview chart');
   await shot(user, 'console');
 
   // Users: a balance adjustment with its reason, and disabling a user, both as the API holds them.
@@ -275,7 +326,27 @@ try {
     await audit(admin, heading);
   }
   await admin.getByText('…-key').first().waitFor();
+  // A provider key tested from its row.
+  await admin.getByRole('button', { name: 'Test key -key' }).first().click();
+  const tested = await admin.getByRole('status').filter({ hasText: /HTTP/ }).first().textContent({ timeout: 15000 });
+  assert.match(tested, /^works HTTP 200 in \d+ ms$/, tested);
+  await audit(admin, 'provider key tested');
   await shot(admin, 'admin-providers');
+
+  // The platform overview: charts over time, the calls the API counts, the queues now.
+  await visit(admin, '#/admin/overview', 'Platform');
+  await admin.getByRole('img', { name: /Calls by outcome/ }).waitFor();
+  await admin.getByRole('img', { name: /Queue depths/ }).waitFor();
+  const overview = await api('GET', '/v1/admin/overview?bucket=hour', adminToken);
+  const counted = overview.buckets.reduce((t, b) => t + b.ok + b.client_errors + b.provider_errors + b.refused, 0);
+  assert.ok(counted >= 2, `the chat call and the image job are counted: ${counted}`);
+  assert.equal((await admin.locator('#overview-calls').textContent()).trim(), String(counted));
+  assert.equal((await admin.locator('#now-pending_jobs').textContent()).trim(), String(overview.current.pending_jobs));
+  await admin.getByLabel('Buckets').selectOption('day');
+  await admin.getByRole('button', { name: 'Show' }).click();
+  await admin.getByRole('img', { name: /Spend/ }).first().waitFor();
+  await audit(admin, 'platform overview');
+  await shot(admin, 'admin-overview');
 
   // A phone-sized screen.
   await user.setViewportSize({ width: 390, height: 844 });
@@ -288,6 +359,10 @@ try {
   assert.deepEqual(pageErrors, [], 'no script errors');
   assert.deepEqual(violations, [], 'axe: serious or critical violations');
   console.log('console e2e passed');
+} catch (error) {
+  // What each page showed when the flow failed, kept with the other screenshots.
+  for (const [name, page] of failing) await shot(page, `failed-${name}`).catch(() => {});
+  throw error;
 } finally {
   await browser.close();
 }

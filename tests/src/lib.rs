@@ -9,7 +9,7 @@ use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use gateway_api::Settings;
 use gateway_api::settings::{
     AbuseSettings, AuthSettings, BootstrapSettings, CallSettings, OrderSettings, SecuritySettings,
-    ServerSettings,
+    ServerSettings, StatsSettings,
 };
 use messaging::BrokerSettings;
 use persistence::DatabaseSettings;
@@ -121,6 +121,12 @@ pub fn test_settings(database_url: String) -> Settings {
             lease_idle_ms: 5_000,
             key_cache_ttl_ms: 1000,
             holds_in_flight: 1,
+        },
+        // Statistics written soon after the calls, so tests see them within a poll or two.
+        stats: StatsSettings {
+            flush_ms: 200,
+            sample_ms: 1000,
+            retention_days: 30,
         },
     }
 }
@@ -579,6 +585,16 @@ impl InvocationWorker {
             .unwrap();
         Running::spawn(|stopped| async move { worker.run_until(stopped).await.unwrap() })
     }
+}
+
+/// The `id`s of a list answer's rows, in order.
+pub fn ids(list: &Value) -> Vec<i64> {
+    list["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|row| row["id"].as_i64().unwrap())
+        .collect()
 }
 
 /// Polls `check` until it returns `Some`, for up to `seconds`; never a fixed sleep.

@@ -57,4 +57,4 @@ pub use messages::{BillingBatch, BillingMessage, InvocationMessage};
 pub use money::{Money, MoneyError};
 pub use pricing::{ModelKind, PriceTier, Pricing, PricingError, Usage};
 pub use provider::ProviderKind;
-pub use status::{JobStatus, OrderStatus, Role, UnknownVariant, UserStatus};
+pub use status::{JobStatus, OrderStatus, Role, UnknownVariant, UsageStatus, UserStatus};

@@ -38,6 +38,18 @@ pub enum UserStatus {
 
 text_enum!(UserStatus, "user status", { Active => "active", Disabled => "disabled" });
 
+/// What became of a billed call's price: `charged` in full from its reservation, or an
+/// `overrun` (it priced above what its reservation covered, so it took at most what was free of
+/// the balance beside it; see API.md's Overrun).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum UsageStatus {
+    Charged,
+    Overrun,
+}
+
+text_enum!(UsageStatus, "usage status", { Charged => "charged", Overrun => "overrun" });
+
 /// A top-up order: PENDING until completed (credited once) or failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
@@ -136,6 +148,7 @@ mod tests {
         check(UserStatus::ALL);
         check(OrderStatus::ALL);
         check(JobStatus::ALL);
+        check(UsageStatus::ALL);
         assert_eq!(OrderStatus::Pending.as_str(), "PENDING");
         assert_eq!(JobStatus::Processing.as_str(), "PROCESSING");
         assert_eq!(

@@ -143,9 +143,13 @@ const MODELS: &str = r#"{"object":"list","data":[
 {"id":"gpt-4o","object":"model","created":1715367049,"owned_by":"mock-llm"},
 {"id":"dall-e-3","object":"model","created":1698785189,"owned_by":"mock-llm"}]}"#;
 
-/// Any model name is answered; this list only serves clients that look before they call.
-async fn models(request: HttpRequest) -> Result<HttpResponse, MockError> {
-    bearer_key(&request).ok_or(MockError::MissingKey)?;
+/// Any model name is answered; this list only serves clients that look before they call (and
+/// key checks: the key may come as a bearer or as `x-api-key`, and its faults apply).
+async fn models(request: HttpRequest, state: web::Data<State>) -> Result<HttpResponse, MockError> {
+    let key = bearer_key(&request)
+        .or_else(|| api_key(&request))
+        .ok_or(MockError::MissingKey)?;
+    crate::faults::before_answer(&state.config, key).await?;
     Ok(HttpResponse::Ok()
         .content_type("application/json")
         .body(MODELS))

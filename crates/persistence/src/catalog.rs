@@ -245,6 +245,17 @@ pub async fn list_provider_keys(
     Ok(Paged { rows, total })
 }
 
+pub async fn find_provider_key(
+    conn: &mut AsyncPgConnection,
+    id: i64,
+) -> Result<ProviderKey, StoreError> {
+    Ok(provider_keys::table
+        .find(id)
+        .select(ProviderKey::as_select())
+        .first(conn)
+        .await?)
+}
+
 pub async fn update_provider_key(
     conn: &mut AsyncPgConnection,
     id: i64,

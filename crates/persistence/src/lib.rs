@@ -18,6 +18,7 @@ mod page;
 mod pool;
 mod prepared;
 pub mod schema;
+pub mod stats;
 pub mod stored;
 #[cfg(feature = "testing")]
 pub mod testing;

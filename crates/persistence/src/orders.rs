@@ -163,6 +163,35 @@ pub async fn complete(
     .await
 }
 
+/// Fails a PENDING order (the payment did not happen) exactly once: a conditional UPDATE from
+/// PENDING, so of concurrent callers (or a completion racing it) one wins and the others find it
+/// no longer PENDING (`StateConflict`). Nothing is credited.
+pub async fn fail(conn: &mut AsyncPgConnection, order_no: &str) -> Result<Order, StoreError> {
+    let updated = diesel::update(
+        orders::table
+            .filter(orders::order_no.eq(order_no))
+            .filter(orders::status.eq(OrderStatus::Pending.as_str())),
+    )
+    .set((
+        orders::status.eq(OrderStatus::Failed.as_str()),
+        orders::updated_at.eq(Utc::now()),
+    ))
+    .returning(Order::as_returning())
+    .get_result(conn)
+    .await
+    .optional()?;
+    match updated {
+        Some(order) => Ok(order),
+        None => {
+            let current = find_by_no(conn, order_no).await?;
+            Err(StoreError::StateConflict(format!(
+                "order {order_no} is {}, not PENDING",
+                current.status
+            )))
+        }
+    }
+}
+
 pub async fn list(
     conn: &mut AsyncPgConnection,
     user_id: Option<i64>,

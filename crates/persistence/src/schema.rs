@@ -215,6 +215,28 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    call_stats (minute) {
+        minute -> Timestamptz,
+        ok -> Int8,
+        client_errors -> Int8,
+        provider_errors -> Int8,
+        refused -> Int8,
+        latency_ms_sum -> Int8,
+        latency_ms_max -> Int8,
+    }
+}
+
+diesel::table! {
+    queue_samples (sampled_at) {
+        sampled_at -> Timestamptz,
+        invocation_queue -> Nullable<Int8>,
+        billing_queue -> Nullable<Int8>,
+        outbox -> Int8,
+        pending_jobs -> Int8,
+    }
+}
+
 diesel::joinable!(provider_keys -> providers (provider_id));
 diesel::joinable!(llm_models -> providers (provider_id));
 diesel::joinable!(model_routes -> providers (provider_id));
@@ -244,4 +266,6 @@ diesel::allow_tables_to_appear_in_same_query!(
     webhook_deliveries,
     webhook_secrets,
     login_failures,
+    call_stats,
+    queue_samples,
 );

@@ -342,23 +342,31 @@ impl UpstreamClient {
         path: &str,
         request: &Map<String, Value>,
     ) -> reqwest::RequestBuilder {
-        let builder = self.http.post(target.endpoint(path));
-        match target.kind {
-            ProviderKind::OpenAi => builder.bearer_auth(&target.api_key),
-            ProviderKind::Anthropic => {
-                // Marked sensitive like bearer_auth's header, so no debug output shows it; a key
-                // that is no valid header value fails at send, as a configuration error.
-                let builder = match HeaderValue::from_str(&target.api_key) {
-                    Ok(mut key) => {
-                        key.set_sensitive(true);
-                        builder.header("x-api-key", key)
-                    }
-                    Err(_) => builder.header("x-api-key", target.api_key.as_str()),
-                };
-                builder.header("anthropic-version", anthropic::API_VERSION)
-            }
-        }
-        .json(request)
+        authenticated(self.http.post(target.endpoint(path)), target).json(request)
+    }
+
+    /// Lists the provider's models with the target's key: the smallest request both kinds
+    /// serve (`GET /models`; it costs no tokens), to learn whether the key works. Bounded by
+    /// `timeout`; the body is read (at most 1 MiB) and must be a JSON object. Returns the
+    /// provider's (2xx) status.
+    pub async fn list_models(
+        &self,
+        target: &Target,
+        timeout: Duration,
+    ) -> Result<u16, UpstreamError> {
+        let exchange = async {
+            let response = authenticated(self.http.get(target.endpoint("models")), target)
+                .send()
+                .await
+                .map_err(UpstreamError::from_reqwest)?;
+            let response = ensure_success(response).await?;
+            let status = response.status().as_u16();
+            let body = read_capped(response, 1024 * 1024).await?;
+            parse_object(&body).map(|_| status)
+        };
+        tokio::time::timeout(timeout, exchange)
+            .await
+            .map_err(|_| UpstreamError::Timeout)?
     }
 
     /// POSTs a streaming request; returns its body's chunks once the upstream answered 2xx
@@ -408,6 +416,26 @@ impl UpstreamClient {
         tokio::time::timeout(self.total_timeout, exchange)
             .await
             .map_err(|_| UpstreamError::Timeout)?
+    }
+}
+
+/// Authenticates a request as the provider's kind expects: `Authorization: Bearer` (OpenAI) or
+/// `x-api-key` with `anthropic-version` (Anthropic).
+fn authenticated(builder: reqwest::RequestBuilder, target: &Target) -> reqwest::RequestBuilder {
+    match target.kind {
+        ProviderKind::OpenAi => builder.bearer_auth(&target.api_key),
+        ProviderKind::Anthropic => {
+            // Marked sensitive like bearer_auth's header, so no debug output shows it; a key
+            // that is no valid header value fails at send, as a configuration error.
+            let builder = match HeaderValue::from_str(&target.api_key) {
+                Ok(mut key) => {
+                    key.set_sensitive(true);
+                    builder.header("x-api-key", key)
+                }
+                Err(_) => builder.header("x-api-key", target.api_key.as_str()),
+            };
+            builder.header("anthropic-version", anthropic::API_VERSION)
+        }
     }
 }
 

@@ -115,6 +115,17 @@ impl UpstreamError {
         }
     }
 
+    /// The provider's HTTP status, when it answered with an error status.
+    pub fn provider_status(&self) -> Option<u16> {
+        match self {
+            Self::Unauthorized { status }
+            | Self::Server { status }
+            | Self::BadRequest { status, .. } => Some(*status),
+            Self::RateLimited => Some(429),
+            _ => None,
+        }
+    }
+
     /// Short label for metrics.
     pub fn outcome(&self) -> &'static str {
         match self {

@@ -1,7 +1,7 @@
-// The screens of admins: users, orders, models, providers.
+// The screens of admins: the platform overview, users, orders, models, providers.
 
 import { api, get, post } from './api.js';
-import { badge, errorBox, field, form, h, loading, section, show, table, when } from './ui.js';
+import { badge, chart, errorBox, field, form, h, loading, section, show, table, when } from './ui.js';
 
 /// A button that runs `action` and then `after`, showing an error next to itself.
 function action(text, label, run, after, kind = 'secondary') {
@@ -65,11 +65,12 @@ export async function orders(main) {
   const refresh = () => section(list, () => get('/v1/admin/orders?limit=200'), (page) => table('Orders', [
     ['Order', (o) => o.order_no], ['User', (o) => o.user_id, { num: true }], ['Amount', (o) => o.amount, { num: true }],
     ['Status', (o) => badge(o.status)], ['Created', (o) => when(o.created_at)],
-    ['', (o) => (o.status === 'PENDING'
-      ? action('Complete', `Complete order ${o.order_no}`, () => post(`/v1/orders/${encodeURIComponent(o.order_no)}/complete`), refresh, '')
+    ['', (o) => (o.status === 'PENDING' ? h('span', { class: 'row' },
+      action('Complete', `Complete order ${o.order_no}`, () => post(`/v1/orders/${encodeURIComponent(o.order_no)}/complete`), refresh, ''),
+      action('Fail', `Fail order ${o.order_no}`, () => post(`/v1/orders/${encodeURIComponent(o.order_no)}/fail`), refresh, 'danger'))
       : '')],
   ], page.data, 'No orders yet.'));
-  main.append(h('p', { class: 'muted' }, 'Completing an order credits its user once; it stands in for a payment provider\'s callback.'), list);
+  main.append(h('p', { class: 'muted' }, 'Completing an order credits its user once; it stands in for a payment provider\'s callback. Failing it (the payment did not happen) credits nothing.'), list);
   await refresh();
 }
 
@@ -119,8 +120,55 @@ export async function providers(main) {
     table(`Keys of ${p.name}`, [
       ['Name', (k) => k.name ?? ''], ['Key', (k) => h('code', {}, `…${k.key_hint}`)], ['Weight', (k) => k.weight, { num: true }],
       ['Enabled', (k) => (k.enabled ? 'yes' : 'no')], ['Created', (k) => when(k.created_at)],
+      ['Test', (k) => keyTest(k)],
     ], p.keys, 'No keys: calls to this provider cannot be served.')))
     : h('p', { class: 'muted' }, 'No providers yet (POST /v1/admin/providers).')));
+}
+
+/// A button that tests a provider key and shows the outcome beside itself.
+function keyTest(k) {
+  const result = h('span', { role: 'status' });
+  const button = h('button', { type: 'button', class: 'secondary', 'aria-label': `Test key ${k.name || k.key_hint}` }, 'Test');
+  button.addEventListener('click', async () => {
+    button.disabled = true;
+    show(result, ' testing…');
+    try {
+      const t = await post(`/v1/admin/provider-keys/${k.id}/test`);
+      show(result, h('span', { class: `badge ${t.ok ? 'ok' : 'bad'}` }, t.ok ? 'works' : 'fails'),
+        ` HTTP ${t.status ?? '—'} in ${t.latency_ms} ms${t.error ? `: ${t.error}` : ''}`);
+    } catch (error) {
+      show(result, errorBox(error));
+    } finally {
+      button.disabled = false;
+    }
+  });
+  return h('span', { class: 'row' }, button, result);
+}
+
+const QUEUES = [['invocation_queue', 'Invocation queue'], ['billing_queue', 'Billing queue'], ['outbox', 'Billing outbox'], ['pending_jobs', 'Pending jobs']];
+
+/// The platform over time (GET /v1/admin/overview): calls by outcome, spend, latency, queues.
+export async function overview(main) {
+  const out = h('div');
+  const range = form({ class: 'row', 'aria-label': 'Overview range' }, [
+    field('Buckets', { tag: 'select', name: 'bucket', options: [['hour', 'hour (last 24)'], ['day', 'day (last 30)']] }),
+  ], ({ bucket }) => section(out, () => get(`/v1/admin/overview?bucket=${bucket}`), (o) => {
+    const labels = o.buckets.map((b) => (bucket === 'hour' ? b.start.slice(11, 16) : b.start.slice(5, 10)));
+    const of = (name) => o.buckets.map((b) => b[name]);
+    const calls = o.buckets.reduce((t, b) => t + b.ok + b.client_errors + b.provider_errors + b.refused, 0);
+    return [
+      h('div', { class: 'stats' }, h('div', { class: 'card stat' }, h('div', { class: 'label' }, 'Calls in range'), h('div', { class: 'value', id: 'overview-calls' }, String(calls))),
+        QUEUES.map(([name, label]) => h('div', { class: 'card stat' }, h('div', { class: 'label' }, `${label} now`),
+          h('div', { class: 'value', id: `now-${name}` }, String(o.current[name] ?? '—'))))),
+      chart('Calls by outcome', labels, [['ok', 'ok'], ['client_errors', 'client errors'], ['provider_errors', 'provider errors'], ['refused', 'refused']]
+        .map(([name, label]) => ({ name: label, values: of(name) }))),
+      chart('Spend', labels, [{ name: 'spend', values: of('spend') }]),
+      chart('Latency (highest, ms)', labels, [{ name: 'highest', values: of('latency_ms_max').map((v) => v ?? 0) }], { unit: ' ms' }),
+      chart('Queue depths (deepest sample)', labels, QUEUES.map(([name, label]) => ({ name: label, values: o.buckets.map((b) => b.queues[name] ?? 0) }))),
+    ];
+  }), 'Show');
+  main.append(range, out);
+  range.requestSubmit();
 }
 
 /// A filterable admin list (`?user_id=`).

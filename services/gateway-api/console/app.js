@@ -15,6 +15,7 @@ const USER_ROUTES = [
   ['#/jobs', 'Jobs', user.jobs],
 ];
 const ADMIN_ROUTES = [
+  ['#/admin/overview', 'Platform', admin.overview],
   ['#/admin/users', 'Users', admin.users],
   ['#/admin/orders', 'Orders', admin.orders],
   ['#/admin/usage', 'All usage', admin.usage],

@@ -125,3 +125,50 @@ export function download(name, text, type = 'text/csv') {
   a.remove();
   setTimeout(() => URL.revokeObjectURL(url), 1000);
 }
+
+const SVG = 'http://www.w3.org/2000/svg';
+function s(tag, attrs, ...children) {
+  const el = document.createElementNS(SVG, tag);
+  for (const [name, value] of Object.entries(attrs)) el.setAttribute(name, value);
+  el.append(...children);
+  return el;
+}
+/// Series colours, each with at least 3:1 contrast on white.
+const COLOURS = ['#1d4ed8', '#b45309', '#047857', '#b91c1c', '#6d28d9', '#0e7490', '#be185d', '#4d7c0f'];
+
+/// A stacked bar chart drawn as inline SVG: one bar per label, one stack part per series
+/// (`values[i]` numbers or decimal strings, drawn only), with a legend and the same numbers as
+/// a table (the accessible fallback). `format` shows a value in the table and tooltips.
+export function chart(title, labels, series, { format = String, unit = '' } = {}) {
+  const W = 640; const H = 220; const left = 56; const bottom = 22; const top = 8;
+  const totals = labels.map((_, i) => series.reduce((t, x) => t + Number(x.values[i] || 0), 0));
+  const max = Math.max(...totals, 0) || 1;
+  const step = (W - left) / Math.max(labels.length, 1);
+  const y = (v) => top + (H - top - bottom) * (1 - v / max);
+  const svg = s('svg', { viewBox: `0 0 ${W} ${H}`, role: 'img', 'aria-label': `${title} (chart; the table below has the numbers)`, class: 'chart' },
+    s('line', { x1: left, x2: W, y1: y(0), y2: y(0), stroke: '#6b7280' }),
+    s('text', { x: left - 4, y: y(max) + 4, 'text-anchor': 'end', class: 'tick' }, `${+max.toPrecision(3)}${unit}`),
+    s('text', { x: left - 4, y: y(0), 'text-anchor': 'end', class: 'tick' }, `0${unit}`));
+  labels.forEach((label, i) => {
+    let base = 0;
+    series.forEach((x, k) => {
+      const v = Number(x.values[i] || 0);
+      if (v <= 0) return;
+      svg.append(s('rect', { x: left + i * step + step * 0.1, width: Math.max(step * 0.8, 1), y: y(base + v), height: y(base) - y(base + v), fill: COLOURS[k % COLOURS.length] },
+        s('title', {}, `${label} · ${x.name}: ${format(x.values[i])}`)));
+      base += v;
+    });
+    if (labels.length <= 12 || i % Math.ceil(labels.length / 8) === 0) {
+      svg.append(s('text', { x: left + i * step + step / 2, y: H - 6, 'text-anchor': 'middle', class: 'tick' }, label));
+    }
+  });
+  const legend = h('ul', { class: 'legend' }, series.map((x, k) => {
+    const swatch = h('span', { class: 'swatch' });
+    swatch.style.background = COLOURS[k % COLOURS.length]; // CSSOM: allowed by the page's CSP
+    return h('li', {}, swatch, x.name);
+  }));
+  const numbers = table(title, [['When', (i) => labels[i]], ...series.map((x) => [x.name, (i) => format(x.values[i] ?? 0), { num: true }])],
+    labels.map((_, i) => i), 'No data in this range.');
+  return h('figure', { class: 'card' }, h('figcaption', {}, h('h2', {}, title)), svg, legend,
+    h('details', {}, h('summary', {}, `${title}: the numbers`), numbers));
+}

@@ -2,7 +2,7 @@
 
 import { all, api, get, post, session, streamChat } from './api.js';
 import {
-  badge, copy, day, download, errorBox, field, form, h, notice, section, show, sumMoney, table, when,
+  badge, chart, copy, download, errorBox, field, form, h, notice, section, show, table, when,
 } from './ui.js';
 
 export function login(main) {
@@ -32,47 +32,37 @@ const stat = (label, value, id) => h('div', { class: 'card stat' },
   h('div', { class: 'label', id: `${id}-label` }, label),
   h('div', { class: 'value', id, 'aria-labelledby': `${id}-label` }, value));
 
-/// Spend per key of `rows` (usage logs), as labelled bars.
-function bars(title, rows, keyOf) {
-  const totals = new Map();
-  for (const row of rows) totals.set(keyOf(row), sumMoney([totals.get(keyOf(row)) || '0', row.cost]));
-  const entries = [...totals].sort((a, b) => (a[0] < b[0] ? -1 : 1));
-  const max = Math.max(...entries.map(([, v]) => Number(v)), 0);
-  return h('div', { class: 'card' }, h('h2', {}, title), entries.length
-    ? h('div', { class: 'bars', role: 'list' }, entries.map(([name, value]) => {
-      const fill = h('div', { class: 'fill' });
-      fill.style.width = `${max > 0 ? (Number(value) / max) * 100 : 0}%`;
-      return h('div', { class: 'bar', role: 'listitem' }, h('span', {}, name), fill, h('span', { class: 'num' }, value));
-    }))
-    : h('p', { class: 'muted' }, 'No calls in this range.'));
+/// `YYYY-MM-DD` of a Date, in UTC (the API's days are UTC days).
+const isoDay = (d) => d.toISOString().slice(0, 10);
+const daysAgo = (n) => isoDay(new Date(Date.now() - n * 86400000));
+
+/// Spend per UTC day, stacked by model, from GET /v1/me/spend.
+function spendChart(spend) {
+  const days = spend.days.map((d) => d.day);
+  const series = spend.models.map((m) => ({
+    name: m.model,
+    values: days.map((d) => spend.series.find((x) => x.day === d && x.model === m.model)?.spend ?? '0'),
+  }));
+  return [chart('Spend per day and model', days.map((d) => d.slice(5)), series),
+    table('Spend per model', [['Model', (m) => m.model], ['Calls', (m) => m.calls, { num: true }], ['Spend', (m) => m.spend, { num: true }]],
+      spend.models, 'No calls in this range.')];
 }
 
 export async function overview(main) {
-  const body = h('div');
-  main.append(body);
-  await section(body, async () => {
-    const [me, usage] = await Promise.all([get('/v1/me'), all('/v1/me/usage')]);
-    session.setUser(me);
-    return { me, usage };
-  }, ({ me, usage }) => {
-    const charts = h('div');
-    const since = field('Since', { type: 'date', name: 'since' });
-    const draw = () => {
-      const from = since.querySelector('input').value;
-      const rows = usage.filter((r) => !from || day(r.created_at) >= from);
-      show(charts, bars('Spend per day', rows, (r) => day(r.created_at)), bars('Spend per model', rows, (r) => r.model));
-    };
-    since.querySelector('input').addEventListener('change', draw);
-    draw();
-    return [
-      h('div', { class: 'stats' },
-        stat('Balance', me.balance, 'balance'),
-        stat('Total spend (last 1000 calls)', sumMoney(usage.map((r) => r.cost)), 'spend'),
-        stat('Calls', String(usage.length), 'calls')),
-      h('p', {}, h('a', { class: 'button', href: '#/topup' }, 'Top up'), ' ', h('a', { href: '#/keys' }, 'Create an access key')),
-      h('div', { class: 'row' }, since), charts,
-    ];
-  });
+  const me = h('div');
+  const charts = h('div');
+  const range = form({ class: 'row', 'aria-label': 'Spend range' }, [
+    field('From', { type: 'date', name: 'from', value: daysAgo(29) }), field('To', { type: 'date', name: 'to', value: daysAgo(0) }),
+  ], ({ from, to }) => section(charts, () => get(`/v1/me/spend?from=${from}&to=${to}`), (spend) => [
+    h('div', { class: 'stats' }, stat('Spend in range', spend.total.spend, 'spend'), stat('Calls in range', String(spend.total.calls), 'calls')),
+    ...spendChart(spend),
+  ]), 'Show');
+  main.append(me, h('p', {}, h('a', { class: 'button', href: '#/topup' }, 'Top up'), ' ', h('a', { href: '#/keys' }, 'Create an access key')),
+    range, charts);
+  await Promise.all([
+    section(me, () => get('/v1/me'), (user) => { session.setUser(user); return h('div', { class: 'stats' }, stat('Balance', user.balance, 'balance')); }),
+    range.requestSubmit(),
+  ]);
 }
 
 export async function topup(main) {
@@ -169,37 +159,43 @@ export async function keys(main) {
 
 const csvCell = (v) => (/[",\n]/.test(String(v)) ? `"${String(v).replaceAll('"', '""')}"` : String(v));
 
+/// The most rows a CSV export holds (all pages of the filtered list, up to this).
+const EXPORT_MAX = 10000;
+
 export async function usage(main) {
-  const body = h('div');
-  main.append(body);
-  await section(body, () => all('/v1/me/usage'), (rows) => {
-    const models = [...new Set(rows.map((r) => r.model))].sort();
-    const out = h('div');
-    const filters = h('form', { class: 'row', 'aria-label': 'Filter usage' },
-      field('Model', { tag: 'select', name: 'model', options: [['', 'all models'], ...models.map((m) => [m, m])] }),
-      field('From', { type: 'date', name: 'from' }), field('To', { type: 'date', name: 'to' }));
-    let shown = rows;
-    const draw = () => {
-      const f = Object.fromEntries(new FormData(filters).entries());
-      shown = rows.filter((r) => (!f.model || r.model === f.model)
-        && (!f.from || day(r.created_at) >= f.from) && (!f.to || day(r.created_at) <= f.to));
-      show(out, h('p', { class: 'muted', role: 'status' }, `${shown.length} calls, ${sumMoney(shown.map((r) => r.cost))} spent`),
-        table('Usage log', [
-          ['Time', (r) => when(r.created_at)], ['Model', (r) => r.model],
-          ['Prompt', (r) => r.prompt_tokens, { num: true }], ['Completion', (r) => r.completion_tokens, { num: true }],
-          ['Images', (r) => r.images, { num: true }], ['Cost', (r) => r.cost, { num: true }],
-        ], shown, 'No calls match.'));
-    };
-    filters.addEventListener('change', draw);
-    filters.addEventListener('submit', (e) => e.preventDefault());
-    draw();
-    const exportCsv = () => {
-      const head = ['created_at', 'request_id', 'model', 'prompt_tokens', 'completion_tokens', 'images', 'cost'];
-      const lines = [head.join(','), ...shown.map((r) => head.map((c) => csvCell(r[c])).join(','))];
-      download('usage.csv', `${lines.join('\n')}\n`);
-    };
-    return [filters, h('p', {}, h('button', { type: 'button', class: 'secondary', onclick: exportCsv }, 'Export CSV')), out];
-  });
+  const out = h('div');
+  const keys = (await get('/v1/me/access-keys?limit=200').catch(() => ({ data: [] }))).data;
+  let query = '';
+  const filters = form({ class: 'row', 'aria-label': 'Filter usage' }, [
+    field('Key', { tag: 'select', name: 'access_key_id', options: [['', 'all keys'], ...keys.map((k) => [k.id, k.name])] }),
+    field('Model', { name: 'model', placeholder: 'all models' }),
+    field('From', { type: 'date', name: 'from' }), field('To', { type: 'date', name: 'to' }, '(included)'),
+    field('Status', { tag: 'select', name: 'status', options: [['', 'all'], ['charged', 'charged'], ['overrun', 'overrun']] }),
+  ], async (f) => {
+    // Days are UTC days; `to` is the last day shown, so the API's (exclusive) end is the next day.
+    const next = (d) => isoDay(new Date(Date.parse(d) + 86400000));
+    const params = new URLSearchParams(Object.entries({
+      access_key_id: f.access_key_id, model: f.model.trim(), status: f.status,
+      from: f.from && `${f.from}T00:00:00Z`, to: f.to && `${next(f.to)}T00:00:00Z`,
+    }).filter(([, v]) => v));
+    query = params.toString();
+    await section(out, () => get(`/v1/me/usage?limit=100&${query}`), (page) => [
+      h('p', { class: 'muted', role: 'status' }, `${page.total} calls match; the latest ${page.data.length} shown`),
+      table('Usage log', [
+        ['Time', (r) => when(r.created_at)], ['Model', (r) => r.model], ['Key', (r) => keys.find((k) => k.id === r.access_key_id)?.name ?? r.access_key_id ?? '—'],
+        ['Prompt', (r) => r.prompt_tokens, { num: true }], ['Completion', (r) => r.completion_tokens, { num: true }],
+        ['Images', (r) => r.images, { num: true }], ['Cost', (r) => r.cost, { num: true }], ['Status', (r) => r.status],
+      ], page.data, 'No calls match.')]);
+  }, 'Apply');
+  const exportCsv = async () => {
+    const rows = await all(`/v1/me/usage?${query}`, EXPORT_MAX);
+    const head = ['created_at', 'request_id', 'access_key_id', 'model', 'prompt_tokens', 'completion_tokens', 'images', 'cost', 'status'];
+    const lines = [head.join(','), ...rows.map((r) => head.map((c) => csvCell(r[c] ?? '')).join(','))];
+    download('usage.csv', `${lines.join('\n')}\n`);
+  };
+  main.append(filters, h('p', {}, h('button', { type: 'button', class: 'secondary', onclick: exportCsv }, 'Export CSV'),
+    h('span', { class: 'muted' }, ` the filtered calls, up to ${EXPORT_MAX}`)), out);
+  await filters.requestSubmit();
 }
 
 export async function ledger(main) {
@@ -225,10 +221,15 @@ async function offerModels(key, list) {
   } catch { /* a wrong key is reported when it is used */ }
 }
 
+const pause = (ms) => new Promise((r) => setTimeout(r, ms));
+
+/// The images of a job's result, as thumbnails linking to themselves.
+const images = (job) => h('span', { class: 'row' }, (job.result?.data || []).map((img, i) => h('a', { href: img.url || '#', target: '_blank', rel: 'noreferrer' },
+  h('img', { class: 'thumb', src: img.url || (img.b64_json ? `data:image/png;base64,${img.b64_json}` : ''), alt: `image ${i + 1} of job ${job.job_id.slice(0, 8)}` }))));
+
 export async function jobs(main) {
   const list = h('div');
   const keyInput = keyField();
-  const models = h('datalist', { id: 'job-models' });
   const key = () => keyInput.querySelector('input').value;
   // Lists leave results out: the newest completed jobs' images come from each job's own GET.
   const load = async () => {
@@ -241,48 +242,43 @@ export async function jobs(main) {
   const refresh = () => (key() ? section(list, load, (page) => table('Jobs', [
     ['Job', (j) => h('code', {}, j.job_id.slice(0, 8))], ['Model', (j) => j.model], ['Status', (j) => badge(j.status)],
     ['Cost', (j) => j.cost ?? '—', { num: true }], ['Created', (j) => when(j.created_at)],
-    ['Result', (j) => (j.error ? j.error.message ?? JSON.stringify(j.error)
-      : h('span', { class: 'row' }, (j.result?.data || []).map((img, i) => h('a', { href: img.url || '#', target: '_blank', rel: 'noreferrer' },
-        h('img', { class: 'thumb', src: img.url || (img.b64_json ? `data:image/png;base64,${img.b64_json}` : ''), alt: `image ${i + 1} of job ${j.job_id.slice(0, 8)}` })))))],
-  ], page.data, 'No jobs yet.')) : show(list, h('p', { class: 'muted' }, 'Enter an access key to see its user\'s jobs.')));
-  keyInput.querySelector('input').addEventListener('change', () => { offerModels(key(), models); refresh(); });
-  main.append(h('div', { class: 'card' }, form({ 'aria-label': 'New image job' }, [
-    keyInput, models,
-    h('div', { class: 'row' },
-      field('Image model', { name: 'model', required: true, list: 'job-models' }),
-      field('Images', { name: 'n', type: 'number', min: 1, max: 10, value: 1 })),
-    field('Prompt', { tag: 'textarea', name: 'prompt', required: true }),
-  ], async ({ model, n, prompt }) => {
-    const job = await api('POST', '/v1/jobs/image-generation', { model, prompt, n: Number(n) }, { key: key() });
-    await refresh();
-    let status = job.status;
-    for (let i = 0; i < 60 && !['COMPLETED', 'FAILED'].includes(status); i += 1) {
-      await new Promise((r) => setTimeout(r, 500));
-      status = (await api('GET', `/v1/jobs/${job.job_id}`, undefined, { key: key() })).status;
-    }
-    await refresh();
-    return `Job ${job.job_id.slice(0, 8)}: ${status}.`;
-  }, 'Submit image job')), h('p', {}, h('button', { type: 'button', class: 'secondary', onclick: () => refresh() }, 'Refresh')), list);
-  offerModels(key(), models);
+    ['Result', (j) => (j.error ? j.error.message ?? JSON.stringify(j.error) : images(j))],
+  ], page.data, 'No jobs yet: submit one from the Playground.')) : show(list, h('p', { class: 'muted' }, 'Enter an access key to see its user\'s jobs.')));
+  keyInput.querySelector('input').addEventListener('change', refresh);
+  main.append(h('div', { class: 'card' }, keyInput), h('p', {}, h('button', { type: 'button', class: 'secondary', onclick: () => refresh() }, 'Refresh')), list);
   await refresh();
+}
+
+/// Submits an image job and polls it until it ends and, once completed, is billed (or ~30 s pass).
+async function runImageJob(key, body, onStatus) {
+  const submitted = await api('POST', '/v1/jobs/image-generation', body, { key });
+  let job = submitted;
+  for (let i = 0; i < 60; i += 1) {
+    job = await api('GET', `/v1/jobs/${submitted.job_id}`, undefined, { key });
+    onStatus(job);
+    if (job.status === 'FAILED' || (job.status === 'COMPLETED' && job.cost !== null)) break;
+    await pause(500);
+  }
+  return job;
 }
 
 export async function playground(main) {
   const answer = h('div', { class: 'answer', id: 'answer', 'aria-live': 'polite', 'aria-label': 'Answer' });
   const cost = h('div', { 'aria-live': 'polite' });
+  const picture = h('div', { 'aria-live': 'polite' });
   const keyInput = keyField();
+  const key = () => keyInput.querySelector('input').value;
   const models = h('datalist', { id: 'chat-models' });
   keyInput.querySelector('input').addEventListener('change', (e) => offerModels(e.target.value, models));
-  offerModels(keyInput.querySelector('input').value, models);
-  main.append(h('div', { class: 'card' }, form({ 'aria-label': 'Chat' }, [
-    keyInput, models,
+  offerModels(key(), models);
+  main.append(h('div', { class: 'card' }, keyInput, models), h('div', { class: 'card' }, h('h2', {}, 'Chat'), form({ 'aria-label': 'Chat' }, [
     field('Model', { name: 'model', required: true, placeholder: 'model name', list: 'chat-models' }),
     field('Message', { tag: 'textarea', name: 'prompt', required: true }),
-  ], async ({ key, model, prompt }) => {
+  ], async ({ model, prompt }) => {
     show(answer);
     show(cost);
     const before = (await get('/v1/me/usage?limit=1')).data[0]?.id ?? 0;
-    await streamChat(key, { model, messages: [{ role: 'user', content: prompt }] }, (text) => answer.append(text));
+    await streamChat(key(), { model, messages: [{ role: 'user', content: prompt }] }, (text) => answer.append(text));
     show(cost, h('p', { class: 'muted', role: 'status' }, 'Waiting for the charge…'));
     for (let i = 0; i < 40; i += 1) {
       const row = (await get('/v1/me/usage?limit=5')).data.find((r) => r.id > before && r.model === model);
@@ -290,10 +286,21 @@ export async function playground(main) {
         show(cost, notice(`Cost ${row.cost} (${row.prompt_tokens} prompt + ${row.completion_tokens} completion tokens)`));
         return null;
       }
-      await new Promise((r) => setTimeout(r, 500));
+      await pause(500);
     }
     show(cost, h('p', { class: 'muted' }, 'The charge is not in the usage log yet; see Usage later.'));
     return null;
-  }, 'Send')), h('h2', {}, 'Answer'), answer, cost,
-  h('p', {}, 'Images are generated as jobs: ', h('a', { href: '#/jobs' }, 'submit an image job')));
+  }, 'Send'), h('h3', {}, 'Answer'), answer, cost),
+  h('div', { class: 'card' }, h('h2', {}, 'Image'), form({ 'aria-label': 'Image job' }, [
+    h('div', { class: 'row' },
+      field('Image model', { name: 'model', required: true, list: 'chat-models' }),
+      field('Images', { name: 'n', type: 'number', min: 1, max: 10, value: 1 })),
+    field('Image prompt', { tag: 'textarea', name: 'prompt', required: true }),
+  ], async ({ model, n, prompt }) => {
+    show(picture);
+    const job = await runImageJob(key(), { model, prompt, n: Number(n) },
+      (j) => show(picture, h('p', { class: 'muted' }, `Job ${j.job_id.slice(0, 8)}: ${j.status}…`)));
+    show(picture, job.status === 'FAILED' ? errorBox(new Error(job.error?.message ?? 'the job failed')) : images(job));
+    return `Job ${job.job_id.slice(0, 8)}: ${job.status}${job.cost === null ? '' : `, cost ${job.cost}`}.`;
+  }, 'Generate'), picture));
 }

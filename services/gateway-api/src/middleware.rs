@@ -10,7 +10,9 @@ use actix_web::middleware::Next;
 use actix_web::{Error, FromRequest, HttpMessage, HttpResponse};
 
 use crate::auth::AdminUser;
+use crate::core::statistics::CallStats;
 use crate::error::ApiError;
+use crate::state::AppState;
 
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
@@ -53,12 +55,22 @@ pub async fn record_metrics(
     next: Next<impl MessageBody + 'static>,
 ) -> Result<ServiceResponse<impl MessageBody>, Error> {
     let started = Instant::now();
-    let method = req.method().to_string();
+    let method = req.method().clone();
+    let state = req.app_data::<actix_web::web::Data<AppState>>().cloned();
     let response = next.call(req).await?;
     let route = response
         .request()
         .match_pattern()
         .unwrap_or_else(|| "unmatched".to_owned());
+    // Model calls are also counted for the admin overview (atomics, no lock, no statement).
+    if let Some(state) = state
+        && CallStats::counts(&route, &method)
+    {
+        state
+            .call_stats
+            .record(response.status(), started.elapsed());
+    }
+    let method = method.to_string();
     let status = response.status().as_u16().to_string();
     let labels = [("route", route), ("method", method), ("status", status)];
     metrics::counter!("http_requests_total", &labels).increment(1);

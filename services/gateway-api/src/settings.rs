@@ -85,6 +85,32 @@ pub struct Settings {
     #[serde(default)]
     pub upstream: upstream::UpstreamSettings,
     pub calls: CallSettings,
+    /// The admin overview's statistics (see `core::statistics`).
+    #[serde(default)]
+    pub stats: StatsSettings,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct StatsSettings {
+    /// Each replica adds the calls it counted in memory to `call_stats` this often (one
+    /// statement per flush); a replica killed without a stop loses at most this much of its
+    /// statistics (never money).
+    pub flush_ms: u64,
+    /// Queue depths are sampled into `queue_samples` about this often, by one replica at a time.
+    pub sample_ms: u64,
+    /// Statistics older than this are deleted.
+    pub retention_days: u32,
+}
+
+impl Default for StatsSettings {
+    fn default() -> Self {
+        StatsSettings {
+            flush_ms: 10_000,
+            sample_ms: 60_000,
+            retention_days: 30,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -266,6 +292,11 @@ impl Settings {
         if self.master_key().is_none() {
             return invalid(
                 "security.master_key must be base64 of 32 bytes (APP__SECURITY__MASTER_KEY)",
+            );
+        }
+        if self.stats.flush_ms == 0 || self.stats.sample_ms == 0 || self.stats.retention_days == 0 {
+            return invalid(
+                "stats.flush_ms, stats.sample_ms and stats.retention_days must be positive",
             );
         }
         if !self.orders.max_amount.is_positive() {

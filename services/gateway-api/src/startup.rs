@@ -96,6 +96,7 @@ impl Application {
         state.reload_routing().await?;
         spawn_routing_reloads(state.clone(), settings.calls.catalog_refresh_ms);
         crate::core::admission::spawn_upkeep(&state.leases);
+        crate::core::statistics::spawn_statistics(&state, &settings.stats);
         let listener = TcpListener::bind((settings.server.host.as_str(), settings.server.port))?;
         let port = listener.local_addr()?.port();
         let ops = match settings.server.ops_port {

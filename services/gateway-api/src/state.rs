@@ -62,6 +62,8 @@ pub struct AppState {
     pub job_submissions: crate::core::jobs::Submissions,
     /// Job messages whose publish failed, published again once the broker takes them.
     pub job_republisher: crate::core::jobs::Republisher,
+    /// Model calls by outcome since the last flush (see `core::statistics`).
+    pub call_stats: crate::core::statistics::CallStats,
     /// To build each worker's `CallPath`.
     database: persistence::DatabaseSettings,
     upstream_settings: upstream::UpstreamSettings,
@@ -259,6 +261,7 @@ impl AppState {
             limits,
             job_submissions,
             job_republisher,
+            call_stats: crate::core::statistics::CallStats::default(),
             database: settings.database.clone(),
             upstream_settings: settings.upstream.clone(),
         }

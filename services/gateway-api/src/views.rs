@@ -434,6 +434,11 @@ pub struct UsageLogView {
     pub id: i64,
     pub request_id: uuid::Uuid,
     pub user_id: i64,
+    /// The access key the call was made with (null for rows of a key since deleted).
+    pub access_key_id: Option<i64>,
+    /// `overrun` when the call priced above what its reservation covered (it is then in
+    /// `GET /v1/admin/overruns`), else `charged`.
+    pub status: domain::UsageStatus,
     pub model: String,
     pub prompt_tokens: i64,
     pub completion_tokens: i64,
@@ -446,9 +451,11 @@ pub struct UsageLogView {
 impl From<UsageLog> for UsageLogView {
     fn from(u: UsageLog) -> Self {
         UsageLogView {
+            status: u.status(),
             id: u.id,
             request_id: u.request_id,
             user_id: u.user_id,
+            access_key_id: u.access_key_id,
             model: u.model_name,
             prompt_tokens: u.prompt_tokens,
             completion_tokens: u.completion_tokens,
@@ -566,7 +573,8 @@ impl AdminListQuery {
     }
 }
 
-fn page(limit: Option<i64>, offset: Option<i64>) -> Result<persistence::Page, ApiError> {
+/// The page of a list from `?limit=` and `?offset=`.
+pub fn page(limit: Option<i64>, offset: Option<i64>) -> Result<persistence::Page, ApiError> {
     let limit = limit.unwrap_or(50);
     if !(1..=200).contains(&limit) {
         return Err(ApiError::InvalidRequest(
@@ -580,4 +588,30 @@ fn page(limit: Option<i64>, offset: Option<i64>) -> Result<persistence::Page, Ap
         ));
     }
     Ok(persistence::Page { limit, offset })
+}
+
+/// `GET /v1/me/spend`: UTC days, both included (default: the last 30 days, ending today).
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct SpendQuery {
+    /// The first day (YYYY-MM-DD).
+    #[param(value_type = Option<String>, example = "2026-11-02")]
+    pub from: Option<chrono::NaiveDate>,
+    /// The last day (YYYY-MM-DD); at most 366 days after `from`.
+    #[param(value_type = Option<String>, example = "2026-12-01")]
+    pub to: Option<chrono::NaiveDate>,
+}
+
+/// `GET /v1/admin/overview`.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct OverviewQuery {
+    /// The start (RFC 3339; rounded down to its bucket). Default: the 24 hours or 30 days up
+    /// to `to`, the bucket of `to` last.
+    pub from: Option<DateTime<Utc>>,
+    /// The end (RFC 3339, excluded; default now).
+    pub to: Option<DateTime<Utc>>,
+    /// `hour` (default; at most 744) or `day` (at most 366).
+    #[param(value_type = Option<String>)]
+    pub bucket: Option<crate::core::statistics::Bucket>,
 }

@@ -279,6 +279,68 @@ pub async fn delete_provider_key(state: &AppState, id: i64) -> Result<(), ApiErr
         .map_err(not_found("provider key"))
 }
 
+/// How long a provider key test waits for the provider.
+const KEY_TEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The outcome of testing a provider key (`POST /v1/admin/provider-keys/{id}/test`).
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct ProviderKeyTest {
+    /// The provider accepted the key.
+    pub ok: bool,
+    /// The provider's HTTP status; null when it did not answer (timeout, no connection).
+    pub status: Option<u16>,
+    /// How long the provider took to answer (or to fail).
+    pub latency_ms: u64,
+    /// Why the test failed, as a client of a model call would be told (never the provider's
+    /// address); null when ok.
+    pub error: Option<String>,
+}
+
+/// Lists the provider's models with the key (the cheapest request every provider kind serves:
+/// no tokens), whether or not the key or provider is enabled.
+pub async fn test_provider_key(state: &AppState, id: i64) -> Result<ProviderKeyTest, ApiError> {
+    let (key, provider) = {
+        let mut conn = state.conn().await?;
+        let key = catalog::find_provider_key(&mut conn, id)
+            .await
+            .map_err(not_found("provider key"))?;
+        let provider = catalog::find_provider(&mut conn, key.provider_id).await?;
+        (key, provider)
+    };
+    let kind: ProviderKind = provider
+        .kind
+        .parse()
+        .map_err(|e: domain::UnknownVariant| ApiError::Internal(e.to_string()))?;
+    let api_key = state
+        .secret_box
+        .open(&key.secret_ciphertext)
+        .map_err(|e| ApiError::Internal(format!("opening provider key {id}: {e}")))?;
+    let target = upstream::Target {
+        kind,
+        base_url: provider.base_url,
+        api_key,
+        upstream_model: String::new(),
+        public_model: String::new(),
+    };
+    let started = std::time::Instant::now();
+    let outcome = state.upstream.list_models(&target, KEY_TEST_TIMEOUT).await;
+    let latency_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+    Ok(match outcome {
+        Ok(status) => ProviderKeyTest {
+            ok: true,
+            status: Some(status),
+            latency_ms,
+            error: None,
+        },
+        Err(error) => ProviderKeyTest {
+            ok: false,
+            status: error.provider_status(),
+            latency_ms,
+            error: Some(crate::core::call::upstream_error(error).to_string()),
+        },
+    })
+}
+
 // ---- models
 
 pub struct ModelInput {

@@ -13,6 +13,7 @@ pub mod limits;
 pub mod messages;
 pub mod orders;
 pub mod responses;
+pub mod statistics;
 pub mod throttle;
 pub mod tokens;
 pub mod users;

@@ -46,6 +46,14 @@ pub async fn list(
     Ok(orders::list(&mut conn, user_id, page).await?)
 }
 
+/// A store error about order `order_no` as the API's: a missing order is a 404 naming it.
+fn order_error(order_no: &str) -> impl FnOnce(StoreError) -> ApiError + '_ {
+    move |e| match e {
+        StoreError::NotFound => ApiError::NotFound(format!("order {order_no} not found")),
+        other => other.into(),
+    }
+}
+
 /// The one way an order is completed, for admins and payment callbacks alike.
 async fn complete(
     state: &AppState,
@@ -55,10 +63,15 @@ async fn complete(
     let mut conn = state.conn().await?;
     orders::complete(&mut conn, order_no, completion)
         .await
-        .map_err(|e| match e {
-            StoreError::NotFound => ApiError::NotFound(format!("order {order_no} not found")),
-            other => other.into(),
-        })
+        .map_err(order_error(order_no))
+}
+
+/// Marks a PENDING order FAILED (its payment did not happen); not PENDING 409, unknown 404.
+pub async fn fail_by_admin(state: &AppState, order_no: &str) -> Result<Order, ApiError> {
+    let mut conn = state.conn().await?;
+    orders::fail(&mut conn, order_no)
+        .await
+        .map_err(order_error(order_no))
 }
 
 pub async fn complete_by_admin(

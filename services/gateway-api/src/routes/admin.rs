@@ -10,14 +10,16 @@ use utoipa::ToSchema;
 use crate::auth::AdminUser;
 use crate::core::catalog::{
     self, ModelInput, ModelRouteInput, ModelUpdate, ProviderInput, ProviderKeyInput,
+    ProviderKeyTest,
 };
+use crate::core::statistics::{self, OverviewView};
 use crate::core::{identity, orders, users};
 use crate::error::{ApiError, ErrorBody};
 use crate::middleware::{reload_routes_after_write, require_admin};
 use crate::state::AppState;
 use crate::views::{
     AdminListQuery, LedgerEntryView, ListQuery, ListResponse, ModelRouteView, ModelView, OrderView,
-    OverrunView, ProviderKeyView, ProviderView, UsageLogView, UserView,
+    OverrunView, OverviewQuery, ProviderKeyView, ProviderView, UsageLogView, UserView,
 };
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
@@ -89,6 +91,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     )
     .service(admin("/v1/admin/orders").route(web::get().to(list_orders)))
     .service(admin("/v1/admin/usage-logs").route(web::get().to(list_usage_logs)))
+    .service(admin("/v1/admin/overview").route(web::get().to(overview)))
+    .service(admin("/v1/admin/provider-keys/{id}/test").route(web::post().to(test_provider_key)))
     .service(admin("/v1/admin/overruns").route(web::get().to(list_overruns)));
 }
 
@@ -425,6 +429,20 @@ pub async fn delete_provider_key(
     Ok(HttpResponse::NoContent().finish())
 }
 
+/// Try a provider key with the smallest request its provider serves (listing its models) and
+/// say how it went; the provider's address never appears in the answer.
+#[utoipa::path(post, path = "/v1/admin/provider-keys/{id}/test", tag = "admin", security(("token" = [])),
+    params(("id" = i64, Path)),
+    responses((status = 200, body = ProviderKeyTest), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody)))]
+pub async fn test_provider_key(
+    state: web::Data<AppState>,
+    _admin: AdminUser,
+    id: web::Path<i64>,
+) -> Result<HttpResponse, ApiError> {
+    Ok(HttpResponse::Ok().json(catalog::test_provider_key(&state, *id).await?))
+}
+
 // ---- model routes
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -671,22 +689,35 @@ pub async fn list_orders(
     )
 }
 
-/// Every billed call, optionally of one user.
+/// Every billed call, optionally filtered by user, key, model, time and status.
 #[utoipa::path(get, path = "/v1/admin/usage-logs", tag = "admin", security(("token" = [])),
-    params(AdminListQuery), responses((status = 200, body = ListResponse<UsageLogView>)))]
+    params(statistics::UsageQuery), responses((status = 200, body = ListResponse<UsageLogView>),
+        (status = 400, body = ErrorBody), (status = 403, body = ErrorBody)))]
 pub async fn list_usage_logs(
     state: web::Data<AppState>,
     _admin: AdminUser,
-    query: web::Query<AdminListQuery>,
+    query: web::Query<statistics::UsageQuery>,
 ) -> Result<HttpResponse, ApiError> {
-    let page = query.page()?;
-    let mut conn = state.conn().await?;
-    let list = persistence::usage::list(&mut conn, query.user_id, page).await?;
+    let (list, page) = statistics::usage(&state, None, query.into_inner()).await?;
     Ok(
         HttpResponse::Ok().json(ListResponse::from_page(list, page, |u| {
             Ok(UsageLogView::from(u))
         })?),
     )
+}
+
+/// The platform over time: per hour or day, billed calls and spend, calls by outcome with
+/// their latency, and the deepest queues sampled; and the queue depths now.
+#[utoipa::path(get, path = "/v1/admin/overview", tag = "admin", security(("token" = [])),
+    params(OverviewQuery), responses((status = 200, body = OverviewView),
+        (status = 400, body = ErrorBody), (status = 403, body = ErrorBody)))]
+pub async fn overview(
+    state: web::Data<AppState>,
+    _admin: AdminUser,
+    query: web::Query<OverviewQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let overview = statistics::overview(&state, query.from, query.to, query.bucket).await?;
+    Ok(HttpResponse::Ok().json(overview))
 }
 
 /// Billed calls that priced above what their reservation covered (overruns), optionally of one

@@ -7,12 +7,13 @@ use utoipa::ToSchema;
 
 use crate::auth::SessionUser;
 use crate::core::access_keys::AccessKeyInput;
+use crate::core::statistics::{self, SpendView};
 use crate::core::{access_keys, orders, webhook_secrets};
 use crate::error::{ApiError, ErrorBody};
 use crate::state::AppState;
 use crate::views::{
     AccessKeyView, CreatedAccessKeyView, LedgerEntryView, ListQuery, ListResponse, OrderView,
-    UsageLogView, UserView, WebhookSecretStatusView, WebhookSecretView,
+    SpendQuery, UsageLogView, UserView, WebhookSecretStatusView, WebhookSecretView,
 };
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
@@ -31,7 +32,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/v1/me/orders", web::post().to(create_order))
         .route("/v1/me/orders", web::get().to(list_orders))
         .route("/v1/me/ledger", web::get().to(ledger))
-        .route("/v1/me/usage", web::get().to(usage));
+        .route("/v1/me/usage", web::get().to(usage))
+        .route("/v1/me/spend", web::get().to(spend));
 }
 
 /// The signed-in user, with the current balance.
@@ -163,20 +165,32 @@ pub async fn ledger(
     )
 }
 
-/// The user's billed calls, newest first.
+/// The user's billed calls, newest first, optionally filtered by key, model, time and status.
 #[utoipa::path(get, path = "/v1/me/usage", tag = "me", security(("token" = [])),
-    params(ListQuery), responses((status = 200, body = ListResponse<UsageLogView>)))]
+    params(statistics::UsageQuery), responses((status = 200, body = ListResponse<UsageLogView>),
+        (status = 400, body = ErrorBody, description = "a bad filter: an unparseable time, from not before to, an unknown status, or another user's access key")))]
 pub async fn usage(
     state: web::Data<AppState>,
     session: SessionUser,
-    query: web::Query<ListQuery>,
+    query: web::Query<statistics::UsageQuery>,
 ) -> Result<HttpResponse, ApiError> {
-    let page = query.page()?;
-    let mut conn = state.conn().await?;
-    let list = persistence::usage::list(&mut conn, Some(session.0.id), page).await?;
+    let (list, page) = statistics::usage(&state, Some(session.0.id), query.into_inner()).await?;
     Ok(
         HttpResponse::Ok().json(ListResponse::from_page(list, page, |u| {
             Ok(UsageLogView::from(u))
         })?),
     )
+}
+
+/// What the user spent per UTC day, per model, and per day and model, over a range of days.
+#[utoipa::path(get, path = "/v1/me/spend", tag = "me", security(("token" = [])),
+    params(SpendQuery), responses((status = 200, body = SpendView),
+        (status = 400, body = ErrorBody, description = "a bad date, from after to, or more than 366 days")))]
+pub async fn spend(
+    state: web::Data<AppState>,
+    session: SessionUser,
+    query: web::Query<SpendQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let spend = statistics::spend(&state, session.0.id, query.from, query.to).await?;
+    Ok(HttpResponse::Ok().json(spend))
 }

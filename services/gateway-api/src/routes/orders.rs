@@ -14,6 +14,7 @@ const MAX_CALLBACK_BYTES: usize = 16 * 1024;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.route("/v1/orders/{order_no}/complete", web::post().to(complete))
+        .route("/v1/orders/{order_no}/fail", web::post().to(fail))
         .route("/v1/payments/callback", web::post().to(payment_callback));
 }
 
@@ -29,6 +30,21 @@ pub async fn complete(
 ) -> Result<HttpResponse, ApiError> {
     let completed = orders::complete_by_admin(&state, &order_no, admin.0.id).await?;
     Ok(HttpResponse::Ok().json(OrderView::from(completed.order)))
+}
+
+/// Mark a PENDING order FAILED (its payment did not happen); nothing is credited.
+#[utoipa::path(post, path = "/v1/orders/{order_no}/fail", tag = "orders",
+    security(("token" = [])), params(("order_no" = String, Path)),
+    responses((status = 200, body = OrderView), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody, description = "the order is not PENDING")))]
+pub async fn fail(
+    state: web::Data<AppState>,
+    _admin: AdminUser,
+    order_no: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let failed = orders::fail_by_admin(&state, &order_no).await?;
+    Ok(HttpResponse::Ok().json(OrderView::from(failed)))
 }
 
 /// The payment provider's callback: completes the order through the same function as the admin

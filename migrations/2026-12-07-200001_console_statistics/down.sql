@@ -1,0 +1,2 @@
+DROP TABLE queue_samples;
+DROP TABLE call_stats;
