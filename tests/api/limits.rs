@@ -1,23 +1,22 @@
 //! Limits end to end: rate, token, concurrency and spend limits of keys, users and the
-//! platform, each measured across two gateway instances on one database (each with its own
-//! in-memory slices, as two replicas have); refusals are 429 with their headers and write
+//! platform, the rate, concurrency and spend limits of keys measured across two gateways on one
+//! database: the test's own and a `gateway-api` process (each with its own in-memory slices, as
+//! two replicas have); refusals are 429 with their headers and write
 //! nothing; bad limits are 400 and write nothing; pending jobs are capped per user.
 
 use bigdecimal::BigDecimal;
 use diesel_async::RunQueryDsl;
-use integration_tests::{BillingWorker, ChatSetup, TestApp, eventually, spawn_app_with};
+use integration_tests::{
+    BillingWorker, ChatSetup, GatewayProcess, TestApp, eventually, spawn_app_with,
+};
 use mock_llm::MockConfig;
 use serde_json::{Value, json};
 use std::str::FromStr;
 
-/// A second gateway on the first one's database and queues; its address.
-async fn second_gateway(app: &TestApp) -> String {
-    let b = gateway_api::Application::build(app.settings.clone())
-        .await
-        .unwrap();
-    let address = format!("http://127.0.0.1:{}", b.port());
-    tokio::spawn(b.run_until_stopped());
-    address
+/// A second gateway: a `gateway-api` process of its own on the first one's database and
+/// queues (its own limits in memory, its own leases and slices); stopped when dropped.
+async fn second_gateway(app: &TestApp) -> GatewayProcess {
+    GatewayProcess::spawn(app).await
 }
 
 async fn setup(app: &TestApp, latency_ms: u64, balance: &str) -> ChatSetup {
@@ -120,7 +119,8 @@ fn statuses(answers: &[Answer]) -> (usize, usize) {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_keys_rpm_limit_holds_across_two_gateways_with_openai_headers() {
     let app = spawn_app_with(|_| {}).await;
-    let b = second_gateway(&app).await;
+    let gateway_b = second_gateway(&app).await;
+    let b = gateway_b.address.clone();
     let setup = setup(&app, 0, "10").await;
     routed(&app, &b, &setup).await;
     let key = key_with(&app, &setup, json!({"rpm_limit": 5})).await;
@@ -155,7 +155,8 @@ async fn a_keys_rpm_limit_holds_across_two_gateways_with_openai_headers() {
 #[tokio::test(flavor = "multi_thread")]
 async fn max_concurrency_holds_across_two_gateways_and_frees_slots_when_calls_end() {
     let app = spawn_app_with(|_| {}).await;
-    let b = second_gateway(&app).await;
+    let gateway_b = second_gateway(&app).await;
+    let b = gateway_b.address.clone();
     let setup = setup(&app, 1_500, "10").await;
     routed(&app, &b, &setup).await;
     let key = key_with(&app, &setup, json!({"max_concurrency": 2})).await;
@@ -209,7 +210,8 @@ fn decimal(text: &str) -> BigDecimal {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_spend_limit_is_never_passed_by_concurrent_calls_on_two_gateways() {
     let app = spawn_app_with(|_| {}).await;
-    let b = second_gateway(&app).await;
+    let gateway_b = second_gateway(&app).await;
+    let b = gateway_b.address.clone();
     let worker = BillingWorker::start(&app).await;
     let setup = setup(&app, 200, "10").await;
     routed(&app, &b, &setup).await;
