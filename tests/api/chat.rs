@@ -6,8 +6,8 @@ use std::str::FromStr;
 use bigdecimal::BigDecimal;
 use domain::{Money, Pricing, Usage};
 use integration_tests::{
-    BillingWorker, Credential, INPUT_PER_MILLION, OUTPUT_PER_MILLION, TestApp, eventually,
-    spawn_app, spawn_app_with,
+    BillingWorker, ChatSetup, Credential, INPUT_PER_MILLION, OUTPUT_PER_MILLION, TestApp,
+    eventually, spawn_app, spawn_app_with,
 };
 use mock_llm::MockConfig;
 use reqwest::Method;
@@ -918,21 +918,27 @@ async fn stream_whole(app: &TestApp, access_key: &str, body: &Value) -> (String,
     (request_id, response.text().await.unwrap())
 }
 
-/// The charge is durable before the last byte of the answer: the moment a plain call has
-/// answered, or a stream has sent its `[DONE]`, its charge is in `billing_log_queue` (no
-/// billing-worker runs, so it stays there), with nothing to wait for.
-#[tokio::test(flavor = "multi_thread")]
-async fn a_calls_charge_is_in_the_queue_before_its_answer_ends() {
-    // Broker group commit (as above `calls.outbox_first_below` calls per second).
-    let app = spawn_app_with(|s| s.calls.outbox_first_below = 0).await;
-    let setup = app
-        .chat_setup(mock(MockConfig::default()).await, &[("good-key", 1)], "10")
-        .await;
-    let broker = messaging::Broker::connect(app.settings.broker.clone())
-        .await
-        .unwrap();
-    let queue = app.settings.broker.queue_prefix.clone() + "billing_log_queue";
-    for expected in 1..=3u32 {
+/// Where a test finds the charges made durable so far.
+enum Kept {
+    /// `billing_log_queue` (no billing-worker runs, so they stay there).
+    Queue(messaging::Broker, String),
+    /// The Postgres outbox (the forwarding lingers longer than the test).
+    Outbox,
+}
+
+impl Kept {
+    async fn count(&self, app: &TestApp) -> i64 {
+        match self {
+            Kept::Queue(broker, queue) => i64::from(app.queue_depth(broker, queue).await),
+            Kept::Outbox => app.count("billing_outbox").await,
+        }
+    }
+}
+
+/// Three plain calls and a stream; after each answer (a stream: its `[DONE]`), its charge is
+/// already where `kept` looks, with nothing to wait for.
+async fn each_charge_is_kept_before_its_answer_ends(app: &TestApp, setup: &ChatSetup, kept: &Kept) {
+    for expected in 1..=3 {
         app.send(
             Method::POST,
             "/v1/chat/completions",
@@ -942,16 +948,31 @@ async fn a_calls_charge_is_in_the_queue_before_its_answer_ends() {
         .await
         .assert_status(200);
         assert_eq!(
-            app.queue_depth(&broker, &queue).await,
+            kept.count(app).await,
             expected,
-            "the charge was in the queue when the answer arrived"
+            "the charge was kept when the answer arrived"
         );
     }
     let mut body = chat(&setup.model, "stream it");
     body["stream"] = json!(true);
-    let (_, text) = stream_whole(&app, &setup.access_key, &body).await;
+    let (_, text) = stream_whole(app, &setup.access_key, &body).await;
     assert!(text.ends_with("data: [DONE]\n\n"), "{text}");
-    assert_eq!(app.queue_depth(&broker, &queue).await, 4);
+    assert_eq!(kept.count(app).await, 4);
+}
+
+/// The charge is durable before the last byte of the answer. Above `calls.outbox_first_below`
+/// calls per second (here: always) by broker group commit: in `billing_log_queue`.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_calls_charge_is_in_the_queue_before_its_answer_ends() {
+    let app = spawn_app_with(|s| s.calls.outbox_first_below = 0).await;
+    let setup = app
+        .chat_setup(mock(MockConfig::default()).await, &[("good-key", 1)], "10")
+        .await;
+    let broker = messaging::Broker::connect(app.settings.broker.clone())
+        .await
+        .unwrap();
+    let queue = app.settings.broker.queue_prefix.clone() + "billing_log_queue";
+    each_charge_is_kept_before_its_answer_ends(&app, &setup, &Kept::Queue(broker, queue)).await;
 }
 
 /// At a low rate (the default below 1500 calls per second) a call's charge is made durable in
@@ -963,26 +984,7 @@ async fn at_a_low_rate_a_calls_charge_is_in_the_outbox_before_its_answer_ends() 
     let setup = app
         .chat_setup(mock(MockConfig::default()).await, &[("good-key", 1)], "10")
         .await;
-    for expected in 1..=3 {
-        app.send(
-            Method::POST,
-            "/v1/chat/completions",
-            Credential::Bearer(&setup.access_key),
-            Some(chat(&setup.model, "one two")),
-        )
-        .await
-        .assert_status(200);
-        assert_eq!(
-            app.count("billing_outbox").await,
-            expected,
-            "the charge was in the outbox when the answer arrived"
-        );
-    }
-    let mut body = chat(&setup.model, "stream it");
-    body["stream"] = json!(true);
-    let (_, text) = stream_whole(&app, &setup.access_key, &body).await;
-    assert!(text.ends_with("data: [DONE]\n\n"), "{text}");
-    assert_eq!(app.count("billing_outbox").await, 4);
+    each_charge_is_kept_before_its_answer_ends(&app, &setup, &Kept::Outbox).await;
     // Billing-worker's sweep settles what is in the outbox, each charge once.
     let worker = BillingWorker::start(&app).await;
     let rows = eventually(30, || async {
