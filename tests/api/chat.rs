@@ -484,6 +484,43 @@ async fn calls_succeed_while_billing_worker_is_down_and_settle_when_it_returns()
     );
     app.assert_books_balance().await;
     worker.stop().await;
+
+    // What the user reads: every call names the ledger entry that took it, and each charge
+    // entry took exactly the calls naming it (the five waited in the queue, so they share
+    // entries: fewer charge entries than calls, each with a note saying how many).
+    let usage = app.get("/v1/me/usage", &setup.token).await;
+    let usage = usage.assert_status(200)["data"].as_array().unwrap().clone();
+    let ledger = app.get("/v1/me/ledger", &setup.token).await;
+    let ledger = ledger.assert_status(200)["data"]
+        .as_array()
+        .unwrap()
+        .clone();
+    let charges: Vec<&serde_json::Value> =
+        ledger.iter().filter(|e| e["kind"] == "charge").collect();
+    assert!(
+        !charges.is_empty() && charges.len() < 5,
+        "one entry per settled batch: {charges:?}"
+    );
+    for entry in &charges {
+        let named: Vec<&serde_json::Value> = usage
+            .iter()
+            .filter(|u| u["ledger_id"] == entry["id"])
+            .collect();
+        let took: BigDecimal = named.iter().map(|u| dec(u["cost"].as_str().unwrap())).sum();
+        assert_eq!(-dec(entry["delta"].as_str().unwrap()), took, "{entry}");
+        let note = (named.len() > 1).then(|| format!("{} calls settled together", named.len()));
+        assert_eq!(entry["note"].as_str().map(str::to_owned), note, "{entry}");
+        assert!(
+            named.iter().any(|u| u["request_id"] == entry["reference"]),
+            "an entry's reference is one of the calls it took: {entry}"
+        );
+    }
+    assert!(
+        usage
+            .iter()
+            .all(|u| charges.iter().any(|e| e["id"] == u["ledger_id"])),
+        "a call naming no charge entry: {usage:?}"
+    );
 }
 
 /// Every billing-worker down for longer than the hold TTL: the call's hold expires while its
@@ -506,6 +543,12 @@ async fn an_expired_hold_is_kept_while_charges_wait_in_the_queue() {
     )
     .await
     .assert_status(200);
+    // At a test's rate the charge is kept in the outbox first and then forwarded to the queue:
+    // wait until it is only in the queue (the sweeper would settle it from the outbox).
+    eventually(15, || async {
+        (app.count("billing_outbox").await == 0).then_some(())
+    })
+    .await;
     let mut conn = app.pool.get().await.unwrap();
     diesel::sql_query(
         "UPDATE balance_holds SET expires_at = now() - interval '1 minute' WHERE user_id = $1",

@@ -366,12 +366,23 @@ async fn a_gateway_killed_under_load_loses_no_answered_calls_charge() {
     assert_eq!(
         count_of(
             &app,
-            "SELECT count(*) AS n FROM (SELECT reference FROM balance_ledger \
-             WHERE kind = 'charge' GROUP BY reference HAVING count(*) > 1) twice"
+            "SELECT count(*) AS n FROM balance_ledger l \
+             LEFT JOIN (SELECT ledger_id, sum(cost) AS cost FROM usage_logs \
+                        WHERE ledger_id IS NOT NULL GROUP BY ledger_id) u ON u.ledger_id = l.id \
+             WHERE l.kind = 'charge' AND -l.delta <> COALESCE(u.cost, 0)"
         )
         .await,
         0,
-        "a charge in the ledger twice"
+        "a ledger charge row that is not the sum of the usage rows naming it"
+    );
+    assert_eq!(
+        count_of(
+            &app,
+            "SELECT count(*) AS n FROM usage_logs WHERE cost > 0 AND ledger_id IS NULL"
+        )
+        .await,
+        0,
+        "a charged usage row that names no ledger row"
     );
     app.assert_books_balance().await;
     eprintln!(

@@ -449,8 +449,13 @@ def count(clients, killed, back, settle_seconds):
     accepted = set(job_ids)
     cut_off_billed += sum(1 for j in completed if j not in accepted and j in request_ids)
     retaken = int(psql(f"SELECT count(*) FROM async_jobs WHERE attempts > 1 AND access_key_id IN ({keys})"))
-    ledger_twice = int(psql("SELECT count(*) FROM (SELECT reference FROM balance_ledger WHERE kind = 'charge' "
-                            "GROUP BY reference HAVING count(*) > 1) t"))
+    # A ledger charge row takes the sum of the usage rows that name it (one row per user and
+    # settlement batch); a row taking more, or a charged usage row naming none, is a doubled or
+    # stray charge.
+    ledger_twice = int(psql("SELECT count(*) FROM balance_ledger l LEFT JOIN (SELECT ledger_id, sum(cost) AS cost "
+                            "FROM usage_logs WHERE ledger_id IS NOT NULL GROUP BY ledger_id) u ON u.ledger_id = l.id "
+                            "WHERE l.kind = 'charge' AND -l.delta <> COALESCE(u.cost, 0)"))
+    ledger_twice += int(psql("SELECT count(*) FROM usage_logs WHERE cost > 0 AND ledger_id IS NULL"))
     doubled = (sum(n - 1 for n in by_call.values() if n > 1) + sum(n - 1 for n in by_request.values() if n > 1)
                + ledger_twice)
     reconcile = subprocess.run([f"{BIN}/billing-worker", "reconcile"], env=ENV, capture_output=True, text=True)

@@ -110,7 +110,7 @@ pub fn test_settings(database_url: String) -> Settings {
             allow_private_callbacks: true,
             callback_hosts_file: None,
             billing_batch_max: 256,
-            billing_publishes_in_flight: 4,
+            billing_publishes_in_flight: 1, // the shipped default
             // The shipped default: at a test's low rates, charges are kept in the outbox first.
             outbox_first_below: 1500,
             outbox_forward_linger_ms: 20,

@@ -595,16 +595,24 @@ pub struct Mismatch {
     /// What the user's ledger rows of kind `charge` took (minus the sum of their deltas).
     #[diesel(sql_type = Numeric)]
     pub ledger_charges: BigDecimal,
+    /// The user's ledger charge rows that took something else than the sum of the usage rows
+    /// naming them (`usage_logs.ledger_id`; one charge row per user and settlement batch).
+    #[diesel(sql_type = BigInt)]
+    pub unmatched_charge_rows: i64,
 }
 
 /// Every user whose balance differs from the sum of their ledger, whose `held` differs from
-/// the sum of their open holds and open credit leases, or whose usage rows' charged amounts
-/// differ from what their ledger's charge rows took. Empty when the books are right.
+/// the sum of their open holds and open credit leases, whose usage rows' charged amounts
+/// differ from what their ledger's charge rows took, or who has a ledger charge row that took
+/// something else than the sum of the usage rows naming it. Empty when the books are right.
+/// (Charge rows written before usage rows named them, one per charge, are checked by the
+/// per-user sums only.)
 pub async fn reconcile(conn: &mut AsyncPgConnection) -> Result<Vec<Mismatch>, StoreError> {
     Ok(diesel::sql_query(
         "SELECT u.id AS user_id, u.balance, COALESCE(l.sum, 0) AS ledger_sum, u.held,
                 COALESCE(h.sum, 0) AS open_holds, COALESCE(g.sum, 0) AS usage_cost,
-                COALESCE(l.charges, 0) AS ledger_charges
+                COALESCE(l.charges, 0) AS ledger_charges,
+                COALESCE(x.n, 0) AS unmatched_charge_rows
          FROM users u
          LEFT JOIN (SELECT user_id, sum(delta) AS sum,
                            -sum(delta) FILTER (WHERE kind = 'charge') AS charges
@@ -617,8 +625,15 @@ pub async fn reconcile(conn: &mut AsyncPgConnection) -> Result<Vec<Mismatch>, St
                     GROUP BY user_id) h ON h.user_id = u.id
          LEFT JOIN (SELECT user_id, sum(cost) AS sum FROM usage_logs GROUP BY user_id) g
              ON g.user_id = u.id
+         LEFT JOIN (SELECT b.user_id, count(*) AS n
+                    FROM balance_ledger b
+                    JOIN (SELECT ledger_id, sum(cost) AS cost FROM usage_logs
+                          WHERE ledger_id IS NOT NULL GROUP BY ledger_id) n
+                        ON n.ledger_id = b.id
+                    WHERE b.kind <> 'charge' OR -b.delta <> n.cost
+                    GROUP BY b.user_id) x ON x.user_id = u.id
          WHERE u.balance <> COALESCE(l.sum, 0) OR u.held <> COALESCE(h.sum, 0)
-            OR COALESCE(g.sum, 0) <> COALESCE(l.charges, 0)
+            OR COALESCE(g.sum, 0) <> COALESCE(l.charges, 0) OR x.n IS NOT NULL
          ORDER BY u.id",
     )
     .load(conn)

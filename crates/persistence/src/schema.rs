@@ -137,6 +137,7 @@ diesel::table! {
         created_at -> Timestamptz,
         priced_cost -> Nullable<Numeric>,
         held_amount -> Nullable<Numeric>,
+        ledger_id -> Nullable<Int8>,
     }
 }
 

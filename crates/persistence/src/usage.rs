@@ -32,6 +32,10 @@ pub struct UsageLog {
     /// What the call's reservation covered (its hold, or the part of its lease it took; zero
     /// when the reservation was gone). `None` on rows settled before it was recorded.
     pub held_amount: Option<BigDecimal>,
+    /// The ledger row that took this call's cost, shared with the user's other calls settled
+    /// in the same batch. `None` when nothing was charged, and on rows settled before ledger
+    /// rows were shared (their ledger row's reference is their request id).
+    pub ledger_id: Option<i64>,
 }
 
 impl UsageLog {

@@ -370,6 +370,125 @@ async fn a_batch_settles_like_one_by_one_with_duplicates_and_short_balances() {
     books_balance(&pool).await;
 }
 
+/// A batch writes one ledger row per user (the sum its charges took, the balance after the
+/// last, the first request id as reference) and its usage rows name that row; a lone charge
+/// keeps a row of its own; a charge that took nothing names none. The books still balance.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_batch_writes_one_ledger_row_per_user_and_its_usage_rows_name_it() {
+    use diesel::{ExpressionMethods, QueryDsl};
+    use diesel_async::AsyncConnection;
+    use persistence::schema::{balance_ledger, usage_logs};
+    let pool = common::migrated_pool().await;
+    let alice = user_with_balance(&pool, "1").await;
+    let bob = user_with_balance(&pool, "1").await;
+    let mut conn = pool.get().await.unwrap();
+    let [lone, a1, a2, a3, free, b1] = [(); 6].map(|_| Uuid::new_v4());
+    let lone_cost = money("0.1");
+    billing::settle(&mut conn, &charge(lone, alice, &lone_cost))
+        .await
+        .unwrap();
+    let (c1, c2, c3, zero, cb) = (
+        money("0.1"),
+        money("0.2"),
+        money("0.3"),
+        money("0"),
+        money("0.4"),
+    );
+    let batch = [
+        charge(a2, alice, &c2),
+        charge(b1, bob, &cb),
+        charge(a1, alice, &c1),
+        charge(free, alice, &zero),
+        charge(a3, alice, &c3),
+    ];
+    conn.transaction::<_, persistence::StoreError, _>(async |conn| {
+        billing::settle_many(conn, &batch).await
+    })
+    .await
+    .unwrap();
+
+    type Row = (i64, BigDecimal, BigDecimal, String, Option<String>);
+    let rows = async |conn: &mut persistence::AsyncPgConnection, user: i64| -> Vec<Row> {
+        balance_ledger::table
+            .filter(balance_ledger::user_id.eq(user))
+            .filter(balance_ledger::kind.eq("charge"))
+            .order(balance_ledger::id)
+            .select((
+                balance_ledger::id,
+                balance_ledger::delta,
+                balance_ledger::balance_after,
+                balance_ledger::reference,
+                balance_ledger::note,
+            ))
+            .load(conn)
+            .await
+            .unwrap()
+    };
+    let ledger_of = async |conn: &mut persistence::AsyncPgConnection, request: Uuid| {
+        usage_logs::table
+            .filter(usage_logs::request_id.eq(request))
+            .select(usage_logs::ledger_id)
+            .get_result::<Option<i64>>(conn)
+            .await
+            .unwrap()
+    };
+    let alice_rows = rows(&mut conn, alice).await;
+    assert_eq!(alice_rows.len(), 2, "{alice_rows:?}");
+    let (lone_row, batch_row) = (&alice_rows[0], &alice_rows[1]);
+    assert_eq!(
+        (&lone_row.1, &lone_row.2, &lone_row.3, &lone_row.4),
+        (&dec("-0.1"), &dec("0.9"), &lone.to_string(), &None)
+    );
+    assert_eq!(
+        (&batch_row.1, &batch_row.2, &batch_row.3, &batch_row.4),
+        (
+            &dec("-0.6"),
+            &dec("0.3"),
+            &a2.to_string(),
+            &Some("3 calls settled together".to_owned())
+        )
+    );
+    assert_eq!(ledger_of(&mut conn, lone).await, Some(lone_row.0));
+    for request in [a1, a2, a3] {
+        assert_eq!(ledger_of(&mut conn, request).await, Some(batch_row.0));
+    }
+    assert_eq!(ledger_of(&mut conn, free).await, None, "it took nothing");
+    let bob_rows = rows(&mut conn, bob).await;
+    assert_eq!(bob_rows.len(), 1);
+    assert_eq!(
+        (
+            &bob_rows[0].1,
+            &bob_rows[0].2,
+            &bob_rows[0].3,
+            &bob_rows[0].4
+        ),
+        (&dec("-0.4"), &dec("0.6"), &b1.to_string(), &None)
+    );
+    assert_eq!(ledger_of(&mut conn, b1).await, Some(bob_rows[0].0));
+    drop(conn);
+    books_balance(&pool).await;
+
+    // A usage row naming the wrong one of alice's charge rows: her sums still agree, the rows
+    // do not, and reconcile says so.
+    let mut conn = pool.get().await.unwrap();
+    diesel::sql_query(format!(
+        "UPDATE usage_logs SET ledger_id = {} WHERE request_id = '{a1}'",
+        lone_row.0
+    ))
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    let mismatches = billing::reconcile(&mut conn).await.unwrap();
+    assert_eq!(mismatches.len(), 1, "{mismatches:?}");
+    let m = &mismatches[0];
+    assert_eq!(
+        (m.user_id, m.unmatched_charge_rows),
+        (alice, 2),
+        "{mismatches:?}"
+    );
+    assert_eq!(m.usage_cost, m.ledger_charges);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn holds_run_as_prepared_statements_reused_by_the_connection() {
     #[derive(diesel::QueryableByName)]

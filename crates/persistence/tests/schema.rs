@@ -411,3 +411,73 @@ async fn a_pool_whose_connections_stay_in_use_answers_busy_not_unavailable() {
         Err(persistence::StoreError::Pool(_))
     ));
 }
+
+#[derive(diesel::QueryableByName, Debug, PartialEq)]
+struct UsageRefs {
+    #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::BigInt>)]
+    access_key_id: Option<i64>,
+    #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::BigInt>)]
+    model_id: Option<i64>,
+}
+
+/// usage_logs has no foreign keys (they cost a lookup and a row lock per settled charge); the
+/// triggers that replace them keep what the keys did: a user with usage rows cannot be deleted,
+/// and deleting an access key or a model sets its usage rows' column to NULL.
+#[tokio::test(flavor = "multi_thread")]
+async fn usage_rows_keep_their_user_and_forget_a_deleted_key_or_model() {
+    let pool = migrated_pool().await;
+    let mut conn = pool.get().await.unwrap();
+    for sql in [
+        "INSERT INTO users (id, email, password_hash) VALUES (71, 'used@x.io', 'h'), (72, 'idle@x.io', 'h')",
+        "INSERT INTO providers (id, name, kind, base_url) VALUES (71, 'p71', 'openai', 'http://127.0.0.1:1')",
+        "INSERT INTO llm_models (id, name, provider_id, upstream_model, kind, pricing)
+         VALUES (71, 'm71', 71, 'u', 'chat', '{}'), (72, 'm72', 71, 'u', 'chat', '{}')",
+        "INSERT INTO access_keys (id, user_id, name, prefix, key_hash)
+         VALUES (71, 71, 'k', 'sk', decode(repeat('ab', 32), 'hex')),
+                (72, 71, 'k2', 'sk', decode(repeat('cd', 32), 'hex'))",
+        "INSERT INTO usage_logs (request_id, user_id, access_key_id, model_id, model_name, cost)
+         VALUES ('6f1c2a8e-0000-4000-8000-000000000071', 71, 71, 71, 'm71', 0),
+                ('6f1c2a8e-0000-4000-8000-000000000072', 71, 72, 72, 'm72', 0)",
+    ] {
+        exec(&mut conn, sql).await.unwrap();
+    }
+    let refs = async |conn: &mut AsyncPgConnection| -> Vec<UsageRefs> {
+        diesel::sql_query(
+            "SELECT access_key_id, model_id FROM usage_logs WHERE user_id = 71 ORDER BY request_id",
+        )
+        .load(conn)
+        .await
+        .unwrap()
+    };
+    let usage = |access_key_id, model_id| UsageRefs {
+        access_key_id,
+        model_id,
+    };
+
+    exec(&mut conn, "DELETE FROM access_keys WHERE id = 71")
+        .await
+        .unwrap();
+    assert_eq!(
+        refs(&mut conn).await,
+        [usage(None, Some(71)), usage(Some(72), Some(72))]
+    );
+    exec(&mut conn, "DELETE FROM llm_models WHERE id = 72")
+        .await
+        .unwrap();
+    assert_eq!(
+        refs(&mut conn).await,
+        [usage(None, Some(71)), usage(Some(72), None)]
+    );
+    match exec(&mut conn, "DELETE FROM users WHERE id = 71").await {
+        Err(StoreError::ForeignKey(name)) => assert_eq!(name, "usage_logs_user_id_fkey"),
+        other => panic!("a user with usage rows was deleted: {other:?}"),
+    }
+    assert_eq!(refs(&mut conn).await.len(), 2, "nothing was deleted");
+    // A user without usage rows can go.
+    assert_eq!(
+        exec(&mut conn, "DELETE FROM users WHERE id = 72")
+            .await
+            .unwrap(),
+        1
+    );
+}

@@ -118,11 +118,15 @@ async fn one_replica_samples_the_queues_at_a_time_and_old_statistics_are_pruned(
             #[diesel(sql_type = diesel::sql_types::BigInt)]
             n: i64,
         }
-        let held: Held =
-            diesel::sql_query("SELECT count(*) AS n FROM pg_locks WHERE locktype = 'advisory'")
-                .get_result(&mut conn)
-                .await
-                .unwrap();
+        // pg_locks lists the whole cluster's locks: only this test database's count (tests
+        // running beside this one take advisory locks of their own).
+        let held: Held = diesel::sql_query(
+            "SELECT count(*) AS n FROM pg_locks WHERE locktype = 'advisory'
+             AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+        )
+        .get_result(&mut conn)
+        .await
+        .unwrap();
         if held.n > 0 {
             break;
         }

@@ -15,21 +15,22 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         let mismatches = billing_worker::reconcile(&settings).await?;
         for m in &mismatches {
             eprintln!(
-                "user {}: balance {} vs ledger {}; held {} vs open holds {}; usage charged {} vs ledger charges {}",
+                "user {}: balance {} vs ledger {}; held {} vs open holds {}; usage charged {} vs ledger charges {}; {} charge rows unlike their usage rows",
                 m.user_id,
                 m.balance,
                 m.ledger_sum,
                 m.held,
                 m.open_holds,
                 m.usage_cost,
-                m.ledger_charges
+                m.ledger_charges,
+                m.unmatched_charge_rows
             );
         }
         if !mismatches.is_empty() {
             std::process::exit(1);
         }
         println!(
-            "reconcile: every balance equals its ledger, every hold total its open holds and leases, and every user's charged usage its ledger charges"
+            "reconcile: every balance equals its ledger, every hold total its open holds and leases, and every user's charged usage its ledger charges, and every charge row the usage rows naming it"
         );
         return Ok(());
     }

@@ -445,6 +445,10 @@ pub struct UsageLogView {
     pub images: i32,
     #[schema(value_type = String)]
     pub cost: Money,
+    /// The ledger entry (`GET /v1/me/ledger`) that took this call's cost together with the
+    /// user's other calls settled in the same batch; null when nothing was charged, and for
+    /// calls settled before entries were shared (their entry's reference is the request id).
+    pub ledger_id: Option<i64>,
     pub created_at: DateTime<Utc>,
 }
 
@@ -461,6 +465,7 @@ impl From<UsageLog> for UsageLogView {
             completion_tokens: u.completion_tokens,
             images: u.images,
             cost: Money::from_db(u.cost),
+            ledger_id: u.ledger_id,
             created_at: u.created_at,
         }
     }
