@@ -549,10 +549,11 @@ def section(results):
         "`data: [DONE]` and the end of the response. *Jobs accepted*: answered 202.",
         "- *Lost*: an answered call, or a COMPLETED job, without a usage row (a 202 whose job row is missing "
         "counts too). *Doubled*: more than one usage row for one call, more than one usage row per request id, "
-        "or more than one `charge` ledger row per reference. *Billed, answer cut off*: usage rows of calls "
+        "a `charge` ledger row that took other than the sum of the usage rows naming it (one per user and "
+        "settlement batch), or a charged usage row naming none. *Billed, answer cut off*: usage rows of calls "
         "(and jobs) whose answer the kill broke off; the provider did the work, so billing them is right. *Reconcile*: "
         "`billing-worker reconcile` (every balance equals its ledger, every hold total its open holds and "
-        "leases, every user's charged usage its ledger charges).",
+        "leases, every user's charged usage its ledger charges, every charge row the usage rows naming it).",
         "- How a call is matched to its usage row: the gateway's `X-Request-Id` response header is the HTTP "
         "request's id, not the id the charge carries (`usage_logs.request_id` is minted by the call path), "
         f"so it cannot be used ({sum(r['request_id_matches'] for r in results)} of "

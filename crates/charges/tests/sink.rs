@@ -277,3 +277,40 @@ async fn above_the_rate_charges_go_by_broker_group_commit_and_postgres_is_not_wr
     );
     cleanup(&broker).await;
 }
+
+/// A worker thread's sink (`ChargeSink::local`) keeps its charges in the outbox through its own
+/// pool, and counts the rate with the process's sink: the parent's outbox here is a database
+/// that does not exist, so a charge found in the real outbox went through the local lane.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_local_sink_keeps_charges_through_its_own_pool_and_shares_the_rate() {
+    let (broker, pool) = (broker().await, database().await);
+    let nowhere = persistence::build_pool(&persistence::DatabaseSettings {
+        url: "postgres://postgres@127.0.0.1:5432/no_such_database_for_this_test".to_owned(),
+        pool_max_size: 1,
+        pool_wait_timeout_ms: 2_000,
+        connect_timeout_ms: 2_000,
+    })
+    .unwrap();
+    let parent = sink_with(&broker, &nowhere, Duration::from_secs(30), 4);
+    let local = parent.local(pool.clone());
+    let kept = charge();
+    local.make_durable(kept.clone()).await.expect("durable");
+    assert_eq!(
+        outbox_ids(&pool).await,
+        vec![kept.request_id],
+        "kept in the outbox by the local lane"
+    );
+    // A burst through the parent (its outbox lane fails, so the broker takes them) raises the
+    // shared rate: the local sink's next charge goes to the broker, not to the outbox.
+    let burst: Vec<BillingMessage> = (0..20).map(|_| charge()).collect();
+    let results =
+        futures_util::future::join_all(burst.iter().map(|c| parent.make_durable(c.clone()))).await;
+    assert!(results.iter().all(Result::is_ok), "{results:?}");
+    let after = charge();
+    local.make_durable(after.clone()).await.expect("durable");
+    assert_eq!(outbox_ids(&pool).await, vec![kept.request_id]);
+    let (_, ids) = drain(&broker).await;
+    assert!(ids.contains(&after.request_id), "in the queue when durable");
+    assert!(!ids.contains(&kept.request_id), "its forward still lingers");
+    cleanup(&broker).await;
+}

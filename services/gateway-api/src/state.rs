@@ -126,6 +126,10 @@ pub struct CallPath {
     /// `persistence::billing::place_holds`).
     pub holds: Batcher<HoldRequest, Option<i64>>,
     pub upstream: upstream::UpstreamClient,
+    /// This worker's charge sink: at low rates a finished call's charge is written to the
+    /// outbox by this thread's own task and connection (durably: the commit waits for the WAL
+    /// flush); the broker lanes are the process's (see `charges::ChargeSink::local`).
+    pub charges: charges::ChargeSink,
 }
 
 /// Calls admitted in one statement at most.
@@ -135,9 +139,10 @@ impl AppState {
     /// A new `CallPath` for the calling worker thread, one of `workers`; the shared pool and
     /// client if one cannot be built (they were built from the same settings at start, so
     /// that is unlikely). The workers share half of `database.pool_max_size` for holds (a
-    /// hold is one short statement, and a failed call's release another), so a replica opens
-    /// at most 1.5 times that many connections; at most `calls.holds_in_flight` of a worker's
-    /// run hold statements at once.
+    /// hold is one short statement, and a failed call's release another), and each has one
+    /// connection of its own for its charges kept in the outbox first, so a replica opens at
+    /// most 1.5 times that many connections plus one per worker; at most
+    /// `calls.holds_in_flight` of a worker's run hold statements at once.
     pub fn call_path(&self, workers: usize) -> CallPath {
         let per_worker = (self.database.pool_max_size / 2 / workers.max(1)).max(1);
         let settings = persistence::DatabaseSettings {
@@ -165,10 +170,22 @@ impl AppState {
                 |error| tracing::error!(%error, "worker HTTP client; using the shared one"),
             )
             .unwrap_or_else(|_| self.upstream.clone());
+        // One connection: the outbox-first lane runs one statement at a time. Durable commits
+        // (the main pool's settings): the charge is what the answer waits for.
+        let charges = persistence::build_pool(&persistence::DatabaseSettings {
+            pool_max_size: 1,
+            ..self.database.clone()
+        })
+        .inspect_err(|error| tracing::error!(%error, "worker outbox pool; using the shared sink"))
+        .map_or_else(
+            |_| self.charges.clone(),
+            |outbox| self.charges.local(outbox),
+        );
         CallPath {
             reservations,
             holds,
             upstream,
+            charges,
         }
     }
 

@@ -7,8 +7,8 @@ use persistence::Pool;
 use uuid::Uuid;
 
 use crate::error::ApiError;
-use crate::state::AppState;
 use catalog::Route;
+use charges::ChargeSink;
 /// Who called what, for the charge of one call.
 #[derive(Debug, Clone)]
 pub struct Caller {
@@ -41,8 +41,8 @@ pub fn charge_message(
 /// loses an answered call. Charges finishing while a publish awaits its confirm share the next
 /// publish (see `charges::ChargeSink`). `Err` when neither the broker nor Postgres took it:
 /// the answer is then withheld, as it could not be billed.
-pub async fn make_durable(state: &AppState, message: BillingMessage) -> Result<(), ApiError> {
-    state.charges.make_durable(message).await.map_err(|_| {
+pub async fn make_durable(charges: &ChargeSink, message: BillingMessage) -> Result<(), ApiError> {
+    charges.make_durable(message).await.map_err(|_| {
         ApiError::Unavailable(
             "billing is unavailable; the call was not charged, try again".to_owned(),
         )

@@ -28,6 +28,7 @@ use crate::core::tokens;
 use crate::error::ApiError;
 use crate::state::{AppState, CallPath};
 use catalog::{ProviderRoute, Route, with_provider_failover};
+use charges::ChargeSink;
 
 /// The enabled model of `kind` a request body names, or why there is none: 400 when the body
 /// is no object or names no model, 404 `model_not_found` otherwise.
@@ -380,7 +381,7 @@ async fn forward(
             ..Usage::default()
         },
     };
-    bill(state, call, usage).await?;
+    bill(state, &call_path.charges, call, usage).await?;
     Ok((answer, usage))
 }
 
@@ -428,7 +429,12 @@ fn answer_text(answer: &Bytes) -> String {
 
 /// Prices the real usage and makes the charge durable before the caller answers. Usage that
 /// cannot be priced (absurd counts) is billed what was held, never nothing.
-async fn bill(state: &AppState, call: &Admitted, usage: Usage) -> Result<(), ApiError> {
+async fn bill(
+    state: &AppState,
+    charges: &ChargeSink,
+    call: &Admitted,
+    usage: Usage,
+) -> Result<(), ApiError> {
     let cost = match call.route.pricing.cost(&usage) {
         Ok(cost) => cost,
         Err(error) => {
@@ -449,7 +455,7 @@ async fn bill(state: &AppState, call: &Admitted, usage: Usage) -> Result<(), Api
     if let Reservation::Lease(lease) = call.admission.reservation {
         message.lease_id = Some(lease);
     }
-    billing::make_durable(state, message).await?;
+    billing::make_durable(charges, message).await?;
     call.admission.billed(state, &cost, tokens);
     Ok(())
 }
@@ -479,6 +485,7 @@ async fn forward_stream(
     let (chunks, to_client) = mpsc::channel(STREAM_READ_AHEAD);
     let pump = Pump {
         state: Arc::clone(state),
+        charges: call_path.charges.clone(),
         usage: stream.usage(),
         call: call.clone(),
         stall: state.stream_stall,
@@ -509,6 +516,8 @@ enum Piece {
 /// dialect's) and the end of the response are sent only once the charge is durable.
 struct Pump {
     state: Arc<AppState>,
+    /// The worker thread's charge sink (the pump runs on that thread).
+    charges: ChargeSink,
     usage: StreamUsage,
     call: Admitted,
     stall: Duration,
@@ -553,7 +562,9 @@ impl Pump {
         }
         drop(stream);
         let usage = self.usage_of_stream();
-        let durable = bill(&self.state, &self.call, usage).await.is_ok();
+        let durable = bill(&self.state, &self.charges, &self.call, usage)
+            .await
+            .is_ok();
         if !durable {
             // Not billed, so not answered in full either: it costs nothing.
             self.call
