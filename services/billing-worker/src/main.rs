@@ -30,7 +30,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             std::process::exit(1);
         }
         println!(
-            "reconcile: every balance equals its ledger, every hold total its open holds and leases, and every user's charged usage its ledger charges, and every charge row the usage rows naming it"
+            "reconcile: every balance equals its ledger, every hold total its open holds and leases, every user's charged usage its ledger charges, and every charge row the usage rows naming it"
         );
         return Ok(());
     }
