@@ -194,10 +194,25 @@ async fn a_rejected_prompt_fails_with_its_reason_and_costs_nothing() {
     assert!(job["error"].as_str().unwrap().contains("refused"), "{job}");
     assert!(job["result"].is_null() && job["cost"].is_null());
     assert_eq!(s.mock.calls(), 1, "a permanent failure is not retried");
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-    assert_eq!(app.usage_of(s.user_id).await.len(), 0);
-    assert_eq!(app.balance_and_ledger_sum(s.user_id).await.0, dec("1"));
     assert_eq!(app.open_holds(s.user_id).await, 0);
+    // A job behind it: a charge of the failed job would have gone the same way (the outbox
+    // with its completion, then the broker) before this one, so once this one is settled that
+    // one would be too.
+    let behind = submit_image(&app, &s.access_key, "behind it").await;
+    let done = poll_terminal(&app, &s.access_key, &behind).await;
+    assert_eq!(done["status"], "COMPLETED", "{done}");
+    let cost = dec(done["cost"].as_str().unwrap());
+    let rows = eventually(15, || async {
+        let rows = app.usage_of(s.user_id).await;
+        (!rows.is_empty() && app.open_holds(s.user_id).await == 0).then_some(rows)
+    })
+    .await;
+    assert_eq!(rows.len(), 1, "only the completed job is billed: {rows:?}");
+    assert_eq!(rows[0].2, cost);
+    assert_eq!(
+        app.balance_and_ledger_sum(s.user_id).await.0,
+        dec("1") - cost
+    );
     app.assert_books_balance().await;
     worker.stop().await;
     billing.stop().await;
@@ -447,13 +462,61 @@ async fn webhooks_are_signed_retried_and_verifiable() {
         assert_eq!(job["job_id"], job_id.as_str());
         assert_eq!(job["status"], "COMPLETED");
     }
-    tokio::time::sleep(std::time::Duration::from_millis(600)).await;
-    assert_eq!(
-        receiver.received().len(),
-        2,
-        "a delivered webhook is not sent again"
-    );
+    // A delivered webhook is not sent again, even once it would be due: make it due, then
+    // let two more passes of the one delivery loop run. The second job's webhook is sent by a
+    // pass that claimed every due delivery; the third's by a later pass (it ends after the
+    // second's was recorded), so the pass that could have re-sent the first has finished.
+    use diesel_async::RunQueryDsl;
+    let mut conn = app.pool.get().await.unwrap();
+    diesel::sql_query(
+        "UPDATE webhook_deliveries SET next_attempt_at = now() - interval '1 hour' \
+         WHERE job_id = $1::uuid",
+    )
+    .bind::<diesel::sql_types::Text, _>(&job_id)
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    drop(conn);
+    for prompt in ["second hook", "third hook"] {
+        let reply = submit(
+            &app,
+            &s.access_key,
+            json!({"model": "demo-image", "prompt": prompt, "callback_url": receiver.url}),
+        )
+        .await;
+        let id = reply.assert_status(202)["job_id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        eventually(20, || async { delivered(&app, &id).await.then_some(()) }).await;
+    }
+    let first: Vec<_> = receiver
+        .received()
+        .into_iter()
+        .filter(|hook| {
+            serde_json::from_slice::<Value>(&hook.body).unwrap()["job_id"] == job_id.as_str()
+        })
+        .collect();
+    assert_eq!(first.len(), 2, "a delivered webhook is not sent again");
+    assert_eq!(receiver.received().len(), 4);
     worker.stop().await;
+}
+
+/// Whether the webhook of job `job_id` is recorded as delivered.
+async fn delivered(app: &TestApp, job_id: &str) -> bool {
+    use diesel::{ExpressionMethods, OptionalExtension, QueryDsl};
+    use diesel_async::RunQueryDsl;
+    use persistence::schema::webhook_deliveries;
+    let mut conn = app.pool.get().await.unwrap();
+    webhook_deliveries::table
+        .filter(webhook_deliveries::job_id.eq(uuid::Uuid::parse_str(job_id).unwrap()))
+        .select(webhook_deliveries::delivered_at)
+        .first::<Option<chrono::DateTime<chrono::Utc>>>(&mut conn)
+        .await
+        .optional()
+        .unwrap()
+        .flatten()
+        .is_some()
 }
 
 #[tokio::test(flavor = "multi_thread")]

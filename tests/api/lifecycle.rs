@@ -64,7 +64,13 @@ async fn a_killed_workers_job_is_taken_over_and_ends_once_billed_once() {
         (app.usage_of(s.user_id).await.len() == 1).then_some(())
     })
     .await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Settled to the end: nothing left in the outbox, no hold open (the usage row's request
+    // id is the job id, unique, so a second charge could only have changed nothing).
+    eventually(15, || async {
+        (app.count("billing_outbox").await == 0 && app.open_holds(s.user_id).await == 0)
+            .then_some(())
+    })
+    .await;
     assert_eq!(app.usage_of(s.user_id).await.len(), 1, "billed once");
     assert_eq!(
         app.balance_and_ledger_sum(s.user_id).await.0,
@@ -151,7 +157,8 @@ async fn sigterm_during_calls_answers_them_all_and_loses_no_charge() {
         )
     });
     let stop = async {
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        // Every call at the provider (it answers after 1.5 s), then SIGTERM.
+        eventually(10, || async { (s.mock.calls() == 10).then_some(()) }).await;
         gateway.terminate().await
     };
     let (replies, exited) = tokio::join!(futures_util::future::join_all(calls), stop);

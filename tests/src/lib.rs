@@ -782,6 +782,70 @@ impl TestApp {
         }
     }
 
+    /// Waits until billing has settled everything made durable before it was called, so that
+    /// a test can then assert what was *not* billed without a fixed sleep: makes one more call
+    /// (a provider, model and user of its own, on a mock of its own) and waits for its usage
+    /// row and an empty outbox. A charge is durable before its call is answered, so one from an
+    /// earlier call was on its way (outbox, then `billing_log_queue`) before this call began.
+    pub async fn billing_barrier(&self) {
+        let mock = mock_llm::start(mock_llm::MockConfig::default(), "127.0.0.1", 0)
+            .await
+            .unwrap();
+        let admin = self.admin_token().to_owned();
+        let n = uuid::Uuid::new_v4().simple().to_string();
+        let provider = self
+            .post(
+                "/v1/admin/providers",
+                &admin,
+                json!({"name": format!("barrier-{n}"), "kind": "openai", "base_url": mock.base_url()}),
+            )
+            .await;
+        let provider_id = provider.assert_status(201)["id"].as_i64().unwrap();
+        self.post(
+            &format!("/v1/admin/providers/{provider_id}/keys"),
+            &admin,
+            json!({"api_key": "barrier-key", "weight": 1}),
+        )
+        .await
+        .assert_status(201);
+        let model = format!("barrier-{n}");
+        self.post(
+            "/v1/admin/models",
+            &admin,
+            json!({
+                "name": model, "provider_id": provider_id, "upstream_model": "mock-gpt", "kind": "chat",
+                "pricing": {"input_per_million": INPUT_PER_MILLION, "output_per_million": OUTPUT_PER_MILLION}
+            }),
+        )
+        .await
+        .assert_status(201);
+        let (user_id, token) = self.new_user().await;
+        self.post(
+            &format!("/v1/admin/users/{user_id}/balance-adjustments"),
+            &admin,
+            json!({"amount": "1", "reason": "billing barrier"}),
+        )
+        .await
+        .assert_status(200);
+        let key = self
+            .post("/v1/me/access-keys", &token, json!({"name": "barrier"}))
+            .await;
+        let access_key = key.assert_status(201)["key"].as_str().unwrap().to_owned();
+        self.send(
+            Method::POST,
+            "/v1/chat/completions",
+            Credential::Bearer(&access_key),
+            Some(json!({"model": model, "messages": [{"role": "user", "content": "barrier"}]})),
+        )
+        .await
+        .assert_status(200);
+        eventually(30, || async {
+            (self.usage_of(user_id).await.len() == 1 && self.count("billing_outbox").await == 0)
+                .then_some(())
+        })
+        .await;
+    }
+
     /// Starts a streaming chat call with `access_key` and hangs up once at least `events`
     /// `data:` events have arrived, like a client that leaves mid-stream.
     pub async fn stream_then_leave(&self, access_key: &str, body: &Value, events: usize) {
