@@ -299,7 +299,7 @@ async fn a_failing_key_fails_over_and_an_upstream_failure_costs_nothing() {
         .await;
     cooling.assert_error(503, "unavailable");
     assert_eq!(app.open_holds(setup.user_id).await, 0);
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    app.billing_barrier().await;
     assert_eq!(app.usage_of(setup.user_id).await.len(), 1);
     assert_eq!(app.balance_and_ledger_sum(setup.user_id).await.0, before);
     app.assert_books_balance().await;
@@ -810,7 +810,7 @@ async fn with_the_broker_down_during_calls_no_charge_is_lost_and_none_doubled() 
         (rows.len() >= 13).then_some(rows)
     })
     .await;
-    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    app.billing_barrier().await;
     let rows_after = app.usage_of(setup.user_id).await;
     assert_eq!(rows_after.len(), 13, "every call billed once: {rows:?}");
     let billed: BigDecimal = rows_after.iter().map(|r| r.2.clone()).sum();
@@ -1183,4 +1183,87 @@ async fn each_unpriceable_input_is_refused_with_its_field_named() {
         assert!(message.starts_with(field), "{message:?} names {field}");
     }
     assert_eq!(app.snapshot().await, before, "nothing was written");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn model_call_answers_are_not_compressed_while_the_other_answers_are() {
+    let app = spawn_app().await;
+    let worker = BillingWorker::start(&app).await;
+    let setup = app.mock_setup("openai").await;
+    // What OpenAI's and Anthropic's SDKs send (httpx, undici).
+    let accepting =
+        |request: reqwest::RequestBuilder| request.header("accept-encoding", "gzip, deflate");
+    let post = |path: &str, body: Value| {
+        accepting(
+            app.client
+                .post(format!("{}{path}", app.address))
+                .bearer_auth(&setup.access_key)
+                .header("x-api-key", &setup.access_key)
+                .json(&body),
+        )
+        .send()
+    };
+    let calls = [
+        (
+            "/v1/chat/completions",
+            json!({"model": "demo-chat", "messages": [{"role": "user", "content": "hi"}]}),
+        ),
+        (
+            "/v1/chat/completions",
+            json!({"model": "demo-chat", "stream": true,
+                "messages": [{"role": "user", "content": "hi"}]}),
+        ),
+        (
+            "/v1/responses",
+            json!({"model": "demo-chat", "input": "hi"}),
+        ),
+        (
+            "/v1/embeddings",
+            json!({"model": "demo-embed", "input": "hi"}),
+        ),
+        (
+            "/v1/messages",
+            json!({"model": "demo-chat", "max_tokens": 8,
+                "messages": [{"role": "user", "content": "hi"}]}),
+        ),
+    ];
+    for (path, body) in &calls {
+        let response = post(path, body.clone()).await.unwrap();
+        assert_eq!(response.status(), 200, "{path} {body}");
+        assert!(
+            response.headers().get("content-encoding").is_none(),
+            "{path} {body}: {:?}",
+            response.headers()
+        );
+        let text = response.text().await.unwrap();
+        assert!(
+            serde_json::from_str::<Value>(&text).is_ok() || text.contains("data: "),
+            "{path}: {text}"
+        );
+    }
+    // The rest is compressed for a client that accepts it.
+    for path in ["/v1/admin/users", "/openapi.json"] {
+        let response = accepting(
+            app.client
+                .get(format!("{}{path}", app.address))
+                .bearer_auth(app.admin_token()),
+        )
+        .send()
+        .await
+        .unwrap();
+        assert_eq!(response.status(), 200, "{path}");
+        assert_eq!(
+            response.headers().get("content-encoding").unwrap(),
+            "gzip",
+            "{path}"
+        );
+    }
+    let rows = eventually(15, || async {
+        let rows = app.usage_of(setup.user_id).await;
+        (rows.len() == calls.len()).then_some(rows)
+    })
+    .await;
+    assert_eq!(rows.len(), calls.len());
+    app.assert_books_balance().await;
+    worker.stop().await;
 }

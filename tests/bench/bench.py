@@ -984,7 +984,8 @@ def cmd_report(a):
     w("")
     w("| target | req/s (median) | each round | p50 / p99 ms (median) | errors | other CPU |")
     w("|---|---|---|---|---|---|")
-    for t in ("direct", "nginx", "gateway", "gateway-1key", "gateway-noworker", "gateway-anthropic"):
+    for t in ("direct", "nginx", "gateway", "gateway-1key", "gateway-noworker", "gateway-anthropic",
+              "gateway-gzip"):
         rs = by(kind="throughput", target=t)
         if not rs:
             continue
@@ -992,7 +993,10 @@ def cmd_report(a):
         label = {"gateway-1key": "gateway, one access key for all requests (diagnostic, 1 run)",
                  "gateway-noworker": "gateway, billing-worker stopped (diagnostic, 1 run)",
                  "gateway-anthropic": "gateway, model on an Anthropic provider: request, answer and usage "
-                                      "translated, the mock's `/v1/messages` (diagnostic, 1 run)"}.get(t, t)
+                                      "translated, the mock's `/v1/messages` (diagnostic, 1 run)",
+                 "gateway-gzip": "gateway, every request with `Accept-Encoding: gzip, deflate`, as the "
+                                 "OpenAI and Anthropic SDKs send it (model-call answers are not "
+                                 "compressed; diagnostic, 1 run)"}.get(t, t)
         w(f"| {label} | **{fmt(thr_t)}** | {', '.join(fmt(r['rps']) for r in rs)} | "
           f"{fmt(median([r['p50_ms'] for r in rs]), 2)} / {fmt(median([r['p99_ms'] for r in rs]), 2)} | "
           f"{sum(r['errors'] for r in rs)} | {other(rs)}% |")
@@ -1002,7 +1006,7 @@ def cmd_report(a):
           f"{fmt(thr['gateway'] / thr['direct'] * 100 if thr['direct'] else float('nan'), 1)}%.")
         w("")
 
-    cpu_rows = [(t, rs) for t in ("direct", "nginx", "gateway", "gateway-anthropic")
+    cpu_rows = [(t, rs) for t in ("direct", "nginx", "gateway", "gateway-anthropic", "gateway-gzip")
                 for rs in [[r for r in by(kind="throughput", target=t) if r.get("cpu_s")]] if rs]
     if cpu_rows:
         w("## CPU per request at saturation")

@@ -1,6 +1,7 @@
 -- wrk script of `make bench`: POSTs the small chat request, rotating over the access keys listed
 -- (one per line) in the file named by BENCH_KEYS_FILE, and prints a JSON summary line at the end.
--- BENCH_MODEL picks the model (default demo-chat).
+-- BENCH_MODEL picks the model (default demo-chat); BENCH_ACCEPT_ENCODING, when set, is sent as
+-- Accept-Encoding.
 local body = '{"model":"' .. (os.getenv("BENCH_MODEL") or "demo-chat") ..
   '","messages":[{"role":"user","content":"hello"}],"max_tokens":16}'
 local requests = {}
@@ -16,10 +17,13 @@ function init(args)
   end
   if #keys == 0 then keys[1] = "sk-bench-direct" end
   for i, key in ipairs(keys) do
-    requests[i] = wrk.format("POST", nil, {
+    local headers = {
       ["Content-Type"] = "application/json",
       ["Authorization"] = "Bearer " .. key,
-    }, body)
+    }
+    local encoding = os.getenv("BENCH_ACCEPT_ENCODING")
+    if encoding then headers["Accept-Encoding"] = encoding end
+    requests[i] = wrk.format("POST", nil, headers, body)
   end
   -- threads start at different keys so that they do not move in lock step
   next_request = (math.random(1, #requests))

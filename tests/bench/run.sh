@@ -258,13 +258,16 @@ if phase throughput; then
             wrk_run $target "$r" "$WORK/keys.txt"
         done
     done
-    # Three diagnostics, one run each: every request with the same access key (one busy
-    # customer), a model behind an Anthropic provider, and the gateway with billing-worker
-    # stopped (what settling costs the call path).
+    # Four diagnostics, one run each: every request with the same access key (one busy
+    # customer), a model behind an Anthropic provider, clients accepting gzip, and the gateway
+    # with billing-worker stopped (what settling costs the call path).
     head -n 1 "$WORK/keys.txt" >"$WORK/one-key.txt"
     wrk_run gateway-1key 1 "$WORK/one-key.txt"
     # The same calls to a model behind an Anthropic provider: what translating costs.
     BENCH_MODEL=bench-claude wrk_run gateway-anthropic 1 "$WORK/keys.txt"
+    # Clients that accept gzip, as the OpenAI and Anthropic SDKs do (wrk sends no
+    # Accept-Encoding): model-call answers must cost the same.
+    BENCH_ACCEPT_ENCODING="gzip, deflate" wrk_run gateway-gzip 1 "$WORK/keys.txt"
     drain
     stop worker
     wrk_run gateway-noworker 1 "$WORK/keys.txt"

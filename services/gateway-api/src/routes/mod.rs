@@ -14,13 +14,18 @@ pub mod orders;
 
 use actix_web::web;
 
-/// Every API route, mounted at the root. The model calls come first: actix-web tries routes in
+/// The model calls, mounted at the root ahead of every other route: actix-web tries routes in
 /// the order they are registered, and the many admin routes with path parameters are matched
 /// by regular expressions, which every call would otherwise try (3.6% of gateway-api's CPU
-/// under load in a profile) before reaching its own.
-pub fn configure(cfg: &mut web::ServiceConfig) {
+/// under load in a profile) before reaching its own. Their answers are not compressed (see
+/// `startup`).
+pub fn configure_model_calls(cfg: &mut web::ServiceConfig) {
     chat::configure(cfg);
     messages::configure(cfg);
+}
+
+/// Every other API route.
+pub fn configure(cfg: &mut web::ServiceConfig) {
     health::configure(cfg);
     auth::configure(cfg);
     me::configure(cfg);
