@@ -246,11 +246,9 @@ async fn keep(outbox: &Pool, charges: Vec<BillingMessage>) -> Vec<bool> {
 }
 
 /// The outbox rows of `charges` (a charge that cannot be serialised is logged and left out).
-fn rows_of<'a>(
-    charges: impl Iterator<Item = &'a BillingMessage>,
-) -> Vec<(Uuid, serde_json::Value)> {
+fn rows_of<'a>(charges: impl Iterator<Item = &'a BillingMessage>) -> Vec<(Uuid, String)> {
     charges
-        .filter_map(|charge| match serde_json::to_value(charge) {
+        .filter_map(|charge| match serde_json::to_string(charge) {
             Ok(payload) => Some((charge.request_id, payload)),
             Err(error) => {
                 tracing::error!(%error, request_id = %charge.request_id, "charge not serialisable");
@@ -321,7 +319,7 @@ async fn deliver(broker: &Broker, outbox: &Pool, entries: Vec<Entry>) -> Vec<boo
     }
 }
 
-async fn park(outbox: &Pool, parked: &[(Uuid, serde_json::Value)]) -> bool {
+async fn park(outbox: &Pool, parked: &[(Uuid, String)]) -> bool {
     let stored = match outbox.get().await {
         Ok(mut conn) => persistence::billing::outbox_insert_many(&mut conn, parked).await,
         Err(error) => Err(StoreError::from(error)),

@@ -193,9 +193,9 @@ async fn a_charge_from_the_outbox_is_published_then_forgotten_there() {
     let kept: Vec<BillingMessage> = (0..3).map(|_| charge()).collect();
     {
         let mut conn = pool.get().await.unwrap();
-        let rows: Vec<(Uuid, serde_json::Value)> = kept
+        let rows: Vec<(Uuid, String)> = kept
             .iter()
-            .map(|c| (c.request_id, serde_json::to_value(c).unwrap()))
+            .map(|c| (c.request_id, serde_json::to_string(c).unwrap()))
             .collect();
         persistence::billing::outbox_insert_many(&mut conn, &rows)
             .await

@@ -492,21 +492,23 @@ pub async fn settle(
 }
 
 /// Keeps charges the broker could not take, in one statement (a request id already there is
-/// left as it is); billing-worker's sweeper settles them.
+/// left as it is); billing-worker's sweeper settles them. Each payload is the charge's JSON
+/// text: Postgres parses it into `jsonb` as it would a binary `jsonb` parameter, and the caller
+/// serialises it once, without building a `serde_json::Value` first.
 pub async fn outbox_insert_many(
     conn: &mut AsyncPgConnection,
-    charges: &[(Uuid, serde_json::Value)],
+    charges: &[(Uuid, String)],
 ) -> Result<(), StoreError> {
-    use diesel::sql_types::{Array, Jsonb};
+    use diesel::sql_types::{Array, Text};
 
     enum InsertOutboxMany {}
     Prepared::<InsertOutboxMany>::new(
         "INSERT INTO billing_outbox (request_id, payload)
-         SELECT * FROM unnest($1::uuid[], $2::jsonb[])
+         SELECT request_id, payload::jsonb FROM unnest($1::uuid[], $2::text[]) AS c (request_id, payload)
          ON CONFLICT (request_id) DO NOTHING",
     )
     .bind::<Array<SqlUuid>, _>(charges.iter().map(|(id, _)| *id).collect::<Vec<_>>())
-    .bind::<Array<Jsonb>, _>(charges.iter().map(|(_, p)| p.clone()).collect::<Vec<_>>())
+    .bind::<Array<Text>, _>(charges.iter().map(|(_, p)| p.as_str()).collect::<Vec<_>>())
     .execute(conn)
     .await?;
     Ok(())

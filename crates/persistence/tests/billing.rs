@@ -857,7 +857,7 @@ async fn an_expired_hold_older_than_the_grace_is_released_even_while_the_queue_i
             .unwrap()
             .unwrap();
     }
-    billing::outbox_insert_many(&mut conn, &[(parked, serde_json::json!({}))])
+    billing::outbox_insert_many(&mut conn, &[(parked, "{}".to_owned())])
         .await
         .unwrap();
     let open = async |conn: &mut persistence::AsyncPgConnection| -> Vec<Uuid> {

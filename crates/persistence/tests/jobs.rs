@@ -391,7 +391,7 @@ async fn an_expired_hold_stays_while_its_job_runs_or_its_charge_waits_in_the_out
         .unwrap();
     billing::outbox_insert_many(
         &mut conn,
-        &[(call, serde_json::json!({"request_id": call}))],
+        &[(call, serde_json::json!({"request_id": call}).to_string())],
     )
     .await
     .unwrap();

@@ -62,7 +62,7 @@ async fn concurrent_sweepers_settle_every_parked_charge_exactly_once() {
             lease_id: None,
             occurred_at: chrono::Utc::now(),
         };
-        let payload = serde_json::to_value(&message).unwrap();
+        let payload = serde_json::to_string(&message).unwrap();
         persistence::billing::outbox_insert_many(&mut conn, &[(request_id, payload)])
             .await
             .unwrap();
