@@ -911,7 +911,9 @@ def cmd_report(a):
       "billing-worker, PostgreSQL and RabbitMQ share its 2 cores, so these are numbers of the whole "
       "system on 2 cores, not of the gateway alone on a dedicated host. PostgreSQL and RabbitMQ are the "
       "machine's shared instances with their settings as found (durable commits; autovacuum "
-      f"`{meta.get('autovacuum', 'n/a')}`, while billing-worker vacuums the users table every sweep, 5 s). The column *other CPU* "
+      f"`{meta.get('autovacuum', 'n/a')}`, while billing-worker vacuums the users table every sweep, 5 s); "
+      "the run starts with a `CHECKPOINT`, so that pages other work left dirty are not written during "
+      "it and counted as PostgreSQL's CPU per call. The column *other CPU* "
       "is the highest share of one core that processes outside the benchmark (a compiler, another test "
       "suite) used during a measurement's repeats, sampled every 0.5 s; a high value means that "
       "measurement was disturbed.")
