@@ -965,7 +965,7 @@ def cmd_report(a):
       f"spread over the {meta['users']} users, no hold) published to the bench queue with publisher "
       "confirms; then billing-worker starts and the clock runs from the first settled row's commit to "
       "the poll (every 50 ms) that sees all N rows in `usage_logs`. Batched = "
-      f"the shipped defaults (`batch_max` 512, `batch_linger_ms` 30), single = `APP__BILLING__BATCH_MAX=1`, both with "
+      f"the shipped defaults (`batch_max` 512, `batch_linger_ms` 30, `batch_idle_ms` 3), single = `APP__BILLING__BATCH_MAX=1`, both with "
       f"`APP__BROKER__PREFETCH={meta['prefetch']}`; N = {meta['settle_n']:,} batched and "
       f"{meta['settle_n_single']:,} single (to keep the run short).")
     w(f"- **pgbench**: `pgbench -i -s 10` into a scratch database, then a custom script `UPDATE "

@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use domain::{BillingBatch, BillingMessage};
 use messaging::{BILLING_LOG_QUEUE, Broker};
-use persistence::batch::Batcher;
+use persistence::batch::{Batcher, Linger};
 use persistence::{Pool, StoreError};
 use uuid::Uuid;
 
@@ -92,7 +92,10 @@ impl ChargeSink {
             Batcher::start_lingering(
                 settings.batch_max.max(1),
                 in_flight.max(1),
-                linger,
+                Linger {
+                    max: linger,
+                    idle: Duration::ZERO,
+                },
                 move |entries: Vec<Entry>| {
                     let broker = broker.clone();
                     let outbox = outbox.clone();

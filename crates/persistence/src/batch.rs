@@ -16,6 +16,27 @@ use crate::StoreError;
 
 type Reply<Resp> = oneshot::Sender<Result<Resp, StoreError>>;
 
+/// How long a batch waits for more requests once its first one is in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Linger {
+    /// At most this long after the first request.
+    pub max: Duration,
+    /// And no longer than this after the latest one (zero: only `max` counts). A batch stops
+    /// waiting once its input went quiet, rather than lingering on for requests that cannot
+    /// come: when the producer's own window is full (a broker consumer with all its prefetch
+    /// delivered and waiting for this batch's acks), lingering would only add its whole
+    /// `max` to every batch.
+    pub idle: Duration,
+}
+
+impl Linger {
+    /// No waiting: a batch is what queued up while every slot was busy.
+    pub const NONE: Linger = Linger {
+        max: Duration::ZERO,
+        idle: Duration::ZERO,
+    };
+}
+
 /// Runs requests of type `Req` in batches; each caller gets its own answer.
 pub struct Batcher<Req, Resp> {
     sender: mpsc::UnboundedSender<(Req, Option<Reply<Resp>>)>,
@@ -47,15 +68,15 @@ where
         F: Fn(Vec<Req>) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<Vec<Resp>, StoreError>> + Send + 'static,
     {
-        Self::start_lingering(batch_max, in_flight, Duration::ZERO, run)
+        Self::start_lingering(batch_max, in_flight, Linger::NONE, run)
     }
 
     /// [`Batcher::start`], but once a slot is free and the first request is in, the batch
-    /// waits up to `linger` for more (fewer, larger statements, for a little latency).
+    /// waits for more as `linger` says (fewer, larger statements, for a little latency).
     pub fn start_lingering<F, Fut>(
         batch_max: usize,
         in_flight: usize,
-        linger: Duration,
+        linger: Linger,
         run: F,
     ) -> Self
     where
@@ -92,7 +113,7 @@ async fn drive<Req, Resp, F, Fut>(
     mut receiver: mpsc::UnboundedReceiver<(Req, Option<Reply<Resp>>)>,
     batch_max: usize,
     slots: Arc<Semaphore>,
-    linger: Duration,
+    linger: Linger,
     run: Arc<F>,
 ) where
     Req: Clone + Send + 'static,
@@ -109,12 +130,17 @@ async fn drive<Req, Resp, F, Fut>(
             return;
         };
         let mut batch = vec![first];
-        let deadline = tokio::time::Instant::now() + linger;
+        let deadline = tokio::time::Instant::now() + linger.max;
         while batch.len() < batch_max {
-            let next = if linger.is_zero() {
+            let next = if linger.max.is_zero() {
                 receiver.try_recv().ok()
             } else {
-                tokio::time::timeout_at(deadline, receiver.recv())
+                let until = if linger.idle.is_zero() {
+                    deadline
+                } else {
+                    deadline.min(tokio::time::Instant::now() + linger.idle)
+                };
+                tokio::time::timeout_at(until, receiver.recv())
                     .await
                     .ok()
                     .flatten()
@@ -220,18 +246,26 @@ mod tests {
         assert_eq!(batcher.call(21).await.expect("answered"), 42);
     }
 
-    #[tokio::test]
-    async fn a_lingering_batch_waits_for_requests_that_arrive_soon_after_the_first() {
+    /// A lingering batcher answering each number itself, recording its batches' sizes.
+    fn recording(linger: Linger) -> (Batcher<i64, i64>, Arc<Mutex<Vec<usize>>>) {
         let sizes = Arc::new(Mutex::new(Vec::new()));
         let recorded = Arc::clone(&sizes);
-        let batcher =
-            Batcher::start_lingering(64, 1, Duration::from_millis(300), move |batch: Vec<i64>| {
-                let sizes = Arc::clone(&recorded);
-                async move {
-                    sizes.lock().map_err(|_| stopped())?.push(batch.len());
-                    Ok(batch)
-                }
-            });
+        let batcher = Batcher::start_lingering(64, 1, linger, move |batch: Vec<i64>| {
+            let sizes = Arc::clone(&recorded);
+            async move {
+                sizes.lock().map_err(|_| stopped())?.push(batch.len());
+                Ok(batch)
+            }
+        });
+        (batcher, sizes)
+    }
+
+    #[tokio::test]
+    async fn a_lingering_batch_waits_for_requests_that_arrive_soon_after_the_first() {
+        let (batcher, sizes) = recording(Linger {
+            max: Duration::from_millis(300),
+            idle: Duration::ZERO,
+        });
         let mut calls = Vec::new();
         for n in 0..3 {
             let batcher = batcher.clone();
@@ -246,6 +280,34 @@ mod tests {
             vec![3],
             "one batch of all three"
         );
+    }
+
+    /// A batch whose input went quiet runs after `idle`, not after `max`: with a `max` of an
+    /// hour, the test would not end if it waited for it.
+    #[tokio::test]
+    async fn a_lingering_batch_stops_waiting_once_its_input_is_quiet() {
+        let (batcher, sizes) = recording(Linger {
+            max: Duration::from_secs(3600),
+            idle: Duration::from_secs(1),
+        });
+        // Three requests close together (well within `idle`, a second, of each other) share a batch.
+        let calls: Vec<_> = (0..3)
+            .map(|n| {
+                let batcher = batcher.clone();
+                tokio::spawn(async move { batcher.call(n).await })
+            })
+            .collect();
+        let answered = tokio::time::timeout(Duration::from_secs(30), async {
+            let mut answers = Vec::new();
+            for call in calls {
+                answers.push(call.await.expect("task").expect("answered"));
+            }
+            answers
+        })
+        .await
+        .expect("the batch ran once its input was quiet, long before its max");
+        assert_eq!(answered, vec![0, 1, 2]);
+        assert_eq!(*sizes.lock().expect("sizes"), vec![3], "one batch of three");
     }
 
     #[tokio::test]

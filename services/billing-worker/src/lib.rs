@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use messaging::{BILLING_LOG_QUEUE, Broker};
+use persistence::batch::Linger;
 use persistence::{Pool, StoreError};
 use runtime::worker::{Connected, Worker, WorkerSettings, invalid};
 use serde::Deserialize;
@@ -38,6 +39,8 @@ pub struct BillingSettings {
     pub batch_max: usize,
     /// Once a charge arrived, how long to wait for more to share its transaction.
     pub batch_linger_ms: u64,
+    /// ... but no longer than this after the latest charge (0: only `batch_linger_ms`).
+    pub batch_idle_ms: u64,
     /// Batches settling at once (each on its own connection); charges arriving meanwhile
     /// wait and form the next batch. Overlaps one batch's commit with the next one's work.
     pub batches_in_flight: usize,
@@ -100,7 +103,10 @@ impl Application {
                 )?,
                 settings.billing.batch_max,
                 settings.billing.batches_in_flight,
-                Duration::from_millis(settings.billing.batch_linger_ms),
+                Linger {
+                    max: Duration::from_millis(settings.billing.batch_linger_ms),
+                    idle: Duration::from_millis(settings.billing.batch_idle_ms),
+                },
             ),
         });
         Ok(Application {

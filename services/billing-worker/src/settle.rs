@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use diesel_async::AsyncConnection;
 use domain::{BillingBatch, BillingMessage, Money};
 use messaging::{Delivery, Handler, Outcome};
-use persistence::batch::Batcher;
+use persistence::batch::{Batcher, Linger};
 use persistence::billing::{self, Charge, Settlement};
 use persistence::{Pool, StoreError};
 
@@ -23,11 +23,13 @@ pub struct Settler {
 
 impl Settler {
     /// Starts the batching task: up to `batch_max` charges per transaction, up to `in_flight`
-    /// transactions at once, waiting at most `linger` for a batch to fill once the first
-    /// charge arrived. Concurrent batches cannot deadlock: each locks its users in id order,
+    /// transactions at once, waiting for a batch to fill as `linger` says once the first charge
+    /// arrived (at most its `max`, and no longer than its `idle` after the latest charge: once
+    /// every delivery the consumer's prefetch allows is in, no more can come until this batch
+    /// commits and acks them). Concurrent batches cannot deadlock: each locks its users in id order,
     /// in a statement of its own (see the `settle_charges` migration). A batch that fails is
     /// settled again charge by charge, so one bad charge cannot hold up the rest.
-    pub fn start(pool: Pool, batch_max: usize, in_flight: usize, linger: Duration) -> Settler {
+    pub fn start(pool: Pool, batch_max: usize, in_flight: usize, linger: Linger) -> Settler {
         let batches = Batcher::start_lingering(
             batch_max,
             in_flight,
