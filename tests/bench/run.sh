@@ -394,6 +394,12 @@ for name in gateway worker mock nginx; do
 done
 errors=$(grep -ciE '"level":"ERROR"| ERROR ' "$WORK/gateway.log" || true)
 [ "$errors" = "0" ] || note "gateway-api logged $errors error lines during the run"
+# What gateway-api warned of or logged as errors (a failed provider call is a warning), grouped
+# with timestamps, ids and numbers blanked, most frequent first: a non-200 answer's cause.
+{ grep -iE '"level":"(WARN|ERROR)"| (WARN|ERROR) ' "$WORK/gateway.log" || true; } | sed -E -e 's/\x1b\[[0-9;]*m//g' -e 's/^[0-9T:.Z-]+ +//' \
+    -e 's/[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}/<id>/g' -e 's/[0-9]+/N/g' -e 's/`//g' |
+    cut -c1-300 | sort | uniq -c | sort -rn | head -4 |
+    while read -r count line; do note "gateway-api log, $count x: \`$line\`"; done
 
 elapsed=$(($(date +%s) - STARTED))
 BENCH_FLUSH=$FLUSH BENCH_RUNTIME="$((elapsed / 60)) min $((elapsed % 60)) s" BENCH_SETTLE_N_SINGLE=$SETTLE_N_SINGLE \
