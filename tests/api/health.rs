@@ -179,6 +179,12 @@ fn settings_out_of_range_are_refused_at_start() {
     let mut settings = valid.clone();
     settings.abuse.hashes_in_flight = 0;
     assert!(settings.validate().is_err());
+    for runtime_threads in [0, 65] {
+        let mut settings = valid.clone();
+        settings.runtime_threads = runtime_threads;
+        let error = settings.validate().unwrap_err().to_string();
+        assert!(error.contains("runtime_threads"), "{error}");
+    }
 }
 
 /// With `server.ops_port`, /healthz, /readyz and /metrics are served there without credentials

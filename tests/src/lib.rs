@@ -47,6 +47,7 @@ pub fn test_settings(database_url: String) -> Settings {
     Settings {
         log_format: runtime::telemetry::LogFormat::Pretty,
         run_migrations: true,
+        runtime_threads: 1,
         server: ServerSettings {
             host: "127.0.0.1".into(),
             port: 0,

@@ -9,4 +9,5 @@ pub mod shutdown;
 pub mod telemetry;
 #[cfg(feature = "testing")]
 pub mod testing;
+pub mod threads;
 pub mod worker;

@@ -6,9 +6,14 @@ use gateway_api::{Application, Settings};
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-#[tokio::main]
-async fn main() -> Result<(), Box<dyn std::error::Error>> {
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    // Loaded first: it says which runtime to build (multi-thread even with one worker: the
+    // migrations block in place).
     let settings = Settings::load()?;
+    runtime::threads::multi_thread(settings.runtime_threads)?.block_on(run(settings))
+}
+
+async fn run(settings: Settings) -> Result<(), Box<dyn std::error::Error>> {
     runtime::telemetry::init("gateway-api", settings.log_format);
     if std::env::args().nth(1).as_deref() == Some("migrate") {
         let pool = persistence::build_pool(&settings.database)?;

@@ -86,7 +86,7 @@ impl Settings {
         if self.jobs.billing_linger_ms > 1_000 {
             return invalid("jobs.billing_linger_ms must be at most 1000");
         }
-        if !(1..=64).contains(&self.runtime_threads) {
+        if !runtime::threads::RANGE.contains(&self.runtime_threads) {
             return invalid("runtime_threads must be between 1 and 64");
         }
         Ok(())
@@ -94,14 +94,7 @@ impl Settings {
 
     /// The tokio runtime `runtime_threads` asks for.
     pub fn runtime(&self) -> std::io::Result<tokio::runtime::Runtime> {
-        let mut builder = if self.runtime_threads <= 1 {
-            tokio::runtime::Builder::new_current_thread()
-        } else {
-            let mut builder = tokio::runtime::Builder::new_multi_thread();
-            builder.worker_threads(self.runtime_threads);
-            builder
-        };
-        builder.enable_all().build()
+        runtime::threads::build(self.runtime_threads)
     }
 }
 
