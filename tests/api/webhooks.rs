@@ -23,18 +23,7 @@ async fn setup(app: &TestApp) -> ChatSetup {
 
 /// Another user with a balance of 1 and an access key: (token, access key).
 async fn second_user(app: &TestApp) -> (String, String) {
-    let (user_id, token) = app.new_user().await;
-    app.post(
-        &format!("/v1/admin/users/{user_id}/balance-adjustments"),
-        app.admin_token(),
-        json!({"amount": "1", "reason": "test credit"}),
-    )
-    .await
-    .assert_status(200);
-    let key = app
-        .post("/v1/me/access-keys", &token, json!({"name": "hooks"}))
-        .await;
-    let key = key.assert_status(201)["key"].as_str().unwrap().to_owned();
+    let (_, token, key) = app.funded_user("1").await;
     (token, key)
 }
 

@@ -347,6 +347,26 @@ impl TestApp {
         (id, self.login(&email, "password-123").await)
     }
 
+    /// A new user credited with `balance` (none when "0"), with an access key: (user id,
+    /// session token, access key).
+    pub async fn funded_user(&self, balance: &str) -> (i64, String, String) {
+        let (user_id, token) = self.new_user().await;
+        if balance != "0" {
+            self.post(
+                &format!("/v1/admin/users/{user_id}/balance-adjustments"),
+                self.admin_token(),
+                json!({"amount": balance, "reason": "test credit"}),
+            )
+            .await
+            .assert_status(200);
+        }
+        let key = self
+            .post("/v1/me/access-keys", &token, json!({"name": "test"}))
+            .await;
+        let access_key = key.assert_status(201)["key"].as_str().unwrap().to_owned();
+        (user_id, token, access_key)
+    }
+
     /// Credits a user through an order completed by the admin.
     /// Creates (or rotates) the user's webhook signing secret and answers it.
     pub async fn webhook_secret(&self, token: &str) -> String {
@@ -758,20 +778,7 @@ impl TestApp {
             )
             .await;
         let model_id = created.assert_status(201)["id"].as_i64().unwrap();
-        let (user_id, token) = self.new_user().await;
-        if balance != "0" {
-            self.post(
-                &format!("/v1/admin/users/{user_id}/balance-adjustments"),
-                &admin,
-                json!({"amount": balance, "reason": "test credit"}),
-            )
-            .await
-            .assert_status(200);
-        }
-        let key = self
-            .post("/v1/me/access-keys", &token, json!({"name": "test"}))
-            .await;
-        let access_key = key.assert_status(201)["key"].as_str().unwrap().to_owned();
+        let (user_id, token, access_key) = self.funded_user(balance).await;
         ChatSetup {
             mock,
             provider_id,
@@ -820,18 +827,7 @@ impl TestApp {
         )
         .await
         .assert_status(201);
-        let (user_id, token) = self.new_user().await;
-        self.post(
-            &format!("/v1/admin/users/{user_id}/balance-adjustments"),
-            &admin,
-            json!({"amount": "1", "reason": "billing barrier"}),
-        )
-        .await
-        .assert_status(200);
-        let key = self
-            .post("/v1/me/access-keys", &token, json!({"name": "barrier"}))
-            .await;
-        let access_key = key.assert_status(201)["key"].as_str().unwrap().to_owned();
+        let (user_id, _, access_key) = self.funded_user("1").await;
         self.send(
             Method::POST,
             "/v1/chat/completions",
